@@ -1,0 +1,57 @@
+"""cloudland-backend: one per hypervisor, the tree's leaf."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+import structlog
+
+from sci import Journal, Leaf
+
+from service.config import BackendConfig, ConfigError, load
+from service.logs import setup_logging
+
+from .ops import system
+from .registry import OpRegistry
+
+__all__ = ["build", "main"]
+
+log = structlog.get_logger("backend")
+
+
+def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
+    registry = OpRegistry(workers=config.workers)
+    system.register(registry)
+    for module in config.ops_modules:
+        registry.load_module(module)
+    journal = Journal(Path(config.data_dir) / "journal.log", fsync=config.journal_fsync)
+    leaf = Leaf(config.node_id, config.frontend, config.tree.settings, registry, journal, groups=list(config.groups))
+    return leaf, registry
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+def main(config_path: str | None) -> None:
+    """Run the backend daemon."""
+    try:
+        config = load(BackendConfig, config_path)
+        setup_logging(config.log_level, service="backend")
+        leaf, registry = build(config)
+    except (ConfigError, ValueError, ImportError, OSError) as exc:
+        click.echo(f"cloudland-backend: {exc}", err=True)
+        sys.exit(2)
+    signal.signal(signal.SIGTERM, lambda *_: leaf.stop())
+    signal.signal(signal.SIGINT, lambda *_: leaf.stop())
+    log.info("backend_starting", node=config.node_id, frontend=config.frontend, ops=registry.names())
+    try:
+        leaf.run()
+    finally:
+        registry.close()
+        leaf.journal.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Op handlers, one module per family.  Each module has ``register(registry)``."""

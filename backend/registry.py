@@ -1,0 +1,89 @@
+"""The backend's op registry: op name -> handler.  Each later driver is one more set of entries.
+
+Handlers take the command's arguments (a dict) and return a msgpack-able payload, or raise
+``OpError`` with a message and an exit status.  They know nothing of the tree or ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import structlog
+
+from sci import Executor, Result, Status
+
+__all__ = ["Op", "OpError", "OpRegistry"]
+
+log = structlog.get_logger("backend.registry")
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class OpError(Exception):
+    """A handler's failure, reported to the caller with ``exit_status``."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str
+    handler: Handler
+    #: changes the host: journalled on disk so that a replay never runs it twice
+    durable: bool
+    #: quick and non-blocking: runs on the tree's thread instead of the worker pool
+    inline: bool = False
+
+
+class OpRegistry(Executor):
+    def __init__(self, workers: int = 16) -> None:
+        self._ops: dict[str, Op] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="op")
+
+    def register(self, op: Op) -> None:
+        if op.name in self._ops:
+            raise ValueError(f"op {op.name!r} is registered twice")
+        self._ops[op.name] = op
+
+    def load_module(self, name: str) -> None:
+        """Import ``name`` and call its ``register(registry)``: how drivers plug in."""
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ValueError(f"ops module {name!r} has no register(registry) function")
+        register(self)
+
+    def names(self) -> list[str]:
+        return sorted(self._ops)
+
+    def is_durable(self, op: str) -> bool | None:
+        entry = self._ops.get(op)
+        return None if entry is None else entry.durable
+
+    def execute(self, op: str, args: Any, done: Callable[[Result], None]) -> None:
+        entry = self._ops[op]
+        if entry.inline:
+            done(self._run(entry, args))
+        else:
+            self._pool.submit(lambda: done(self._run(entry, args)))
+
+    def _run(self, op: Op, args: Any) -> Result:
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            return Result.error(f"{op.name}: arguments must be a mapping", 64)
+        try:
+            return Result(Status.OK, payload=op.handler(args))
+        except OpError as exc:
+            return Result.error(str(exc), exc.exit_status)
+        except Exception as exc:  # a handler bug must become an error result, never a dead backend
+            log.exception("op_crashed", op=op.name)
+            return Result.error(f"{op.name} failed: {type(exc).__name__}: {exc}", 70)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

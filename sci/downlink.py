@@ -1,0 +1,279 @@
+"""A node's links to its children: sessions, heartbeats, routes, and sending down.
+
+Children connect to one ROUTER socket with their node id as routing id.  A HELLO opens a
+session (a number fresh for this process); every later frame from the child must carry it.
+A child declared dead (silent for ``heartbeat_misses`` intervals, or its connection gone
+when we send) loses its session and all routes through it; if it was only slow, its next
+frame is refused with REJECT and it attaches again, bringing its subtree along.  So one
+false alarm costs one re-attach of one link and does not spread to the nodes below it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import zmq
+
+from . import proto
+from .exceptions import FrameError
+from .proto import Frame, Kind, NodeEntry, RejectCode, Role
+from .reactor import Reactor
+from .routes import RouteChange, RouteTable
+from .settings import TreeSettings
+
+__all__ = ["Child", "Downlink", "DownlinkOwner", "check_entries"]
+
+log = structlog.get_logger("sci.downlink")
+
+
+@dataclass(slots=True)
+class Child:
+    node_id: str
+    role: Role
+    session: int
+    last_rx: float
+    last_tx: float
+    attached_at: float
+
+
+class DownlinkOwner:
+    def on_routes(self, child: str, change: RouteChange) -> None:
+        """Routes changed below; the owner sends them up or applies them."""
+
+    def on_results(self, child: str, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> None:
+        """A child's aggregate for one command."""
+
+    def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
+        """A child relay's part of a tree status query."""
+
+    def on_join(self, downlink: "Downlink", identity: bytes, frame: Frame) -> None:
+        """A JOIN reached this node; only the root's registrar takes it."""
+        downlink.send_raw(identity, proto.reject(RejectCode.NOT_HERE, "this node is not a registrar"))
+
+
+def check_entries(entries: Any) -> list[NodeEntry]:
+    """Validate route entries from a child; raise FrameError on the first bad one."""
+    if not isinstance(entries, list):
+        raise FrameError("route entries must be a list")
+    for e in entries:
+        if not (isinstance(e, list) and len(e) == 7):
+            raise FrameError("route entry must have 7 fields")
+        node, seq, parent, role, level, endpoint, groups = e
+        proto.check_node_id(node)
+        if not (isinstance(seq, list) and len(seq) == 2 and all(type(x) is int for x in seq)):
+            raise FrameError(f"route entry {node}: seq must be [int, int]")
+        if not isinstance(parent, str) or type(level) is not int or role not in (Role.AGENT, Role.BACKEND):
+            raise FrameError(f"route entry {node}: bad parent, role or level")
+        if not (endpoint is None or isinstance(endpoint, str)) or not isinstance(groups, list):
+            raise FrameError(f"route entry {node}: bad endpoint or groups")
+        if not all(isinstance(g, str) for g in groups):
+            raise FrameError(f"route entry {node}: groups must be strings")
+    return entries
+
+
+def _check_removals(removed: Any) -> list[list[Any]]:
+    for r in removed:
+        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], list)):
+            raise FrameError("route removal must be [node_id, seq]")
+    return removed
+
+
+class Downlink:
+    def __init__(
+        self,
+        reactor: Reactor,
+        ctx: zmq.Context,
+        node_id: str,
+        listen: str,
+        settings: TreeSettings,
+        owner: DownlinkOwner,
+    ) -> None:
+        self.reactor = reactor
+        self.ctx = ctx
+        self.node_id = node_id
+        self.listen = listen
+        self.settings = settings
+        self.owner = owner
+        self.children: dict[str, Child] = {}
+        self.routes = RouteTable()
+        # Sessions are unique per process lifetime, so a session number from before a restart
+        # never matches by chance.
+        self._next_session = time.time_ns() // 1000 % (1 << 40)
+        self._sock: zmq.Socket | None = None
+        self._last_tick = 0.0
+        self._stop_ticker: Any = None
+        self._log = log.bind(node=node_id)
+        self.bound_endpoint = ""
+
+    def start(self) -> None:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes * 2)
+        sock.bind(self.listen)
+        self.bound_endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._sock = sock
+        self._last_tick = time.monotonic()
+        self.reactor.add_reader(sock, self._on_readable)
+        self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.tick)
+
+    @property
+    def connect_endpoint(self) -> str:
+        """The bound endpoint as others can reach it: a wildcard address becomes this host's name."""
+        endpoint = self.bound_endpoint
+        for wildcard in ("//0.0.0.0:", "//*:", "//[::]:"):
+            if wildcard in endpoint:
+                return endpoint.replace(wildcard, f"//{socket.getfqdn()}:")
+        return endpoint
+
+    def close(self) -> None:
+        if self._stop_ticker is not None:
+            self._stop_ticker()
+        if self._sock is not None:
+            self.reactor.remove_reader(self._sock)
+            self._sock.close(linger=0)
+            self._sock = None
+
+    # Sending ------------------------------------------------------------------------------
+
+    def send_raw(self, identity: bytes, data: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart((identity, data), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                return False
+            raise
+        self.reactor.touch(sock)
+        return True
+
+    def send(self, child_id: str, data: bytes) -> bool:
+        """Send to a child; a child whose connection is gone is declared dead (after this call returns)."""
+        child = self.children.get(child_id)
+        if child is None:
+            return False
+        if self.send_raw(child_id.encode(), data):
+            child.last_tx = time.monotonic()
+            return True
+        self.reactor.call_later(0, lambda: self._child_failed(child_id, child.session, "connection gone"))
+        return False
+
+    # Liveness -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        forgive = now - self._last_tick > self.settings.heartbeat_interval
+        if forgive:
+            self._log.info("downlink_stall_forgiven", stalled_s=round(now - self._last_tick, 3))
+        self._last_tick = now
+        dead_after = self.settings.dead_after
+        interval = self.settings.heartbeat_interval
+        heartbeat = proto.heartbeat_down()
+        for child in list(self.children.values()):
+            if forgive:
+                child.last_rx = now
+            elif now - child.last_rx > dead_after:
+                self._child_failed(child.node_id, child.session, f"no frame for {now - child.last_rx:.1f}s")
+                continue
+            if now - child.last_tx >= interval:
+                self.send(child.node_id, heartbeat)
+
+    def _child_failed(self, child_id: str, session: int, reason: str) -> None:
+        child = self.children.get(child_id)
+        if child is None or child.session != session:
+            return
+        del self.children[child_id]
+        change = self.routes.remove_child(child_id)
+        self._log.warning("child_dead", child=child_id, role=child.role.name.lower(), reason=reason,
+                          routes_lost=len(change.removed))
+        self.owner.on_routes(child_id, change)
+
+    # Receiving ----------------------------------------------------------------------------
+
+    def _on_readable(self, sock: zmq.Socket) -> bool:
+        for _ in range(self.settings.read_batch):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if len(parts) != 2:
+                self._log.warning("frame_dropped", reason="malformed", detail=f"{len(parts)} parts")
+                continue
+            identity, data = parts
+            try:
+                frame = proto.decode(data, self.settings.max_frame_bytes)
+                self._on_frame(identity, frame)
+            except FrameError as exc:
+                self._log.warning("frame_dropped", reason=exc.reason, detail=str(exc)[:200],
+                                  peer=identity[:80].decode(errors="replace"))
+        return True
+
+    def _on_frame(self, identity: bytes, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is Kind.JOIN:
+            self.owner.on_join(self, identity, frame)
+            return
+        if kind is Kind.HELLO:
+            self._on_hello(identity, frame)
+            return
+        child_id = identity.decode(errors="replace")
+        child = self.children.get(child_id)
+        if child is None or child.session != frame.session:
+            self._log.info("stale_session_refused", child=child_id, session=frame.session, kind=kind.name)
+            self.send_raw(identity, proto.reject(RejectCode.NO_SESSION, "no such session; attach again", frame.session))
+            return
+        child.last_rx = time.monotonic()
+        if kind is Kind.HEARTBEAT:
+            return
+        if kind is Kind.RESULTS:
+            cmd_id, wave, table = frame.fields
+            self.owner.on_results(child_id, cmd_id, wave, table)
+        elif kind is Kind.ROUTES:
+            added, removed = frame.fields
+            check_entries(added)
+            change = self.routes.remove(child_id, _check_removals(removed))
+            change.extend(self.routes.add(child_id, added))
+            if change:
+                self.owner.on_routes(child_id, change)
+        elif kind is Kind.STATUS_REPLY:
+            self.owner.on_status_reply(child_id, *frame.fields)
+        elif kind is Kind.BYE:
+            del self.children[child_id]
+            change = self.routes.remove_child(child_id)
+            self._log.info("child_left", child=child_id)
+            self.owner.on_routes(child_id, change)
+        else:
+            raise FrameError(f"{kind.name} does not travel up", reason="malformed")
+
+    def _on_hello(self, identity: bytes, frame: Frame) -> None:
+        node_id, entries = frame.fields
+        if identity != node_id.encode():
+            raise FrameError(f"HELLO for {node_id!r} on a connection named {identity[:80]!r}")
+        check_entries(entries)
+        if not entries or entries[0][0] != node_id:
+            raise FrameError("HELLO must start with the child's own route entry")
+        if any(e[0] == self.node_id for e in entries):
+            self.send_raw(identity, proto.reject(RejectCode.REFUSED, "that would make a loop"))
+            self._log.warning("attach_refused", child=node_id, reason="loop")
+            return
+        now = time.monotonic()
+        self._next_session += 1
+        old = self.children.pop(node_id, None)
+        change = self.routes.remove_child(node_id) if old is not None else RouteChange()
+        child = Child(node_id, Role(entries[0][3]), self._next_session, now, now, now)
+        self.children[node_id] = child
+        entries[0][2] = self.node_id  # the child cannot know our id before it attached
+        change.extend(self.routes.add(node_id, entries))
+        self.send_raw(identity, proto.welcome(child.session))
+        self._log.info("child_attached", child=node_id, role=child.role.name.lower(), session=child.session,
+                       routes=len(entries), reattach=old is not None)
+        self.owner.on_routes(node_id, change)

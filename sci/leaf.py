@@ -1,0 +1,146 @@
+"""A leaf: the tree's end on a hypervisor.  It runs each command once and answers every delivery.
+
+The leaf knows nothing of what ops do.  It hands them to an ``Executor`` (the backend's op
+registry) and keeps the ``Journal`` that makes execution exactly-once: a command id seen
+before is answered from the record (or left to finish, if it is still running) instead of
+being run again, whichever path the delivery came by.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import structlog
+import zmq
+
+from . import proto
+from .exceptions import FrameError
+from .journal import Journal
+from .proto import Frame, Kind, Role
+from .reactor import Reactor
+from .results import Result
+from .settings import TreeSettings
+from .uplink import Uplink, UplinkOwner
+
+__all__ = ["Executor", "Leaf", "EXIT_UNKNOWN_OP", "EXIT_INTERRUPTED", "EXIT_BAD_ARGS"]
+
+log = structlog.get_logger("sci.leaf")
+
+EXIT_UNKNOWN_OP = 127
+EXIT_INTERRUPTED = 75
+EXIT_BAD_ARGS = 64
+
+
+class Executor:
+    """Runs ops.  The backend's registry implements it; the tree only calls these two methods."""
+
+    def is_durable(self, op: str) -> bool | None:
+        """Whether ``op`` changes the host (so it is journalled on disk); None if there is no such op."""
+        raise NotImplementedError
+
+    def execute(self, op: str, args: Any, done: Callable[[Result], None]) -> None:
+        """Run ``op`` and call ``done`` exactly once with its result, from any thread."""
+        raise NotImplementedError
+
+
+class Leaf(UplinkOwner):
+    def __init__(
+        self,
+        node_id: str,
+        registrar: str,
+        settings: TreeSettings,
+        executor: Executor,
+        journal: Journal,
+        groups: list[str] | None = None,
+        reactor: Reactor | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self.node_id = proto.check_node_id(node_id)
+        self.settings = settings
+        self.executor = executor
+        self.journal = journal
+        self.reactor = reactor or Reactor()
+        self.ctx = ctx or zmq.Context.instance()
+        self.up = Uplink(self.reactor, self.ctx, node_id, Role.BACKEND, registrar, settings, self, groups=groups)
+        #: cmd_id -> the latest wave it was delivered in, while its handler runs
+        self._running: dict[str, int] = {}
+        self._stop_ticker: Any = None
+        self._log = log.bind(node=node_id)
+
+    def start(self) -> None:
+        self.up.start()
+        self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.reactor.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.reactor.call_soon_threadsafe(self.reactor.stop)
+
+    def close(self) -> None:
+        if self._stop_ticker is not None:
+            self._stop_ticker()
+            self._stop_ticker = None
+        self.up.stop()
+
+    def on_parent_frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.COMMAND:
+            self._on_command(*frame.fields)
+
+    def _on_command(self, cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None,
+                    ttl_ms: int) -> None:
+        if targets is not None and self.node_id not in targets:
+            self._log.warning("command_misrouted", cmd=cmd_id, op=op)
+            return
+        if cmd_id in self._running:
+            self._running[cmd_id] = wave  # answer along the path of the latest delivery
+            return
+        entry = self.journal.lookup(cmd_id)
+        if entry is not None:
+            if entry.result is not None:
+                result = entry.result
+            else:
+                result = Result.error("interrupted: the backend restarted while this command ran; "
+                                      "it was not run again", EXIT_INTERRUPTED).to_wire()
+            self._log.info("command_replayed", cmd=cmd_id, op=op, wave=wave)
+            self._answer(cmd_id, wave, result)
+            return
+        durable = self.executor.is_durable(op)
+        if durable is None:
+            self._log.warning("command_unknown_op", cmd=cmd_id, op=op)
+            self._answer(cmd_id, wave, Result.error(f"unknown op {op!r}", EXIT_UNKNOWN_OP).to_wire())
+            return
+        try:
+            args = proto.unpack_body(body)
+        except FrameError as exc:
+            self._answer(cmd_id, wave, Result.error(str(exc), EXIT_BAD_ARGS).to_wire())
+            return
+        self.journal.started(cmd_id, durable)
+        self._running[cmd_id] = wave
+        started = time.monotonic()
+        reactor = self.reactor
+
+        def done(result: Result) -> None:
+            if reactor.in_loop_thread():
+                self._finish(cmd_id, op, durable, result, started)
+            else:
+                reactor.call_soon_threadsafe(lambda: self._finish(cmd_id, op, durable, result, started))
+
+        self.executor.execute(op, args, done)
+
+    def _finish(self, cmd_id: str, op: str, durable: bool, result: Result, started: float) -> None:
+        wire = result.to_wire()
+        self.journal.finished(cmd_id, wire, durable)
+        wave = self._running.pop(cmd_id)
+        self._log.debug("command_done", cmd=cmd_id, op=op, status=result.status.name.lower(),
+                        duration_s=round(time.monotonic() - started, 4))
+        self._answer(cmd_id, wave, wire)
+
+    def _answer(self, cmd_id: str, wave: int, wire: list[Any]) -> None:
+        table = {self.node_id: wire}
+        self.up.send(lambda session: proto.results(session, cmd_id, wave, table))

@@ -1,0 +1,234 @@
+"""The tree's wire vocabulary: every frame that crosses a link is built and checked here.
+
+A frame is one ZeroMQ message part holding a msgpack array::
+
+    [VERSION, kind, session, *fields]
+
+``session`` is the link session a child was given by its parent's WELCOME; frames going
+up carry it so that a parent can refuse a child it has already declared dead (the child
+then attaches again).  Frames going down and registrar frames carry 0.
+
+docs/protocol.md describes each kind; this module is the authority and the docs follow it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+import msgpack
+
+from .exceptions import FrameError
+
+__all__ = [
+    "VERSION",
+    "MAX_FRAME_BYTES",
+    "MAX_NODE_ID",
+    "Kind",
+    "Role",
+    "RejectCode",
+    "Frame",
+    "NodeEntry",
+    "check_node_id",
+    "decode",
+    "encode",
+    "join",
+    "assign",
+    "hello",
+    "welcome",
+    "reject",
+    "heartbeat_up",
+    "heartbeat_down",
+    "command",
+    "results",
+    "routes",
+    "status",
+    "status_reply",
+    "bye",
+    "pack_body",
+    "unpack_body",
+]
+
+VERSION: Final = 1
+#: Default cap on one frame; a bigger frame is dropped with a log event.
+MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+MAX_NODE_ID: Final = 64
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+class Kind(IntEnum):
+    JOIN = 1  #: node -> registrar: [node_id, role, incarnation, endpoint|None, groups]
+    ASSIGN = 2  #: registrar -> node: [level, [[parent_id, endpoint], ...]]
+    HELLO = 3  #: child -> parent: [node_id, [NodeEntry, ...]]  (own entry first, then its subtree)
+    WELCOME = 4  #: parent -> child: [session]
+    REJECT = 5  #: parent -> child: [RejectCode, text, session refused (0 if none)]
+    HEARTBEAT = 6  #: both ways: []
+    COMMAND = 7  #: down: [cmd_id, wave, op, body, targets|None, ttl_ms]
+    RESULTS = 8  #: up: [cmd_id, wave, {host: [status, data, exit_status]}]
+    ROUTES = 9  #: up: [[NodeEntry, ...] added, [[node_id, seq], ...] removed]
+    STATUS = 10  #: down: [query_id, ttl_ms]
+    STATUS_REPLY = 11  #: up: [query_id, {node_id: [[child, role, heartbeat_age_ms], ...]}]
+    BYE = 12  #: child -> parent: [] (leaving on purpose: no need to wait for heartbeats)
+
+
+class Role(IntEnum):
+    AGENT = 1
+    BACKEND = 2
+
+
+class RejectCode(IntEnum):
+    #: The parent has no live session for this child (it declared it dead, or restarted).
+    NO_SESSION = 1
+    #: This node does not take children of that kind (e.g. JOIN sent to a relay).
+    NOT_HERE = 2
+    #: The HELLO itself was unacceptable (bad id, cycle).
+    REFUSED = 3
+
+
+#: A node's place in the tree as routes carry it upward:
+#: [node_id, seq, parent_id, role, level, endpoint|None, groups]
+#: ``seq`` orders a node's attachments: (incarnation_ns, counter).
+NodeEntry = list[Any]
+
+# Field type shapes per kind (after the 3-element head).  ``None`` in a tuple means nil allowed.
+_STR = (str,)
+_INT = (int,)
+_LIST = (list,)
+_DICT = (dict,)
+_OPT_STR = (str, type(None))
+_OPT_LIST = (list, type(None))
+_BYTES = (bytes,)
+
+_SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
+    Kind.JOIN: (_STR, _INT, _INT, _OPT_STR, _LIST),
+    Kind.ASSIGN: (_INT, _LIST),
+    Kind.HELLO: (_STR, _LIST),
+    Kind.WELCOME: (_INT,),
+    Kind.REJECT: (_INT, _STR, _INT),
+    Kind.HEARTBEAT: (),
+    Kind.COMMAND: (_STR, _INT, _STR, _BYTES, _OPT_LIST, _INT),
+    Kind.RESULTS: (_STR, _INT, _DICT),
+    Kind.ROUTES: (_LIST, _LIST),
+    Kind.STATUS: (_STR, _INT),
+    Kind.STATUS_REPLY: (_STR, _DICT),
+    Kind.BYE: (),
+}
+_KINDS = {int(k): k for k in Kind}
+
+
+@dataclass(slots=True)
+class Frame:
+    kind: Kind
+    session: int
+    fields: list[Any]
+
+
+def check_node_id(value: object) -> str:
+    """Return ``value`` if it is a valid node id, else raise FrameError saying why."""
+    if not isinstance(value, str) or not _NODE_ID.match(value):
+        raise FrameError(f"node id {value!r} must be 1-{MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -")
+    return value
+
+
+def encode(kind: Kind, session: int, *fields: Any) -> bytes:
+    return msgpack.packb([VERSION, int(kind), session, *fields], use_bin_type=True)
+
+
+def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
+    """Decode and shape-check one frame; raise FrameError with the reason otherwise."""
+    if len(data) > max_bytes:
+        raise FrameError(f"frame of {len(data)} bytes is over the {max_bytes}-byte limit", reason="oversized")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise FrameError(f"undecodable frame: {exc}", reason="undecodable") from exc
+    if not isinstance(obj, list) or len(obj) < 3:
+        raise FrameError("frame is not an array [version, kind, session, ...]", reason="malformed")
+    version, kind_code, session = obj[0], obj[1], obj[2]
+    if version != VERSION:
+        raise FrameError(f"protocol version {version!r}, expected {VERSION}", reason="version")
+    kind = _KINDS.get(kind_code) if isinstance(kind_code, int) else None
+    if kind is None:
+        raise FrameError(f"unknown frame kind {kind_code!r}", reason="malformed")
+    if not isinstance(session, int):
+        raise FrameError("session must be an integer", reason="malformed")
+    fields = obj[3:]
+    shape = _SHAPES[kind]
+    if len(fields) != len(shape):
+        raise FrameError(f"{kind.name} takes {len(shape)} fields, got {len(fields)}", reason="malformed")
+    for i, (value, types) in enumerate(zip(fields, shape)):
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise FrameError(f"{kind.name} field {i} has type {type(value).__name__}", reason="malformed")
+    return Frame(kind, session, fields)
+
+
+# Builders: one per kind, so that no other module spells a frame's layout.
+
+
+def join(node_id: str, role: Role, incarnation: int, endpoint: str | None, groups: list[str]) -> bytes:
+    return encode(Kind.JOIN, 0, node_id, int(role), incarnation, endpoint, groups)
+
+
+def assign(level: int, parents: list[list[str]]) -> bytes:
+    return encode(Kind.ASSIGN, 0, level, parents)
+
+
+def hello(node_id: str, entries: list[NodeEntry]) -> bytes:
+    return encode(Kind.HELLO, 0, node_id, entries)
+
+
+def welcome(session: int) -> bytes:
+    return encode(Kind.WELCOME, 0, session)
+
+
+def reject(code: RejectCode, text: str, session: int = 0) -> bytes:
+    return encode(Kind.REJECT, 0, int(code), text, session)
+
+
+def heartbeat_up(session: int) -> bytes:
+    return encode(Kind.HEARTBEAT, session)
+
+
+HEARTBEAT_DOWN: Final = encode(Kind.HEARTBEAT, 0)
+
+
+def heartbeat_down() -> bytes:
+    return HEARTBEAT_DOWN
+
+
+def command(cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int) -> bytes:
+    return encode(Kind.COMMAND, 0, cmd_id, wave, op, body, targets, ttl_ms)
+
+
+def results(session: int, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> bytes:
+    return encode(Kind.RESULTS, session, cmd_id, wave, table)
+
+
+def routes(session: int, added: list[NodeEntry], removed: list[list[Any]]) -> bytes:
+    return encode(Kind.ROUTES, session, added, removed)
+
+
+def status(query_id: str, ttl_ms: int) -> bytes:
+    return encode(Kind.STATUS, 0, query_id, ttl_ms)
+
+
+def status_reply(session: int, query_id: str, table: dict[str, list[Any]]) -> bytes:
+    return encode(Kind.STATUS_REPLY, session, query_id, table)
+
+
+def bye(session: int) -> bytes:
+    return encode(Kind.BYE, session)
+
+
+def pack_body(args: Any) -> bytes:
+    """Encode a command's arguments once at the root; relays pass the bytes through untouched."""
+    return msgpack.packb(args, use_bin_type=True)
+
+
+def unpack_body(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except Exception as exc:
+        raise FrameError(f"undecodable command body: {exc}", reason="undecodable") from exc

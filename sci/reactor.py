@@ -1,0 +1,175 @@
+"""One thread's event loop over ZeroMQ sockets and timers.
+
+Why not ``zmq.Poller``: ``zmq_poll`` walks every socket on every call, which dominates at the
+thousands of sockets a process simulating many hosts holds.  Here each socket's ``ZMQ_FD`` sits
+in an epoll set, so a wake-up costs only for sockets that have something.
+
+``ZMQ_FD`` is edge-like: it signals that the socket's state *may* have changed, and any
+send or receive can consume that signal.  So a socket is asked for ``EVENTS`` after it
+fires, and again after anything was sent on it (``touch``), until it reports no input.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+import zmq
+
+__all__ = ["Reactor", "Timer"]
+
+ReadHandler = Callable[[zmq.Socket], bool]
+"""Reads up to a batch from the socket; returns True if it stopped with input still pending."""
+
+
+class Timer:
+    __slots__ = ("when", "fn", "cancelled")
+
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._readers: dict[int, tuple[zmq.Socket, ReadHandler]] = {}
+        self._ready: dict[int, None] = {}  # insertion-ordered set of fds with input pending
+        self._touched: dict[int, None] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        self._running = False
+        self._thread_id: int | None = None
+        self._tickers: dict[float, dict[int, Callable[[], None]]] = {}
+
+    # Sockets -----------------------------------------------------------------------------
+
+    def add_reader(self, sock: zmq.Socket, handler: ReadHandler) -> None:
+        fd = sock.getsockopt(zmq.FD)
+        self._readers[fd] = (sock, handler)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._ready[fd] = None  # input may already be queued
+
+    def remove_reader(self, sock: zmq.Socket) -> None:
+        fd = sock.getsockopt(zmq.FD)
+        if self._readers.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+        self._ready.pop(fd, None)
+        self._touched.pop(fd, None)
+
+    def touch(self, sock: zmq.Socket) -> None:
+        """Note that ``sock`` was sent on: its input must be re-checked this turn."""
+        self._touched[sock.getsockopt(zmq.FD)] = None
+
+    # Timers and calls -----------------------------------------------------------------------
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, fn)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def add_ticker(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` every ``interval`` seconds; returns a function that stops it.
+
+        Tickers of one interval share a single timer: a process simulating thousands of
+        hosts ticks them all in one pass instead of keeping thousands of timers in the heap.
+        """
+        group = self._tickers.get(interval)
+        if group is None:
+            group = self._tickers[interval] = {}
+
+            def tick() -> None:
+                for f in list(group.values()):
+                    f()
+                if group:
+                    self.call_later(interval, tick)
+                else:
+                    del self._tickers[interval]
+
+            self.call_later(interval, tick)
+        key = next(self._seq)
+        group[key] = fn
+        return lambda: group.pop(key, None) and None
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        self._calls.append(fn)
+        os.eventfd_write(self._wake_fd, 1)
+
+    def in_loop_thread(self) -> bool:
+        return self._thread_id == threading.get_ident()
+
+    # Loop ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        self._running = True
+        self._thread_id = threading.get_ident()
+        while self._running:
+            if self._ready or self._calls:
+                timeout = 0.0
+            elif self._timers:
+                timeout = max(0.0, min(self._timers[0][0] - time.monotonic(), 1.0))
+            else:
+                timeout = 1.0
+            events = self._epoll.poll(timeout)
+            for fd, _ in events:
+                if fd == self._wake_fd:
+                    try:
+                        os.eventfd_read(self._wake_fd)
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._ready[fd] = None
+            while self._calls:
+                self._calls.popleft()()
+            self._serve_ready()
+            self._run_timers()
+        self._thread_id = None
+
+    def _serve_ready(self) -> None:
+        ready, self._ready = self._ready, {}
+        for fd in ready:
+            entry = self._readers.get(fd)
+            if entry is None:
+                continue
+            sock, handler = entry
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and handler(sock):
+                self._ready[fd] = None
+        # Sends may have swallowed the FD's signal for input that is now queued.
+        while self._touched:
+            touched, self._touched = self._touched, {}
+            for fd in touched:
+                entry = self._readers.get(fd)
+                if entry is not None and entry[0].getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self._ready[fd] = None
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                timer.fn()
+
+    def close(self) -> None:
+        self._epoll.close()
+        os.close(self._wake_fd)

@@ -1,0 +1,261 @@
+"""A relay: the tree's inner node.  Commands fan out through it and answers gather in it.
+
+When a route below changes while a command is out, the relay that sees the change is the
+lowest common ancestor of the old and the new path, so it sends the command again along the
+new path itself; the root only replays what crosses its own children.  A relay that loses
+its parent drops its open gathers: the root replays them once the relay is attached again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+import zmq
+
+from . import proto
+from .downlink import Downlink, DownlinkOwner
+from .gather import Gather
+from .proto import Frame, Kind, NodeEntry, Role
+from .reactor import Reactor, Timer
+from .results import Status
+from .routes import RouteChange
+from .settings import TreeSettings
+from .uplink import Uplink, UplinkOwner
+
+__all__ = ["Relay"]
+
+log = structlog.get_logger("sci.relay")
+
+_LOST = int(Status.LOST)
+
+
+class _StatusQuery:
+    __slots__ = ("table", "waiting", "timer")
+
+    def __init__(self, table: dict[str, list[Any]], waiting: set[str], timer: Timer | None) -> None:
+        self.table = table
+        self.waiting = waiting
+        self.timer = timer
+
+
+class Relay(UplinkOwner, DownlinkOwner):
+    def __init__(
+        self,
+        node_id: str,
+        registrar: str,
+        listen: str,
+        settings: TreeSettings,
+        advertise: str | None = None,
+        reactor: Reactor | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self.node_id = proto.check_node_id(node_id)
+        self.settings = settings
+        self.reactor = reactor or Reactor()
+        self.ctx = ctx or zmq.Context.instance()
+        self.down = Downlink(self.reactor, self.ctx, node_id, listen, settings, self)
+        self._advertise = advertise
+        self.up: Uplink | None = None
+        self._registrar = registrar
+        self.gathers: dict[tuple[str, int], Gather] = {}
+        self._status: dict[str, _StatusQuery] = {}
+        self._routes_added: list[NodeEntry] = []
+        self._routes_removed: list[list[Any]] = []
+        self._routes_pending: set[str] = set()
+        self._route_timer: Timer | None = None
+        self._stop_ticker: Any = None
+        self._log = log.bind(node=node_id)
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.down.start()
+        endpoint = self._advertise or self.down.connect_endpoint
+        self.up = Uplink(self.reactor, self.ctx, self.node_id, Role.AGENT, self._registrar, self.settings, self,
+                         endpoint=endpoint)
+        self.up.start()
+        self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
+        self._log.info("relay_started", listen=self.down.bound_endpoint, advertise=endpoint)
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.reactor.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from any thread or a signal handler)."""
+        self.reactor.call_soon_threadsafe(self.reactor.stop)
+
+    def close(self) -> None:
+        if self._stop_ticker is not None:
+            self._stop_ticker()
+        if self.up is not None:
+            self.up.stop()
+        self.down.close()
+        self._log.info("relay_stopped")
+
+    # From the parent ----------------------------------------------------------------------
+
+    def subtree_entries(self) -> list[NodeEntry]:
+        return self.down.routes.entries()
+
+    def on_attached(self, parent: str) -> None:
+        # The HELLO carried the whole table; nothing batched before it needs to go.
+        self._routes_added.clear()
+        self._routes_removed.clear()
+        self._routes_pending.clear()
+
+    def on_detached(self, parent: str, reason: str) -> None:
+        if self.gathers:
+            self._log.info("gathers_dropped", count=len(self.gathers), reason=reason)
+        self.gathers.clear()
+        self._status.clear()
+
+    def on_parent_frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.COMMAND:
+            self._dispatch(*frame.fields)
+        else:
+            self._status_query(*frame.fields)
+
+    def _dispatch(self, cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int) -> None:
+        now = time.monotonic()
+        deadline = now + ttl_ms / 1000
+        flush_at = deadline - self.settings.hop_margin
+        key = (cmd_id, wave)
+        routes = self.down.routes
+        shares, unroutable = routes.partition(targets)
+        expected = routes.expected_for(shares)
+        gather = self.gathers.get(key)
+        if gather is None:
+            gather = Gather(cmd_id, wave, op, body, flush_at, deadline)
+            self.gathers[key] = gather
+            self.reactor.call_later(max(0.0, flush_at - now), lambda: self._flush(key, gather))
+        gather.pending.update(expected)
+        for host in unroutable:
+            gather.answers[host] = [_LOST, f"no route at relay {self.node_id}", 0]
+        child_ttl = max(0, int((flush_at - now) * 1000))
+        whole = None
+        for child, share in shares.items():
+            if share is None:
+                if whole is None:
+                    whole = proto.command(cmd_id, wave, op, body, None, child_ttl)
+                data = whole
+            else:
+                data = proto.command(cmd_id, wave, op, body, share, child_ttl)
+            self.down.send(child, data)
+        if gather.complete:
+            self._flush(key, gather)
+
+    def _flush(self, key: tuple[str, int], gather: Gather) -> None:
+        if self.gathers.get(key) is not gather:
+            return
+        del self.gathers[key]
+        if gather.answers:
+            self._send_results(gather.cmd_id, gather.wave, gather.answers)
+
+    def _send_results(self, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> None:
+        if self.up is not None:
+            self.up.send(lambda session: proto.results(session, cmd_id, wave, table))
+
+    # From children ------------------------------------------------------------------------
+
+    def on_results(self, child: str, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> None:
+        gather = self.gathers.get((cmd_id, wave))
+        if gather is None:
+            self._send_results(cmd_id, wave, table)  # late or unasked: pass up, the root decides
+            return
+        stray = gather.take(table)
+        if stray:
+            self._send_results(cmd_id, wave, stray)
+        if gather.complete:
+            self._flush((cmd_id, wave), gather)
+
+    def on_routes(self, child: str, change: RouteChange) -> None:
+        if change.moved and self.gathers:
+            self._repair_gathers(change)
+        for entry in change.removed:
+            if entry[0] in self._routes_pending:
+                self._flush_routes()  # an add for this node is queued: keep the order
+            self._routes_removed.append(entry)
+        for entry in change.added:
+            self._routes_added.append(entry)
+            self._routes_pending.add(entry[0])
+        if self._route_timer is None and (self._routes_added or self._routes_removed):
+            self._route_timer = self.reactor.call_later(self.settings.route_batch_delay, self._flush_routes)
+
+    def _flush_routes(self) -> None:
+        if self._route_timer is not None:
+            self._route_timer.cancel()
+            self._route_timer = None
+        added, removed = self._routes_added, self._routes_removed
+        self._routes_added, self._routes_removed = [], []
+        self._routes_pending.clear()
+        if (added or removed) and self.up is not None and self.up.attached:
+            self.up.send(lambda session: proto.routes(session, added, removed))
+
+    def _repair_gathers(self, change: RouteChange) -> None:
+        """Send in-flight commands again to hosts whose route moved; mark LOST those left with none."""
+        resend: dict[tuple[tuple[str, int], str], list[str]] = {}
+        for node, old, new in change.moved:
+            for key, gather in self.gathers.items():
+                if new is None:
+                    gather.lose(node, f"route lost at relay {self.node_id} (was via {old})")
+                elif gather.resend(node, new):
+                    resend.setdefault((key, new), []).append(node)
+        now = time.monotonic()
+        for (key, child), hosts in resend.items():
+            gather = self.gathers[key]
+            ttl = max(0, int((gather.flush_at - now) * 1000))
+            self._log.info("command_rerouted", cmd=gather.cmd_id, wave=gather.wave, via=child, hosts=len(hosts))
+            self.down.send(child, proto.command(gather.cmd_id, gather.wave, gather.op, gather.body, hosts, ttl))
+        for key, gather in list(self.gathers.items()):
+            if gather.complete:
+                self._flush(key, gather)
+
+    # Tree status --------------------------------------------------------------------------
+
+    def own_status(self) -> dict[str, list[Any]]:
+        now = time.monotonic()
+        return {
+            self.node_id: [
+                [c.node_id, int(c.role), int((now - c.last_rx) * 1000)] for c in self.down.children.values()
+            ]
+        }
+
+    def _status_query(self, query_id: str, ttl_ms: int) -> None:
+        table = self.own_status()
+        agents = {c.node_id for c in self.down.children.values() if c.role is Role.AGENT}
+        if not agents:
+            self._send_status(query_id, table)
+            return
+        flush_in = max(0.0, ttl_ms / 1000 - self.settings.hop_margin)
+        timer = self.reactor.call_later(flush_in, lambda: self._finish_status(query_id))
+        self._status[query_id] = _StatusQuery(table, agents, timer)
+        data = proto.status(query_id, int(flush_in * 1000))
+        for agent in agents:
+            self.down.send(agent, data)
+
+    def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
+        query = self._status.get(query_id)
+        if query is None:
+            self._send_status(query_id, table)
+            return
+        query.table.update(table)
+        query.waiting.discard(child)
+        if not query.waiting:
+            self._finish_status(query_id)
+
+    def _finish_status(self, query_id: str) -> None:
+        query = self._status.pop(query_id, None)
+        if query is not None:
+            if query.timer is not None:
+                query.timer.cancel()
+            self._send_status(query_id, query.table)
+
+    def _send_status(self, query_id: str, table: dict[str, list[Any]]) -> None:
+        if self.up is not None:
+            self.up.send(lambda session: proto.status_reply(session, query_id, table))

@@ -1,0 +1,626 @@
+"""The tree's root: the registrar that places joining nodes, and the API that sends commands.
+
+``TreeRoot`` runs its loop in a thread of its own; every public method is safe to call from
+any other thread.  A command's fate per host::
+
+    SENT --answer--> final (OK / ERROR)
+     |  ^
+     |  +-- route back (replay, new wave) --+
+     v                                      |
+    WAITING (route broke) ------------------+--- grace over --> UNREACHABLE
+    deadline: SENT -> TIMEOUT, WAITING -> UNREACHABLE
+
+Every host gets exactly one final result; answers that come twice (a replay and the
+original both made it) are counted and dropped here, and the backends' journals make sure
+the command itself ran once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import structlog
+import zmq
+
+from . import proto
+from .downlink import Downlink, DownlinkOwner
+from .exceptions import FrameError, TargetError, TreeClosed
+from .planner import Candidate, Planner
+from .proto import Frame, NodeEntry, Role
+from .reactor import Reactor, Timer
+from .results import Result, Status
+from .routes import RouteChange
+from .settings import TreeSettings
+
+__all__ = ["Targets", "CommandHandle", "NodeInfo", "NodeStatus", "RootStats", "TreeRoot"]
+
+log = structlog.get_logger("sci.root")
+
+_SENT = 0
+_WAITING = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Whom a command goes to: every backend, a list of hosts, or a named group."""
+
+    kind: str
+    hosts: tuple[str, ...] = ()
+    group: str = ""
+
+    @classmethod
+    def all(cls) -> "Targets":
+        return cls("all")
+
+    @classmethod
+    def to(cls, *hosts: str) -> "Targets":
+        if not hosts:
+            raise TargetError("a host list needs at least one host")
+        for host in hosts:
+            try:
+                proto.check_node_id(host)
+            except FrameError as exc:
+                raise TargetError(f"targets: {exc}") from None
+        return cls("hosts", tuple(dict.fromkeys(hosts)))
+
+    @classmethod
+    def named(cls, group: str) -> "Targets":
+        if not group:
+            raise TargetError("a group needs a name")
+        return cls("group", group=group)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    role: str
+    parent: str
+    level: int
+    groups: tuple[str, ...]
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: str
+    role: str  # root | agent | backend
+    parent: str | None
+    level: int
+    children: int
+    #: seconds since the parent last heard from it (None for the root, or if not reported)
+    heartbeat_age: float | None
+    state: str  # up | down | silent (an agent that did not answer the status query)
+
+
+@dataclass(slots=True)
+class RootStats:
+    commands: int = 0
+    replays: int = 0
+    duplicates_dropped: int = 0
+    late_results: int = 0
+    joins: int = 0
+
+
+class CommandHandle:
+    """A submitted command.  Results arrive from the root's thread; read them from any thread."""
+
+    def __init__(self, cmd_id: str, op: str) -> None:
+        self.id = cmd_id
+        self.op = op
+        self.submitted = time.monotonic()
+        self._cond = threading.Condition()
+        self._targets: list[str] | None = None
+        self._results: dict[str, Result] = {}
+        self._arrival: dict[str, float] = {}
+        self._done = False
+        self._callbacks: list[Callable[["CommandHandle"], None]] = []
+
+    @property
+    def targets(self) -> list[str]:
+        with self._cond:
+            while self._targets is None:
+                self._cond.wait()
+            return list(self._targets)
+
+    def done(self) -> bool:
+        with self._cond:
+            return self._done
+
+    def latency(self, host: str) -> float | None:
+        """Seconds from submit to this host's final result reaching the root."""
+        return self._arrival.get(host)
+
+    def results(self, timeout: float | None = None) -> Iterator[tuple[str, Result]]:
+        """Yield (host, result) as they arrive, until every target has one."""
+        end = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while True:
+            with self._cond:
+                while len(self._results) == seen and not self._done:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"command {self.id} still running")
+                    self._cond.wait(left)
+                batch = list(itertools.islice(self._results.items(), seen, None))
+                finished = self._done
+            seen += len(batch)
+            yield from batch
+            if finished and seen == len(self._results):
+                return
+
+    def wait(self, timeout: float | None = None) -> dict[str, Result]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done, timeout):
+                raise TimeoutError(f"command {self.id} still running")
+            return dict(self._results)
+
+    def add_done_callback(self, fn: Callable[["CommandHandle"], None]) -> None:
+        """``fn(handle)`` once the command is over (in the root's thread, or now if it is)."""
+        with self._cond:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # Loop side
+
+    def _set_targets(self, targets: list[str]) -> None:
+        with self._cond:
+            self._targets = targets
+            self._cond.notify_all()
+
+    def _deliver(self, batch: list[tuple[str, Result]]) -> None:
+        now = time.monotonic() - self.submitted
+        with self._cond:
+            for host, result in batch:
+                self._results[host] = result
+                self._arrival[host] = now
+            self._cond.notify_all()
+
+    def _finish(self) -> None:
+        with self._cond:
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, []
+            self._cond.notify_all()
+        for fn in callbacks:
+            fn(self)
+
+
+@dataclass(slots=True)
+class _Command:
+    handle: CommandHandle
+    op: str
+    body: bytes
+    deadline: float
+    #: host -> [state, child sent through, since (monotonic), reason]
+    pending: dict[str, list[Any]] = field(default_factory=dict)
+    wave: int = 0
+    waiting: int = 0
+    timer: Timer | None = None
+
+
+class _StatusQuery:
+    __slots__ = ("table", "waiting", "future", "timer")
+
+    def __init__(self, table: dict[str, list[Any]], waiting: set[str],
+                 future: concurrent.futures.Future[dict[str, list[Any]]]) -> None:
+        self.table = table
+        self.waiting = waiting
+        self.future = future
+        self.timer: Timer | None = None
+
+
+class TreeRoot(DownlinkOwner):
+    def __init__(
+        self,
+        listen: str,
+        settings: TreeSettings | None = None,
+        node_id: str = "root",
+        advertise: str | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self.node_id = proto.check_node_id(node_id)
+        self.settings = (settings or TreeSettings()).validate()
+        self.reactor = Reactor()
+        self.ctx = ctx or zmq.Context.instance()
+        self.down = Downlink(self.reactor, self.ctx, node_id, listen, self.settings, self)
+        self._advertise = advertise
+        self.planner: Planner | None = None
+        self.stats = RootStats()
+        self._commands: dict[str, _Command] = {}
+        self._nodes: dict[str, NodeEntry] = {}
+        self._down_since: dict[str, float] = {}
+        self._groups: dict[str, set[str]] = {}
+        self._status: dict[str, _StatusQuery] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._log = log.bind(node=node_id)
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """Where nodes join (the configured advertised address, else the bound one)."""
+        return self._advertise or self.down.connect_endpoint
+
+    def start(self) -> "TreeRoot":
+        self.down.start()
+        self.planner = Planner(self.node_id, self.endpoint, self.settings.fanout)
+        self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self._expire_waiting)
+        self._thread = threading.Thread(target=self.reactor.run, name="sci-root", daemon=True)
+        self._thread.start()
+        self._log.info("root_started", listen=self.down.bound_endpoint, advertise=self.endpoint,
+                       fanout=self.settings.fanout)
+        return self
+
+    def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.reactor.call_soon_threadsafe(self._abort_all)
+        self.reactor.call_soon_threadsafe(self.reactor.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self.down.close()
+        self.reactor.close()
+        self._log.info("root_stopped")
+
+    def __enter__(self) -> "TreeRoot":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run ``fn`` in the root's thread and return its value."""
+        if self._closed:
+            raise TreeClosed("the tree root is stopped")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller's thread
+                future.set_exception(exc)
+
+        self.reactor.call_soon_threadsafe(run)
+        return future.result(timeout)
+
+    # Public API ---------------------------------------------------------------------------
+
+    def submit(self, op: str, args: Any = None, targets: Targets | None = None, timeout: float = 30.0,
+               cmd_id: str | None = None) -> CommandHandle:
+        """Send ``op(args)`` to ``targets`` (default: every backend); returns at once.
+
+        ``cmd_id`` lets a caller that journals its commands send one again after a restart:
+        backends that already ran it answer from their record.
+        """
+        if self._closed:
+            raise TreeClosed("the tree root is stopped")
+        if not isinstance(op, str) or not op or len(op) > 128:
+            raise TargetError("op must be a non-empty string of at most 128 characters")
+        if not 0 < timeout <= 86400:
+            raise TargetError("timeout must be between 0 and 86400 seconds")
+        cmd_id = cmd_id or uuid.uuid4().hex
+        body = proto.pack_body(args)
+        handle = CommandHandle(cmd_id, op)
+        cmd = _Command(handle, op, body, time.monotonic() + timeout)
+        spec = targets or Targets.all()
+        self.reactor.call_soon_threadsafe(lambda: self._start(cmd, spec))
+        return handle
+
+    def nodes(self) -> list[NodeInfo]:
+        def collect() -> list[NodeInfo]:
+            routes = self.down.routes
+            return [
+                NodeInfo(n, Role(e[3]).name.lower(), e[2], e[4], tuple(e[6]), n in routes)
+                for n, e in self._nodes.items()
+            ]
+        return list(self._call(collect))
+
+    def define_group(self, name: str, hosts: list[str]) -> None:
+        """Name a set of hosts for multicast (besides the groups backends declare themselves)."""
+        Targets.to(*hosts)
+        self._call(lambda: self._groups.__setitem__(name, set(hosts)))
+
+    def tree_status(self, timeout: float = 2.0) -> list[NodeStatus]:
+        """Ask every relay for its children and their heartbeat ages; return the whole tree."""
+        future: concurrent.futures.Future[dict[str, list[Any]]] = concurrent.futures.Future()
+        self._call(lambda: self._start_status(future, timeout))
+        table = future.result(timeout + 5)
+        return self._call(lambda: self._compose_status(table))  # type: ignore[no-any-return]
+
+    def wait_for_hosts(self, count: int, timeout: float = 60.0) -> None:
+        """Block until at least ``count`` backends are attached (for start-up and tests)."""
+        end = time.monotonic() + timeout
+        while self._call(self.down.routes.backend_count) < count:
+            if time.monotonic() > end:
+                raise TimeoutError(f"only {self._call(self.down.routes.backend_count)} of {count} hosts joined")
+            time.sleep(0.05)
+
+    # Registrar ----------------------------------------------------------------------------
+
+    def on_join(self, downlink: Downlink, identity: bytes, frame: Frame) -> None:
+        node_id, role_code, _incarnation, endpoint, groups = frame.fields
+        proto.check_node_id(node_id)
+        if role_code not in (Role.AGENT, Role.BACKEND) or node_id == self.node_id:
+            raise FrameError(f"JOIN from {node_id!r}: bad role or id")
+        role = Role(role_code)
+        if role is Role.AGENT and not endpoint:
+            raise FrameError(f"JOIN from agent {node_id!r} without an endpoint")
+        assert self.planner is not None
+        routes = self.down.routes
+        agents = []
+        counts: dict[str, int] = {}
+        for _, route in routes.items():
+            parent = route.entry[2]
+            counts[parent] = counts.get(parent, 0) + 1
+        for node, route in routes.items():
+            e = route.entry
+            if e[3] == Role.AGENT and e[5]:
+                agents.append(Candidate(node, e[4], e[5], counts.get(node, 0)))
+        own_level = None
+        exclude = None
+        if role is Role.AGENT and counts.get(node_id):
+            # A relay coming back with a subtree keeps its level and never goes below itself.
+            own_level = self._nodes[node_id][4] if node_id in self._nodes else None
+            exclude = self._subtree_of(node_id)
+        placement = self.planner.place(node_id, role, agents, len(downlink.children), own_level, exclude)
+        downlink.send_raw(identity, proto.assign(placement.level, placement.parents))
+        self.stats.joins += 1
+        self._log.info("node_placed", joiner=node_id, role=role.name.lower(), level=placement.level,
+                       parents=[p[0] for p in placement.parents])
+
+    def _subtree_of(self, node_id: str) -> set[str]:
+        children: dict[str, list[str]] = {}
+        for node, route in self.down.routes.items():
+            children.setdefault(route.entry[2], []).append(node)
+        out, stack = set(), [node_id]
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in out:
+                    out.add(child)
+                    stack.append(child)
+        return out
+
+    # Commands -----------------------------------------------------------------------------
+
+    def _resolve(self, spec: Targets) -> list[str]:
+        if spec.kind == "all":
+            return [n for n, e in self._nodes.items() if e[3] == Role.BACKEND]
+        if spec.kind == "hosts":
+            return list(spec.hosts)
+        members = set(self._groups.get(spec.group, ()))
+        members.update(n for n, e in self._nodes.items() if e[3] == Role.BACKEND and spec.group in e[6])
+        return sorted(members)
+
+    def _start(self, cmd: _Command, spec: Targets) -> None:
+        hosts = self._resolve_and_register(cmd, spec)
+        if hosts is None:
+            return
+        now = time.monotonic()
+        routes = self.down.routes
+        final: list[tuple[str, Result]] = []
+        routed: list[str] = []
+        for host in hosts:
+            if routes.child_of(host) is not None:
+                routed.append(host)
+                continue
+            since = self._down_since.get(host)
+            if host not in self._nodes or self._nodes[host][3] != Role.BACKEND:
+                final.append((host, Result(Status.UNREACHABLE, message="unknown host")))
+            elif since is not None and now - since < self.settings.reattach_grace:
+                cmd.pending[host] = [_WAITING, None, since, "route lost; waiting for it to attach again"]
+                cmd.waiting += 1
+            else:
+                final.append((host, Result(Status.UNREACHABLE, message="host is down")))
+        if final:
+            cmd.handle._deliver(final)
+        everything = spec.kind == "all" and len(routed) == routes.backend_count()
+        shares, _ = routes.partition(None if everything else routed)
+        for host, child in routes.expected_for(shares).items():
+            cmd.pending[host] = [_SENT, child, now, ""]
+        self._send(cmd, shares)
+        if not cmd.pending:
+            self._finish(cmd)
+        else:
+            cmd.timer = self.reactor.call_later(max(0.0, cmd.deadline - now), lambda: self._expire(cmd))
+
+    def _resolve_and_register(self, cmd: _Command, spec: Targets) -> list[str] | None:
+        handle = cmd.handle
+        if handle.id in self._commands:
+            handle._set_targets([])
+            handle._deliver([])
+            handle._finish()
+            self._log.error("command_id_in_use", cmd=handle.id)
+            return None
+        hosts = self._resolve(spec)
+        handle._set_targets(hosts)
+        self._commands[handle.id] = cmd
+        self.stats.commands += 1
+        self._log.info("command_sent", cmd=handle.id, op=cmd.op, targets=spec.kind, hosts=len(hosts))
+        return hosts
+
+    def _send(self, cmd: _Command, shares: dict[str, list[str] | None]) -> None:
+        if not shares:
+            return
+        ttl = max(0, int((cmd.deadline - time.monotonic()) * 1000))
+        cmd.wave += 1
+        whole = None
+        for child, share in shares.items():
+            if share is None:
+                if whole is None:
+                    whole = proto.command(cmd.handle.id, cmd.wave, cmd.op, cmd.body, None, ttl)
+                data = whole
+            else:
+                data = proto.command(cmd.handle.id, cmd.wave, cmd.op, cmd.body, share, ttl)
+            self.down.send(child, data)
+
+    def on_results(self, child: str, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> None:
+        cmd = self._commands.get(cmd_id)
+        if cmd is None:
+            self.stats.late_results += len(table)
+            self._log.debug("late_results", cmd=cmd_id, hosts=len(table))
+            return
+        pending = cmd.pending
+        delivered: list[tuple[str, Result]] = []
+        now = time.monotonic()
+        for host, entry in table.items():
+            state = pending.get(host)
+            if state is None:
+                self.stats.duplicates_dropped += 1
+                continue
+            result = Result.from_wire(entry)
+            if result.status is Status.LOST:
+                if state[0] == _SENT and state[1] == child:
+                    state[:] = [_WAITING, None, now, result.message]
+                    cmd.waiting += 1
+                continue
+            if state[0] == _WAITING:
+                cmd.waiting -= 1
+            del pending[host]
+            delivered.append((host, result))
+        if delivered:
+            cmd.handle._deliver(delivered)
+        if not pending:
+            self._finish(cmd)
+
+    def on_routes(self, child: str, change: RouteChange) -> None:
+        now = time.monotonic()
+        for node, _seq in change.removed:
+            self._down_since[node] = now
+        for entry in change.added:
+            node = entry[0]
+            self._nodes[node] = entry
+            self._down_since.pop(node, None)
+            if self.planner is not None:
+                self.planner.attached(node)
+        if not self._commands or not change.moved:
+            return
+        replay: dict[tuple[str, str], list[str]] = {}
+        for node, old, new in change.moved:
+            for cmd in self._commands.values():
+                state = cmd.pending.get(node)
+                if state is None:
+                    continue
+                if new is None:
+                    if state[0] == _SENT and state[1] == old:
+                        state[:] = [_WAITING, None, now, f"route lost (via {old})"]
+                        cmd.waiting += 1
+                elif state[0] == _WAITING or state[1] != new:
+                    if state[0] == _WAITING:
+                        cmd.waiting -= 1
+                    state[:] = [_SENT, new, now, ""]
+                    replay.setdefault((cmd.handle.id, new), []).append(node)
+        for (cmd_id, via), hosts in replay.items():
+            cmd = self._commands[cmd_id]
+            self.stats.replays += len(hosts)
+            self._send(cmd, {via: hosts})
+            self._log.info("command_replayed", cmd=cmd_id, wave=cmd.wave, via=via, hosts=len(hosts))
+
+    def _expire_waiting(self) -> None:
+        grace = self.settings.reattach_grace
+        now = time.monotonic()
+        for cmd in list(self._commands.values()):
+            if not cmd.waiting:
+                continue
+            failed = [(h, s) for h, s in cmd.pending.items() if s[0] == _WAITING and now - s[2] >= grace]
+            for host, _ in failed:
+                del cmd.pending[host]
+            cmd.waiting -= len(failed)
+            cmd.handle._deliver([(h, Result(Status.UNREACHABLE, message=s[3])) for h, s in failed])
+            if not cmd.pending:
+                self._finish(cmd)
+
+    def _expire(self, cmd: _Command) -> None:
+        if self._commands.get(cmd.handle.id) is not cmd:
+            return
+        batch = []
+        for host, state in cmd.pending.items():
+            if state[0] == _SENT:
+                batch.append((host, Result(Status.TIMEOUT, message="no answer before the deadline")))
+            else:
+                batch.append((host, Result(Status.UNREACHABLE, message=state[3])))
+        cmd.pending.clear()
+        cmd.waiting = 0
+        cmd.handle._deliver(batch)
+        self._log.warning("command_deadline", cmd=cmd.handle.id, op=cmd.op, missing=len(batch))
+        self._finish(cmd)
+
+    def _finish(self, cmd: _Command) -> None:
+        self._commands.pop(cmd.handle.id, None)
+        if cmd.timer is not None:
+            cmd.timer.cancel()
+        results = cmd.handle._results
+        failed = sum(1 for r in results.values() if r.status is not Status.OK)
+        self._log.info("command_done", cmd=cmd.handle.id, op=cmd.op, hosts=len(results), failed=failed,
+                       duration_s=round(time.monotonic() - cmd.handle.submitted, 4))
+        cmd.handle._finish()
+
+    def _abort_all(self) -> None:
+        for cmd in list(self._commands.values()):
+            cmd.handle._deliver([(h, Result(Status.UNREACHABLE, message="tree root stopped")) for h in cmd.pending])
+            cmd.pending.clear()
+            self._finish(cmd)
+
+    # Tree status --------------------------------------------------------------------------
+
+    def _start_status(self, future: concurrent.futures.Future[dict[str, list[Any]]], timeout: float) -> None:
+        now = time.monotonic()
+        qid = uuid.uuid4().hex
+        table = {self.node_id: [[c.node_id, int(c.role), int((now - c.last_rx) * 1000)]
+                                for c in self.down.children.values()]}
+        agents = {c.node_id for c in self.down.children.values() if c.role is Role.AGENT}
+        query = _StatusQuery(table, agents, future)
+        if not agents:
+            future.set_result(table)
+            return
+        self._status[qid] = query
+        query.timer = self.reactor.call_later(timeout, lambda: self._finish_status(qid))
+        data = proto.status(qid, int(timeout * 1000))
+        for agent in agents:
+            self.down.send(agent, data)
+
+    def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
+        query = self._status.get(query_id)
+        if query is None:
+            return
+        query.table.update(table)
+        query.waiting.discard(child)
+        if not query.waiting:
+            self._finish_status(query_id)
+
+    def _finish_status(self, query_id: str) -> None:
+        query = self._status.pop(query_id, None)
+        if query is not None:
+            if query.timer is not None:
+                query.timer.cancel()
+            query.future.set_result(query.table)
+
+    def _compose_status(self, table: dict[str, list[Any]]) -> list[NodeStatus]:
+        parent_of: dict[str, str] = {}
+        age_of: dict[str, float] = {}
+        for node, kids in table.items():
+            for kid, _role, age_ms in kids:
+                parent_of[kid] = node
+                age_of[kid] = age_ms / 1000
+        routes = self.down.routes
+        out = [NodeStatus(self.node_id, "root", None, 0, len(table.get(self.node_id, [])), None, "up")]
+        for node, entry in sorted(self._nodes.items(), key=lambda kv: (kv[1][4], kv[0])):
+            role = Role(entry[3])
+            up = node in routes
+            if not up:
+                state = "down"
+            elif role is Role.AGENT and node not in table:
+                state = "silent"
+            else:
+                state = "up"
+            out.append(NodeStatus(node, role.name.lower(), parent_of.get(node, entry[2] if up else None), entry[4],
+                                  len(table.get(node, [])), age_of.get(node), state))
+        return out

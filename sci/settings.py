@@ -1,0 +1,57 @@
+"""Tunables of the tree, shared by every role.  Daemons fill this from their YAML config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .proto import MAX_FRAME_BYTES
+
+__all__ = ["TreeSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSettings:
+    #: Most children a node is given by the planner (SCI's default).
+    fanout: int = 32
+    #: Seconds between heartbeats on a quiet link; any frame counts as one.
+    heartbeat_interval: float = 1.0
+    #: A peer silent for this many intervals is dead.
+    heartbeat_misses: int = 3
+    #: A frame over this many bytes is dropped with a log event.
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    #: After the TCP link to a parent drops, how long to wait for it to come back before
+    #: treating the parent as dead without waiting for the heartbeat timeout (a killed
+    #: process refuses the reconnect at once; a network blip usually heals in this time).
+    disconnect_grace: float = 0.5
+    #: How long the root waits for a host whose route broke to attach again before its
+    #: commands in flight fail as unreachable.
+    reattach_grace: float = 5.0
+    #: A relay flushes its aggregate this long before the deadline it was given, so that its
+    #: answer reaches the root in time.
+    hop_margin: float = 0.05
+    #: Relays batch route changes for this long before sending them up.
+    route_batch_delay: float = 0.02
+    #: Most frames read from one socket before timers get a turn.
+    read_batch: int = 512
+
+    @property
+    def dead_after(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_misses
+
+    def validate(self) -> "TreeSettings":
+        """Raise ValueError naming the field and the reason if a value makes no sense."""
+        checks = [
+            ("fanout", self.fanout >= 2, "must be at least 2"),
+            ("heartbeat_interval", 0.01 <= self.heartbeat_interval <= 60, "must be between 0.01 and 60 seconds"),
+            ("heartbeat_misses", 2 <= self.heartbeat_misses <= 100, "must be between 2 and 100"),
+            ("max_frame_bytes", 4096 <= self.max_frame_bytes <= 1 << 30, "must be between 4 KiB and 1 GiB"),
+            ("disconnect_grace", 0 <= self.disconnect_grace < self.dead_after, "must be below the dead-after time"),
+            ("reattach_grace", self.reattach_grace >= 0, "must not be negative"),
+            ("hop_margin", 0 <= self.hop_margin < 10, "must be between 0 and 10 seconds"),
+            ("route_batch_delay", 0 <= self.route_batch_delay <= 1, "must be between 0 and 1 second"),
+            ("read_batch", self.read_batch >= 1, "must be at least 1"),
+        ]
+        for name, ok, reason in checks:
+            if not ok:
+                raise ValueError(f"tree.{name}: {reason} (got {getattr(self, name)!r})")
+        return self

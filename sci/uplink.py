@@ -1,0 +1,376 @@
+"""A node's link to its parent: join through the registrar, attach, heartbeat, fail over.
+
+Lifecycle (``LinkState``)::
+
+    JOINING --ASSIGN--> ATTACHING --WELCOME--> ATTACHED
+       ^                  |   ^                   |
+       |   every parent   |   |  parent dead,     |
+       +---- failed ------+   +--- REJECT --------+
+
+A parent is dead when it has been silent for ``heartbeat_misses`` intervals, or when its TCP
+connection dropped and did not come back within ``disconnect_grace`` (a killed process
+refuses the reconnect at once, so crashes are handled in well under a second while hangs
+still need the heartbeat timeout).  The child then attaches to the next parent of the
+ordered fallback list the registrar gave it, and asks the registrar again once the list is
+used up.  Frames meant for the parent while no parent is attached wait in an outbox and are
+sent, with the new session, after the next WELCOME.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from enum import Enum
+from typing import Any, Callable
+
+import structlog
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from . import proto
+from .exceptions import FrameError, IllegalTransition
+from .proto import Frame, Kind, NodeEntry, RejectCode, Role
+from .reactor import Reactor
+from .settings import TreeSettings
+
+__all__ = ["LinkState", "Uplink", "UplinkOwner"]
+
+log = structlog.get_logger("sci.uplink")
+
+_OUTBOX_LIMIT = 10_000
+_JOIN_RETRY_MIN = 0.5
+_JOIN_RETRY_MAX = 8.0
+
+
+class LinkState(Enum):
+    JOINING = "joining"
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS: dict[LinkState, set[LinkState]] = {
+    LinkState.JOINING: {LinkState.JOINING, LinkState.ATTACHING, LinkState.STOPPED},
+    LinkState.ATTACHING: {LinkState.ATTACHING, LinkState.ATTACHED, LinkState.JOINING, LinkState.STOPPED},
+    LinkState.ATTACHED: {LinkState.ATTACHING, LinkState.JOINING, LinkState.STOPPED},
+    LinkState.STOPPED: set(),
+}
+
+
+class UplinkOwner:
+    """What the node behind an uplink provides and is told.  Relays and leaves implement it."""
+
+    def subtree_entries(self) -> list[NodeEntry]:
+        """Routes below this node, sent with each HELLO (a leaf has none)."""
+        return []
+
+    def on_parent_frame(self, frame: Frame) -> None:
+        """A COMMAND or STATUS frame from the parent."""
+
+    def on_attached(self, parent: str) -> None:
+        """A parent welcomed this node."""
+
+    def on_detached(self, parent: str, reason: str) -> None:
+        """The link to ``parent`` is gone; commands it was carrying may come again by replay."""
+
+
+class Uplink:
+    def __init__(
+        self,
+        reactor: Reactor,
+        ctx: zmq.Context,
+        node_id: str,
+        role: Role,
+        registrar: str,
+        settings: TreeSettings,
+        owner: UplinkOwner,
+        endpoint: str | None = None,
+        groups: list[str] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.ctx = ctx
+        self.node_id = proto.check_node_id(node_id)
+        self.role = role
+        self.registrar = registrar
+        self.settings = settings
+        self.owner = owner
+        self.endpoint = endpoint
+        self.groups = list(groups or [])
+        self.incarnation = time.time_ns()
+        self.attach_count = 0
+        self.state = LinkState.JOINING
+        self.level = 0
+        self.parents: list[list[str]] = []
+        self.parent_index = 0
+        self.session = 0
+        self.last_rx = 0.0
+        self.last_tx = 0.0
+        self._phase_started = 0.0
+        self._join_retry = _JOIN_RETRY_MIN
+        self._disconnected_at: float | None = None
+        self._last_tick = 0.0
+        self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._outbox: collections.deque[Callable[[int], bytes]] = collections.deque()
+        self._log = log.bind(node=node_id)
+
+    # Public -------------------------------------------------------------------------------
+
+    @property
+    def parent(self) -> str | None:
+        if self.state in (LinkState.ATTACHING, LinkState.ATTACHED) and self.parents:
+            return self.parents[self.parent_index][0]
+        return None
+
+    @property
+    def attached(self) -> bool:
+        return self.state is LinkState.ATTACHED
+
+    def own_entry(self) -> NodeEntry:
+        return [
+            self.node_id,
+            [self.incarnation, self.attach_count],
+            self.parent or "",
+            int(self.role),
+            self.level,
+            self.endpoint,
+            self.groups,
+        ]
+
+    def start(self) -> None:
+        self._last_tick = time.monotonic()
+        self._join()
+
+    def send(self, build: Callable[[int], bytes]) -> None:
+        """Send a frame up, built with the session in force when it actually leaves."""
+        if self.state is LinkState.ATTACHED and not self._outbox:
+            if self._send_now(build(self.session)):
+                return
+        if len(self._outbox) >= _OUTBOX_LIMIT:
+            self._outbox.popleft()
+            self._log.warning("uplink_outbox_overflow", limit=_OUTBOX_LIMIT)
+        self._outbox.append(build)
+
+    def stop(self, say_bye: bool = True) -> None:
+        if self.state is LinkState.STOPPED:
+            return
+        if say_bye and self.state is LinkState.ATTACHED:
+            self._send_now(proto.bye(self.session))
+        self._move(LinkState.STOPPED)
+        self._close_socket()
+
+    def tick(self) -> None:
+        """Called every quarter heartbeat interval by the node's reactor."""
+        now = time.monotonic()
+        if now - self._last_tick > self.settings.heartbeat_interval:
+            # This process was not running (SIGSTOP, swap, a long pause): the silence was ours,
+            # not the parent's, so give it a fresh chance rather than cry wolf.
+            self._log.info("uplink_stall_forgiven", stalled_s=round(now - self._last_tick, 3))
+            self.last_rx = now
+            self._phase_started = now
+            if self._disconnected_at is not None:
+                self._disconnected_at = now
+        self._last_tick = now
+        state = self.state
+        if state is LinkState.ATTACHED:
+            if now - self.last_rx > self.settings.dead_after:
+                self._parent_failed(f"no frame for {now - self.last_rx:.1f}s")
+                return
+            if self._disconnected_at is not None and now - self._disconnected_at > self.settings.disconnect_grace:
+                self._parent_failed("connection lost")
+                return
+            if self._outbox:
+                self._flush_outbox()
+            if now - self.last_tx >= self.settings.heartbeat_interval:
+                self._send_now(proto.heartbeat_up(self.session))
+        elif state is LinkState.ATTACHING:
+            if now - self._phase_started > self.settings.dead_after:
+                self._parent_failed("no WELCOME")
+        elif state is LinkState.JOINING:
+            if now - self._phase_started > self._join_retry:
+                self._join_retry = min(self._join_retry * 2, _JOIN_RETRY_MAX)
+                self._join()
+
+    # Phases -------------------------------------------------------------------------------
+
+    def _move(self, new: LinkState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise IllegalTransition(f"uplink {self.state.value} -> {new.value}")
+        self.state = new
+
+    def _join(self) -> None:
+        self._move(LinkState.JOINING)
+        self._open(self.registrar, identity=None)
+        self._phase_started = time.monotonic()
+        self._send_now(proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups))
+        self._log.debug("join_sent", registrar=self.registrar)
+
+    def _attach(self, index: int) -> None:
+        self._move(LinkState.ATTACHING)
+        self.parent_index = index
+        parent_id, endpoint = self.parents[index]
+        self.attach_count += 1
+        self._open(endpoint, identity=self.node_id.encode())
+        self._phase_started = time.monotonic()
+        entries = [self.own_entry(), *self.owner.subtree_entries()]
+        self._send_now(proto.hello(self.node_id, entries))
+        self._log.info("attach_sent", parent=parent_id, endpoint=endpoint, fallback=index, routes=len(entries))
+
+    def _parent_failed(self, reason: str) -> None:
+        parent = self.parent or "?"
+        was_attached = self.state is LinkState.ATTACHED
+        self._log.warning("parent_lost", parent=parent, reason=reason)
+        if was_attached:
+            self.owner.on_detached(parent, reason)
+        nxt = self.parent_index + 1
+        if nxt < len(self.parents):
+            self._attach(nxt)
+        else:
+            self._join()
+
+    # Sockets ------------------------------------------------------------------------------
+
+    def _open(self, endpoint: str, identity: bytes | None) -> None:
+        self._close_socket()
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes * 2)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(endpoint)
+        self._sock = sock
+        self._disconnected_at = None
+        self.reactor.add_reader(sock, self._on_readable)
+        if identity is not None:
+            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            self._monitor = monitor
+            self.reactor.add_reader(monitor, self._on_monitor)
+
+    def _close_socket(self) -> None:
+        if self._monitor is not None:
+            self.reactor.remove_reader(self._monitor)
+            if self._sock is not None:
+                self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        if self._sock is not None:
+            self.reactor.remove_reader(self._sock)
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _send_now(self, data: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self._log.warning("uplink_backpressure")
+            return False
+        self.last_tx = time.monotonic()
+        self.reactor.touch(sock)
+        return True
+
+    def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox and self.state is LinkState.ATTACHED:
+            if not self._send_now(outbox[0](self.session)):
+                return
+            outbox.popleft()
+
+    def _on_monitor(self, sock: zmq.Socket) -> bool:
+        for _ in range(64):
+            try:
+                event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return False
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._disconnected_at = time.monotonic()
+            elif event["event"] == zmq.EVENT_CONNECTED:
+                self._disconnected_at = None
+        return True
+
+    def _on_readable(self, sock: zmq.Socket) -> bool:
+        for _ in range(self.settings.read_batch):
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            try:
+                frame = proto.decode(data, self.settings.max_frame_bytes)
+            except FrameError as exc:
+                self._log.warning("frame_dropped", reason=exc.reason, detail=str(exc), peer="parent")
+                continue
+            self._on_frame(frame)
+            if self._sock is not sock:  # the frame made us switch parents
+                return False
+        return True
+
+    def _on_frame(self, frame: Frame) -> None:
+        kind = frame.kind
+        state = self.state
+        if state is LinkState.JOINING:
+            if kind is Kind.ASSIGN:
+                self._on_assign(frame)
+            else:
+                self._log.warning("frame_dropped", reason="unexpected", kind=kind.name, state=state.value)
+            return
+        self.last_rx = time.monotonic()
+        if kind is Kind.COMMAND or kind is Kind.STATUS:
+            if state is LinkState.ATTACHED:
+                self.owner.on_parent_frame(frame)
+            else:
+                self._log.warning("frame_dropped", reason="not_attached", kind=kind.name)
+        elif kind is Kind.HEARTBEAT:
+            pass
+        elif kind is Kind.WELCOME:
+            self._on_welcome(frame.fields[0])
+        elif kind is Kind.REJECT:
+            self._on_reject(*frame.fields)
+        else:
+            self._log.warning("frame_dropped", reason="unexpected", kind=kind.name, state=state.value)
+
+    def _on_assign(self, frame: Frame) -> None:
+        level, parents = frame.fields
+        try:
+            checked = [[proto.check_node_id(p[0]), str(p[1])] for p in parents]
+        except (FrameError, IndexError, TypeError) as exc:
+            self._log.warning("frame_dropped", reason="malformed", kind="ASSIGN", detail=str(exc))
+            return
+        if not checked:
+            self._log.warning("frame_dropped", reason="malformed", kind="ASSIGN", detail="no parents")
+            return
+        self.level = level
+        self.parents = checked
+        self._join_retry = _JOIN_RETRY_MIN
+        self._log.info("assigned", level=level, parents=[p[0] for p in checked])
+        self._attach(0)
+
+    def _on_welcome(self, session: int) -> None:
+        if self.state is not LinkState.ATTACHING:
+            return
+        self._move(LinkState.ATTACHED)
+        self.session = session
+        self.last_rx = time.monotonic()
+        parent = self.parents[self.parent_index][0]
+        self._log.info("attached", parent=parent, session=session, fallback=self.parent_index)
+        self._flush_outbox()
+        self.owner.on_attached(parent)
+
+    def _on_reject(self, code: int, text: str, session: int) -> None:
+        if code == RejectCode.NO_SESSION and (self.state is not LinkState.ATTACHED or session != self.session):
+            return  # refuses a session we have already replaced
+        self._log.warning("rejected", parent=self.parent, code=code, text=text)
+        if self.state is LinkState.ATTACHED:
+            self.owner.on_detached(self.parent or "?", f"rejected: {text}")
+        if code == RejectCode.NO_SESSION:
+            self._attach(self.parent_index)  # the parent is alive; it just forgot us
+        else:
+            self._parent_failed(f"refused: {text}")
+
+    def debug_state(self) -> dict[str, Any]:
+        return {"state": self.state.value, "parent": self.parent, "session": self.session}

@@ -1,0 +1,1 @@
+"""What every cloudland daemon shares: configuration files and structured logs."""
