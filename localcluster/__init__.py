@@ -98,6 +98,8 @@ class LocalCluster:
             "node_id": name,
             "frontend": self.frontend_endpoint,
             "data_dir": str(self.workdir / "backends" / name),
+            # Racks give multicast something to address: `clctl`/tests can target a group.
+            "groups": [f"rack{sum(map(ord, name)) % 3}"],
             "ops_modules": self.ops_modules,
             "journal_fsync": False,
             "workers": 4,

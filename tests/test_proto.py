@@ -1,0 +1,80 @@
+"""The wire protocol: builders round-trip, and nothing but FrameError comes out of decode."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sci import proto
+from sci.exceptions import FrameError
+from sci.proto import Kind
+
+
+def test_builders_round_trip() -> None:
+    cases = [
+        (proto.join("h1", proto.Role.BACKEND, 7, None, ["rack1"]), Kind.JOIN, ["h1", 2, 7, None, ["rack1"]]),
+        (proto.assign(2, [["a1", "tcp://x:1"]]), Kind.ASSIGN, [2, [["a1", "tcp://x:1"]]]),
+        (proto.welcome(42), Kind.WELCOME, [42]),
+        (proto.reject(proto.RejectCode.NO_SESSION, "gone", 9), Kind.REJECT, [1, "gone", 9]),
+        (proto.command("c1", 1, "ping", b"\x80", None, 500), Kind.COMMAND, ["c1", 1, "ping", b"\x80", None, 500]),
+        (proto.results(5, "c1", 1, {"h1": [0, {}, 0]}), Kind.RESULTS, ["c1", 1, {"h1": [0, {}, 0]}]),
+        (proto.status("q", 100), Kind.STATUS, ["q", 100]),
+    ]
+    for data, kind, fields in cases:
+        frame = proto.decode(data)
+        assert frame.kind is kind
+        assert frame.fields == fields
+    assert proto.decode(proto.heartbeat_up(11)).session == 11
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xc1", "undecodable"),
+        (msgpack.packb({"a": 1}), "malformed"),
+        (msgpack.packb([2, 6, 0]), "version"),
+        (msgpack.packb([1, 99, 0]), "malformed"),
+        (msgpack.packb([1, 6, "s"]), "malformed"),
+        (msgpack.packb([1, 4, 0]), "malformed"),  # WELCOME without its session
+        (msgpack.packb([1, 4, 0, True]), "malformed"),  # a bool is not a session number
+        (b"\x00" * 5000, "oversized"),
+    ],
+)
+def test_bad_frames_name_their_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(FrameError) as err:
+        proto.decode(data, max_bytes=4096)
+    assert err.value.reason == reason
+
+
+def test_node_ids() -> None:
+    assert proto.check_node_id("hv-0042.rack_1") == "hv-0042.rack_1"
+    for bad in ["", "-lead", "a b", "x" * 65, "semi;colon", "new\nline", 5]:
+        with pytest.raises(FrameError):
+            proto.check_node_id(bad)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_of_any_bytes_raises_only_frame_error(data: bytes) -> None:
+    try:
+        proto.decode(data)
+    except FrameError:
+        pass
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 14), st.integers(-2, 2**33), st.lists(_values, max_size=7))
+def test_decode_of_well_formed_msgpack_raises_only_frame_error(kind: int, session: int, fields: list) -> None:
+    try:
+        proto.decode(msgpack.packb([proto.VERSION, kind, session, *fields]))
+    except FrameError:
+        pass
