@@ -70,6 +70,9 @@ class ControlServer:
                 reply = self._handle(request_)
             except (ValueError, TypeError, KeyError, SciError, msgpack.UnpackException) as exc:
                 reply = {"error": str(exc)}
+            except Exception as exc:  # the socket must answer every request and keep serving
+                log.exception("control_request_failed")
+                reply = {"error": f"internal error: {type(exc).__name__}: {exc}"}
             sock.send(msgpack.packb(reply, use_bin_type=True))
         sock.close(linger=0)
 
@@ -78,6 +81,8 @@ class ControlServer:
             raise ValueError("request must be a map")
         op = req.get("op")
         timeout = float(req.get("timeout") or 5.0)
+        if not 0 < timeout <= 86400:
+            raise ValueError("timeout: must be between 0 and 86400 seconds")
         if op == "tree":
             return {"nodes": [dataclasses.asdict(n) for n in self.root.tree_status(timeout=min(timeout, 10.0))]}
         if op == "ping":

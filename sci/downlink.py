@@ -178,10 +178,13 @@ class Downlink:
         dead_after = self.settings.dead_after
         interval = self.settings.heartbeat_interval
         heartbeat = proto.heartbeat_down()
+        # While frames wait unread, a child's latest heartbeat may be among them: judge no one
+        # dead until this node has caught up with its input (bulk traffic must not look like silence).
+        backlog = self._sock is not None and bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
         for child in list(self.children.values()):
             if forgive:
                 child.last_rx = now
-            elif now - child.last_rx > dead_after:
+            elif now - child.last_rx > dead_after and not backlog:
                 self._child_failed(child.node_id, child.session, f"no frame for {now - child.last_rx:.1f}s")
                 continue
             if now - child.last_tx >= interval:

@@ -20,9 +20,12 @@ import threading
 import time
 from typing import Callable
 
+import structlog
 import zmq
 
 __all__ = ["Reactor", "Timer"]
+
+log = structlog.get_logger("sci.reactor")
 
 ReadHandler = Callable[[zmq.Socket], bool]
 """Reads up to a batch from the socket; returns True if it stopped with input still pending."""
@@ -140,7 +143,7 @@ class Reactor:
                 else:
                     self._ready[fd] = None
             while self._calls:
-                self._calls.popleft()()
+                self._guarded(self._calls.popleft())
             self._serve_ready()
             self._run_timers()
         self._thread_id = None
@@ -152,7 +155,7 @@ class Reactor:
             if entry is None:
                 continue
             sock, handler = entry
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and handler(sock):
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and self._guarded(lambda: handler(sock)):
                 self._ready[fd] = None
         # Sends may have swallowed the FD's signal for input that is now queued.
         while self._touched:
@@ -168,7 +171,16 @@ class Reactor:
         while timers and timers[0][0] <= now:
             _, _, timer = heapq.heappop(timers)
             if not timer.cancelled:
-                timer.fn()
+                self._guarded(timer.fn)
+
+    @staticmethod
+    def _guarded(fn: Callable[[], object]) -> object:
+        """Run one callback; a bug in it is logged and the loop goes on serving everything else."""
+        try:
+            return fn()
+        except Exception:
+            log.exception("loop_callback_failed")
+            return False
 
     def close(self) -> None:
         self._epoll.close()

@@ -409,13 +409,14 @@ class TreeRoot(DownlinkOwner):
         final: list[tuple[str, Result]] = []
         routed: list[str] = []
         for host in hosts:
-            if routes.child_of(host) is not None:
-                routed.append(host)
-                continue
-            since = self._down_since.get(host)
-            if host not in self._nodes or self._nodes[host][3] != Role.BACKEND:
+            entry = self._nodes.get(host)
+            if entry is None:
                 final.append((host, Result(Status.UNREACHABLE, message="unknown host")))
-            elif since is not None and now - since < self.settings.reattach_grace:
+            elif entry[3] != Role.BACKEND:
+                final.append((host, Result(Status.UNREACHABLE, message="not a backend (commands run on backends)")))
+            elif routes.child_of(host) is not None:
+                routed.append(host)
+            elif (since := self._down_since.get(host)) is not None and now - since < self.settings.reattach_grace:
                 cmd.pending[host] = [_WAITING, None, since, "route lost; waiting for it to attach again"]
                 cmd.waiting += 1
             else:

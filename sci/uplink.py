@@ -173,7 +173,7 @@ class Uplink:
         self._last_tick = now
         state = self.state
         if state is LinkState.ATTACHED:
-            if now - self.last_rx > self.settings.dead_after:
+            if now - self.last_rx > self.settings.dead_after and not self._backlog():
                 self._parent_failed(f"no frame for {now - self.last_rx:.1f}s")
                 return
             if self._disconnected_at is not None and now - self._disconnected_at > self.settings.disconnect_grace:
@@ -190,6 +190,10 @@ class Uplink:
             if now - self._phase_started > self._join_retry:
                 self._join_retry = min(self._join_retry * 2, _JOIN_RETRY_MAX)
                 self._join()
+
+    def _backlog(self) -> bool:
+        """Unread frames from the parent wait: its silence may be only our lag."""
+        return self._sock is not None and bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     # Phases -------------------------------------------------------------------------------
 

@@ -1,0 +1,264 @@
+"""service.config: every mistake in a daemon's YAML is reported naming the file, the field and
+the reason, and a daemon given such a file exits at once with status 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sci import TreeSettings
+from service import config as config_module
+from service.config import AgentConfig, BackendConfig, ConfigError, FrontendConfig, load
+
+REPO = Path(__file__).resolve().parent.parent
+KINDS = [FrontendConfig, AgentConfig, BackendConfig]
+KIND_IDS = ["frontend", "agent", "backend"]
+
+
+def _write(tmp_path: Path, text: str | bytes, name: str = "daemon.yaml") -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(kind: type[Any], path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(kind, path)
+    message = str(info.value)
+    assert "\n" not in message, f"not one line: {message!r}"
+    assert message.startswith(f"{path}: "), f"does not name the file first: {message!r}"
+    return message
+
+
+# The cases of the brief, for every daemon ------------------------------------------------
+
+COMMON_CASES = [
+    # (id, file text, what the message must say after "<file>: ")
+    ("unknown-top-level-key", "colour: blue\n", "colour: unknown setting (known: "),
+    ("unknown-tree-key", "tree:\n  fanuot: 8\n", "tree.fanuot: unknown setting"),
+    ("tree-not-a-mapping", "tree: [1, 2]\n", "tree: must be a mapping"),
+    ("tunable-out-of-range", "tree:\n  heartbeat_misses: 1\n",
+     "tree.heartbeat_misses: must be between 2 and 100 (got 1)"),
+    ("tunable-wrong-type", "tree:\n  heartbeat_interval: fast\n",
+     "tree.heartbeat_interval: must be a number (got 'fast')"),
+    ("tunable-bool", "tree:\n  read_batch: true\n", "tree.read_batch: must be a number (got True)"),
+    ("tunables-inconsistent", "tree:\n  heartbeat_interval: 0.1\n  heartbeat_misses: 2\n",
+     "tree.disconnect_grace: must be below the dead-after time"),
+    ("bad-node-id", 'node_id: "bad id!"\n', "node_id: node id 'bad id!' must be 1-64 characters"),
+    ("node-id-too-long", f"node_id: {'h' * 65}\n", "node_id: node id"),
+    ("node-id-wrong-type", "node_id: 42\n", "node_id: must be a string (got 42)"),
+    ("bad-log-level", "log_level: verbose\n", "log_level: must be debug, info, warning or error (got 'verbose')"),
+    ("log-level-wrong-type", "log_level: [info]\n", "log_level: must be a string"),
+    ("not-a-mapping", "- node_id: a\n- node_id: b\n", "must be a mapping of settings"),
+    ("scalar-file", "just some words\n", "must be a mapping of settings"),
+    ("invalid-yaml", "node_id: a\ntree: {listen: tcp://x:1\n", "not valid YAML: "),
+    ("not-utf8", b"node_id: h\xf6st\n", "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("text,expected", [c[1:] for c in COMMON_CASES], ids=[c[0] for c in COMMON_CASES])
+def test_error_names_file_field_and_reason(tmp_path: Path, kind: type[Any], text: str | bytes, expected: str) -> None:
+    message = _error(kind, _write(tmp_path, text))
+    assert message.startswith(f"{tmp_path / 'daemon.yaml'}: {expected}"), message
+
+
+LISTEN_CASES = [
+    ("bad-tree-listen", "tree:\n  listen: 0.0.0.0:7700\n", "tree.listen: must be an endpoint like tcp://"),
+    ("tree-listen-not-a-string", "tree:\n  listen: 7700\n", "tree.listen: must be an endpoint"),
+    ("bad-tree-advertise", "tree:\n  advertise: controller\n", "tree.advertise: must be an endpoint"),
+]
+
+
+@pytest.mark.parametrize("kind", [FrontendConfig, AgentConfig], ids=["frontend", "agent"])
+@pytest.mark.parametrize("text,expected", [c[1:] for c in LISTEN_CASES], ids=[c[0] for c in LISTEN_CASES])
+def test_listen_errors_name_file_field_and_reason(tmp_path: Path, kind: type[Any], text: str, expected: str) -> None:
+    message = _error(kind, _write(tmp_path, text))
+    assert message.startswith(f"{tmp_path / 'daemon.yaml'}: {expected}"), message
+
+
+@pytest.mark.parametrize("key", ["listen", "advertise"])
+def test_backend_refuses_an_endpoint_of_its_own(tmp_path: Path, key: str) -> None:
+    message = _error(BackendConfig, _write(tmp_path, f"tree:\n  {key}: tcp://0.0.0.0:7710\n"))
+    assert f"tree.{key}: a backend is a leaf and listens nowhere" in message
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_missing_file(tmp_path: Path, kind: type[Any]) -> None:
+    path = tmp_path / "nowhere.yaml"
+    assert _error(kind, path) == f"{path}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_directory_instead_of_file(tmp_path: Path, kind: type[Any]) -> None:
+    assert _error(kind, tmp_path) == f"{tmp_path}: cannot read: Is a directory"
+
+
+def test_invalid_yaml_says_where(tmp_path: Path) -> None:
+    message = _error(BackendConfig, _write(tmp_path, "node_id: a\nworkers: [1, 2\n"))
+    assert "line 3" in message, message
+
+
+def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
+    # `workers` is a backend setting: an agent must say so rather than ignore it.
+    message = _error(AgentConfig, _write(tmp_path, "workers: 4\n"))
+    assert message.endswith("workers: unknown setting (known: frontend, log_level, node_id, tree)"), message
+
+
+# Settings only some daemons have -----------------------------------------------------------
+
+BACKEND_CASES = [
+    ("workers-wrong-type", 'workers: "many"\n', "workers: must be an integer (got 'many')"),
+    ("workers-bool", "workers: true\n", "workers: must be an integer (got True)"),
+    ("workers-zero", "workers: 0\n", "workers: must be between 1 and 1024 (got 0)"),
+    ("workers-too-many", "workers: 5000\n", "workers: must be between 1 and 1024 (got 5000)"),
+    ("journal-fsync-wrong-type", "journal_fsync: yes please\n",
+     "journal_fsync: must be true or false (got 'yes please')"),
+    ("groups-not-a-list", "groups: rack1\n", "groups: must be a list of strings"),
+    ("groups-not-strings", "groups: [rack1, 2]\n", "groups: must be a list of strings"),
+    ("ops-modules-not-a-list", "ops_modules: backend.ops.system\n", "ops_modules: must be a list of strings"),
+    ("data-dir-wrong-type", "data_dir: 17\n", "data_dir: must be a string (got 17)"),
+    ("frontend-wrong-type", "frontend: 7700\n", "frontend: must be a string (got 7700)"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in BACKEND_CASES], ids=[c[0] for c in BACKEND_CASES])
+def test_backend_setting_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    assert _error(BackendConfig, path) == f"{path}: {expected}"
+
+
+@pytest.mark.parametrize("kind", [AgentConfig, BackendConfig], ids=["agent", "backend"])
+def test_frontend_must_be_an_endpoint(tmp_path: Path, kind: type[Any]) -> None:
+    path = _write(tmp_path, "frontend: controller.example:7700\n")
+    assert _error(kind, path) == (f"{path}: frontend: must be an endpoint like tcp://controller:7700 "
+                                  "(got 'controller.example:7700')")
+
+
+def test_control_socket_wrong_type(tmp_path: Path) -> None:
+    path = _write(tmp_path, "control_socket: 1\n")
+    assert _error(FrontendConfig, path) == f"{path}: control_socket: must be a string (got 1)"
+
+
+# Tunables: whole numbers and finite values ---------------------------------------------------
+
+TUNABLE_CASES = [
+    ("int-tunable-fraction", "tree:\n  fanout: 2.5\n", "tree.fanout: must be a whole number (got 2.5)"),
+    ("int-tunable-infinite", "tree:\n  fanout: .inf\n", "tree.fanout: must be a whole number (got inf)"),
+    ("float-tunable-infinite", "tree:\n  reattach_grace: .inf\n",
+     "tree.reattach_grace: must be a finite number (got inf)"),
+    ("float-tunable-nan", "tree:\n  hop_margin: .nan\n", "tree.hop_margin: must be a finite number (got nan)"),
+    ("float-tunable-huge", "tree:\n  heartbeat_interval: 1" + "0" * 400 + "\n",
+     "tree.heartbeat_interval: must be a finite number (too large)"),
+    ("fanout-below-2", "tree:\n  fanout: 1\n", "tree.fanout: must be at least 2 (got 1)"),
+    ("frame-too-small", "tree:\n  max_frame_bytes: 100\n",
+     "tree.max_frame_bytes: must be between 4 KiB and 1 GiB (got 100)"),
+    ("negative-grace", "tree:\n  reattach_grace: -1\n", "tree.reattach_grace: must not be negative (got -1.0)"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in TUNABLE_CASES], ids=[c[0] for c in TUNABLE_CASES])
+def test_tunable_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    assert _error(FrontendConfig, path) == f"{path}: {expected}"
+
+
+def test_tunables_are_converted_to_their_types(tmp_path: Path) -> None:
+    path = _write(tmp_path, "tree:\n  fanout: 8.0\n  heartbeat_interval: 2\n  read_batch: 64\n")
+    settings = load(AgentConfig, path).tree.settings
+    assert settings == TreeSettings(fanout=8, heartbeat_interval=2.0, read_batch=64)
+    assert type(settings.fanout) is int and type(settings.heartbeat_interval) is float
+
+
+# What loads --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_empty_file_means_every_default(tmp_path: Path, kind: type[Any]) -> None:
+    assert load(kind, _write(tmp_path, "# nothing set\n")) == load(kind, None)
+
+
+def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module.socket, "gethostname", lambda: "hv7.example.com")
+    assert load(FrontendConfig, None).node_id == "root"
+    assert load(FrontendConfig, None).tree.listen == "tcp://0.0.0.0:7700"
+    assert load(AgentConfig, None).node_id == "hv7"
+    assert load(AgentConfig, None).tree.listen == "tcp://0.0.0.0:7710"
+    assert load(BackendConfig, None).node_id == "hv7"
+    assert load(BackendConfig, None).workers == 16
+
+
+def test_tree_section_keeps_the_daemons_default_listen(tmp_path: Path) -> None:
+    path = _write(tmp_path, "tree:\n  fanout: 8\n")
+    assert load(AgentConfig, path).tree.listen == "tcp://0.0.0.0:7710"
+    assert load(FrontendConfig, path).tree.listen == "tcp://0.0.0.0:7700"
+
+
+def test_unusable_hostname_is_reported_against_node_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(config_module.socket, "gethostname", lambda: "bad_host!")
+    path = _write(tmp_path, "node_id: null\n")
+    assert _error(BackendConfig, path).startswith(f"{path}: node_id: node id 'bad_host!' must be")
+
+
+def test_a_full_backend_config(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+node_id: hv0001
+frontend: tcp://10.0.0.1:7700
+data_dir: /srv/cloudland
+groups: [rack1, gpu]
+ops_modules: [backend.ops.system]
+workers: 4
+journal_fsync: false
+log_level: debug
+tree:
+  heartbeat_interval: 0.5
+  heartbeat_misses: 4
+""")
+    config = load(BackendConfig, path)
+    assert config == BackendConfig(
+        node_id="hv0001", frontend="tcp://10.0.0.1:7700", data_dir="/srv/cloudland", groups=("rack1", "gpu"),
+        ops_modules=("backend.ops.system",), workers=4, journal_fsync=False, log_level="debug",
+        tree=config.tree,
+    )
+    assert config.tree.settings == TreeSettings(heartbeat_interval=0.5, heartbeat_misses=4)
+
+
+# The daemons: a bad config exits at once with status 2 and one line on stderr ---------------
+
+DAEMON_CASES = [
+    # (module, bad file text, what the line must say after "cloudland-<module>: <file>: ")
+    ("backend", 'workers: "many"\n', "workers: must be an integer"),
+    ("agent", "tree:\n  listen: 0.0.0.0:7710\n", "tree.listen: must be an endpoint"),
+    ("frontend", "tree:\n  heartbeat_misses: 1\n", "tree.heartbeat_misses: must be between 2 and 100"),
+]
+
+
+@pytest.mark.parametrize("module,text,expected", DAEMON_CASES, ids=[c[0] for c in DAEMON_CASES])
+def test_daemon_exits_2_on_a_bad_config(tmp_path: Path, module: str, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", module, "--config", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(f"cloudland-{module}: {path}: {expected}"), proc.stderr
+    assert proc.stdout == ""
+    assert elapsed < 10, f"took {elapsed:.1f}s to give up"
+
+
+@pytest.mark.parametrize("module", ["frontend", "agent", "backend"])
+def test_daemon_exits_2_on_a_missing_config(tmp_path: Path, module: str) -> None:
+    path = tmp_path / "missing.yaml"
+    proc = subprocess.run([sys.executable, "-m", module, "--config", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr == f"cloudland-{module}: {path}: cannot read: No such file or directory\n"
