@@ -163,7 +163,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable
     right = set(right)
 
     def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))]
         return "  ".join(out).rstrip()
 
     return "\n".join([line(headers)] + [line(r) for r in rows])

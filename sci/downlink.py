@@ -21,7 +21,7 @@ import zmq
 from . import proto
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .reactor import Reactor
+from .reactor import Reactor, ZContext, ZSocket, has_input
 from .routes import RouteChange, RouteTable
 from .settings import TreeSettings
 
@@ -79,14 +79,14 @@ def _check_removals(removed: Any) -> list[list[Any]]:
     for r in removed:
         if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], list)):
             raise FrameError("route removal must be [node_id, seq]")
-    return removed
+    return list(removed)
 
 
 class Downlink:
     def __init__(
         self,
         reactor: Reactor,
-        ctx: zmq.Context,
+        ctx: ZContext,
         node_id: str,
         listen: str,
         settings: TreeSettings,
@@ -103,7 +103,7 @@ class Downlink:
         # Sessions are unique per process lifetime, so a session number from before a restart
         # never matches by chance.
         self._next_session = time.time_ns() // 1000 % (1 << 40)
-        self._sock: zmq.Socket | None = None
+        self._sock: ZSocket | None = None
         self._last_tick = 0.0
         self._stop_ticker: Any = None
         self._log = log.bind(node=node_id)
@@ -118,7 +118,7 @@ class Downlink:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes * 2)
         sock.bind(self.listen)
-        self.bound_endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
         self._last_tick = time.monotonic()
         self.reactor.add_reader(sock, self._on_readable)
@@ -180,7 +180,7 @@ class Downlink:
         heartbeat = proto.heartbeat_down()
         # While frames wait unread, a child's latest heartbeat may be among them: judge no one
         # dead until this node has caught up with its input (bulk traffic must not look like silence).
-        backlog = self._sock is not None and bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        backlog = self._sock is not None and has_input(self._sock)
         for child in list(self.children.values()):
             if forgive:
                 child.last_rx = now
@@ -202,7 +202,7 @@ class Downlink:
 
     # Receiving ----------------------------------------------------------------------------
 
-    def _on_readable(self, sock: zmq.Socket) -> bool:
+    def _on_readable(self, sock: ZSocket) -> bool:
         for _ in range(self.settings.read_batch):
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)

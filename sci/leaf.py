@@ -18,7 +18,7 @@ from . import proto
 from .exceptions import FrameError
 from .journal import Journal
 from .proto import Frame, Kind, Role
-from .reactor import Reactor
+from .reactor import Reactor, ZContext
 from .results import Result
 from .settings import TreeSettings
 from .uplink import Uplink, UplinkOwner
@@ -54,14 +54,14 @@ class Leaf(UplinkOwner):
         journal: Journal,
         groups: list[str] | None = None,
         reactor: Reactor | None = None,
-        ctx: zmq.Context | None = None,
+        ctx: ZContext | None = None,
     ) -> None:
         self.node_id = proto.check_node_id(node_id)
         self.settings = settings
         self.executor = executor
         self.journal = journal
         self.reactor = reactor or Reactor()
-        self.ctx = ctx or zmq.Context.instance()
+        self.ctx: ZContext = ctx or zmq.Context.instance()
         self.up = Uplink(self.reactor, self.ctx, node_id, Role.BACKEND, registrar, settings, self, groups=groups)
         #: cmd_id -> the latest wave it was delivered in, while its handler runs
         self._running: dict[str, int] = {}

@@ -133,7 +133,8 @@ def check_node_id(value: object) -> str:
 
 
 def encode(kind: Kind, session: int, *fields: Any) -> bytes:
-    return msgpack.packb([VERSION, int(kind), session, *fields], use_bin_type=True)
+    data: bytes = msgpack.packb([VERSION, int(kind), session, *fields], use_bin_type=True)
+    return data
 
 
 def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
@@ -158,7 +159,7 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     shape = _SHAPES[kind]
     if len(fields) != len(shape):
         raise FrameError(f"{kind.name} takes {len(shape)} fields, got {len(fields)}", reason="malformed")
-    for i, (value, types) in enumerate(zip(fields, shape)):
+    for i, (value, types) in enumerate(zip(fields, shape, strict=True)):
         if not isinstance(value, types) or isinstance(value, bool):
             raise FrameError(f"{kind.name} field {i} has type {type(value).__name__}", reason="malformed")
     return Frame(kind, session, fields)
@@ -224,7 +225,8 @@ def bye(session: int) -> bytes:
 
 def pack_body(args: Any) -> bytes:
     """Encode a command's arguments once at the root; relays pass the bytes through untouched."""
-    return msgpack.packb(args, use_bin_type=True)
+    data: bytes = msgpack.packb(args, use_bin_type=True)
+    return data
 
 
 def unpack_body(body: bytes) -> Any:

@@ -18,16 +18,28 @@ import os
 import select
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeAlias, cast
 
 import structlog
 import zmq
 
-__all__ = ["Reactor", "Timer"]
+__all__ = ["Reactor", "Timer", "ZSocket", "ZContext", "fd_of", "has_input"]
+
+ZSocket: TypeAlias = "zmq.Socket[bytes]"
+ZContext: TypeAlias = "zmq.Context[zmq.Socket[bytes]]"
+
+
+def fd_of(sock: ZSocket) -> int:
+    return cast(int, sock.getsockopt(zmq.FD))
+
+
+def has_input(sock: ZSocket) -> bool:
+    """Whether a frame waits to be read (this also processes the socket's pending commands)."""
+    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 log = structlog.get_logger("sci.reactor")
 
-ReadHandler = Callable[[zmq.Socket], bool]
+ReadHandler = Callable[[ZSocket], bool]
 """Reads up to a batch from the socket; returns True if it stopped with input still pending."""
 
 
@@ -46,7 +58,7 @@ class Timer:
 class Reactor:
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._readers: dict[int, tuple[zmq.Socket, ReadHandler]] = {}
+        self._readers: dict[int, tuple[ZSocket, ReadHandler]] = {}
         self._ready: dict[int, None] = {}  # insertion-ordered set of fds with input pending
         self._touched: dict[int, None] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -60,22 +72,22 @@ class Reactor:
 
     # Sockets -----------------------------------------------------------------------------
 
-    def add_reader(self, sock: zmq.Socket, handler: ReadHandler) -> None:
-        fd = sock.getsockopt(zmq.FD)
+    def add_reader(self, sock: ZSocket, handler: ReadHandler) -> None:
+        fd = fd_of(sock)
         self._readers[fd] = (sock, handler)
         self._epoll.register(fd, select.EPOLLIN)
         self._ready[fd] = None  # input may already be queued
 
-    def remove_reader(self, sock: zmq.Socket) -> None:
-        fd = sock.getsockopt(zmq.FD)
+    def remove_reader(self, sock: ZSocket) -> None:
+        fd = fd_of(sock)
         if self._readers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
         self._ready.pop(fd, None)
         self._touched.pop(fd, None)
 
-    def touch(self, sock: zmq.Socket) -> None:
+    def touch(self, sock: ZSocket) -> None:
         """Note that ``sock`` was sent on: its input must be re-checked this turn."""
-        self._touched[sock.getsockopt(zmq.FD)] = None
+        self._touched[fd_of(sock)] = None
 
     # Timers and calls -----------------------------------------------------------------------
 
@@ -155,14 +167,14 @@ class Reactor:
             if entry is None:
                 continue
             sock, handler = entry
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and self._guarded(lambda: handler(sock)):
+            if has_input(sock) and self._guarded(handler, sock):
                 self._ready[fd] = None
         # Sends may have swallowed the FD's signal for input that is now queued.
         while self._touched:
             touched, self._touched = self._touched, {}
             for fd in touched:
                 entry = self._readers.get(fd)
-                if entry is not None and entry[0].getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if entry is not None and has_input(entry[0]):
                     self._ready[fd] = None
 
     def _run_timers(self) -> None:
@@ -174,10 +186,10 @@ class Reactor:
                 self._guarded(timer.fn)
 
     @staticmethod
-    def _guarded(fn: Callable[[], object]) -> object:
+    def _guarded(fn: Callable[..., object], *args: object) -> object:
         """Run one callback; a bug in it is logged and the loop goes on serving everything else."""
         try:
-            return fn()
+            return fn(*args)
         except Exception:
             log.exception("loop_callback_failed")
             return False

@@ -18,7 +18,7 @@ from . import proto
 from .downlink import Downlink, DownlinkOwner
 from .gather import Gather
 from .proto import Frame, Kind, NodeEntry, Role
-from .reactor import Reactor, Timer
+from .reactor import Reactor, Timer, ZContext
 from .results import Status
 from .routes import RouteChange
 from .settings import TreeSettings
@@ -49,12 +49,12 @@ class Relay(UplinkOwner, DownlinkOwner):
         settings: TreeSettings,
         advertise: str | None = None,
         reactor: Reactor | None = None,
-        ctx: zmq.Context | None = None,
+        ctx: ZContext | None = None,
     ) -> None:
         self.node_id = proto.check_node_id(node_id)
         self.settings = settings
         self.reactor = reactor or Reactor()
-        self.ctx = ctx or zmq.Context.instance()
+        self.ctx: ZContext = ctx or zmq.Context.instance()
         self.down = Downlink(self.reactor, self.ctx, node_id, listen, settings, self)
         self._advertise = advertise
         self.up: Uplink | None = None

@@ -33,7 +33,7 @@ from .downlink import Downlink, DownlinkOwner
 from .exceptions import FrameError, TargetError, TreeClosed
 from .planner import Candidate, Planner
 from .proto import Frame, NodeEntry, Role
-from .reactor import Reactor, Timer
+from .reactor import Reactor, Timer, ZContext
 from .results import Result, Status
 from .routes import RouteChange
 from .settings import TreeSettings
@@ -223,12 +223,12 @@ class TreeRoot(DownlinkOwner):
         settings: TreeSettings | None = None,
         node_id: str = "root",
         advertise: str | None = None,
-        ctx: zmq.Context | None = None,
+        ctx: ZContext | None = None,
     ) -> None:
         self.node_id = proto.check_node_id(node_id)
         self.settings = (settings or TreeSettings()).validate()
         self.reactor = Reactor()
-        self.ctx = ctx or zmq.Context.instance()
+        self.ctx: ZContext = ctx or zmq.Context.instance()
         self.down = Downlink(self.reactor, self.ctx, node_id, listen, self.settings, self)
         self._advertise = advertise
         self.planner: Planner | None = None

@@ -30,7 +30,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import proto
 from .exceptions import FrameError, IllegalTransition
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .reactor import Reactor
+from .reactor import Reactor, ZContext, ZSocket, has_input
 from .settings import TreeSettings
 
 __all__ = ["LinkState", "Uplink", "UplinkOwner"]
@@ -78,7 +78,7 @@ class Uplink:
     def __init__(
         self,
         reactor: Reactor,
-        ctx: zmq.Context,
+        ctx: ZContext,
         node_id: str,
         role: Role,
         registrar: str,
@@ -109,8 +109,8 @@ class Uplink:
         self._join_retry = _JOIN_RETRY_MIN
         self._disconnected_at: float | None = None
         self._last_tick = 0.0
-        self._sock: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
+        self._sock: ZSocket | None = None
+        self._monitor: ZSocket | None = None
         self._outbox: collections.deque[Callable[[int], bytes]] = collections.deque()
         self._log = log.bind(node=node_id)
 
@@ -193,7 +193,7 @@ class Uplink:
 
     def _backlog(self) -> bool:
         """Unread frames from the parent wait: its silence may be only our lag."""
-        return self._sock is not None and bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        return self._sock is not None and has_input(self._sock)
 
     # Phases -------------------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class Uplink:
                 return
             outbox.popleft()
 
-    def _on_monitor(self, sock: zmq.Socket) -> bool:
+    def _on_monitor(self, sock: ZSocket) -> bool:
         for _ in range(64):
             try:
                 event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
@@ -298,7 +298,7 @@ class Uplink:
                 self._disconnected_at = None
         return True
 
-    def _on_readable(self, sock: zmq.Socket) -> bool:
+    def _on_readable(self, sock: ZSocket) -> bool:
         for _ in range(self.settings.read_batch):
             try:
                 data = sock.recv(zmq.NOBLOCK)

@@ -104,7 +104,7 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         if key not in known:
             raise ConfigError(f"{where}: {key}: unknown setting (known: {', '.join(sorted(known))})")
         if key == "tree":
-            values[key] = _tree(value, getattr(kind(), "tree"), where, listens=kind is not BackendConfig)
+            values[key] = _tree(value, kind().tree, where, listens=kind is not BackendConfig)
         elif key in ("groups", "ops_modules"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key}: must be a list of strings")

@@ -1,0 +1,13 @@
+"""sci/ is checked with mypy --strict (configured in pyproject.toml): its types are its contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_sci_passes_mypy_strict() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "mypy"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
