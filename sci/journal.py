@@ -64,15 +64,14 @@ class Journal:
             self._remember(cmd_id, entry)
 
     def finished(self, cmd_id: str, result: list[Any], durable: bool) -> None:
-        entry = self.lookup(cmd_id)
+        if not durable:
+            self._remember(cmd_id, JournalEntry(time.time(), result))
+            return
+        entry = self._durable.get(cmd_id)
         if entry is None:
-            entry = JournalEntry(time.time(), None)
-            if not durable:
-                self._remember(cmd_id, entry)
+            entry = self._durable[cmd_id] = JournalEntry(time.time(), None)
         entry.result = result
-        if durable:
-            self._durable[cmd_id] = entry
-            self._append(["D", cmd_id, time.time(), result])
+        self._append(["D", cmd_id, time.time(), result])
 
     def close(self) -> None:
         if self._fd is not None:

@@ -120,7 +120,8 @@ class Leaf(UplinkOwner):
         except FrameError as exc:
             self._answer(cmd_id, wave, Result.error(str(exc), EXIT_BAD_ARGS).to_wire())
             return
-        self.journal.started(cmd_id, durable)
+        if durable:
+            self.journal.started(cmd_id, durable)
         self._running[cmd_id] = wave
         started = time.monotonic()
         reactor = self.reactor
@@ -137,8 +138,9 @@ class Leaf(UplinkOwner):
         wire = result.to_wire()
         self.journal.finished(cmd_id, wire, durable)
         wave = self._running.pop(cmd_id)
-        self._log.debug("command_done", cmd=cmd_id, op=op, status=result.status.name.lower(),
-                        duration_s=round(time.monotonic() - started, 4))
+        if durable:  # read-only ops (ping, info) would flood the log of a busy host
+            self._log.info("command_done", cmd=cmd_id, op=op, status=result.status.name.lower(),
+                           duration_s=round(time.monotonic() - started, 4))
         self._answer(cmd_id, wave, wire)
 
     def _answer(self, cmd_id: str, wave: int, wire: list[Any]) -> None:

@@ -13,6 +13,7 @@ parent (or above), so no failover can ever make a node its own ancestor.
 
 from __future__ import annotations
 
+import collections
 import time
 import zlib
 from dataclasses import dataclass
@@ -50,10 +51,24 @@ class Planner:
         self.root_id = root_id
         self.root_endpoint = root_endpoint
         self.fanout = fanout
+        # Slots promised to nodes that have not attached yet.  Kept as counts plus an expiry
+        # queue, so that a storm of thousands of joins does not rescan every promise per join.
         self._reserved: dict[str, tuple[str, float]] = {}  # node -> (parent, until)
+        self._promised: collections.Counter[str] = collections.Counter()  # parent -> slots
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
 
     def attached(self, node_id: str) -> None:
-        self._reserved.pop(node_id, None)
+        reservation = self._reserved.pop(node_id, None)
+        if reservation is not None:
+            self._promised[reservation[0]] -= 1
+
+    def _expire(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            until, node = expiry.popleft()
+            reservation = self._reserved.get(node)
+            if reservation is not None and reservation[1] == until:
+                self.attached(node)
 
     def place(self, node_id: str, role: Role, agents: list[Candidate], root_children: int,
               own_level: int | None = None, exclude: set[str] | None = None) -> Placement:
@@ -64,10 +79,9 @@ class Planner:
         its parent (its own subtree).
         """
         now = time.monotonic()
-        self._reserved = {n: r for n, r in self._reserved.items() if r[1] > now and n != node_id}
-        extra: dict[str, int] = {}
-        for parent, _ in self._reserved.values():
-            extra[parent] = extra.get(parent, 0) + 1
+        self._expire(now)
+        self.attached(node_id)  # a node asking again gives back what it was promised
+        extra = self._promised
         root = Candidate(self.root_id, 0, self.root_endpoint, root_children + extra.get(self.root_id, 0))
         pool = [root] + [
             Candidate(a.node_id, a.level, a.endpoint, a.children + extra.get(a.node_id, 0))
@@ -97,5 +111,8 @@ class Planner:
                 rotated = peers[start:] + peers[:start]
                 parents += [[c.node_id, c.endpoint] for c in rotated[:FALLBACKS]]
             parents.append([self.root_id, self.root_endpoint])
-        self._reserved[node_id] = (choice.node_id, now + RESERVATION_S)
+        until = now + RESERVATION_S
+        self._reserved[node_id] = (choice.node_id, until)
+        self._promised[choice.node_id] += 1
+        self._expiry.append((until, node_id))
         return Placement(level, parents)

@@ -14,6 +14,7 @@ docs/protocol.md describes each kind; this module is the authority and the docs 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -92,16 +93,18 @@ class RejectCode(IntEnum):
 #: ``seq`` orders a node's attachments: (incarnation_ns, counter).
 NodeEntry = list[Any]
 
-# Field type shapes per kind (after the 3-element head).  ``None`` in a tuple means nil allowed.
-_STR = (str,)
-_INT = (int,)
-_LIST = (list,)
-_DICT = (dict,)
-_OPT_STR = (str, type(None))
-_OPT_LIST = (list, type(None))
-_BYTES = (bytes,)
+# The exact types msgpack may decode each field to (after the 3-element head).  msgpack
+# yields exact built-in types, so ``type(v) in allowed`` is both the check and the fast path
+# (a bool is not accepted where an int is meant).
+_STR: frozenset[type] = frozenset({str})
+_INT: frozenset[type] = frozenset({int})
+_LIST: frozenset[type] = frozenset({list})
+_DICT: frozenset[type] = frozenset({dict})
+_OPT_STR: frozenset[type] = frozenset({str, type(None)})
+_OPT_LIST: frozenset[type] = frozenset({list, type(None)})
+_BYTES: frozenset[type] = frozenset({bytes})
 
-_SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
+_SHAPES: dict[Kind, tuple[frozenset[type], ...]] = {
     Kind.JOIN: (_STR, _INT, _INT, _OPT_STR, _LIST),
     Kind.ASSIGN: (_INT, _LIST),
     Kind.HELLO: (_STR, _LIST),
@@ -132,9 +135,21 @@ def check_node_id(value: object) -> str:
     return value
 
 
-def encode(kind: Kind, session: int, *fields: Any) -> bytes:
-    data: bytes = msgpack.packb([VERSION, int(kind), session, *fields], use_bin_type=True)
+_local = threading.local()
+
+
+def _pack(obj: Any) -> bytes:
+    # msgpack.packb builds a Packer per call; a packer per thread is reused (packers are not
+    # thread-safe, and the root packs in callers' threads as well as its own).
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    data: bytes = packer.pack(obj)
     return data
+
+
+def encode(kind: Kind, session: int, *fields: Any) -> bytes:
+    return _pack([VERSION, int(kind), session, *fields])
 
 
 def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
@@ -145,22 +160,22 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise FrameError(f"undecodable frame: {exc}", reason="undecodable") from exc
-    if not isinstance(obj, list) or len(obj) < 3:
+    if type(obj) is not list or len(obj) < 3:
         raise FrameError("frame is not an array [version, kind, session, ...]", reason="malformed")
     version, kind_code, session = obj[0], obj[1], obj[2]
-    if version != VERSION:
+    if version != VERSION or type(version) is not int:
         raise FrameError(f"protocol version {version!r}, expected {VERSION}", reason="version")
-    kind = _KINDS.get(kind_code) if isinstance(kind_code, int) else None
+    kind = _KINDS.get(kind_code) if type(kind_code) is int else None
     if kind is None:
         raise FrameError(f"unknown frame kind {kind_code!r}", reason="malformed")
-    if not isinstance(session, int):
+    if type(session) is not int:
         raise FrameError("session must be an integer", reason="malformed")
     fields = obj[3:]
     shape = _SHAPES[kind]
     if len(fields) != len(shape):
         raise FrameError(f"{kind.name} takes {len(shape)} fields, got {len(fields)}", reason="malformed")
-    for i, (value, types) in enumerate(zip(fields, shape, strict=True)):
-        if not isinstance(value, types) or isinstance(value, bool):
+    for i, value in enumerate(fields):
+        if type(value) not in shape[i]:
             raise FrameError(f"{kind.name} field {i} has type {type(value).__name__}", reason="malformed")
     return Frame(kind, session, fields)
 
@@ -225,8 +240,7 @@ def bye(session: int) -> bytes:
 
 def pack_body(args: Any) -> bytes:
     """Encode a command's arguments once at the root; relays pass the bytes through untouched."""
-    data: bytes = msgpack.packb(args, use_bin_type=True)
-    return data
+    return _pack(args)
 
 
 def unpack_body(body: bytes) -> Any:

@@ -31,12 +31,13 @@ import zmq
 from . import proto
 from .downlink import Downlink, DownlinkOwner
 from .exceptions import FrameError, TargetError, TreeClosed
-from .planner import Candidate, Planner
+from .planner import Planner
 from .proto import Frame, NodeEntry, Role
 from .reactor import Reactor, Timer, ZContext
 from .results import Result, Status
 from .routes import RouteChange
 from .settings import TreeSettings
+from .topology import TreeIndex
 
 __all__ = ["Targets", "CommandHandle", "NodeInfo", "NodeStatus", "RootStats", "TreeRoot"]
 
@@ -235,6 +236,7 @@ class TreeRoot(DownlinkOwner):
         self.stats = RootStats()
         self._commands: dict[str, _Command] = {}
         self._nodes: dict[str, NodeEntry] = {}
+        self._index = TreeIndex()
         self._down_since: dict[str, float] = {}
         self._groups: dict[str, set[str]] = {}
         self._status: dict[str, _StatusQuery] = {}
@@ -355,39 +357,18 @@ class TreeRoot(DownlinkOwner):
         if role is Role.AGENT and not endpoint:
             raise FrameError(f"JOIN from agent {node_id!r} without an endpoint")
         assert self.planner is not None
-        routes = self.down.routes
-        agents = []
-        counts: dict[str, int] = {}
-        for _, route in routes.items():
-            parent = route.entry[2]
-            counts[parent] = counts.get(parent, 0) + 1
-        for node, route in routes.items():
-            e = route.entry
-            if e[3] == Role.AGENT and e[5]:
-                agents.append(Candidate(node, e[4], e[5], counts.get(node, 0)))
         own_level = None
         exclude = None
-        if role is Role.AGENT and counts.get(node_id):
+        if role is Role.AGENT and self._index.children_of(node_id):
             # A relay coming back with a subtree keeps its level and never goes below itself.
             own_level = self._nodes[node_id][4] if node_id in self._nodes else None
-            exclude = self._subtree_of(node_id)
-        placement = self.planner.place(node_id, role, agents, len(downlink.children), own_level, exclude)
+            exclude = self._index.subtree_of(node_id)
+        placement = self.planner.place(node_id, role, self._index.agent_candidates(),
+                                        self._index.children_of(self.node_id), own_level, exclude)
         downlink.send_raw(identity, proto.assign(placement.level, placement.parents))
         self.stats.joins += 1
         self._log.info("node_placed", joiner=node_id, role=role.name.lower(), level=placement.level,
                        parents=[p[0] for p in placement.parents])
-
-    def _subtree_of(self, node_id: str) -> set[str]:
-        children: dict[str, list[str]] = {}
-        for node, route in self.down.routes.items():
-            children.setdefault(route.entry[2], []).append(node)
-        out, stack = set(), [node_id]
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in out:
-                    out.add(child)
-                    stack.append(child)
-        return out
 
     # Commands -----------------------------------------------------------------------------
 
@@ -494,6 +475,8 @@ class TreeRoot(DownlinkOwner):
 
     def on_routes(self, child: str, change: RouteChange) -> None:
         now = time.monotonic()
+        self._index.removed(change.removed)
+        self._index.added(change.added)
         for node, _seq in change.removed:
             self._down_since[node] = now
         for entry in change.added:

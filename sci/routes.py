@@ -60,6 +60,8 @@ class RouteTable:
         self._routes: dict[str, Route] = {}
         #: backends only: the default target set of a broadcast
         self._backends: dict[str, None] = {}
+        #: child -> nodes routed through it, so losing a child costs its subtree, not the table
+        self._via: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -95,7 +97,10 @@ class RouteTable:
             if cur is not None:
                 if seq < cur.seq or (seq == cur.seq and cur.child == child and cur.entry == entry):
                     continue
+            if cur is not None and cur.child != child:
+                self._via[cur.child].discard(node)
             self._routes[node] = Route(child, seq, entry)
+            self._via.setdefault(child, set()).add(node)
             if entry[3] == Role.BACKEND:
                 self._backends[node] = None
             change.added.append(entry)
@@ -116,12 +121,14 @@ class RouteTable:
     def remove_child(self, child: str) -> RouteChange:
         """Everything reached through ``child`` is gone (it died or left)."""
         change = RouteChange()
-        for node, cur in [(n, r) for n, r in self._routes.items() if r.child == child]:
-            self._drop(node, cur, change)
+        for node in list(self._via.get(child, ())):
+            self._drop(node, self._routes[node], change)
+        self._via.pop(child, None)
         return change
 
     def _drop(self, node: str, cur: Route, change: RouteChange) -> None:
         del self._routes[node]
+        self._via[cur.child].discard(node)
         self._backends.pop(node, None)
         change.removed.append([node, list(cur.seq)])
         change.moved.append((node, cur.child, None))
