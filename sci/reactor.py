@@ -23,19 +23,23 @@ from typing import Callable, TypeAlias, cast
 import structlog
 import zmq
 
-__all__ = ["Reactor", "Timer", "ZSocket", "ZContext", "fd_of", "has_input"]
+__all__ = ["Reactor", "Timer", "ZSocket", "ZContext", "has_input", "NOBLOCK", "NOBLOCK_SNDMORE"]
 
 ZSocket: TypeAlias = "zmq.Socket[bytes]"
 ZContext: TypeAlias = "zmq.Context[zmq.Socket[bytes]]"
 
-
-def fd_of(sock: ZSocket) -> int:
-    return cast(int, sock.getsockopt(zmq.FD))
+# pyzmq's constants are IntFlag enums: combining or testing them builds enum members, which
+# costs as much as the socket call itself.  The hot paths use plain ints.
+_FD = int(zmq.FD)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 def has_input(sock: ZSocket) -> bool:
     """Whether a frame waits to be read (this also processes the socket's pending commands)."""
-    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+    return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
 
 log = structlog.get_logger("sci.reactor")
 
@@ -69,17 +73,23 @@ class Reactor:
         self._running = False
         self._thread_id: int | None = None
         self._tickers: dict[float, dict[int, Callable[[], None]]] = {}
+        self._fds: dict[ZSocket, int] = {}
+        #: the socket whose handler is running: its own read loop re-checks it after sends
+        self._serving = -1
 
     # Sockets -----------------------------------------------------------------------------
 
     def add_reader(self, sock: ZSocket, handler: ReadHandler) -> None:
-        fd = fd_of(sock)
+        fd = cast(int, sock.get(_FD))
+        self._fds[sock] = fd
         self._readers[fd] = (sock, handler)
         self._epoll.register(fd, select.EPOLLIN)
         self._ready[fd] = None  # input may already be queued
 
     def remove_reader(self, sock: ZSocket) -> None:
-        fd = fd_of(sock)
+        fd = self._fds.pop(sock, None)
+        if fd is None:
+            return
         if self._readers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
         self._ready.pop(fd, None)
@@ -87,7 +97,9 @@ class Reactor:
 
     def touch(self, sock: ZSocket) -> None:
         """Note that ``sock`` was sent on: its input must be re-checked this turn."""
-        self._touched[fd_of(sock)] = None
+        fd = self._fds.get(sock)
+        if fd is not None and fd != self._serving:
+            self._touched[fd] = None
 
     # Timers and calls -----------------------------------------------------------------------
 
@@ -167,8 +179,11 @@ class Reactor:
             if entry is None:
                 continue
             sock, handler = entry
-            if has_input(sock) and self._guarded(handler, sock):
-                self._ready[fd] = None
+            if has_input(sock):
+                self._serving = fd
+                if self._guarded(handler, sock):
+                    self._ready[fd] = None
+                self._serving = -1
         # Sends may have swallowed the FD's signal for input that is now queued.
         while self._touched:
             touched, self._touched = self._touched, {}
