@@ -29,6 +29,9 @@ __all__ = ["Child", "Downlink", "DownlinkOwner", "check_entries"]
 
 log = structlog.get_logger("sci.downlink")
 
+#: Longest a parent spends reading children's frames before its timers get a turn.
+_READ_SLICE_S = 0.05
+
 
 @dataclass(slots=True)
 class Child:
@@ -205,10 +208,15 @@ class Downlink:
 
     def _on_readable(self, sock: ZSocket) -> bool:
         # The reactor saw input before calling; after that, asking EVENTS is far cheaper than
-        # letting recv raise Again at the end of each burst.
+        # letting recv raise Again at the end of each burst.  Reading is bounded by time as
+        # well as count: a burst of thousands of JOINs must not keep the heartbeat timers waiting.
+        give_back = time.monotonic() + _READ_SLICE_S
         for i in range(self.settings.read_batch):
-            if i and not has_input(sock):
-                return False
+            if i:
+                if not has_input(sock):
+                    return False
+                if time.monotonic() > give_back:
+                    return True  # more is waiting: timers first, then the rest
             parts = sock.recv_multipart(NOBLOCK)
             if len(parts) != 2:
                 self._log.warning("frame_dropped", reason="malformed", detail=f"{len(parts)} parts")

@@ -101,13 +101,15 @@ class Relay(UplinkOwner, DownlinkOwner):
     # From the parent ----------------------------------------------------------------------
 
     def subtree_entries(self) -> list[NodeEntry]:
-        return self.down.routes.entries()
-
-    def on_attached(self, parent: str) -> None:
-        # The HELLO carried the whole table; nothing batched before it needs to go.
+        # The HELLO being built carries the whole table: what was batched so far is in it.
+        # Changes from now on are batched and go up once the parent has welcomed us.
         self._routes_added.clear()
         self._routes_removed.clear()
         self._routes_pending.clear()
+        return self.down.routes.entries()
+
+    def on_attached(self, parent: str) -> None:
+        self._flush_routes()
 
     def on_detached(self, parent: str, reason: str) -> None:
         if self.gathers:
@@ -191,10 +193,12 @@ class Relay(UplinkOwner, DownlinkOwner):
         if self._route_timer is not None:
             self._route_timer.cancel()
             self._route_timer = None
+        if self.up is None or not self.up.attached:
+            return  # kept until WELCOME; a new HELLO would carry them instead
         added, removed = self._routes_added, self._routes_removed
-        self._routes_added, self._routes_removed = [], []
-        self._routes_pending.clear()
-        if (added or removed) and self.up is not None and self.up.attached:
+        if added or removed:
+            self._routes_added, self._routes_removed = [], []
+            self._routes_pending.clear()
             self.up.send(lambda session: proto.routes(session, added, removed))
 
     def _repair_gathers(self, change: RouteChange) -> None:
