@@ -17,6 +17,7 @@ import zmq
 from . import proto
 from .exceptions import FrameError
 from .journal import Journal
+from .node import LoopNode
 from .proto import Frame, Kind, Role
 from .reactor import Reactor, ZContext
 from .results import Result
@@ -44,7 +45,7 @@ class Executor:
         raise NotImplementedError
 
 
-class Leaf(UplinkOwner):
+class Leaf(UplinkOwner, LoopNode):
     def __init__(
         self,
         node_id: str,
@@ -71,16 +72,6 @@ class Leaf(UplinkOwner):
     def start(self) -> None:
         self.up.start()
         self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
-
-    def run(self) -> None:
-        self.start()
-        try:
-            self.reactor.run()
-        finally:
-            self.close()
-
-    def stop(self) -> None:
-        self.reactor.call_soon_threadsafe(self.reactor.stop)
 
     def close(self) -> None:
         if self._stop_ticker is not None:

@@ -17,11 +17,13 @@ import zmq
 from . import proto
 from .downlink import Downlink, DownlinkOwner
 from .gather import Gather
+from .node import LoopNode
 from .proto import Frame, Kind, NodeEntry, Role
 from .reactor import Reactor, Timer, ZContext
 from .results import Status
 from .routes import RouteChange
 from .settings import TreeSettings
+from .status import StatusQueries
 from .uplink import Uplink, UplinkOwner
 
 __all__ = ["Relay"]
@@ -31,16 +33,7 @@ log = structlog.get_logger("sci.relay")
 _LOST = int(Status.LOST)
 
 
-class _StatusQuery:
-    __slots__ = ("table", "waiting", "timer")
-
-    def __init__(self, table: dict[str, list[Any]], waiting: set[str], timer: Timer | None) -> None:
-        self.table = table
-        self.waiting = waiting
-        self.timer = timer
-
-
-class Relay(UplinkOwner, DownlinkOwner):
+class Relay(UplinkOwner, DownlinkOwner, LoopNode):
     def __init__(
         self,
         node_id: str,
@@ -60,7 +53,7 @@ class Relay(UplinkOwner, DownlinkOwner):
         self.up: Uplink | None = None
         self._registrar = registrar
         self.gathers: dict[tuple[str, int], Gather] = {}
-        self._status: dict[str, _StatusQuery] = {}
+        self.status = StatusQueries(node_id, self.reactor, self.down)
         self._routes_added: list[NodeEntry] = []
         self._routes_removed: list[list[Any]] = []
         self._routes_pending: set[str] = set()
@@ -78,17 +71,6 @@ class Relay(UplinkOwner, DownlinkOwner):
         self.up.start()
         self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
         self._log.info("relay_started", listen=self.down.bound_endpoint, advertise=endpoint)
-
-    def run(self) -> None:
-        self.start()
-        try:
-            self.reactor.run()
-        finally:
-            self.close()
-
-    def stop(self) -> None:
-        """Ask the loop to end (safe from any thread or a signal handler)."""
-        self.reactor.call_soon_threadsafe(self.reactor.stop)
 
     def close(self) -> None:
         if self._stop_ticker is not None:
@@ -115,7 +97,7 @@ class Relay(UplinkOwner, DownlinkOwner):
         if self.gathers:
             self._log.info("gathers_dropped", count=len(self.gathers), reason=reason)
         self.gathers.clear()
-        self._status.clear()
+        self.status.clear()
 
     def on_parent_frame(self, frame: Frame) -> None:
         if frame.kind is Kind.COMMAND:
@@ -222,43 +204,13 @@ class Relay(UplinkOwner, DownlinkOwner):
 
     # Tree status --------------------------------------------------------------------------
 
-    def own_status(self) -> dict[str, list[Any]]:
-        now = time.monotonic()
-        return {
-            self.node_id: [
-                [c.node_id, int(c.role), int((now - c.last_rx) * 1000)] for c in self.down.children.values()
-            ]
-        }
-
     def _status_query(self, query_id: str, ttl_ms: int) -> None:
-        table = self.own_status()
-        agents = {c.node_id for c in self.down.children.values() if c.role is Role.AGENT}
-        if not agents:
-            self._send_status(query_id, table)
-            return
         flush_in = max(0.0, ttl_ms / 1000 - self.settings.hop_margin)
-        timer = self.reactor.call_later(flush_in, lambda: self._finish_status(query_id))
-        self._status[query_id] = _StatusQuery(table, agents, timer)
-        data = proto.status(query_id, int(flush_in * 1000))
-        for agent in agents:
-            self.down.send(agent, data)
+        self.status.start(query_id, flush_in, lambda table: self._send_status(query_id, table))
 
     def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
-        query = self._status.get(query_id)
-        if query is None:
-            self._send_status(query_id, table)
-            return
-        query.table.update(table)
-        query.waiting.discard(child)
-        if not query.waiting:
-            self._finish_status(query_id)
-
-    def _finish_status(self, query_id: str) -> None:
-        query = self._status.pop(query_id, None)
-        if query is not None:
-            if query.timer is not None:
-                query.timer.cancel()
-            self._send_status(query_id, query.table)
+        if not self.status.reply(child, query_id, table):
+            self._send_status(query_id, table)  # late: pass it up, the root decides
 
     def _send_status(self, query_id: str, table: dict[str, list[Any]]) -> None:
         if self.up is not None:

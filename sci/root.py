@@ -37,6 +37,7 @@ from .reactor import Reactor, Timer, ZContext
 from .results import Result, Status
 from .routes import RouteChange
 from .settings import TreeSettings
+from .status import StatusQueries
 from .topology import TreeIndex
 
 __all__ = ["Targets", "CommandHandle", "NodeInfo", "NodeStatus", "RootStats", "TreeRoot"]
@@ -206,17 +207,6 @@ class _Command:
     timer: Timer | None = None
 
 
-class _StatusQuery:
-    __slots__ = ("table", "waiting", "future", "timer")
-
-    def __init__(self, table: dict[str, list[Any]], waiting: set[str],
-                 future: concurrent.futures.Future[dict[str, list[Any]]]) -> None:
-        self.table = table
-        self.waiting = waiting
-        self.future = future
-        self.timer: Timer | None = None
-
-
 class TreeRoot(DownlinkOwner):
     def __init__(
         self,
@@ -239,7 +229,7 @@ class TreeRoot(DownlinkOwner):
         self._index = TreeIndex()
         self._down_since: dict[str, float] = {}
         self._groups: dict[str, set[str]] = {}
-        self._status: dict[str, _StatusQuery] = {}
+        self.status = StatusQueries(node_id, self.reactor, self.down)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._log = log.bind(node=node_id)
@@ -334,7 +324,7 @@ class TreeRoot(DownlinkOwner):
     def tree_status(self, timeout: float = 2.0) -> list[NodeStatus]:
         """Ask every relay for its children and their heartbeat ages; return the whole tree."""
         future: concurrent.futures.Future[dict[str, list[Any]]] = concurrent.futures.Future()
-        self._call(lambda: self._start_status(future, timeout))
+        self._call(lambda: self.status.start(uuid.uuid4().hex, timeout, future.set_result))
         table = future.result(timeout + 5)
         return self._call(lambda: self._compose_status(table))  # type: ignore[no-any-return]
 
@@ -555,37 +545,8 @@ class TreeRoot(DownlinkOwner):
 
     # Tree status --------------------------------------------------------------------------
 
-    def _start_status(self, future: concurrent.futures.Future[dict[str, list[Any]]], timeout: float) -> None:
-        now = time.monotonic()
-        qid = uuid.uuid4().hex
-        table = {self.node_id: [[c.node_id, int(c.role), int((now - c.last_rx) * 1000)]
-                                for c in self.down.children.values()]}
-        agents = {c.node_id for c in self.down.children.values() if c.role is Role.AGENT}
-        query = _StatusQuery(table, agents, future)
-        if not agents:
-            future.set_result(table)
-            return
-        self._status[qid] = query
-        query.timer = self.reactor.call_later(timeout, lambda: self._finish_status(qid))
-        data = proto.status(qid, int(timeout * 1000))
-        for agent in agents:
-            self.down.send(agent, data)
-
     def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
-        query = self._status.get(query_id)
-        if query is None:
-            return
-        query.table.update(table)
-        query.waiting.discard(child)
-        if not query.waiting:
-            self._finish_status(query_id)
-
-    def _finish_status(self, query_id: str) -> None:
-        query = self._status.pop(query_id, None)
-        if query is not None:
-            if query.timer is not None:
-                query.timer.cancel()
-            query.future.set_result(query.table)
+        self.status.reply(child, query_id, table)
 
     def _compose_status(self, table: dict[str, list[Any]]) -> list[NodeStatus]:
         parent_of: dict[str, str] = {}

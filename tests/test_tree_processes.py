@@ -6,13 +6,15 @@ counted in files, so "exactly once" is checked where it matters: on the hosts.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -51,6 +53,20 @@ def append_args(tmp: Path, **extra: Any) -> tuple[dict[str, Any], Path]:
     token = uuid.uuid4().hex[:8]
     path = tmp / f"side-{token}.log"
     return {"path": str(path), "line": token, **extra}, path
+
+
+def in_background(call: Callable[[], dict[str, Any]]) -> concurrent.futures.Future[dict[str, Any]]:
+    """Submit from another thread, so the test can break things while the command is out."""
+    future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except Exception as exc:  # surfaces in the test's thread at .result()
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 def lines(path: Path) -> list[str]:
@@ -105,14 +121,10 @@ def test_agent_killed_during_broadcast(cluster: LocalCluster, tmp_path: Path) ->
     orphans = [h for h in HOSTS if before[h] == "agent1"]
     assert orphans
     args, path = append_args(tmp_path, sleep_before=1.0)
-    import threading
-
-    reply: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: reply.update(submit(cluster, "test.append", args, timeout=20)))
-    worker.start()
+    pending = in_background(lambda: submit(cluster, "test.append", args, timeout=20))
     time.sleep(0.4)  # the command is out and the handlers are sleeping
     cluster.kill("agent1")
-    worker.join(60)
+    reply = pending.result(60)
     assert statuses(reply) == {h: "ok" for h in HOSTS}
     assert sorted(lines(path)) == sorted(set(lines(path))) and len(lines(path)) == 30
     after = parent_of(cluster)
@@ -144,18 +156,13 @@ def test_backend_killed_is_unreachable_and_replays_from_journal(cluster: LocalCl
 
 def test_backend_killed_mid_command_is_not_run_twice(cluster: LocalCluster, tmp_path: Path) -> None:
     args, path = append_args(tmp_path, sleep_after=3.0)
-    import threading
-
-    reply: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: reply.update(
-        submit(cluster, "test.append", args, hosts=["host011"], timeout=25)))
-    worker.start()
+    pending = in_background(lambda: submit(cluster, "test.append", args, hosts=["host011"], timeout=25))
     deadline = time.monotonic() + 10
     while not lines(path) and time.monotonic() < deadline:
         time.sleep(0.05)
     cluster.kill("host011")  # the side effect happened; the answer did not go out
     cluster.start_backend("host011")
-    worker.join(60)
+    reply = pending.result(60)
     result = reply["results"]["host011"]
     assert result["status"] == "error" and "interrupted" in result["message"]
     assert len(lines(path)) == 1
@@ -163,16 +170,12 @@ def test_backend_killed_mid_command_is_not_run_twice(cluster: LocalCluster, tmp_
 
 def test_sigstop_agent_delivers_no_duplicates(cluster: LocalCluster, tmp_path: Path) -> None:
     args, path = append_args(tmp_path, sleep_before=0.5)
-    import threading
-
-    reply: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: reply.update(submit(cluster, "test.append", args, timeout=20)))
-    worker.start()
+    pending = in_background(lambda: submit(cluster, "test.append", args, timeout=20))
     time.sleep(0.2)
     cluster.signal("agent0", signal.SIGSTOP)
     time.sleep(3.0)  # twice the dead-after time: everyone gave up on agent0
     cluster.signal("agent0", signal.SIGCONT)
-    worker.join(60)
+    reply = pending.result(60)
     assert statuses(reply) == {h: "ok" for h in HOSTS}
     assert len(lines(path)) == 30
     # The stale relay comes back, is refused, attaches again and serves.
@@ -231,15 +234,11 @@ def test_bad_frames_are_dropped_and_node_keeps_serving(cluster: LocalCluster, ta
 
 def test_host_joins_while_tree_is_busy(cluster: LocalCluster, tmp_path: Path) -> None:
     args, path = append_args(tmp_path, sleep_before=1.5)
-    import threading
-
-    reply: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: reply.update(submit(cluster, "test.append", args, timeout=20)))
-    worker.start()
+    pending = in_background(lambda: submit(cluster, "test.append", args, timeout=20))
     time.sleep(0.2)
     cluster.start_backend("host030")
     cluster.wait_attached(["host030"])
-    worker.join(60)
+    reply = pending.result(60)
     assert set(reply["results"]) == set(HOSTS)
     assert statuses(reply) == {h: "ok" for h in HOSTS}
     assert len(statuses(submit(cluster, "ping"))) == 31
