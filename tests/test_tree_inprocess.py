@@ -83,3 +83,11 @@ def test_relay_stopped_mid_command_hosts_answer_via_fallback(
     assert all(results[h].status is Status.OK for h in orphans), results
     parents = {n.node_id: n.parent for n in root.tree_status()}
     assert all(parents[h] != victim.node_id for h in orphans)
+
+
+def test_quiet_tree_keeps_every_link(tree: tuple[TreeRoot, dict[str, Relay], dict[str, Leaf]]) -> None:
+    root, relays, leaves = tree
+    sessions = {n: node.up.session for n, node in [*relays.items(), *leaves.items()]}  # type: ignore[union-attr]
+    time.sleep(SETTINGS.dead_after * 4)  # no traffic but heartbeats
+    assert {n: node.up.session for n, node in [*relays.items(), *leaves.items()]} == sessions  # type: ignore[union-attr]
+    assert all(n.state == "up" for n in root.tree_status())
