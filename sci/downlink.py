@@ -40,7 +40,6 @@ class Child:
     session: int
     last_rx: float
     last_tx: float
-    attached_at: float
 
 
 class DownlinkOwner:
@@ -282,7 +281,7 @@ class Downlink:
         self._next_session += 1
         old = self.children.pop(node_id, None)
         change = self.routes.remove_child(node_id) if old is not None else RouteChange()
-        child = Child(node_id, Role(entries[0][3]), self._next_session, now, now, now)
+        child = Child(node_id, Role(entries[0][3]), self._next_session, now, now)
         self.children[node_id] = child
         entries[0][2] = self.node_id  # the child cannot know our id before it attached
         change.extend(self.routes.add(node_id, entries))

@@ -51,7 +51,3 @@ class Result:
     @classmethod
     def error(cls, message: str, exit_status: int = 1) -> "Result":
         return cls(Status.ERROR, message=message, exit_status=exit_status)
-
-    @classmethod
-    def lost(cls, reason: str) -> "Result":
-        return cls(Status.LOST, message=reason)

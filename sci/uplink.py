@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import time
 from enum import Enum
-from typing import Any, Callable
+from typing import Callable
 
 import structlog
 import zmq
@@ -375,6 +375,3 @@ class Uplink:
             self._attach(self.parent_index)  # the parent is alive; it just forgot us
         else:
             self._parent_failed(f"refused: {text}")
-
-    def debug_state(self) -> dict[str, Any]:
-        return {"state": self.state.value, "parent": self.parent, "session": self.session}
