@@ -291,15 +291,15 @@ def ping(ctx: click.Context, hosts: tuple[str, ...], timeout: float) -> None:
     """
     wanted = list(dict.fromkeys(hosts)) or None
     # The frontend waits up to timeout + 5 s for the results; give it a little more than that.
-    reply = call(ctx, {"op": "ping", "hosts": wanted, "timeout": timeout}, timeout + 10)
+    reply = call(ctx, {"op": "submit", "command": "ping", "hosts": wanted, "timeout": timeout}, timeout + 10)
     results = []
-    for entry in _reply_field(reply, "results", list):
-        if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+    for host, entry in sorted(_reply_field(reply, "results", dict).items()):
+        if not isinstance(entry, dict):
             raise ControlError(f"malformed ping result from the frontend: {entry!r}")
-        host, status, latency, message = entry
-        results.append({"host": str(host), "status": str(status),
+        latency = entry.get("latency_s")
+        results.append({"host": str(host), "status": str(entry.get("status")),
                         "latency_ms": None if latency is None else round(float(latency) * 1000, 3),
-                        "message": message or ""})
+                        "message": entry.get("message") or ""})
     ok_latencies = [r["latency_ms"] for r in results if r["status"] == "ok" and r["latency_ms"] is not None]
     n_ok = sum(1 for r in results if r["status"] == "ok")
     n_failed = len(results) - n_ok

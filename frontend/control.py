@@ -4,7 +4,6 @@ One request, one reply, msgpack maps over a ZeroMQ REQ/REP pair on an ``ipc://``
 only root can open (the directory is created 0700).  Requests::
 
     {"op": "tree", "timeout": s}                  -> {"nodes": [NodeStatus as map, ...]}
-    {"op": "ping", "hosts": [..]|None, "timeout": s} -> {"results": [[host, status, latency_s, message], ...]}
     {"op": "submit", "command": op, "args": {..}, "hosts": [..]|None, "group": name|None,
      "timeout": s, "cmd_id": id|None}            -> {"cmd_id": id, "results": {host: {status, payload,
                                                       message, exit_status, latency_s}}}
@@ -85,13 +84,6 @@ class ControlServer:
             raise ValueError("timeout: must be between 0 and 86400 seconds")
         if op == "tree":
             return {"nodes": [dataclasses.asdict(n) for n in self.root.tree_status(timeout=min(timeout, 10.0))]}
-        if op == "ping":
-            hosts = req.get("hosts")
-            targets = Targets.to(*hosts) if hosts else Targets.all()
-            handle = self.root.submit("ping", {}, targets, timeout=timeout)
-            table = handle.wait(timeout + 5)
-            return {"results": [[h, r.status.name.lower(), handle.latency(h), r.message]
-                                for h, r in sorted(table.items())]}
         if op == "submit":
             hosts, group = req.get("hosts"), req.get("group")
             targets = Targets.to(*hosts) if hosts else Targets.named(group) if group else Targets.all()

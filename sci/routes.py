@@ -31,10 +31,6 @@ class Route:
     seq: tuple[int, int]
     entry: NodeEntry
 
-    @property
-    def role(self) -> Role:
-        return Role(self.entry[3])
-
 
 @dataclass(slots=True)
 class RouteChange:
@@ -84,9 +80,6 @@ class RouteTable:
 
     def entries(self) -> list[NodeEntry]:
         return [r.entry for r in self._routes.values()]
-
-    def items(self) -> Iterable[tuple[str, Route]]:
-        return self._routes.items()
 
     def add(self, child: str, entries: Iterable[NodeEntry]) -> RouteChange:
         change = RouteChange()
