@@ -20,7 +20,12 @@ import yaml
 
 from frontend.control import request
 
-__all__ = ["LocalCluster", "free_port"]
+__all__ = ["LocalCluster", "free_port", "rack_of"]
+
+
+def rack_of(backend: str) -> str:
+    """The group a local backend declares: racks give multicast something to address."""
+    return f"rack{sum(map(ord, backend)) % 3}"
 
 
 def free_port() -> int:
@@ -98,8 +103,7 @@ class LocalCluster:
             "node_id": name,
             "frontend": self.frontend_endpoint,
             "data_dir": str(self.workdir / "backends" / name),
-            # Racks give multicast something to address: `clctl`/tests can target a group.
-            "groups": [f"rack{sum(map(ord, name)) % 3}"],
+            "groups": [rack_of(name)],
             "ops_modules": self.ops_modules,
             "journal_fsync": False,
             "workers": 4,
