@@ -17,9 +17,11 @@ run: $(STAMP)
 	$(PY) -m localcluster
 
 test: $(STAMP)
+	sh tests/support/ensure_postgres.sh
 	$(PY) -m pytest -q
 
 test-quick: $(STAMP)
+	sh tests/support/ensure_postgres.sh
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)

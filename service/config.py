@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from sci import TreeSettings
 
-__all__ = ["ConfigError", "FrontendConfig", "AgentConfig", "BackendConfig", "load"]
+__all__ = ["AgentConfig", "ApiSection", "BackendConfig", "ConfigError", "FrontendConfig", "SchedulerSection", "load"]
 
 
 class ConfigError(Exception):
@@ -34,12 +35,43 @@ class TreeSection:
 
 
 @dataclass(frozen=True)
+class ApiSection:
+    """The ``api:`` block of the frontend: where the REST API listens and how long tokens last."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_ttl_s: int = 43200
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    """The ``scheduler:`` block: overcommit ratios and launch retries."""
+
+    cpu_allocation_ratio: float = 4.0
+    ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
+    max_attempts: int = 3
+    #: seconds a launch (image download, boot) may take on a host before it counts as failed
+    launch_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class FrontendConfig:
     node_id: str = "root"
     data_dir: str = "/var/lib/cloudland/frontend"
+    #: a SQLAlchemy URL; empty means SQLite in data_dir/cloudland.db
+    database: str = ""
     control_socket: str = "/run/cloudland/frontend.sock"
     log_level: str = "info"
+    #: seconds between comparisons of what hosts run with what the state says
+    reconcile_interval_s: float = 60.0
+    api: ApiSection = field(default_factory=ApiSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     tree: TreeSection = field(default_factory=lambda: TreeSection(listen="tcp://0.0.0.0:7700"))
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{Path(self.data_dir) / 'cloudland.db'}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,8 @@ class BackendConfig:
     node_id: str = ""
     frontend: str = "tcp://127.0.0.1:7700"
     data_dir: str = "/var/lib/cloudland/backend"
+    #: the availability zone this hypervisor belongs to, reported to the frontend's scheduler
+    zone: str = ""
     groups: tuple[str, ...] = ()
     ops_modules: tuple[str, ...] = ()
     workers: int = 16
@@ -66,8 +100,9 @@ class BackendConfig:
 C = TypeVar("C", FrontendConfig, AgentConfig, BackendConfig)
 
 _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str, "frontend": str,
-            "workers": int, "journal_fsync": bool}
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+            "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float}
+_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
 
 def load(kind: type[C], path: str | Path | None) -> C:
@@ -105,16 +140,16 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
             raise ConfigError(f"{where}: {key}: unknown setting (known: {', '.join(sorted(known))})")
         if key == "tree":
             values[key] = _tree(value, kind().tree, where, listens=kind is not BackendConfig)
+        elif key in _SECTIONS:
+            values[key] = _section(key, _SECTIONS[key], value, where)
         elif key in ("groups", "ops_modules"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key}: must be a list of strings")
             values[key] = tuple(value)
         else:
-            want = _SCALARS[key]
             if value is None and key == "node_id":
                 continue
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ConfigError(f"{where}: {key}: must be {_TYPE_NAMES[want]} (got {value!r})")
+            value = _scalar(key, _SCALARS[key], value, where)
             if key == "frontend" and "://" not in value:
                 raise ConfigError(f"{where}: frontend: must be an endpoint like tcp://controller:7700 (got {value!r})")
             values[key] = value
@@ -132,7 +167,60 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         raise ConfigError(f"{where}: log_level: must be debug, info, warning or error (got {config.log_level!r})")
     if isinstance(config, BackendConfig) and not 1 <= config.workers <= 1024:
         raise ConfigError(f"{where}: workers: must be between 1 and 1024 (got {config.workers})")
+    if isinstance(config, BackendConfig) and config.zone and not _ZONE.fullmatch(config.zone):
+        raise ConfigError(f"{where}: zone: must be 1-64 letters, digits, '.', '_' or '-' (got {config.zone!r})")
+    if isinstance(config, FrontendConfig):
+        _check_frontend(config, where)
     return config
+
+
+_ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _scalar(name: str, want: type[Any], value: Any, where: str) -> Any:
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {name}: must be {_TYPE_NAMES[want]} (got {value!r})")
+    if want is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: {name}: must be a finite number (got {value!r})")
+    return value
+
+
+def _section(name: str, kind: type[Any], raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {name}: must be a mapping")
+    fields = {f.name: f.type for f in dataclasses.fields(kind)}
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: {name}.{key}: unknown setting (known: {', '.join(sorted(fields))})")
+        want = fields[key]
+        values[key] = _scalar(f"{name}.{key}", types[want] if isinstance(want, str) else want, value, where)
+    return kind(**values)
+
+
+def _check_frontend(config: FrontendConfig, where: str) -> None:
+    if config.database and "://" not in config.database:
+        raise ConfigError(f"{where}: database: must be a URL like postgresql+psycopg://user@host/db "
+                          f"(got {config.database!r})")
+    if not 1 <= config.api.port <= 65535:
+        raise ConfigError(f"{where}: api.port: must be between 1 and 65535 (got {config.api.port})")
+    if not 60 <= config.api.token_ttl_s <= 31 * 86400:
+        raise ConfigError(f"{where}: api.token_ttl_s: must be between 60 and 2678400 (got {config.api.token_ttl_s})")
+    sched = config.scheduler
+    for ratio in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio"):
+        if not 0.1 <= getattr(sched, ratio) <= 100:
+            raise ConfigError(f"{where}: scheduler.{ratio}: must be between 0.1 and 100 (got {getattr(sched, ratio)})")
+    if not 1 <= sched.max_attempts <= 20:
+        raise ConfigError(f"{where}: scheduler.max_attempts: must be between 1 and 20 (got {sched.max_attempts})")
+    if not 1 <= sched.launch_timeout_s <= 86400:
+        raise ConfigError(f"{where}: scheduler.launch_timeout_s: must be between 1 and 86400 "
+                          f"(got {sched.launch_timeout_s})")
+    if not 1 <= config.reconcile_interval_s <= 86400:
+        raise ConfigError(f"{where}: reconcile_interval_s: must be between 1 and 86400 "
+                          f"(got {config.reconcile_interval_s})")
 
 
 def _tree(raw: Any, default: TreeSection, where: str, listens: bool) -> TreeSection:

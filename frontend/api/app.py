@@ -1,0 +1,64 @@
+"""The FastAPI application: routers, error shapes and the OpenAPI description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import ApiError
+from ..services import Frontend
+from . import routes
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("frontend.api")
+
+DESCRIPTION = """
+cloudland's REST API.  Every path is under `/v1`; every call but `POST /v1/tokens` needs
+`Authorization: Bearer <token>`.  Every query is scoped to the caller's organization: another
+organization's resources answer 404, exactly like ids that do not exist.
+
+Errors are JSON: `{"error": {"code", "message", "field", "reason"}}` with `code` one of
+`invalid` (422), `unauthenticated` (401), `forbidden` (403), `not_found` (404), `conflict` (409),
+`quota_exceeded` (409), `no_capacity` (503).
+
+Long operations answer `202 Accepted` with a task; follow it at `GET /v1/tasks/{id}` until its
+status is `succeeded` or `failed`.
+"""
+
+
+def _field(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def create_app(frontend: Frontend) -> FastAPI:
+    app = FastAPI(title="cloudland", version="1", description=DESCRIPTION, docs_url="/docs", redoc_url=None)
+    app.state.frontend = frontend
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        log.info("api_refused", method=request.method, path=request.url.path, code=exc.code, field=exc.field,
+                 reason=exc.reason)
+        return JSONResponse(exc.body(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        field = _field(tuple(first.get("loc", ())))
+        reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden":
+            reason = "unknown field"
+        log.info("api_refused", method=request.method, path=request.url.path, code="invalid", field=field,
+                 reason=reason)
+        body = {"error": {"code": "invalid", "message": f"{field}: {reason}" if field else reason,
+                          "field": field, "reason": reason}}
+        return JSONResponse(body, status_code=422)
+
+    for router in routes.ALL:
+        app.include_router(router, prefix="/v1")
+    return app

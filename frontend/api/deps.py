@@ -1,0 +1,32 @@
+"""What every endpoint may ask for: the frontend's services and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..auth import Caller, authenticate
+from ..services import Frontend
+
+__all__ = ["CallerDep", "FrontendDep"]
+
+_bearer = HTTPBearer(auto_error=False, description="A token from POST /v1/tokens")
+
+
+def _frontend(request: Request) -> Frontend:
+    frontend: Frontend = request.app.state.frontend
+    return frontend
+
+
+def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
+    header = f"Bearer {credentials.credentials}" if credentials else None
+    with _frontend(request).db.read() as session:
+        caller = authenticate(session, header)
+    request.state.caller = caller
+    return caller
+
+
+FrontendDep = Annotated[Frontend, Depends(_frontend)]
+CallerDep = Annotated[Caller, Depends(_caller)]

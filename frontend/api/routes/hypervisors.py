@@ -1,0 +1,97 @@
+"""Hypervisors: registered from the tree's joins, with the capacity their backends report."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ...auth import Role
+from ...db.models import Hypervisor, Instance, Zone, utcnow
+from ...errors import NotFound
+from ..deps import CallerDep, FrontendDep
+from ..schemas import Input, Items, ResourceView
+
+router = APIRouter(tags=["hypervisors"])
+
+
+class Capacity(BaseModel):
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+class HypervisorView(ResourceView):
+    name: str
+    zone: str | None
+    enabled: bool
+    total: Capacity
+    used: Capacity
+    #: what the scheduler may still place, after overcommit ratios
+    free: Capacity
+    instances: int
+    last_seen_at: dt.datetime | None
+    heartbeat_age_s: float | None
+    facts: dict[str, object]
+
+
+class HypervisorUpdate(Input):
+    enabled: bool
+
+
+def _view(frontend: FrontendDep, host: Hypervisor, zone: str | None, instances: int) -> HypervisorView:
+    s = frontend.config.scheduler
+    age = (utcnow() - host.last_seen_at).total_seconds() if host.last_seen_at else None
+    return HypervisorView(
+        id=host.id, org_id=host.org_id, status=host.status, created_at=host.created_at, updated_at=host.updated_at,
+        name=host.name, zone=zone, enabled=host.enabled,
+        total=Capacity(vcpus=host.vcpus, memory_mb=host.memory_mb, disk_gb=host.disk_gb),
+        used=Capacity(vcpus=host.vcpus_used, memory_mb=host.memory_mb_used, disk_gb=host.disk_gb_used),
+        free=Capacity(vcpus=int(host.vcpus * s.cpu_allocation_ratio) - host.vcpus_used,
+                      memory_mb=int(host.memory_mb * s.ram_allocation_ratio) - host.memory_mb_used,
+                      disk_gb=int(host.disk_gb * s.disk_allocation_ratio) - host.disk_gb_used),
+        instances=instances, last_seen_at=host.last_seen_at, heartbeat_age_s=age, facts=host.facts or {})
+
+
+def _rows(session: Session, host_id: str | None = None) -> list[tuple[Hypervisor, str | None, int]]:
+    counts = (select(Instance.hypervisor_id, func.count().label("n")).group_by(Instance.hypervisor_id).subquery())
+    query = (select(Hypervisor, Zone.name, func.coalesce(counts.c.n, 0))
+             .outerjoin(Zone, Zone.id == Hypervisor.zone_id)
+             .outerjoin(counts, counts.c.hypervisor_id == Hypervisor.id)
+             .order_by(Hypervisor.name))
+    if host_id is not None:
+        query = query.where((Hypervisor.id == host_id) | (Hypervisor.name == host_id))
+    return [(h, z, int(n)) for h, z, n in session.execute(query).all()]
+
+
+@router.get("/hypervisors", response_model=Items[HypervisorView], summary="List hypervisors (admin)")
+def list_hypervisors(caller: CallerDep, frontend: FrontendDep) -> Items[HypervisorView]:
+    caller.require(Role.admin, "listing hypervisors")
+    with frontend.db.read() as session:
+        return Items(items=[_view(frontend, *row) for row in _rows(session)])
+
+
+@router.get("/hypervisors/{host}", response_model=HypervisorView, summary="Show a hypervisor by id or name (admin)")
+def show_hypervisor(host: str, caller: CallerDep, frontend: FrontendDep) -> HypervisorView:
+    caller.require(Role.admin, "reading a hypervisor")
+    with frontend.db.read() as session:
+        rows = _rows(session, host)
+        if not rows:
+            raise NotFound("hypervisor", host)
+        return _view(frontend, *rows[0])
+
+
+@router.patch("/hypervisors/{host}", response_model=HypervisorView,
+              summary="Enable or disable a hypervisor for new instances (admin)")
+def update_hypervisor(host: str, body: HypervisorUpdate, caller: CallerDep, frontend: FrontendDep) -> HypervisorView:
+    caller.require(Role.admin, "changing a hypervisor")
+    with frontend.db.transaction() as session:
+        rows = _rows(session, host)
+        if not rows:
+            raise NotFound("hypervisor", host)
+        rows[0][0].enabled = body.enabled
+        session.flush()
+        return _view(frontend, *rows[0])

@@ -1,0 +1,49 @@
+"""Shapes shared by every resource's request and response bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = ["Input", "Items", "Name", "Ref", "ResourceView", "Size"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+#: The name of any resource: safe in a file name, a log line and a domain name.
+Name = Annotated[str, AfterValidator(_check_name)]
+#: A reference to another resource by its id or its name.
+Ref = Annotated[str, Field(min_length=1, max_length=64)]
+Size = Annotated[int, Field(ge=1, le=1 << 20)]
+
+
+class Input(BaseModel):
+    """A request body: unknown fields are refused, not ignored, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    org_id: str
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+T = TypeVar("T")
+
+
+class Items(BaseModel, Generic[T]):
+    items: list[T]

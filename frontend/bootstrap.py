@@ -1,0 +1,56 @@
+"""The first start of an empty cloud: the admin organization and its admin user.
+
+The admin password comes from ``CLOUDLAND_ADMIN_PASSWORD`` if set, else it is generated and
+written to ``<data_dir>/admin-password`` (mode 0600) for the operator to read once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+
+from .auth import Role, hash_password
+from .db import Database
+from .db.models import Organization, User
+
+__all__ = ["ADMIN_ORG", "admin_org_id", "bootstrap"]
+
+log = structlog.get_logger("frontend.bootstrap")
+
+ADMIN_ORG = "admin"
+
+
+def bootstrap(db: Database, data_dir: Path) -> None:
+    with db.transaction() as session:
+        if session.execute(select(Organization.id).where(Organization.name == ADMIN_ORG)).first() is not None:
+            return
+        org = Organization(name=ADMIN_ORG, status="active")
+        session.add(org)
+        session.flush()
+        password = os.environ.get("CLOUDLAND_ADMIN_PASSWORD")
+        if not password:
+            password = secrets.token_urlsafe(18)
+            path = data_dir / "admin-password"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            log.info("admin_password_written", path=str(path))
+        session.add(User(org_id=org.id, name="admin", role=Role.admin.label, status="active",
+                         password_hash=hash_password(password)))
+    log.info("admin_created", org=ADMIN_ORG, user="admin")
+
+
+@functools.lru_cache(maxsize=8)
+def _admin_org_id(url: str, db: Database) -> str:
+    with db.read() as session:
+        return str(session.execute(select(Organization.id).where(Organization.name == ADMIN_ORG)).scalar_one())
+
+
+def admin_org_id(db: Database) -> str:
+    return _admin_org_id(db.url, db)

@@ -1,0 +1,353 @@
+"""The frontend's state: every table, written down once.  ``docs/state.md`` describes the same.
+
+Each resource row has a UUID ``id``, the ``org_id`` of the organization that owns it,
+``created_at``/``updated_at`` and a ``status``.  Capacity counters on hypervisors are only
+changed by the scheduler's conditional updates (see ``frontend/scheduler.py``), never by
+read-modify-write, so that two concurrent launches can never overbook a host.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String,
+                        Table, Text, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair", "Network",
+    "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup", "Subnet", "Task",
+    "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
+]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+# Constraint names are fixed so that Alembic migrations name the same objects on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Resource:
+    """The columns every resource has."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+
+
+def org_fk() -> Mapped[str]:
+    return mapped_column(String(36), ForeignKey("organizations.id"), index=True)
+
+
+# Tenancy ---------------------------------------------------------------------------------
+
+class Organization(Resource, Base):
+    __tablename__ = "organizations"
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Quotas: None means unlimited.
+    quota_instances: Mapped[int | None] = mapped_column(Integer)
+    quota_vcpus: Mapped[int | None] = mapped_column(Integer)
+    quota_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    quota_volumes: Mapped[int | None] = mapped_column(Integer)
+    quota_volume_gb: Mapped[int | None] = mapped_column(Integer)
+    quota_networks: Mapped[int | None] = mapped_column(Integer)
+    quota_floating_ips: Mapped[int | None] = mapped_column(Integer)
+    quota_security_groups: Mapped[int | None] = mapped_column(Integer)
+
+    @property
+    def org_id(self) -> str:
+        return self.id
+
+
+class User(Resource, Base):
+    __tablename__ = "users"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+
+
+class Token(Resource, Base):
+    """A bearer token; only its SHA-256 is stored, so a stolen database holds no usable token."""
+
+    __tablename__ = "tokens"
+    org_id: Mapped[str] = org_fk()
+    user_id: Mapped[str] = mapped_column(String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+# Hosts -----------------------------------------------------------------------------------
+
+class Zone(Resource, Base):
+    __tablename__ = "zones"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Hypervisor(Resource, Base):
+    """A backend that joined the tree.  ``status`` is up or down, as the tree last saw it."""
+
+    __tablename__ = "hypervisors"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    zone_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("zones.id"), index=True)
+    #: False once an operator disables it: the scheduler skips it, its instances stay.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    disk_gb: Mapped[int] = mapped_column(Integer, default=0)
+    vcpus_used: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mb_used: Mapped[int] = mapped_column(Integer, default=0)
+    disk_gb_used: Mapped[int] = mapped_column(Integer, default=0)
+    #: when the tree last reported the host up, and when its capacity was last read
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    facts_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# Compute ---------------------------------------------------------------------------------
+
+class Flavor(Resource, Base):
+    __tablename__ = "flavors"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    public: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Image(Resource, Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(8))
+    #: sha256 hex of the image file; set at registration or computed at upload
+    checksum: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    min_disk_gb: Mapped[int] = mapped_column(Integer, default=0)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: direct kernel boot, optional: ids of kernel and initrd files uploaded like images
+    kernel_id: Mapped[str | None] = mapped_column(String(36))
+    initrd_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class Keypair(Resource, Base):
+    __tablename__ = "keypairs"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+
+
+class ServerGroup(Resource, Base):
+    """Instances in one anti-affinity group never share a hypervisor."""
+
+    __tablename__ = "server_groups"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[str] = mapped_column(String(16))
+
+
+class Instance(Resource, Base):
+    __tablename__ = "instances"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    flavor_id: Mapped[str] = mapped_column(String(36), ForeignKey("flavors.id"))
+    image_id: Mapped[str] = mapped_column(String(36), ForeignKey("images.id"))
+    keypair_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("keypairs.id"))
+    server_group_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("server_groups.id"), index=True)
+    zone_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("zones.id"))
+    hypervisor_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("hypervisors.id"), index=True)
+    user_data: Mapped[str | None] = mapped_column(Text)
+    # What the instance holds on its host: copied from the flavor at launch and at resize.
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    #: running | shutoff | unknown, as the host last reported it
+    power_state: Mapped[str] = mapped_column(String(16), default="unknown")
+    #: why the instance is in error, for the operator
+    fault: Mapped[str | None] = mapped_column(Text)
+
+
+class Volume(Resource, Base):
+    __tablename__ = "volumes"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    size_gb: Mapped[int] = mapped_column(Integer)
+    hypervisor_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("hypervisors.id"), index=True)
+    instance_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("instances.id"), index=True)
+    fault: Mapped[str | None] = mapped_column(Text)
+
+
+# Network ---------------------------------------------------------------------------------
+
+port_security_groups = Table(
+    "port_security_groups", Base.metadata,
+    Column("port_id", String(36), ForeignKey("ports.id", ondelete="CASCADE"), primary_key=True),
+    Column("security_group_id", String(36), ForeignKey("security_groups.id", ondelete="CASCADE"),
+           primary_key=True),
+)
+
+
+class Network(Resource, Base):
+    """A tenant's VPC.  ``external`` networks (admin only) hold the floating IP pools."""
+
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    external: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Subnet(Resource, Base):
+    __tablename__ = "subnets"
+    org_id: Mapped[str] = org_fk()
+    network_id: Mapped[str] = mapped_column(String(36), ForeignKey("networks.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    cidr: Mapped[str] = mapped_column(String(43))
+    gateway: Mapped[str | None] = mapped_column(String(39))
+    #: the VXLAN segment; unique in the whole cloud
+    vni: Mapped[int] = mapped_column(Integer, unique=True)
+    dhcp: Mapped[bool] = mapped_column(Boolean, default=True)
+    dns_servers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class Port(Resource, Base):
+    __tablename__ = "ports"
+    __table_args__ = (UniqueConstraint("subnet_id", "ip_address"), UniqueConstraint("mac_address"))
+    org_id: Mapped[str] = org_fk()
+    network_id: Mapped[str] = mapped_column(String(36), ForeignKey("networks.id"), index=True)
+    subnet_id: Mapped[str] = mapped_column(String(36), ForeignKey("subnets.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    mac_address: Mapped[str] = mapped_column(String(17))
+    ip_address: Mapped[str] = mapped_column(String(39))
+    instance_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("instances.id"), index=True)
+    #: made for an instance by its create call, and deleted with it; ports made on their own outlive it
+    auto_delete: Mapped[bool] = mapped_column(Boolean, default=False)
+    security_groups: Mapped[list["SecurityGroup"]] = relationship(secondary=port_security_groups)
+
+
+class Router(Resource, Base):
+    """The distributed router of one network: present on every hypervisor hosting the network."""
+
+    __tablename__ = "routers"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    network_id: Mapped[str] = mapped_column(String(36), ForeignKey("networks.id"), unique=True)
+    #: SNAT egress to the outside world
+    snat: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class FloatingIp(Resource, Base):
+    __tablename__ = "floating_ips"
+    __table_args__ = (UniqueConstraint("address"),)
+    org_id: Mapped[str] = org_fk()
+    network_id: Mapped[str] = mapped_column(String(36), ForeignKey("networks.id"), index=True)
+    address: Mapped[str] = mapped_column(String(39))
+    port_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("ports.id"), unique=True)
+
+
+class SecurityGroup(Resource, Base):
+    __tablename__ = "security_groups"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    rules: Mapped[list["SecurityGroupRule"]] = relationship(
+        back_populates="group", cascade="all, delete-orphan", foreign_keys="SecurityGroupRule.security_group_id")
+
+
+class SecurityGroupRule(Resource, Base):
+    __tablename__ = "security_group_rules"
+    org_id: Mapped[str] = org_fk()
+    security_group_id: Mapped[str] = mapped_column(String(36), ForeignKey("security_groups.id", ondelete="CASCADE"),
+                                                   index=True)
+    direction: Mapped[str] = mapped_column(String(8))
+    protocol: Mapped[str] = mapped_column(String(8))
+    port_min: Mapped[int | None] = mapped_column(Integer)
+    port_max: Mapped[int | None] = mapped_column(Integer)
+    remote_cidr: Mapped[str | None] = mapped_column(String(43))
+    remote_group_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("security_groups.id"))
+    group: Mapped[SecurityGroup] = relationship(back_populates="rules", foreign_keys=[security_group_id])
+
+
+# Work and what happened ------------------------------------------------------------------
+
+class Task(Resource, Base):
+    """A long operation: pending -> running -> succeeded | failed."""
+
+    __tablename__ = "tasks"
+    org_id: Mapped[str] = org_fk()
+    user_id: Mapped[str | None] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(32))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(36), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    steps: Mapped[list["TaskStep"]] = relationship(order_by="TaskStep.seq", cascade="all, delete-orphan")
+
+
+class TaskStep(Base):
+    """One journalled step of a task: a command sent through the tree, or a decision taken.
+
+    A command's row (with its tree command id) is committed before the command is sent, so a
+    restarted frontend sends it again under the same id and the hosts answer from their
+    journals instead of running it twice.
+    """
+
+    __tablename__ = "task_steps"
+    __table_args__ = (UniqueConstraint("task_id", "seq"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    #: sent | done
+    status: Mapped[str] = mapped_column(String(16))
+    op: Mapped[str | None] = mapped_column(String(64))
+    cmd_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    hosts: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    timeout_s: Mapped[float | None] = mapped_column(Float)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: for a command: host -> {status, message, exit_status, payload}; for a decision: {"value": ...}
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Event(Base):
+    """Something that happened that an operator may want to know: drift found, host down, task failed."""
+
+    __tablename__ = "events"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    org_id: Mapped[str] = org_fk()
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    host: Mapped[str | None] = mapped_column(String(64), index=True)
+    resource_type: Mapped[str | None] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)

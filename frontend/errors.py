@@ -1,0 +1,66 @@
+"""Errors the API returns, one class per machine-readable code.
+
+::
+
+    ApiError (code, HTTP status, field, reason)
+    ├── Invalid          400 invalid         a field's value is wrong
+    ├── Unauthenticated  401 unauthenticated no token, a bad one, or an expired one
+    ├── Forbidden        403 forbidden       the caller's role does not allow it
+    ├── NotFound         404 not_found       no such resource in the caller's organization
+    ├── Conflict         409 conflict        the state of things forbids it (in use, duplicate name)
+    ├── QuotaExceeded    409 quota_exceeded  the organization's quota is spent
+    └── NoCapacity       503 no_capacity     no hypervisor can take it now
+
+Every error reaches the client as ``{"error": {"code", "message", "field", "reason"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NoCapacity", "NotFound", "QuotaExceeded",
+           "Unauthenticated"]
+
+
+class ApiError(Exception):
+    code = "error"
+    http_status = 500
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": str(self), "field": self.field, "reason": self.reason}}
+
+
+class Invalid(ApiError):
+    code, http_status = "invalid", 400
+
+
+class Unauthenticated(ApiError):
+    code, http_status = "unauthenticated", 401
+
+
+class Forbidden(ApiError):
+    code, http_status = "forbidden", 403
+
+
+class NotFound(ApiError):
+    code, http_status = "not_found", 404
+
+    def __init__(self, kind: str, ident: str, field: str | None = None) -> None:
+        super().__init__(f"no {kind} {ident!r}", field)
+
+
+class Conflict(ApiError):
+    code, http_status = "conflict", 409
+
+
+class QuotaExceeded(ApiError):
+    code, http_status = "quota_exceeded", 409
+
+
+class NoCapacity(ApiError):
+    code, http_status = "no_capacity", 503

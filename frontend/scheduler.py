@@ -1,0 +1,111 @@
+"""Placing instances and volumes on hypervisors, and holding their capacity.
+
+Capacity is reserved with one conditional UPDATE per try ("add these vCPUs if they still
+fit"), so two launches racing for a host's last room cannot both win, on SQLite or
+PostgreSQL, without locking the host table.  Anti-affinity is made safe the same way by
+locking the group's row while its members' hosts are read and the new one is chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
+
+from service.config import SchedulerSection
+
+from .db.engine import lock
+from .db.models import Hypervisor, Instance, ServerGroup
+
+__all__ = ["Demand", "Scheduler"]
+
+log = structlog.get_logger("frontend.scheduler")
+
+#: candidates tried per placement, best first; enough to get past hosts taken by racing launches
+CANDIDATES = 64
+
+
+@dataclass(frozen=True)
+class Demand:
+    vcpus: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+    def __sub__(self, other: "Demand") -> "Demand":
+        return Demand(self.vcpus - other.vcpus, self.memory_mb - other.memory_mb, self.disk_gb - other.disk_gb)
+
+    @classmethod
+    def of(cls, instance: Instance) -> "Demand":
+        return cls(instance.vcpus, instance.memory_mb, instance.disk_gb)
+
+
+class Scheduler:
+    def __init__(self, settings: SchedulerSection) -> None:
+        self.settings = settings
+
+    def _fits(self, need: Demand) -> list[ColumnElement[bool]]:
+        s = self.settings
+        return [
+            Hypervisor.vcpus_used + need.vcpus <= Hypervisor.vcpus * s.cpu_allocation_ratio,
+            Hypervisor.memory_mb_used + need.memory_mb <= Hypervisor.memory_mb * s.ram_allocation_ratio,
+            Hypervisor.disk_gb_used + need.disk_gb <= Hypervisor.disk_gb * s.disk_allocation_ratio,
+        ]
+
+    def reserve(self, session: Session, host_id: str, need: Demand) -> bool:
+        """Take ``need`` on one host if it still fits there; False if it does not."""
+        done = session.execute(
+            update(Hypervisor)
+            .where(Hypervisor.id == host_id, *self._fits(need))
+            .values(vcpus_used=Hypervisor.vcpus_used + need.vcpus,
+                    memory_mb_used=Hypervisor.memory_mb_used + need.memory_mb,
+                    disk_gb_used=Hypervisor.disk_gb_used + need.disk_gb)
+            .execution_options(synchronize_session=False)
+        )
+        return done.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+    def release(self, session: Session, host_id: str, held: Demand) -> None:
+        session.execute(
+            update(Hypervisor).where(Hypervisor.id == host_id)
+            .values(vcpus_used=Hypervisor.vcpus_used - held.vcpus,
+                    memory_mb_used=Hypervisor.memory_mb_used - held.memory_mb,
+                    disk_gb_used=Hypervisor.disk_gb_used - held.disk_gb)
+            .execution_options(synchronize_session=False)
+        )
+
+    def place(self, session: Session, need: Demand, zone_id: str | None = None, group_id: str | None = None,
+              exclude: frozenset[str] = frozenset(), member_id: str | None = None) -> Hypervisor | None:
+        """Choose a host that is up, enabled, in ``zone_id``, holds no other member of the anti-affinity
+        group ``group_id``, is not in ``exclude``, and has room; reserve ``need`` on it.
+
+        Hosts with the most free memory come first, which spreads load.  None if no host fits.
+        """
+        avoid = set(exclude)
+        if group_id is not None:
+            group: ServerGroup | None = lock(session, ServerGroup, group_id)
+            if group is not None and group.policy == "anti-affinity":
+                taken = session.execute(
+                    select(Instance.hypervisor_id).where(Instance.server_group_id == group_id,
+                                                         Instance.hypervisor_id.is_not(None),
+                                                         Instance.id != member_id)
+                ).scalars()
+                avoid.update(h for h in taken if h)
+        query = (select(Hypervisor)
+                 .where(Hypervisor.status == "up", Hypervisor.enabled.is_(True), Hypervisor.facts_at.is_not(None),
+                        *self._fits(need))
+                 .order_by((Hypervisor.memory_mb * self.settings.ram_allocation_ratio
+                            - Hypervisor.memory_mb_used).desc(), Hypervisor.name)
+                 .limit(CANDIDATES + len(avoid)))
+        if zone_id is not None:
+            query = query.where(Hypervisor.zone_id == zone_id)
+        for host in session.execute(query).scalars():
+            if host.id in avoid:
+                continue
+            if self.reserve(session, host.id, need):
+                log.info("scheduler_placed", host=host.name, vcpus=need.vcpus, memory_mb=need.memory_mb,
+                         disk_gb=need.disk_gb)
+                return host
+        log.info("scheduler_no_host", vcpus=need.vcpus, memory_mb=need.memory_mb, disk_gb=need.disk_gb,
+                 zone=zone_id, avoided=len(avoid))
+        return None

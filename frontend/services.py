@@ -1,0 +1,39 @@
+"""The frontend's parts, built once and shared by the API, the task engine and the monitors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sci import TreeRoot
+
+from service.config import FrontendConfig
+
+from .db import Database
+from .scheduler import Scheduler
+from .tasks import TaskEngine
+
+__all__ = ["Frontend"]
+
+
+@dataclass
+class Frontend:
+    config: FrontendConfig
+    db: Database
+    #: the message tree's root; None only in API tests that send nothing to hosts
+    tree: TreeRoot | None
+    scheduler: Scheduler = field(init=False)
+    tasks: TaskEngine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.config.scheduler)
+        self.tasks = TaskEngine(self.db, self.tree)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir)
+
+    @property
+    def admin_org_id(self) -> str:
+        from .bootstrap import admin_org_id
+        return admin_org_id(self.db)

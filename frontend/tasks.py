@@ -1,0 +1,241 @@
+"""Long operations as durable tasks: every step is journalled in the database before it is taken.
+
+A workflow is ordinary Python that calls ``ctx.command(...)`` to send an op to hosts through
+the tree and ``ctx.once(...)`` to take a decision (placing an instance, marking it active).
+Each call is a numbered step of the task.  Before a command leaves, its step row, holding the
+tree command id, is committed; when its results arrive they are committed to the same row.
+A decision's value is committed together with whatever the decision wrote.
+
+After a crash (kill -9) the frontend runs every unfinished task's workflow again from the
+top.  Steps already done return their recorded results without acting; a command that was
+sent but not answered is sent again under the *same* command id, and the hosts' journals
+answer it (or let it finish) instead of running it twice.  So a task finishes or fails
+exactly once, whatever the frontend went through.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TypeVar
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sci import Result, Status, Targets, TreeRoot
+
+from .db import Database
+from .db.models import Event, Task, TaskStep, utcnow
+
+__all__ = ["HostResult", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
+
+log = structlog.get_logger("frontend.tasks")
+
+T = TypeVar("T")
+
+ACTIVE = ("pending", "running")
+
+
+class TaskFailed(Exception):
+    """Raised by a workflow to end its task as failed, with this text for the user."""
+
+
+@dataclass(frozen=True)
+class HostResult:
+    status: str  # ok | error | unreachable | timeout | lost
+    message: str = ""
+    exit_status: int = 0
+    payload: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def describe(self) -> str:
+        return self.message or self.status
+
+    @classmethod
+    def of(cls, result: Result) -> "HostResult":
+        return cls(result.status.name.lower(), result.message, result.exit_status, result.payload)
+
+    @classmethod
+    def load(cls, raw: dict[str, Any]) -> "HostResult":
+        return cls(raw["status"], raw.get("message", ""), raw.get("exit_status", 0), raw.get("payload"))
+
+    def dump(self) -> dict[str, Any]:
+        return {"status": self.status, "message": self.message, "exit_status": self.exit_status,
+                "payload": self.payload}
+
+
+class Workflow(Protocol):
+    """What a kind of task does.  ``run`` must take the same steps, in the same order, given the
+    same recorded results: it is run again from the top after a restart."""
+
+    def run(self, ctx: "TaskContext", task: Task) -> None: ...
+
+    def failed(self, session: Session, task: Task, reason: str) -> None:
+        """Put the task's resource in its failed state, in the transaction that fails the task."""
+
+
+class TaskContext:
+    def __init__(self, engine: "TaskEngine", task_id: str) -> None:
+        self._engine = engine
+        self.task_id = task_id
+        self._seq = 0
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _step(self, session: Session, seq: int) -> TaskStep | None:
+        return session.execute(
+            select(TaskStep).where(TaskStep.task_id == self.task_id, TaskStep.seq == seq)
+        ).scalar_one_or_none()
+
+    def once(self, name: str, decide: Callable[[Session], T]) -> T:
+        """Run ``decide`` once in this task's life; its writes and its (JSON) value commit together."""
+        seq = self._next()
+        with self._engine.db.transaction() as session:
+            step = self._step(session, seq)
+            if step is not None:
+                return step.result["value"]  # type: ignore[index, no-any-return]
+            value = decide(session)
+            session.add(TaskStep(task_id=self.task_id, seq=seq, name=name, status="done", result={"value": value},
+                                 finished_at=utcnow()))
+            return value
+
+    def command(self, name: str, op: str, body: dict[str, Any], hosts: list[str],
+                timeout: float = 60.0) -> dict[str, HostResult]:
+        """Send ``op`` to ``hosts`` through the tree and return each host's result."""
+        seq = self._next()
+        with self._engine.db.transaction() as session:
+            step = self._step(session, seq)
+            if step is None:
+                step = TaskStep(task_id=self.task_id, seq=seq, name=name, status="sent", op=op,
+                                cmd_id=f"{self.task_id}.{seq}", hosts=list(hosts), timeout_s=timeout, body=body)
+                session.add(step)
+            elif step.status == "done":
+                return {h: HostResult.load(r) for h, r in (step.result or {}).items()}
+            else:
+                log.info("task_command_resent", task=self.task_id, cmd=step.cmd_id, op=step.op)
+            step_id, cmd_id = step.id, str(step.cmd_id)
+            op, body, hosts, timeout = str(step.op), dict(step.body), list(step.hosts), float(step.timeout_s or timeout)
+        results = self._engine.send(cmd_id, op, body, hosts, timeout)
+        with self._engine.db.transaction() as session:
+            row = session.get(TaskStep, step_id)
+            assert row is not None
+            row.status, row.finished_at = "done", utcnow()
+            row.result = {h: r.dump() for h, r in results.items()}
+        return results
+
+
+class TaskEngine:
+    """Runs tasks' workflows on a pool of threads and resumes unfinished ones after a restart."""
+
+    def __init__(self, db: Database, tree: TreeRoot | None, workers: int = 64) -> None:
+        self.db = db
+        self.tree = tree
+        self.workflows: dict[str, Workflow] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    def register(self, kind: str, workflow: Workflow) -> None:
+        self.workflows[kind] = workflow
+
+    def create(self, session: Session, kind: str, org_id: str, user_id: str | None, resource_type: str,
+               resource_id: str, params: dict[str, Any] | None = None) -> Task:
+        """A new pending task, in the caller's transaction; ``start`` it once that commits."""
+        if kind not in self.workflows:
+            raise ValueError(f"no workflow for task kind {kind!r}")
+        task = Task(kind=kind, org_id=org_id, user_id=user_id, resource_type=resource_type,
+                    resource_id=resource_id, params=params or {}, status="pending")
+        session.add(task)
+        session.flush()
+        return task
+
+    def start(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self._running:
+                return
+            self._running.add(task_id)
+        self._pool.submit(self._run, task_id)
+
+    def resume(self) -> int:
+        """Start every task a previous run of the frontend left unfinished."""
+        with self.db.read() as session:
+            ids = list(session.execute(select(Task.id).where(Task.status.in_(ACTIVE)).order_by(Task.created_at))
+                       .scalars())
+        for task_id in ids:
+            log.info("task_resumed", task=task_id)
+            self.start(task_id)
+        return len(ids)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no task is running (tests, and a clean shutdown)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def send(self, cmd_id: str, op: str, body: dict[str, Any], hosts: list[str],
+             timeout: float) -> dict[str, HostResult]:
+        if self.tree is None:
+            return {h: HostResult("unreachable", "this frontend runs without a tree") for h in hosts}
+        log.info("task_command_sent", cmd=cmd_id, op=op, hosts=len(hosts))
+        handle = self.tree.submit(op, body, Targets.to(*hosts), timeout=timeout, cmd_id=cmd_id)
+        table = handle.wait(timeout + 30)
+        results = {h: HostResult.of(table.get(h, Result(Status.LOST, message="no answer"))) for h in hosts}
+        failed = {h: r.describe() for h, r in results.items() if not r.ok}
+        log.info("task_command_done", cmd=cmd_id, op=op, hosts=len(hosts), failed=len(failed))
+        return results
+
+    def _run(self, task_id: str) -> None:
+        try:
+            self._execute(task_id)
+        except Exception:
+            # The database or the tree failed under us: leave the task as it is; the next start
+            # of the frontend resumes it.
+            log.exception("task_crashed", task=task_id)
+        finally:
+            with self._idle:
+                self._running.discard(task_id)
+                self._idle.notify_all()
+
+    def _execute(self, task_id: str) -> None:
+        with self.db.transaction() as session:
+            task = session.get(Task, task_id)
+            if task is None or task.status not in ACTIVE:
+                return
+            if task.status == "pending":
+                task.status = "running"
+            kind = task.kind
+        workflow = self.workflows[kind]
+        log.info("task_running", task=task_id, kind=kind)
+        try:
+            workflow.run(TaskContext(self, task_id), task)
+        except TaskFailed as exc:
+            self._finish(task_id, workflow, str(exc))
+        except Exception as exc:
+            log.exception("task_workflow_error", task=task_id, kind=kind)
+            self._finish(task_id, workflow, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            self._finish(task_id, workflow, None)
+
+    def _finish(self, task_id: str, workflow: Workflow, error: str | None) -> None:
+        with self.db.transaction() as session:
+            task = session.get(Task, task_id)
+            assert task is not None
+            task.finished_at = utcnow()
+            if error is None:
+                task.status = "succeeded"
+            else:
+                task.status, task.error = "failed", error
+                workflow.failed(session, task, error)
+                session.add(Event(org_id=task.org_id, kind="task.failed", resource_type=task.resource_type,
+                                  resource_id=task.resource_id, message=f"{task.kind} failed: {error}"))
+        log.info("task_finished", task=task_id, kind=task.kind, status=task.status, error=error)

@@ -1,0 +1,67 @@
+"""Logging in, tokens and roles."""
+
+from __future__ import annotations
+
+from tests.api.conftest import ADMIN_PASSWORD, Api, error_of
+
+
+def test_login_and_whoami(admin: Api) -> None:
+    me = admin.ok("get", "/v1/whoami")
+    assert me["user_name"] == "admin" and me["role"] == "admin"
+
+
+def test_wrong_password_and_unknown_user_look_the_same(client: object) -> None:
+    api = Api(client)  # type: ignore[arg-type]
+    for name, password in (("admin", "wrong"), ("nobody", ADMIN_PASSWORD)):
+        response = api.post("/v1/tokens", json={"username": name, "password": password})
+        assert response.status_code == 401
+        assert error_of(response)["reason"] == "wrong user name or password"
+
+
+def test_calls_without_or_with_a_bad_token_are_refused(client: object) -> None:
+    api = Api(client)  # type: ignore[arg-type]
+    response = api.get("/v1/flavors")
+    assert response.status_code == 401 and error_of(response)["code"] == "unauthenticated"
+    response = api.get("/v1/flavors", headers={"Authorization": "Bearer forged"})
+    assert response.status_code == 401 and error_of(response)["reason"] == "unknown token"
+
+
+def test_logout_revokes_the_token(admin: Api) -> None:
+    admin.ok("delete", "/v1/tokens/current", 204)
+    response = admin.get("/v1/whoami")
+    assert response.status_code == 401 and "revoked" in error_of(response)["reason"]
+
+
+def test_reader_cannot_write_and_member_cannot_manage_users(admin: Api) -> None:
+    reader = admin.tenant("acme", role="reader")
+    response = reader.post("/v1/flavors", json={"name": "x", "vcpus": 1, "memory_mb": 128, "disk_gb": 1})
+    assert response.status_code == 403 and error_of(response)["code"] == "forbidden"
+    member = admin.tenant("initech", role="member")
+    response = member.post("/v1/users", json={"name": "bob", "password": "long-enough"})
+    assert response.status_code == 403
+
+
+def test_tenant_admin_cannot_grant_admin(admin: Api) -> None:
+    boss = admin.tenant("acme")
+    response = boss.post("/v1/users", json={"name": "mallory", "password": "long-enough", "role": "admin"})
+    assert response.status_code == 403 and error_of(response)["field"] == "role"
+    created = boss.ok("post", "/v1/users", 201, json={"name": "bob", "password": "long-enough", "role": "member"})
+    assert created["org_id"] == boss.who["org_id"]
+
+
+def test_password_change_ends_other_sessions(admin: Api) -> None:
+    boss = admin.tenant("acme")
+    bob = boss.ok("post", "/v1/users", 201, json={"name": "bob", "password": "long-enough"})
+    bob_api = boss.login("bob", "long-enough")
+    boss.ok("patch", f"/v1/users/{bob['id']}", json={"password": "another-one"})
+    assert bob_api.get("/v1/whoami").status_code == 401
+    boss.login("bob", "another-one")
+
+
+def test_invalid_body_names_the_field(admin: Api) -> None:
+    response = admin.post("/v1/orgs", json={"name": "bad name; rm -rf /"})
+    error = error_of(response)
+    assert response.status_code == 422 and error["field"] == "name" and "letters, digits" in error["reason"]
+    response = admin.post("/v1/orgs", json={"name": "ok", "colour": "red"})
+    assert error_of(response) == {"code": "invalid", "field": "colour", "reason": "unknown field",
+                                  "message": "colour: unknown field"}
