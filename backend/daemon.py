@@ -24,7 +24,8 @@ log = structlog.get_logger("backend")
 
 def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     registry = OpRegistry(workers=config.workers)
-    system.register(registry)
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    system.register(registry, zone=config.zone, data_dir=config.data_dir)
     for module in config.ops_modules:
         registry.load_module(module)
     journal = Journal(Path(config.data_dir) / "journal.log", fsync=config.journal_fsync)

@@ -25,14 +25,14 @@ log = structlog.get_logger("frontend.bootstrap")
 ADMIN_ORG = "admin"
 
 
-def bootstrap(db: Database, data_dir: Path) -> None:
+def bootstrap(db: Database, data_dir: Path, password: str | None = None) -> None:
     with db.transaction() as session:
         if session.execute(select(Organization.id).where(Organization.name == ADMIN_ORG)).first() is not None:
             return
         org = Organization(name=ADMIN_ORG, status="active")
         session.add(org)
         session.flush()
-        password = os.environ.get("CLOUDLAND_ADMIN_PASSWORD")
+        password = password or os.environ.get("CLOUDLAND_ADMIN_PASSWORD")
         if not password:
             password = secrets.token_urlsafe(18)
             path = data_dir / "admin-password"

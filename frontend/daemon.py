@@ -1,25 +1,52 @@
-"""cloudland-frontend: the tree's root and the local control socket."""
+"""cloudland-frontend: the REST API, the state, the task engine and the message tree's root."""
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 import structlog
+import uvicorn
 import zmq
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from sci import TreeRoot
 
 from service.config import ConfigError, FrontendConfig, load
 from service.logs import setup_logging
 
+from .api import create_app
+from .bootstrap import bootstrap
 from .control import ControlServer
+from .db import Database, upgrade
+from .db.models import Hypervisor
+from .hosts import HostMonitor
+from .reconcile import Reconciler
+from .services import Frontend
 
 __all__ = ["main"]
 
 log = structlog.get_logger("frontend")
+
+
+def _resume_tasks(frontend: Frontend, root: TreeRoot) -> None:
+    """Resume unfinished tasks once the hosts that were up have found the restarted root.
+
+    Commands re-sent before their hosts attach again would only wait out the root's reattach
+    grace; waiting here first makes a restart after kill -9 finish its tasks cleanly.
+    """
+    settings = frontend.config.tree.settings
+    with frontend.db.read() as session:
+        expected = int(session.execute(select(func.count()).where(Hypervisor.status == "up")).scalar_one())
+    try:
+        root.wait_for_hosts(expected, timeout=settings.heartbeat_interval * settings.heartbeat_misses * 3 + 10)
+    except TimeoutError as exc:
+        log.warning("tasks_resume_partial_tree", reason=str(exc))
+    count = frontend.tasks.resume()
+    log.info("tasks_resume_started", tasks=count)
 
 
 @click.command()
@@ -29,21 +56,39 @@ def main(config_path: str | None) -> None:
     try:
         config = load(FrontendConfig, config_path)
         setup_logging(config.log_level, service="frontend")
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = Database(config.database_url)
+        upgrade(db)
+        bootstrap(db, Path(config.data_dir))
         root = TreeRoot(config.tree.listen, config.tree.settings, node_id=config.node_id,
                         advertise=config.tree.advertise)
         root.start()
         control = ControlServer(root, config.control_socket)
         control.start()
-    except (ConfigError, ValueError, OSError, zmq.ZMQError) as exc:
+    except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError) as exc:
         click.echo(f"cloudland-frontend: {exc}", err=True)
         sys.exit(2)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    log.info("frontend_ready", tree=root.endpoint, control=config.control_socket)
-    stopping.wait()
-    control.stop()
-    root.stop()
+    frontend = Frontend(config, db, root)
+    hosts = HostMonitor(frontend)
+    reconciler = Reconciler(frontend, config.reconcile_interval_s)
+    hosts.start()
+    reconciler.start()
+    threading.Thread(target=_resume_tasks, args=(frontend, root), name="resume", daemon=True).start()
+    server = uvicorn.Server(uvicorn.Config(create_app(frontend), host=config.api.host, port=config.api.port,
+                                           log_config=None, access_log=False, server_header=False))
+    log.info("frontend_ready", tree=root.endpoint, control=config.control_socket,
+             api=f"http://{config.api.host}:{config.api.port}")
+    try:
+        server.run()  # until SIGTERM or SIGINT
+    finally:
+        reconciler.stop()
+        hosts.stop()
+        frontend.tasks.stop()
+        control.stop()
+        root.stop()
+        db.dispose()
+    if not server.started:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class ApiError(Exception):
 
 
 class Invalid(ApiError):
-    code, http_status = "invalid", 400
+    code, http_status = "invalid", 422
 
 
 class Unauthenticated(ApiError):

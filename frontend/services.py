@@ -12,6 +12,7 @@ from service.config import FrontendConfig
 from .db import Database
 from .scheduler import Scheduler
 from .tasks import TaskEngine
+from .workflows import register_all
 
 __all__ = ["Frontend"]
 
@@ -28,12 +29,8 @@ class Frontend:
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.config.scheduler)
         self.tasks = TaskEngine(self.db, self.tree)
+        register_all(self)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.config.data_dir)
-
-    @property
-    def admin_org_id(self) -> str:
-        from .bootstrap import admin_org_id
-        return admin_org_id(self.db)

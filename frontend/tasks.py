@@ -116,6 +116,7 @@ class TaskContext:
                 step = TaskStep(task_id=self.task_id, seq=seq, name=name, status="sent", op=op,
                                 cmd_id=f"{self.task_id}.{seq}", hosts=list(hosts), timeout_s=timeout, body=body)
                 session.add(step)
+                session.flush()
             elif step.status == "done":
                 return {h: HostResult.load(r) for h, r in (step.result or {}).items()}
             else:

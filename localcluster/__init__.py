@@ -44,6 +44,8 @@ class LocalCluster:
         ops_modules: list[str] | None = None,
         log_level: str = "info",
         python: str = sys.executable,
+        api_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.agent_names = [f"agent{i}" for i in range(agents)]
@@ -55,6 +57,9 @@ class LocalCluster:
         self.port = free_port()
         self.frontend_endpoint = f"tcp://127.0.0.1:{self.port}"
         self.control_socket = str(self.workdir / "frontend.sock")
+        self.api_port = api_port or free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.env = dict(env or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, Any] = {}
 
@@ -71,7 +76,8 @@ class LocalCluster:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")
         self._logs[name] = log
         repo = Path(__file__).resolve().parent.parent
-        env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, **self.env,
+                   PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.procs[name] = subprocess.Popen(
             [self.python, "-m", module, "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=repo,
@@ -84,10 +90,26 @@ class LocalCluster:
             "data_dir": str(self.workdir / "frontend"),
             "control_socket": self.control_socket,
             "log_level": self.log_level,
+            "reconcile_interval_s": 5.0,
+            "api": {"host": "127.0.0.1", "port": self.api_port},
             "tree": {"listen": self.frontend_endpoint, **self.tree},
         })
+        if os.path.exists(self.control_socket):
+            os.unlink(self.control_socket)  # left by a frontend that was killed
         self._spawn("frontend", "frontend", config)
         self._wait(lambda: os.path.exists(self.control_socket), 30, "the frontend's control socket")
+        self._wait(self._api_answers, 30, "the frontend's API")
+
+    def _api_answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.api_port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def admin_password(self) -> str:
+        """The password the frontend generated for ``admin`` on its first start."""
+        return (self.workdir / "frontend" / "admin-password").read_text().strip()
 
     def start_agent(self, name: str) -> None:
         config = self._config(name, {

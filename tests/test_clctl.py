@@ -1,236 +1,658 @@
-"""clctl against a real local cluster (frontend, one agent, three backends as processes).
+"""clctl in-process: against the real API app (on SQLite), and against a scripted API for what
+the app cannot do without hypervisors (tasks, the tree).
 
-The cluster tests share one cluster per module; the rest need no frontend at all.
+clctl's one connection factory, ``clctl.client.http_client``, is swapped for one that returns
+a ``TestClient`` of the app (an ``httpx.Client``) or an ``httpx.Client`` on a ``MockTransport``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import httpx
 import pytest
+import structlog.testing
 from click.testing import CliRunner, Result
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from clctl.main import DEFAULT_CONTROL_SOCKET, cli, format_age, order_tree, resolve_control, table
-from localcluster import LocalCluster
+import clctl.client
+import clctl.tasks
+from clctl.main import cli
+from frontend.api import create_app
+from frontend.bootstrap import bootstrap
+from frontend.db.models import Hypervisor, utcnow
+from frontend.services import Frontend
+from tests.api.conftest import ADMIN_PASSWORD, make_frontend
 
-CLCTL = Path(sys.executable).parent / "clctl"
-HOSTS = ["host000", "host001", "host002"]
+ENDPOINT = "http://cloud.test:8080"
+
+
+def invoke(*args: str, input: str | None = None, env: dict[str, str | None] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input, env=env, prog_name="clctl")
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """Header and rows of a table whose cells have no spaces, split on whitespace."""
+    return [line.split() for line in output.splitlines() if line.strip()]
+
+
+def record(output: str) -> dict[str, str]:
+    """A printed record (``field  value`` lines) as a map."""
+    return dict(line.split(None, 1) for line in output.splitlines() if " " in line.strip())
+
+
+def config_path(home: Path) -> Path:
+    return home / ".config" / "cloudland" / "clctl.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No CLOUDLAND_CONTROL or personal clctl.yaml from the developer's shell leaks in."""
-    monkeypatch.delenv("CLOUDLAND_CONTROL", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh HOME; nothing from the developer's shell or config leaks in."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_CONFIG_HOME", "CLOUDLAND_ENDPOINT", "CLOUDLAND_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return home
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("clctl"), agents=1, backends=3, tree={"heartbeat_interval": 0.5})
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+@pytest.fixture
+def frontend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Frontend]:
+    monkeypatch.setenv("CLOUDLAND_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    # The app's logs would land in the output CliRunner captures; keep them apart.
+    with structlog.testing.capture_logs():
+        fe = make_frontend(f"sqlite:///{tmp_path / 'state.db'}", tmp_path / "frontend")
+        bootstrap(fe.db, fe.data_dir)
+        yield fe
+        fe.tasks.stop()
+        fe.db.dispose()
 
 
-def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env, prog_name="clctl")
+@pytest.fixture
+def app(frontend: Frontend) -> FastAPI:
+    return create_app(frontend)
 
 
-def rows(output: str) -> list[list[str]]:
-    """The table's data rows, split on whitespace (the header and summary lines dropped)."""
-    lines = [line for line in output.splitlines() if line.strip()]
-    return [line.split(None, 3) for line in lines[1:]]
+@pytest.fixture
+def endpoints(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wire clctl to the app; returns the endpoints clctl connected to, in order."""
+    seen: list[str] = []
+
+    def connect(endpoint: str, timeout: httpx.Timeout) -> httpx.Client:
+        seen.append(endpoint)
+        return TestClient(app)
+
+    monkeypatch.setattr(clctl.client, "http_client", connect)
+    return seen
 
 
-# Against a live cluster ---------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_tree_table(cluster: LocalCluster) -> None:
-    result = invoke("--control", cluster.control_socket, "tree")
+@pytest.fixture
+def admin(endpoints: list[str]) -> str:
+    """Logged in as admin; returns the token."""
+    result = invoke("login", "--endpoint", ENDPOINT, "--username", "admin", "--password-stdin",
+                    input=ADMIN_PASSWORD + "\n")
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NODE", "ROLE", "PARENT", "CHILDREN", "HEARTBEAT", "STATE"]
-    table_rows = [line.split() for line in lines[1:]]
-    assert [r[0] for r in table_rows] == ["root", "agent0", *HOSTS]  # depth first: hosts under agent0
-    assert table_rows[0] == ["root", "root", "-", "1", "-", "up"]
-    assert table_rows[1][1:4] == ["agent", "root", "3"]
-    for r in table_rows[2:]:
-        assert r[1:4] == ["backend", "agent0", "0"]
-        assert r[4].endswith("s") and r[5] == "up"
-    # indented by level
-    assert lines[1].startswith("root ") and lines[2].startswith("  agent0") and lines[3].startswith("    host000")
+    token = json.loads(invoke("login", "--endpoint", ENDPOINT, "-u", "admin", "--password-stdin", "--json",
+                              input=ADMIN_PASSWORD).stdout)["token"]
+    return str(token)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("where", ["group", "command"])
-def test_tree_json(cluster: LocalCluster, where: str) -> None:
-    args = ["--json", "tree"] if where == "group" else ["tree", "--json"]
-    result = invoke("--control", cluster.control_socket, *args)
+# Logging in ---------------------------------------------------------------------------------
+
+
+def test_login_whoami_logout(endpoints: list[str], home: Path) -> None:
+    result = invoke("login", "--endpoint", ENDPOINT + "/", "--username", "admin", "--password-stdin",
+                    input=ADMIN_PASSWORD + "\n")
     assert result.exit_code == 0, result.output
-    nodes = json.loads(result.stdout)
-    assert len(nodes) == 5
-    assert {n["node_id"]: n["parent"] for n in nodes} == {
-        "root": None, "agent0": "root", "host000": "agent0", "host001": "agent0", "host002": "agent0"}
-    assert [n["node_id"] for n in nodes] == ["root", "agent0", *HOSTS]
-    assert {n["state"] for n in nodes} == {"up"}
-    assert nodes[0]["heartbeat_age"] is None and all(n["heartbeat_age"] >= 0 for n in nodes[1:])
+    assert f"logged in to {ENDPOINT} as admin (admin)" in result.stdout
+    assert endpoints == [ENDPOINT]
+    path = config_path(home)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    saved = path.read_text()
+    assert f"endpoint: {ENDPOINT}" in saved and "token: " in saved
+    assert ADMIN_PASSWORD not in saved
 
-
-@pytest.mark.slow
-def test_ping_all(cluster: LocalCluster) -> None:
-    result = invoke("--control", cluster.control_socket, "ping")
+    result = invoke("whoami")
     assert result.exit_code == 0, result.output
-    body = rows(result.stdout)
-    assert [r[:2] for r in body[:-1]] == [[h, "ok"] for h in HOSTS]
-    assert all(float(r[2]) >= 0 for r in body[:-1])
-    assert result.stdout.splitlines()[-1].startswith("3 ok, 0 failed; latency p50 ")
+    me = record(result.stdout)
+    assert me["user_name"] == "admin" and me["role"] == "admin" and me["endpoint"] == ENDPOINT
+    me = json.loads(invoke("whoami", "--json").stdout)
+    assert me["user_name"] == "admin" and "endpoint" not in me  # --json is the API's answer as it is
+    assert json.loads(invoke("--json", "whoami").stdout) == me
 
-
-@pytest.mark.slow
-def test_ping_unknown_host_fails(cluster: LocalCluster) -> None:
-    result = invoke("--control", cluster.control_socket, "ping", "host000", "nosuchhost")
-    assert result.exit_code == 1, result.output
-    status = {r[0]: r[1] for r in rows(result.stdout)[:-1]}
-    assert status == {"host000": "ok", "nosuchhost": "unreachable"}
-    assert "1 ok, 1 failed" in result.stdout
-
-
-@pytest.mark.slow
-def test_ping_relay_is_reported_not_a_backend(cluster: LocalCluster) -> None:
-    result = invoke("--control", cluster.control_socket, "--json", "ping", "agent0", "host001")
-    assert result.exit_code == 1, result.output
-    data = json.loads(result.stdout)
-    assert {r["host"]: r["status"] for r in data["results"]} == {"host001": "ok", "agent0": "unreachable"}
-    assert "not a backend" in next(r["message"] for r in data["results"] if r["host"] == "agent0")
-
-
-@pytest.mark.slow
-def test_ping_error_reply_exits_2(cluster: LocalCluster) -> None:
-    result = invoke("--control", cluster.control_socket, "ping", "bad/name")
-    assert result.exit_code == 2
-    assert "bad/name" in result.stderr and "Traceback" not in result.output
-
-
-@pytest.mark.slow
-def test_ping_subprocess_json(cluster: LocalCluster) -> None:
-    env = dict(os.environ, CLOUDLAND_CONTROL=cluster.control_socket)
-    proc = subprocess.run([str(CLCTL), "--json", "ping"], env=env, capture_output=True, text=True, timeout=60,
-                          cwd="/")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    assert [(r["host"], r["status"]) for r in data["results"]] == [(h, "ok") for h in HOSTS]
-    assert data["summary"]["ok"] == 3 and data["summary"]["failed"] == 0
-    assert 0 <= data["summary"]["p50_ms"] <= data["summary"]["max_ms"]
-
-
-@pytest.mark.slow
-def test_control_from_config_file(cluster: LocalCluster, tmp_path: Path) -> None:
-    config = tmp_path / "xdg" / "cloudland" / "clctl.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text(f"control_socket: {cluster.control_socket}\n")
-    result = invoke("ping", "host002")
+    result = invoke("logout")
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout)[0][:2] == ["host002", "ok"]
+    assert "token" not in path.read_text() and ENDPOINT in path.read_text()
+    result = invoke("whoami")
+    assert result.exit_code == 3 and "not logged in" in result.stderr and result.stdout == ""
 
 
-@pytest.mark.slow
-def test_host_completion(cluster: LocalCluster) -> None:
-    env = dict(os.environ, CLOUDLAND_CONTROL=cluster.control_socket, COMP_WORDS="clctl ping host00",
-               COMP_CWORD="2", _CLCTL_COMPLETE="bash_complete")
-    proc = subprocess.run([str(CLCTL)], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [f"plain,{h}" for h in HOSTS]
+def test_login_prompts_for_the_password(endpoints: list[str]) -> None:
+    result = invoke("login", "--endpoint", ENDPOINT, input=f"admin\n{ADMIN_PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert ADMIN_PASSWORD not in result.output  # asked for without echo
 
 
-@pytest.mark.slow
-def test_frontend_not_answering(tmp_path: Path) -> None:
-    stale = tmp_path / "frontend.sock"  # left behind by a frontend that was killed
-    stale.touch()
-    result = invoke("--control", str(stale), "tree", "--timeout", "0.1")
-    assert result.exit_code == 2
-    assert "did not answer" in result.stderr and result.stdout == ""
+def test_wrong_password_is_refused_and_saves_nothing(endpoints: list[str], home: Path) -> None:
+    result = invoke("login", "--endpoint", ENDPOINT, "-u", "admin", "--password-stdin", input="wrong\n")
+    assert result.exit_code == 1
+    assert "wrong user name or password" in result.stderr
+    assert not config_path(home).exists()
 
 
-# No frontend needed -------------------------------------------------------------------------
+def test_login_replaces_a_readable_config_file_with_a_private_one(endpoints: list[str], home: Path) -> None:
+    path = config_path(home)
+    path.parent.mkdir(parents=True)
+    path.write_text("endpoint: http://old:8080\nkeep: me\n")
+    path.chmod(0o644)
+    assert invoke("login", "--endpoint", ENDPOINT, "-u", "admin", "--password-stdin",
+                  input=ADMIN_PASSWORD).exit_code == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "keep: me" in path.read_text() and "http://old" not in path.read_text()
 
 
-def test_no_frontend_exits_2() -> None:
-    result = invoke("--control", "/nonexistent", "tree")
-    assert result.exit_code == 2
-    assert "no frontend control socket at /nonexistent" in result.stderr
-    assert result.stdout == ""
+def test_logout_with_a_token_the_api_no_longer_takes(app: FastAPI, admin: str, home: Path) -> None:
+    TestClient(app).delete("/v1/tokens/current", headers={"Authorization": f"Bearer {admin}"})
+    result = invoke("logout")
+    assert result.exit_code == 0 and "already ended" in result.stdout
+    assert "token" not in config_path(home).read_text()
 
 
-def test_no_frontend_subprocess_no_traceback() -> None:
-    env = dict(os.environ, CLOUDLAND_CONTROL="/nonexistent")
-    proc = subprocess.run([str(CLCTL), "ping"], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "/nonexistent" in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
+def test_endpoint_and_token_precedence(admin: str, endpoints: list[str]) -> None:
+    endpoints.clear()
+    assert invoke("flavor", "list").exit_code == 0  # the saved endpoint
+    assert invoke("flavor", "list", env={"CLOUDLAND_ENDPOINT": "http://from-env:1"}).exit_code == 0
+    assert invoke("--endpoint", "http://from-flag:2", "flavor", "list",
+                  env={"CLOUDLAND_ENDPOINT": "http://from-env:1"}).exit_code == 0
+    assert endpoints == [ENDPOINT, "http://from-env:1", "http://from-flag:2"]
+    # A token from the environment or --token beats the saved one; the API does not know this one.
+    for args, env in (((), {"CLOUDLAND_TOKEN": "forged"}), (("--token", "forged"), None)):
+        result = invoke(*args, "flavor", "list", env=env)
+        assert result.exit_code == 3, result.output
+        assert "not logged in: unknown token" in result.stderr and "clctl login" in result.stderr
 
 
-def test_bad_timeout_is_a_usage_error() -> None:
-    result = invoke("--control", "/nonexistent", "ping", "--timeout", "0")
-    assert result.exit_code == 2 and "--timeout" in result.stderr
+# Resources: tables, records and JSON ----------------------------------------------------------
+
+
+@pytest.fixture
+def pubkey(tmp_path: Path) -> Path:
+    path = tmp_path / "id.pub"
+    path.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq8oVb0k7nXh1k7JfF6QY3J2m4bGvT3Q0C3bX2m1Bz0 me@host\n")
+    return path
+
+
+#: group -> (collection, setup commands, create command, headers, how show and delete name it)
+SCENARIOS: dict[str, tuple[str, list[list[str]], list[str], list[str], str]] = {
+    "org": ("orgs", [], ["org", "create", "acme", "--quota", "instances=10", "--quota", "vcpus=unlimited"],
+            ["ID", "NAME", "STATUS", "INSTANCES", "VCPUS", "MEMORY_MB", "VOLUME_GB", "CREATED"], "id"),
+    "user": ("users", [], ["user", "create", "bob", "--role", "member", "--password-stdin"],
+             ["ID", "NAME", "ROLE", "STATUS", "ORG", "CREATED"], "id"),
+    "flavor": ("flavors", [], ["flavor", "create", "small", "--vcpus", "2", "--memory-mb", "2048", "--disk-gb", "20"],
+               ["ID", "NAME", "VCPUS", "MEMORY_MB", "DISK_GB", "PUBLIC"], "name"),
+    "zone": ("zones", [], ["zone", "create", "z1"], ["ID", "NAME", "STATUS", "CREATED"], "id"),
+    "network": ("networks", [], ["network", "create", "net1"], ["ID", "NAME", "STATUS", "EXTERNAL", "CREATED"],
+                "name"),
+    "subnet": ("subnets", [["network", "create", "net1"]],
+               ["subnet", "create", "sub1", "--network", "net1", "--cidr", "10.0.0.0/24", "--dns", "10.0.0.53"],
+               ["ID", "NAME", "NETWORK", "CIDR", "GATEWAY", "DHCP", "DNS", "VNI"], "name"),
+    "keypair": ("keypairs", [], ["keypair", "create", "me", "--public-key-file", "PUBKEY"],
+                ["ID", "NAME", "FINGERPRINT", "CREATED"], "name"),
+    "image": ("images", [], ["image", "create", "cirros", "--format", "qcow2"],
+              ["ID", "NAME", "STATUS", "FORMAT", "SIZE", "PUBLIC", "CREATED"], "name"),
+    "server-group": ("server-groups", [], ["server-group", "create", "web"],
+                     ["ID", "NAME", "POLICY", "MEMBERS", "CREATED"], "name"),
+    "sg": ("security-groups", [], ["sg", "create", "web", "--description", "web-servers"],
+           ["ID", "NAME", "DESCRIPTION", "RULES"], "name"),
+    "router": ("routers", [["network", "create", "net1"]], ["router", "create", "r1", "--network", "net1"],
+               ["ID", "NAME", "STATUS", "NETWORK", "SNAT"], "name"),
+}
+
+
+def skip_unless_served(app: FastAPI, admin: str, collection: str) -> None:
+    """Skip a group whose endpoints are not in the API yet (FastAPI's own 404, not the API's)."""
+    response = TestClient(app).get(f"/v1/{collection}", headers={"Authorization": f"Bearer {admin}"})
+    if response.status_code == 404 and response.json() == {"detail": "Not Found"}:
+        pytest.skip(f"/v1/{collection} is not in the API yet")
+
+
+@pytest.mark.parametrize("group", list(SCENARIOS))
+def test_create_list_show_delete(group: str, app: FastAPI, admin: str, pubkey: Path) -> None:
+    collection, setup, create, headers, ref_by = SCENARIOS[group]
+    skip_unless_served(app, admin, collection)
+    for command in setup:
+        assert invoke(*command).exit_code == 0
+    name = create[2]
+    result = invoke(*[str(pubkey) if a == "PUBKEY" else a for a in create], input="long-enough\nlong-enough\n")
+    assert result.exit_code == 0, result.output
+    created = record(result.stdout)
+    assert created["name"] == name
+
+    result = invoke(group, "list")
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.stdout)
+    assert rows[0] == headers
+    assert any(name in row for row in rows[1:])
+
+    listed = json.loads(invoke(group, "list", "--json").stdout)
+    assert set(listed) == {"items"}
+    item = next(i for i in listed["items"] if i["name"] == name)
+    assert item["id"] == created["id"]
+    ref = item[ref_by]
+    if group != "zone":  # zones have no show
+        shown = json.loads(invoke("--json", group, "show", ref).stdout)
+        assert shown == item
+
+    result = invoke(group, "delete", ref)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("deleted ") and result.stdout.endswith(f" {ref}\n")
+    assert name not in [i["name"] for i in json.loads(invoke(group, "list", "--json").stdout)["items"]]
+
+
+def test_org_quotas_usage_and_update(admin: str) -> None:
+    org = json.loads(invoke("org", "create", "acme", "--quota", "instances=10", "--json").stdout)
+    assert org["quotas"]["instances"] == 10 and org["quotas"]["vcpus"] is None
+    row = next(r for r in table_rows(invoke("org", "list").stdout) if r[1] == "acme")
+    assert row[3:5] == ["0/10", "0"]  # used/quota; no quota: just what is used
+    result = invoke("org", "update", org["id"], "--quota", "vcpus=8", "--quota", "instances=unlimited", "--disable")
+    assert result.exit_code == 0, result.output
+    updated = json.loads(invoke("org", "show", org["id"], "--json").stdout)
+    assert updated["status"] == "disabled" and updated["quotas"]["vcpus"] == 8
+    assert updated["quotas"]["instances"] is None
+    assert "quotas.vcpus" in invoke("org", "show", org["id"]).stdout  # nested maps flattened for people
+    result = invoke("org", "update", org["id"])
+    assert result.exit_code == 2 and "nothing to change" in result.stderr
+    result = invoke("org", "create", "x", "--quota", "instances=lots")
+    assert result.exit_code == 2 and "--quota" in result.stderr
+
+
+def test_image_upload(app: FastAPI, admin: str, tmp_path: Path) -> None:
+    skip_unless_served(app, admin, "images")
+    disk = tmp_path / "tiny.qcow2"
+    disk.write_bytes(b"QFI\xfb" + os.urandom(2 * (1 << 20)))
+    result = invoke("image", "create", "tiny", "--format", "qcow2", "--file", str(disk), "--json")
+    assert result.exit_code == 0, result.output
+    image = json.loads(result.stdout)
+    assert image["status"] == "active" and image["size_bytes"] == disk.stat().st_size
+    result = invoke("image", "upload", "tiny", str(disk))
+    assert result.exit_code == 1 and "only a queued image takes a file" in result.stderr
+
+
+def test_security_group_rules(app: FastAPI, admin: str) -> None:
+    skip_unless_served(app, admin, "security-groups")
+    before = len(json.loads(invoke("sg", "create", "web", "--json").stdout)["rules"])
+    result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "tcp", "--port", "22",
+                    "--remote-cidr", "10.0.0.0/8")
+    assert result.exit_code == 0, result.output
+    rule = table_rows(result.stdout)[1]
+    assert rule[1:] == ["ingress", "tcp", "22", "10.0.0.0/8"]
+    shown = invoke("sg", "show", "web").stdout
+    assert rule in table_rows(shown) and "rules[0].id" not in shown  # a table under the record, not in it
+    assert next(r for r in table_rows(invoke("sg", "list").stdout) if r[1] == "web")[-1] == str(before + 1)
+    result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "icmp", "--port", "22")
+    assert result.exit_code == 1 and "port_min" in result.stderr  # the API's refusal, naming its field
+    assert invoke("sg", "rule-delete", "web", rule[0]).exit_code == 0
+    assert len(json.loads(invoke("sg", "show", "web", "--json").stdout)["rules"]) == before
+
+
+def test_user_update(admin: str) -> None:
+    bob = json.loads(invoke("user", "create", "bob", "--password-stdin", "--json", input="long-enough\n").stdout)
+    result = invoke("user", "update", bob["id"], "--role", "reader", "--password-stdin", input="another-one\n")
+    assert result.exit_code == 0, result.output
+    assert json.loads(invoke("user", "show", bob["id"], "--json").stdout)["role"] == "reader"
+
+
+def test_hypervisors(frontend: Frontend, admin: str) -> None:
+    result = invoke("hypervisor", "list")
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.stdout) == [["NAME", "STATUS", "ZONE", "ENABLED", "VCPUS", "MEMORY_GIB", "DISK_GB",
+                                          "INSTANCES", "HEARTBEAT"]]
+    assert json.loads(invoke("hypervisor", "list", "--json").stdout) == {"items": []}
+
+    org_id = json.loads(invoke("whoami", "--json").stdout)["org_id"]
+    with frontend.db.transaction() as session:
+        for name, used in (("host000", 6), ("host001", 2)):
+            session.add(Hypervisor(org_id=org_id, name=name, status="up", vcpus=8, vcpus_used=used,
+                                   memory_mb=16384, memory_mb_used=4096, disk_gb=500, disk_gb_used=20,
+                                   last_seen_at=utcnow()))
+    rows = table_rows(invoke("hypervisor", "list").stdout)[1:]
+    assert [r[0] for r in rows] == ["host000", "host001"]
+    assert rows[0][1:8] == ["up", "-", "yes", "6/8", "4.0/16.0", "20/500", "0"]
+    assert rows[0][8].endswith("s")
+    by_load = table_rows(invoke("hypervisor", "list", "--sort", "vcpus").stdout)[1:]
+    assert [r[0] for r in by_load] == ["host001", "host000"]
+    by_load = table_rows(invoke("hypervisor", "list", "--sort", "vcpus", "--reverse").stdout)[1:]
+    assert [r[0] for r in by_load] == ["host000", "host001"]
+    assert invoke("hypervisor", "list", "--sort", "nosuch").exit_code == 2
+
+    result = invoke("hypervisor", "disable", "host001")
+    assert result.exit_code == 0, result.output
+    assert record(result.stdout)["enabled"] == "no"
+    assert json.loads(invoke("hypervisor", "show", "host001", "--json").stdout)["enabled"] is False
+    assert json.loads(invoke("hypervisor", "enable", "host001", "--json").stdout)["enabled"] is True
+
+
+# Errors -------------------------------------------------------------------------------------
+
+
+def test_invalid_field_exits_1_naming_the_field(admin: str) -> None:
+    result = invoke("flavor", "create", "tiny", "--vcpus", "1", "--memory-mb", "1", "--disk-gb", "1")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: memory_mb: ") and "[invalid]" in result.stderr
+    assert result.stdout == "" and "Traceback" not in result.output
+
+
+def test_conflict_and_not_found_exit_1(admin: str) -> None:
+    args = ["flavor", "create", "small", "--vcpus", "1", "--memory-mb", "512", "--disk-gb", "1"]
+    assert invoke(*args).exit_code == 0
+    result = invoke(*args)
+    assert result.exit_code == 1 and "exists already" in result.stderr and "[conflict]" in result.stderr
+    result = invoke("flavor", "show", "nosuch")
+    assert result.exit_code == 1 and "no flavor 'nosuch'" in result.stderr
+
+
+def test_no_token_exits_3(endpoints: list[str]) -> None:
+    result = invoke("flavor", "list")
+    assert result.exit_code == 3
+    assert "not logged in" in result.stderr and result.stdout == ""
+    assert endpoints == []  # nothing is sent without a token
+
+
+def test_unreachable_endpoint_exits_3() -> None:
+    with socket.socket() as s:  # a port nobody listens on: bind one, then let it go
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = invoke("--endpoint", f"http://127.0.0.1:{port}", "--token", "t", "flavor", "list")
+    assert result.exit_code == 3
+    assert f"cannot reach the API at http://127.0.0.1:{port}" in result.stderr and "Traceback" not in result.output
+
+
+def test_unusable_endpoint_and_config(home: Path) -> None:
+    result = invoke("--endpoint", "cloud:8080", "--token", "t", "flavor", "list")
+    assert result.exit_code == 3 and "http:// or https://" in result.stderr
+    path = config_path(home)
+    path.parent.mkdir(parents=True)
+    path.write_text("token: [unclosed\n")
+    result = invoke("flavor", "list")
+    assert result.exit_code == 2 and "not valid YAML" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert invoke("flavor", "create", "x", "--vcpus", "1").exit_code == 2
+    assert invoke("nosuch").exit_code == 2
+    result = invoke("--token", "t", "port", "create", "--network", "n", "--subnet", "s")
+    assert result.exit_code == 2 and "exactly one of --network or --subnet" in result.stderr
+    result = invoke("instance", "create", "vm", "--flavor", "f", "--image", "i", "--nic", "network=a,subnet=b")
+    assert result.exit_code == 2 and "exactly one of network=, subnet= or port=" in result.stderr
+    result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "tcp", "--port", "22",
+                    "--ports", "1-2")
+    assert result.exit_code == 2 and "--port or --ports" in result.stderr
+
+
+def test_help_documents_exit_codes() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for code in ("0  success", "1  the API refused", "2  usage error", "3  cannot reach the API"):
+        assert code in result.stdout
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_script(shell: str) -> None:
     result = invoke("completion", shell)
     assert result.exit_code == 0, result.output
-    assert "complete" in result.stdout and "_CLCTL_COMPLETE" in result.stdout
+    assert "_CLCTL_COMPLETE" in result.stdout and "complete" in result.stdout
 
 
-def test_completion_rejects_unknown_shell() -> None:
-    assert invoke("completion", "tcsh").exit_code == 2
+def complete(words: str) -> list[str]:
+    env = {"_CLCTL_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    result = invoke(env=env)
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()
 
 
-def test_control_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert resolve_control(None) == DEFAULT_CONTROL_SOCKET  # no file
-    config = tmp_path / "xdg" / "cloudland" / "clctl.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text("control_socket: /from/config.sock\n")
-    assert resolve_control(None) == "/from/config.sock"
-    assert resolve_control("/explicit.sock") == "/explicit.sock"
-    # the environment beats the file, --control beats the environment
-    assert "/from/config.sock" in invoke("tree").stderr
-    assert "/from/env.sock" in invoke("tree", env={"CLOUDLAND_CONTROL": "/from/env.sock"}).stderr
-    assert "/from/flag.sock" in invoke("--control", "/from/flag.sock", "tree",
-                                       env={"CLOUDLAND_CONTROL": "/from/env.sock"}).stderr
-    # a relative XDG_CONFIG_HOME is ignored, as the spec says
-    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/dir")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert resolve_control(None) == DEFAULT_CONTROL_SOCKET
+def test_names_complete_from_the_api(admin: str) -> None:
+    for name in ("small", "smaller", "large"):
+        assert invoke("flavor", "create", name, "--vcpus", "1", "--memory-mb", "512", "--disk-gb", "1").exit_code == 0
+    assert complete("clctl flavor show sma") == ["plain,small", "plain,smaller"]
+    assert complete("clctl --endpoint ftp://nowhere flavor show sma") == []  # quietly nothing
 
 
-def test_broken_config_file_exits_2(tmp_path: Path) -> None:
-    config = tmp_path / "xdg" / "cloudland" / "clctl.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text("control_socket: [unclosed\n")
+def test_clctl_imports_no_server_code() -> None:
+    code = ("import sys, clctl.main; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('frontend', 'sci', 'backend', 'agent', 'service', 'zmq', 'sqlalchemy', 'fastapi')); print(bad)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+# Against a scripted API: tasks, the tree --------------------------------------------------------
+
+
+class ScriptedApi:
+    """Answers from a table of (method, path) -> handler; remembers every request."""
+
+    def __init__(self, routes: dict[tuple[str, str], Callable[[httpx.Request], Any]]) -> None:
+        self.routes = routes
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        handler = self.routes.get((request.method, request.url.raw_path.decode().partition("?")[0]))
+        if handler is None:
+            return httpx.Response(404, json={"detail": "Not Found"})
+        answer = handler(request)
+        return answer if isinstance(answer, httpx.Response) else httpx.Response(200, json=answer)
+
+    def bodies(self, method: str, path: str) -> list[Any]:
+        return [json.loads(r.content) if r.content else None for r in self.requests
+                if r.method == method and r.url.raw_path.decode().partition("?")[0] == path]
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ScriptedApi]:
+    monkeypatch.setenv("CLOUDLAND_TOKEN", "t0k")
+    monkeypatch.setattr(clctl.tasks, "FIRST_POLL_S", 0.0)
+
+    def install(routes: dict[tuple[str, str], Callable[[httpx.Request], Any]]) -> ScriptedApi:
+        fake = ScriptedApi(routes)
+        monkeypatch.setattr(clctl.client, "http_client", lambda endpoint, timeout: httpx.Client(
+            base_url=endpoint, transport=httpx.MockTransport(fake)))
+        return fake
+
+    return install
+
+
+def task(status: str, steps: int = 0, error: str | None = None) -> dict[str, Any]:
+    return {"id": "task-1", "kind": "instance.create", "status": status, "resource_type": "instance",
+            "resource_id": "vm-1", "error": error, "created_at": "2024-05-01T12:00:00",
+            "finished_at": "2024-05-01T12:00:09" if status in ("succeeded", "failed") else None,
+            "steps": [{"seq": i + 1, "name": ["place", "boot"][i], "op": [None, "vm.create"][i], "status": "done",
+                       "hosts": [[], ["host003"]][i],
+                       "results": [{}, {"host003": {"status": "error" if error else "ok", "message": error or "",
+                                                    "exit_status": 1 if error else 0}}][i]}
+                      for i in range(steps)]}
+
+
+def instance_routes(final: dict[str, Any]) -> dict[tuple[str, str], Callable[[httpx.Request], Any]]:
+    polls = iter([task("running", 1), task("running", 2), final])
+    vm = {"id": "vm-1", "name": "web1", "status": "active", "power_state": "running"}
+    return {
+        ("POST", "/v1/instances"): lambda r: httpx.Response(202, json={"task": task("pending"),
+                                                                       "resource": {**vm, "status": "building"}}),
+        ("GET", "/v1/tasks/task-1"): lambda r: next(polls),
+        ("GET", "/v1/instances/vm-1"): lambda r: vm,
+    }
+
+
+def test_instance_create_sends_the_spec_body(scripted: Callable[..., ScriptedApi], tmp_path: Path) -> None:
+    fake = scripted(instance_routes(task("succeeded", 2)))
+    user_data = tmp_path / "cloud-init.yaml"
+    user_data.write_text("#cloud-config\n")
+    result = invoke("instance", "create", "web1", "--flavor", "small", "--image", "cirros", "--keypair", "me",
+                    "--user-data-file", str(user_data), "--nic", "network=net1", "--nic", "port=p1,ip=10.0.0.5",
+                    "--security-group", "web", "--security-group", "ssh", "--server-group", "g", "--zone", "z1")
+    assert result.exit_code == 0, result.output
+    assert fake.bodies("POST", "/v1/instances") == [{
+        "name": "web1", "flavor": "small", "image": "cirros", "keypair": "me", "user_data": "#cloud-config\n",
+        "nics": [{"network": "net1"}, {"port": "p1", "ip": "10.0.0.5"}], "security_groups": ["web", "ssh"],
+        "server_group": "g", "zone": "z1"}]
+    assert fake.requests[0].headers["Authorization"] == "Bearer t0k"
+    # Not waiting: the resource as it was accepted, and how to follow its task.
+    assert record(result.stdout)["status"] == "building" and "clctl task show task-1" in result.stdout
+    assert not fake.bodies("GET", "/v1/tasks/task-1")
+
+
+def test_wait_follows_the_task_then_prints_the_resource(scripted: Callable[..., ScriptedApi]) -> None:
+    fake = scripted(instance_routes(task("succeeded", 2)))
+    result = invoke("instance", "create", "web1", "--flavor", "small", "--image", "cirros", "--wait")
+    assert result.exit_code == 0, result.output
+    assert len(fake.bodies("GET", "/v1/tasks/task-1")) == 3
+    progress = result.stderr.splitlines()
+    assert progress[0] == "task task-1 instance.create: pending"
+    assert "step 2 boot (done) on host003" in progress[2]
+    assert progress[-1].startswith("task task-1 instance.create: succeeded")
+    assert record(result.stdout)["status"] == "active"
+
+    fake = scripted(instance_routes(task("succeeded", 2)))
+    result = invoke("instance", "create", "web1", "--flavor", "small", "--image", "cirros", "--wait", "--json")
+    assert json.loads(result.stdout)["power_state"] == "running"  # stdout is only the final JSON
+
+
+def test_wait_on_a_failed_task_exits_1_with_its_error(scripted: Callable[..., ScriptedApi]) -> None:
+    scripted(instance_routes(task("failed", 2, error="qemu-img: disk full")))
+    result = invoke("instance", "create", "web1", "--flavor", "small", "--image", "cirros", "--wait")
+    assert result.exit_code == 1
+    assert "task task-1 (instance.create) failed" in result.stderr and "qemu-img: disk full" in result.stderr
+    # what each host answered, for the operator
+    assert any(line.split()[:3] == ["host003", "error", "exit"] for line in result.stdout.splitlines())
+
+
+def test_actions_and_delete_with_wait(scripted: Callable[..., ScriptedApi]) -> None:
+    accepted = {"task": {**task("succeeded"), "kind": "instance.delete"}}
+    fake = scripted({
+        ("POST", "/v1/instances/web%201/reboot"): lambda r: httpx.Response(202, json=accepted),
+        ("POST", "/v1/instances/web1/resize"): lambda r: httpx.Response(202, json=accepted),
+        ("DELETE", "/v1/instances/web1"): lambda r: httpx.Response(202, json=accepted),
+    })
+    assert invoke("instance", "reboot", "web 1", "--wait").exit_code == 0  # names are quoted into one segment
+    assert invoke("instance", "resize", "web1", "--flavor", "large").exit_code == 0
+    assert fake.bodies("POST", "/v1/instances/web1/resize") == [{"flavor": "large"}]
+    result = invoke("instance", "delete", "web1", "--wait")
+    assert result.exit_code == 0, result.output
+    assert record(result.stdout)["kind"] == "instance.delete"  # the task, as there is no instance to show
+
+
+def test_task_show_prints_steps_and_hosts(scripted: Callable[..., ScriptedApi]) -> None:
+    scripted({("GET", "/v1/tasks/task-1"): lambda r: task("failed", 2, error="qemu-img: disk full"),
+              ("GET", "/v1/tasks"): lambda r: {"items": [task("failed", 2, error="boom")]}})
+    result = invoke("task", "show", "task-1")
+    assert result.exit_code == 0, result.output
+    assert "step 2 boot (vm.create on host003): done" in result.stdout
+    assert "qemu-img: disk full" in result.stdout
+    rows = table_rows(invoke("task", "list", "--status", "failed").stdout)
+    assert rows[0] == ["ID", "KIND", "STATUS", "RESOURCE", "CREATED", "FINISHED", "ERROR"]
+    assert rows[1][:3] == ["task-1", "instance.create", "failed"]
+
+
+def test_list_filters_become_query_parameters(scripted: Callable[..., ScriptedApi]) -> None:
+    fake = scripted({("GET", "/v1/events"): lambda r: {"items": []}, ("GET", "/v1/subnets"): lambda r: {"items": []},
+                     ("GET", "/v1/tasks"): lambda r: {"items": []}})
+    assert invoke("event", "list", "--kind", "host_down", "--since", "2024-05-01T12:00").exit_code == 0
+    assert invoke("subnet", "list", "--network", "net1").exit_code == 0
+    assert invoke("task", "list", "--resource", "vm-1").exit_code == 0
+    queries = [dict(r.url.params) for r in fake.requests]
+    assert queries == [{"kind": "host_down", "since": "2024-05-01T12:00:00+00:00"}, {"network": "net1"},
+                       {"resource": "vm-1"}]
+    assert invoke("event", "list", "--since", "yesterday").exit_code == 2
+
+
+def test_image_create_streams_the_file(scripted: Callable[..., ScriptedApi], tmp_path: Path) -> None:
+    disk = tmp_path / "cirros.qcow2"
+    disk.write_bytes(os.urandom(3 * (1 << 20) + 5))
+    image = {"id": "img-1", "name": "cirros", "status": "queued", "format": "qcow2"}
+    fake = scripted({("POST", "/v1/images"): lambda r: httpx.Response(201, json=image),
+                     ("PUT", "/v1/images/img-1/file"): lambda r: {**image, "status": "active",
+                                                                   "size_bytes": len(r.content)}})
+    result = invoke("image", "create", "cirros", "--format", "qcow2", "--file", str(disk), "--public")
+    assert result.exit_code == 0, result.output
+    assert fake.bodies("POST", "/v1/images") == [{"name": "cirros", "format": "qcow2", "public": True}]
+    put = fake.requests[1]
+    assert put.content == disk.read_bytes() and put.headers["Content-Length"] == str(disk.stat().st_size)
+    assert record(result.stdout)["status"] == "active"
+
+
+def test_security_group_rules_and_floating_ips(scripted: Callable[..., ScriptedApi]) -> None:
+    rule = {"id": "r1", "direction": "ingress", "protocol": "tcp", "port_min": 1000, "port_max": 2000,
+            "remote_cidr": "10.0.0.0/8"}
+    fake = scripted({
+        ("POST", "/v1/security-groups/web/rules"): lambda r: httpx.Response(201, json=rule),
+        ("DELETE", "/v1/security-groups/web/rules/r1"): lambda r: httpx.Response(204),
+        ("GET", "/v1/security-groups/web"): lambda r: {"id": "sg1", "name": "web", "rules": [rule]},
+        ("PATCH", "/v1/floating-ips/203.0.113.7"): lambda r: {"id": "f1", "address": "203.0.113.7"},
+    })
+    result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "tcp", "--ports", "1000-2000",
+                    "--remote-cidr", "10.0.0.0/8")
+    assert result.exit_code == 0, result.output
+    assert fake.bodies("POST", "/v1/security-groups/web/rules") == [
+        {"direction": "ingress", "protocol": "tcp", "port_min": 1000, "port_max": 2000, "remote_cidr": "10.0.0.0/8"}]
+    assert table_rows(result.stdout)[1] == ["r1", "ingress", "tcp", "1000-2000", "10.0.0.0/8"]
+    shown = invoke("sg", "show", "web").stdout
+    assert "1000-2000" in shown  # the rules under the group's record
+    assert invoke("sg", "rule-delete", "web", "r1").stdout == "deleted rule r1 of security group web\n"
+    assert invoke("fip", "associate", "203.0.113.7", "port1").exit_code == 0
+    assert invoke("fip", "disassociate", "203.0.113.7").exit_code == 0
+    assert fake.bodies("PATCH", "/v1/floating-ips/203.0.113.7") == [{"port": "port1"}, {"port": None}]
+
+
+TREE = {"nodes": [
+    {"node_id": "root", "role": "root", "parent": None, "level": 0, "children": 2, "heartbeat_age": None,
+     "state": "up"},
+    {"node_id": "agent0", "role": "agent", "parent": "root", "level": 1, "children": 1, "heartbeat_age": 0.4,
+     "state": "up"},
+    {"node_id": "agent1", "role": "agent", "parent": "root", "level": 1, "children": 0, "heartbeat_age": 0.3,
+     "state": "silent"},
+    {"node_id": "host001", "role": "backend", "parent": "agent0", "level": 2, "children": 0, "heartbeat_age": 0.2,
+     "state": "up"},
+    {"node_id": "host000", "role": "backend", "parent": None, "level": 2, "children": 0, "heartbeat_age": 75.0,
+     "state": "down"},
+]}
+
+
+def test_tree_is_indented_and_marks_trouble(scripted: Callable[..., ScriptedApi]) -> None:
+    scripted({("GET", "/v1/tree"): lambda r: TREE})
     result = invoke("tree")
-    assert result.exit_code == 2 and "not valid YAML" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "ROLE", "PARENT", "CHILDREN", "HEARTBEAT", "STATE"]
+    assert [line.split()[0] for line in lines[1:6]] == ["root", "agent0", "host001", "agent1", "host000"]
+    assert lines[3].startswith("    host001") and lines[4].startswith("  agent1")
+    assert lines[4].endswith("SILENT !") and lines[5].endswith("DOWN !") and "1m15s" in lines[5]
+    assert lines[-1] == "5 nodes: down 1, silent 1, up 3"
+    assert json.loads(invoke("tree", "--json").stdout) == TREE
 
 
-def test_order_tree_depth_first_with_detached_nodes() -> None:
-    def node(node_id: str, role: str, parent: str | None, state: str = "up") -> dict[str, Any]:
-        return {"node_id": node_id, "role": role, "parent": parent, "state": state}
-
-    nodes = [node("root", "root", None), node("a0", "agent", "root"), node("a1", "agent", "root"),
-             node("gone", "backend", None, "down"), node("h2", "backend", "a1"), node("h1", "backend", "a0"),
-             node("h0", "backend", "a1")]
-    assert [(d, n["node_id"]) for d, n in order_tree(nodes)] == [
-        (0, "root"), (1, "a0"), (2, "h1"), (1, "a1"), (2, "h0"), (2, "h2"), (0, "gone")]
-
-
-def test_format_age_and_table() -> None:
-    assert [format_age(a) for a in (None, 0.04, 0.25, 59.94, 65, 7300)] == [
-        "-", "0.0s", "0.2s", "59.9s", "1m05s", "2h01m"]
-    assert table(["A", "NUM"], [["xx", "1"], ["y", "100"]], right=(1,)).splitlines() == [
-        "A   NUM", "xx    1", "y   100"]
+def test_ping_exits_1_when_a_host_fails(scripted: Callable[..., ScriptedApi]) -> None:
+    answers = {"host000": {"status": "ok", "message": "", "latency_s": 0.0021},
+               "host001": {"status": "unreachable", "message": "no route", "latency_s": None}}
+    fake = scripted({("POST", "/v1/tree/ping"): lambda r: {"results": {
+        h: answers[h] for h in json.loads(r.content)["hosts"] or answers}}})
+    result = invoke("ping")
+    assert result.exit_code == 1
+    assert table_rows(result.stdout)[1:3] == [["host000", "ok", "2.1"], ["host001", "unreachable", "-", "no", "route"]]
+    assert result.stdout.splitlines()[-1] == "1 ok, 1 failed; latency p50 2.1 ms, max 2.1 ms"
+    result = invoke("ping", "host000", "--timeout", "2", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"results": {"host000": answers["host000"]}}
+    assert fake.bodies("POST", "/v1/tree/ping") == [{"hosts": [], "group": None, "timeout": 5.0},
+                                                    {"hosts": ["host000"], "group": None, "timeout": 2.0}]
+    assert invoke("ping", "host000", "--group", "rack1").exit_code == 2

@@ -1,9 +1,10 @@
-"""Ops about the host itself: ``ping`` (a round trip) and ``info`` (what the host is)."""
+"""Ops about the host itself: ``ping`` (a round trip) and ``info`` (what the host is and can hold)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import functools
 import time
 from typing import Any
 
@@ -18,19 +19,24 @@ def ping(args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def info(args: dict[str, Any]) -> dict[str, Any]:
+def info(zone: str, data_dir: str, args: dict[str, Any]) -> dict[str, Any]:
     memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(data_dir)
     load1, load5, load15 = os.getloadavg()
     return {
         "hostname": socket.gethostname(),
         "cpus": os.cpu_count() or 0,
         "memory_total": memory.total,
         "memory_available": memory.available,
+        # instances' disks and volumes live under the data directory
+        "disk_total": disk.total,
+        "disk_free": disk.free,
+        "zone": zone,
         "load": [round(load1, 2), round(load5, 2), round(load15, 2)],
         "uptime_s": int(time.time() - psutil.boot_time()),
     }
 
 
-def register(registry: OpRegistry) -> None:
+def register(registry: OpRegistry, zone: str = "", data_dir: str = "/") -> None:
     registry.register(Op("ping", ping, durable=False, inline=True))
-    registry.register(Op("info", info, durable=False))
+    registry.register(Op("info", functools.partial(info, zone, data_dir), durable=False))

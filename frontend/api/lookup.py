@@ -12,9 +12,10 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from ..auth import Caller
+from ..db.models import Zone
 from ..errors import Conflict, NotFound
 
-__all__ = ["find", "get_owned", "owned", "unique_name"]
+__all__ = ["find", "find_zone", "get_owned", "owned", "unique_name"]
 
 M = TypeVar("M")
 
@@ -72,3 +73,11 @@ def unique_name(session: Session, model: type[Any], name: str, kind: str, org_id
         query = query.where(getattr(model, column) == value)
     if session.execute(query.limit(1)).first() is not None:
         raise Conflict(f"a {kind} named {name!r} exists already", "name")
+
+
+def find_zone(session: Session, ref: str, field: str | None = "zone") -> Zone:
+    """Zones are the cloud's, not an organization's: every caller may name any of them."""
+    zone = session.get(Zone, ref) or session.execute(select(Zone).where(Zone.name == ref)).scalar_one_or_none()
+    if zone is None:
+        raise NotFound("zone", ref, field)
+    return zone

@@ -75,7 +75,6 @@ class Database:
         """A session for reading only: on SQLite it does not take the write lock."""
         with self._readers() as session, session.begin():
             yield session
-            session.rollback()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

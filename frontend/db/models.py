@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String,
                         Table, Text, UniqueConstraint)
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, synonym
 
 __all__ = [
     "Base", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair", "Network",
@@ -221,6 +221,8 @@ class Network(Resource, Base):
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64))
     external: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: what ``api.lookup`` shares with every organization: external networks, to allocate floating IPs from
+    public = synonym("external")
 
 
 class Subnet(Resource, Base):

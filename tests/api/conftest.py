@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 
+from frontend import auth
 from frontend.api import create_app
 from frontend.bootstrap import bootstrap
 from frontend.db import Database, upgrade
@@ -23,6 +25,14 @@ from tests.support.pgserver import PostgresServer
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 TEMPLATE = "cloudland_template"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cheap_password_hashing() -> Iterator[None]:
+    """argon2's production cost (tens of ms, 64 MiB per hash) would dominate the API tests' time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -87,10 +97,9 @@ class Api:
 
 
 @pytest.fixture
-def frontend(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Frontend]:
-    monkeypatch.setenv("CLOUDLAND_ADMIN_PASSWORD", ADMIN_PASSWORD)
+def frontend(db_url: str, tmp_path: Path) -> Iterator[Frontend]:
     fe = make_frontend(db_url, tmp_path / "frontend")
-    bootstrap(fe.db, fe.data_dir)
+    bootstrap(fe.db, fe.data_dir, ADMIN_PASSWORD)
     yield fe
     fe.tasks.stop()
     fe.db.dispose()

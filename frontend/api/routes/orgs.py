@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from pydantic import Field
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from ...auth import Role
 from ...bootstrap import ADMIN_ORG
@@ -47,10 +48,10 @@ class OrgView(ResourceView):
     usage: dict[str, int]
 
 
-def _view(session: object, org: Organization) -> OrgView:
+def _view(session: Session, org: Organization) -> OrgView:
     return OrgView(id=org.id, org_id=org.id, status=org.status, created_at=org.created_at, updated_at=org.updated_at,
                    name=org.name, quotas={q: getattr(org, f"quota_{q}") for q in QUOTAS},
-                   usage={q: usage(session, org.id, q) for q in QUOTAS})  # type: ignore[arg-type]
+                   usage={q: usage(session, org.id, q) for q in QUOTAS})
 
 
 def _set_quotas(org: Organization, quotas: Quotas) -> None:
@@ -58,11 +59,12 @@ def _set_quotas(org: Organization, quotas: Quotas) -> None:
         setattr(org, f"quota_{name}", getattr(quotas, name))
 
 
-def _get(session: object, caller: CallerDep, org_id: str) -> Organization:
-    org = session.get(Organization, org_id)  # type: ignore[attr-defined]
+def _get(session: Session, caller: CallerDep, org_id: str) -> Organization:
+    org = session.get(Organization, org_id) or session.execute(
+        select(Organization).where(Organization.name == org_id)).scalar_one_or_none()
     if org is None or (not caller.is_admin and org.id != caller.org_id):
         raise NotFound("organization", org_id)
-    return org  # type: ignore[no-any-return]
+    return org
 
 
 @router.post("/orgs", status_code=status.HTTP_201_CREATED, response_model=OrgView, summary="Create an organization")
@@ -86,7 +88,7 @@ def list_orgs(caller: CallerDep, frontend: FrontendDep) -> Items[OrgView]:
         return Items(items=[_view(session, o) for o in session.execute(query).scalars()])
 
 
-@router.get("/orgs/{org_id}", response_model=OrgView, summary="Show an organization, its quotas and usage")
+@router.get("/orgs/{org_id}", response_model=OrgView, summary="Show an organization (by id or name), its quotas and usage")
 def show_org(org_id: str, caller: CallerDep, frontend: FrontendDep) -> OrgView:
     with frontend.db.read() as session:
         return _view(session, _get(session, caller, org_id))

@@ -50,7 +50,7 @@ def _grantable(caller: Caller, role: str) -> None:
 
 
 def _get(session: Session, caller: Caller, user_id: str) -> User:
-    user = session.get(User, user_id)
+    user = session.get(User, user_id) or session.execute(select(User).where(User.name == user_id)).scalar_one_or_none()
     if user is None or (not caller.is_admin and user.org_id != caller.org_id):
         raise NotFound("user", user_id)
     return user
@@ -62,14 +62,12 @@ def create_user(body: UserCreate, caller: CallerDep, frontend: FrontendDep) -> U
     _grantable(caller, body.role)
     with frontend.db.transaction() as session:
         org_id = caller.org_id
-        if body.org is not None and caller.is_admin:
+        if body.org is not None:
             org = session.get(Organization, body.org) or session.execute(
                 select(Organization).where(Organization.name == body.org)).scalar_one_or_none()
-            if org is None:
+            if org is None or (not caller.is_admin and org.id != caller.org_id):
                 raise NotFound("organization", body.org, "org")
             org_id = org.id
-        elif body.org is not None and body.org != caller.org_id:
-            raise NotFound("organization", body.org, "org")
         if session.execute(select(User.id).where(User.name == body.name)).first() is not None:
             raise Conflict(f"a user named {body.name!r} exists already", "name")
         user = User(org_id=org_id, name=body.name, role=body.role, status="active",

@@ -7,8 +7,9 @@ from sqlalchemy import func, select
 
 from ...auth import Role
 from ...db.models import Hypervisor, Zone
-from ...errors import Conflict, NotFound
+from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
+from ..lookup import find_zone
 from ..schemas import Input, Items, Name, ResourceView
 
 router = APIRouter(tags=["zones"])
@@ -45,9 +46,7 @@ def list_zones(caller: CallerDep, frontend: FrontendDep) -> Items[ZoneView]:
 def delete_zone(zone_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.admin, "deleting a zone")
     with frontend.db.transaction() as session:
-        zone = session.get(Zone, zone_id)
-        if zone is None:
-            raise NotFound("zone", zone_id)
+        zone = find_zone(session, zone_id, field=None)
         hosts = session.execute(select(func.count()).where(Hypervisor.zone_id == zone.id)).scalar()
         if hosts:
             raise Conflict(f"{hosts} hypervisors are in this zone")

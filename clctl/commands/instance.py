@@ -1,0 +1,95 @@
+"""``instance``: virtual machines, and what can be done to them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..output import Column, when
+from ..params import NIC
+from ..resource import Resource
+from ..session import api, json_option, wait_option
+
+__all__ = ["group"]
+
+
+def _addresses(instance: dict[str, Any]) -> list[str]:
+    return [str(p.get("ip_address")) for p in instance.get("ports") or [] if isinstance(p, dict)]
+
+
+INSTANCE = Resource("instance", "instances", (
+    Column("ID", "id"), Column("NAME", "name"), Column("STATUS", "status"), Column("POWER", "power_state"),
+    Column("VCPUS", "vcpus", right=True), Column("MEMORY_MB", "memory_mb", right=True),
+    Column("HYPERVISOR", "hypervisor"), Column("ADDRESSES", _addresses), Column("CREATED", "created_at", when),
+))
+
+
+@click.group("instance")
+def group() -> None:
+    """Instances: create, list, start, stop, reboot, resize and delete them."""
+
+
+@group.command()
+@click.argument("name")
+@click.option("--flavor", required=True, help="Flavor id or name.")
+@click.option("--image", required=True, help="Image id or name.")
+@click.option("--keypair", help="Keypair whose public key cloud-init installs.")
+@click.option("--user-data-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="cloud-init user data.")
+@click.option("--nic", "nics", type=NIC, multiple=True, metavar="network=NET|subnet=S|port=P[,ip=A.B.C.D]",
+              help="A network interface, in order (repeatable); ip= asks for a fixed address.")
+@click.option("--security-group", "security_groups", multiple=True, metavar="SG", help="Repeatable.")
+@click.option("--server-group", help="Keep it apart from the group's other instances.")
+@click.option("--zone", help="Availability zone to place it in.")
+@wait_option
+@json_option
+@click.pass_context
+def create(ctx: click.Context, name: str, flavor: str, image: str, keypair: str | None, user_data_file: Path | None,
+           nics: tuple[dict[str, str], ...], security_groups: tuple[str, ...], server_group: str | None,
+           zone: str | None, wait: bool) -> None:
+    """Create and boot an instance."""
+    body: dict[str, Any] = {"name": name, "flavor": flavor, "image": image}
+    if user_data_file is not None:
+        try:
+            body["user_data"] = user_data_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"cannot read {user_data_file}: {exc}", param_hint="--user-data-file") from None
+    # Options not given are left out, so the API's defaults apply.
+    optional = {"keypair": keypair, "nics": list(nics), "security_groups": list(security_groups),
+                "server_group": server_group, "zone": zone}
+    body.update({k: v for k, v in optional.items() if v})
+    client = api(ctx)
+    INSTANCE.finish(ctx, client, client.post(INSTANCE.path(), body), wait)
+
+
+def _action(verb: str, summary: str) -> None:
+    @group.command(verb, help=summary)
+    @INSTANCE.argument()
+    @wait_option
+    @json_option
+    @click.pass_context
+    def action(ctx: click.Context, ref: str, wait: bool) -> None:
+        client = api(ctx)
+        INSTANCE.finish(ctx, client, client.post(INSTANCE.path(ref, verb)), wait)
+
+
+_action("start", "Power an instance on.")
+_action("stop", "Shut an instance down.")
+_action("reboot", "Reboot an instance.")
+
+
+@group.command()
+@INSTANCE.argument()
+@click.option("--flavor", required=True, help="The new flavor, by id or name.")
+@wait_option
+@json_option
+@click.pass_context
+def resize(ctx: click.Context, ref: str, flavor: str, wait: bool) -> None:
+    """Give an instance another flavor."""
+    client = api(ctx)
+    INSTANCE.finish(ctx, client, client.post(INSTANCE.path(ref, "resize"), {"flavor": flavor}), wait)
+
+
+INSTANCE.add_common(group, asynchronous=True)

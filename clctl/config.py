@@ -1,0 +1,114 @@
+"""Where clctl finds the API and its token: options, then the environment, then a file.
+
+``clctl login`` writes ``$XDG_CONFIG_HOME/cloudland/clctl.yaml`` (default ``~/.config/...``)::
+
+    endpoint: http://127.0.0.1:8080
+    token: <bearer token>
+
+The file holds a live credential, so it is written with mode 0600, by replacing it whole: a
+reader never sees half a file, and a file that was once world-readable does not stay so.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .client import EXIT_UNREACHABLE, EXIT_USAGE, ClctlError
+
+__all__ = ["DEFAULT_ENDPOINT", "Settings", "config_file", "forget_token", "load", "resolve", "save_login"]
+
+#: The API of a frontend on this machine with the default ``api.port``.
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Settings:
+    endpoint: str
+    token: str | None
+
+
+def config_file() -> Path:
+    """``$XDG_CONFIG_HOME/cloudland/clctl.yaml``; the XDG spec says to ignore a relative value."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    return root / "cloudland" / "clctl.yaml"
+
+
+def load() -> dict[str, Any]:
+    """The file's settings; empty when there is no file yet."""
+    path = config_file()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ClctlError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ClctlError(f"{path} is not valid YAML: {exc}", EXIT_USAGE) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ClctlError(f"{path} must be a YAML map with 'endpoint' and 'token'", EXIT_USAGE)
+    for key in ("endpoint", "token"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ClctlError(f"{path}: {key} must be a string", EXIT_USAGE)
+    return data
+
+
+def check_endpoint(endpoint: str) -> str:
+    if not endpoint.startswith(("http://", "https://")):
+        raise ClctlError(f"cannot reach the API at {endpoint!r}: the endpoint must be an http:// or https:// URL",
+                         EXIT_UNREACHABLE)
+    return endpoint.rstrip("/")
+
+
+def resolve(endpoint: str | None, token: str | None) -> Settings:
+    """``endpoint``/``token`` come from the options or the environment (click merges those two)."""
+    saved = load() if endpoint is None or token is None else {}
+    return Settings(check_endpoint(endpoint or saved.get("endpoint") or DEFAULT_ENDPOINT),
+                    token or saved.get("token") or None)
+
+
+def _write(data: dict[str, Any]) -> Path:
+    path = config_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkstemp creates the file 0600, before a byte of the token is in it.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".clctl-", suffix=".yaml")
+    except OSError as exc:
+        raise ClctlError(f"cannot write {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(data, f, default_flow_style=False, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ClctlError(f"cannot write {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+        raise
+    return path
+
+
+def save_login(endpoint: str, token: str) -> Path:
+    """Remember the endpoint and token; other keys a user put in the file are kept."""
+    return _write({**load(), "endpoint": endpoint, "token": token})
+
+
+def forget_token(token: str) -> bool:
+    """Drop the saved token if it is ``token`` (not one that came from elsewhere); True if it was."""
+    data = load()
+    if data.get("token") != token:
+        return False
+    del data["token"]
+    _write(data)
+    return True

@@ -1,0 +1,104 @@
+"""Option values that are more than a word: ``--nic network=n1,ip=10.0.0.5``, ``--quota vcpus=8``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+from typing import Any, ClassVar
+
+import click
+
+__all__ = ["NIC", "PORT_RANGE", "QUOTA", "SINCE", "read_password"]
+
+
+class Nic(click.ParamType):
+    """``network=NET|subnet=S|port=P[,ip=A.B.C.D]`` -> ``{"network": NET, "ip": ...}``."""
+
+    name = "nic"
+    TARGETS = ("network", "subnet", "port")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, str]:
+        if isinstance(value, dict):
+            return value
+        nic: dict[str, str] = {}
+        for part in str(value).split(","):
+            key, sep, item = part.partition("=")
+            key = key.strip()
+            if not sep or not item or key not in (*self.TARGETS, "ip"):
+                self.fail(f"{part!r} is not network=, subnet=, port= or ip=VALUE", param, ctx)
+            if key in nic:
+                self.fail(f"{key} given twice in {value!r}", param, ctx)
+            nic[key] = item.strip()
+        if sum(k in nic for k in self.TARGETS) != 1:
+            self.fail(f"{value!r} must name exactly one of network=, subnet= or port=", param, ctx)
+        return nic
+
+
+class Quota(click.ParamType):
+    """``NAME=N`` or ``NAME=unlimited`` -> ``(NAME, N or None)``."""
+
+    name = "quota"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int | None]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, amount = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"{value!r} is not NAME=N (e.g. instances=10, or vcpus=unlimited)", param, ctx)
+        if amount.lower() in ("unlimited", "none"):
+            return key, None
+        if not amount.isdigit():
+            self.fail(f"{value!r}: the amount must be a whole number or 'unlimited'", param, ctx)
+        return key, int(amount)
+
+
+class PortRange(click.ParamType):
+    """``1000-2000`` -> ``(1000, 2000)``."""
+
+    name = "range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        match = re.fullmatch(r"(\d{1,5})-(\d{1,5})", str(value))
+        if not match or not 1 <= int(match[1]) <= int(match[2]) <= 65535:
+            self.fail(f"{value!r} is not a range of ports like 1000-2000", param, ctx)
+        return int(match[1]), int(match[2])
+
+
+class Since(click.ParamType):
+    """An ISO time (``2024-05-01T12:00``, UTC unless it says) or an age (``30s``, ``15m``, ``2h``, ``7d``)."""
+
+    name = "time"
+    UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        match = re.fullmatch(r"(\d+)([smhd])", text)
+        if match:
+            stamp = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=int(match[1]) * self.UNITS[match[2]])
+        else:
+            try:
+                stamp = dt.datetime.fromisoformat(text)
+            except ValueError:
+                self.fail(f"{text!r} is neither an ISO time (2024-05-01T12:00) nor an age (15m, 2h, 7d)", param, ctx)
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        return stamp.isoformat(timespec="seconds")
+
+
+NIC = Nic()
+QUOTA = Quota()
+PORT_RANGE = PortRange()
+SINCE = Since()
+
+
+def read_password(from_stdin: bool, prompt: str = "Password", confirm: bool = False) -> str:
+    """The first line of stdin, or a hidden prompt (asked twice with ``confirm``, for a new one)."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise click.UsageError("--password-stdin: stdin holds no password")
+        return password
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))

@@ -1,0 +1,68 @@
+"""What one clctl invocation carries from the root group to its command: the API and ``--json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import click
+import httpx
+
+from . import config
+from .client import DEFAULT_TIMEOUT, Api
+from .output import echo_json
+
+__all__ = ["api", "emit", "json_mode", "json_option", "settings", "wait_option"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    json: bool = False
+
+
+def _state(ctx: click.Context) -> State:
+    return ctx.find_root().ensure_object(State)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _state(ctx).json = True
+
+
+def json_option(f: F) -> F:
+    """``--json`` on the root group and on every command: either place turns machine output on."""
+    return click.option("--json", "json_output", is_flag=True, expose_value=False, callback=_set_json,
+                        help="Print the API's JSON instead of a table.")(f)
+
+
+def wait_option(f: F) -> F:
+    return click.option("--wait", is_flag=True,
+                        help="Follow the task until it ends; exit 1 if it fails.")(f)
+
+
+def json_mode(ctx: click.Context) -> bool:
+    return _state(ctx).json
+
+
+def emit(ctx: click.Context, data: Any, human: Callable[[Any], None]) -> None:
+    """``data`` as the API's JSON with ``--json``, else as ``human`` renders it."""
+    if json_mode(ctx):
+        echo_json(data)
+    else:
+        human(data)
+
+
+def settings(ctx: click.Context) -> config.Settings:
+    # The root's params, not state set by its callback: during shell completion callbacks do not run.
+    params = ctx.find_root().params
+    return config.resolve(params.get("endpoint"), params.get("token"))
+
+
+def api(ctx: click.Context, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> Api:
+    """A client for this command, closed when the command ends."""
+    s = settings(ctx)
+    client = Api(s.endpoint, s.token, timeout)
+    ctx.call_on_close(client.close)
+    return client

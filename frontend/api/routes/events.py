@@ -1,0 +1,46 @@
+"""Events: what happened that an operator or tenant may want to know (drift, hosts down, failed tasks)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict
+
+from ...db.models import Event
+from ..deps import CallerDep, FrontendDep
+from ..lookup import owned
+from ..schemas import Items
+
+router = APIRouter(tags=["events"])
+
+
+class EventView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: dt.datetime
+    org_id: str
+    kind: str
+    host: str | None
+    resource_type: str | None
+    resource_id: str | None
+    message: str
+
+
+@router.get("/events", response_model=Items[EventView],
+            summary="List events, newest first (drift.*, host.*, task.failed); hosts' events belong to admins")
+def list_events(caller: CallerDep, frontend: FrontendDep, kind: str | None = Query(default=None, max_length=32),
+                host: str | None = Query(default=None, max_length=64), since: dt.datetime | None = None,
+                limit: int = Query(default=100, ge=1, le=1000)) -> Items[EventView]:
+    with frontend.db.read() as session:
+        query = owned(Event, caller).order_by(Event.created_at.desc()).limit(limit)
+        if kind is not None:
+            # "drift" matches drift.vanished and drift.unknown
+            query = query.where((Event.kind == kind) | Event.kind.startswith(kind + "."))
+        if host is not None:
+            query = query.where(Event.host == host)
+        if since is not None:
+            query = query.where(Event.created_at >= since.astimezone(dt.timezone.utc).replace(tzinfo=None)
+                                if since.tzinfo else Event.created_at >= since)
+        return Items(items=[EventView.model_validate(e) for e in session.execute(query).scalars()])

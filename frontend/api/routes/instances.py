@@ -1,0 +1,196 @@
+"""Instances: launched, powered, resized and deleted through tasks."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ... import lifecycle, quotas
+from ...auth import Caller, Role
+from ...db.models import Flavor, Hypervisor, Image, Instance, Keypair, Port, ServerGroup, Volume
+from ...errors import Invalid
+from ...ipam import NicSpec, allocate_instance_ports
+from ..deps import CallerDep, FrontendDep
+from ..lookup import find, find_zone, get_owned, owned
+from ..schemas import Input, Items, Name, Ref, ResourceView
+from .tasks import Accepted, task_view
+
+router = APIRouter(tags=["instances"])
+
+MAX_USER_DATA = 64 * 1024
+
+
+class InstanceCreate(Input):
+    name: Name
+    flavor: Ref
+    image: Ref
+    keypair: Ref | None = None
+    user_data: str | None = Field(default=None, max_length=MAX_USER_DATA, description="cloud-init user data")
+    nics: list[NicSpec] = Field(default_factory=list, max_length=8)
+    security_groups: list[Ref] | None = Field(default=None, max_length=16,
+                                              description="for every nic that names none of its own")
+    server_group: Ref | None = None
+    zone: Ref | None = None
+
+
+class Resize(Input):
+    flavor: Ref
+
+
+class Stop(Input):
+    timeout_s: int = Field(default=60, ge=0, le=3600, description="seconds of graceful shutdown before power off")
+
+
+class PortBrief(BaseModel):
+    id: str
+    network_id: str
+    subnet_id: str
+    ip_address: str
+    mac_address: str
+
+
+class InstanceView(ResourceView):
+    name: str
+    flavor_id: str
+    image_id: str
+    keypair_id: str | None
+    server_group_id: str | None
+    zone_id: str | None
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    power_state: str
+    fault: str | None
+    #: the hypervisor's name; shown to admins only
+    hypervisor: str | None
+    ports: list[PortBrief]
+    volumes: list[str]
+
+
+def instance_view(session: Session, caller: Caller, instance: Instance) -> InstanceView:
+    ports = session.execute(select(Port).where(Port.instance_id == instance.id).order_by(Port.created_at)).scalars()
+    volumes = session.execute(select(Volume.id).where(Volume.instance_id == instance.id)).scalars()
+    host = None
+    if caller.is_admin and instance.hypervisor_id:
+        row = session.get(Hypervisor, instance.hypervisor_id)
+        host = row.name if row else None
+    return InstanceView(
+        id=instance.id, org_id=instance.org_id, status=instance.status, created_at=instance.created_at,
+        updated_at=instance.updated_at, name=instance.name, flavor_id=instance.flavor_id, image_id=instance.image_id,
+        keypair_id=instance.keypair_id, server_group_id=instance.server_group_id, zone_id=instance.zone_id,
+        vcpus=instance.vcpus, memory_mb=instance.memory_mb, disk_gb=instance.disk_gb,
+        power_state=instance.power_state, fault=instance.fault, hypervisor=host,
+        ports=[PortBrief(id=p.id, network_id=p.network_id, subnet_id=p.subnet_id, ip_address=p.ip_address,
+                         mac_address=p.mac_address) for p in ports],
+        volumes=list(volumes))
+
+
+@router.post("/instances", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[InstanceView],
+             summary="Launch an instance (answers with the launch task)")
+def create_instance(body: InstanceCreate, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+    caller.require(Role.member, "launching an instance")
+    with frontend.db.transaction() as session:
+        flavor = find(session, Flavor, body.flavor, caller, "flavor", "flavor", shared=True)
+        image = find(session, Image, body.image, caller, "image", "image", shared=True)
+        if image.status != "active":
+            raise Invalid(f"image {image.name!r} is {image.status}; upload its file first", "image")
+        if image.min_disk_gb > flavor.disk_gb:
+            raise Invalid(f"image {image.name!r} needs a disk of {image.min_disk_gb} GB; flavor {flavor.name!r} "
+                          f"has {flavor.disk_gb} GB", "flavor")
+        keypair = find(session, Keypair, body.keypair, caller, "keypair", "keypair") if body.keypair else None
+        group = find(session, ServerGroup, body.server_group, caller, "server group", "server_group") \
+            if body.server_group else None
+        zone = find_zone(session, body.zone) if body.zone else None
+        quotas.check(session, caller.org_id, instances=1, vcpus=flavor.vcpus, memory_mb=flavor.memory_mb)
+        instance = Instance(org_id=caller.org_id, name=body.name, flavor_id=flavor.id, image_id=image.id,
+                            keypair_id=keypair.id if keypair else None, server_group_id=group.id if group else None,
+                            zone_id=zone.id if zone else None, user_data=body.user_data, vcpus=flavor.vcpus,
+                            memory_mb=flavor.memory_mb, disk_gb=flavor.disk_gb, status="building")
+        session.add(instance)
+        session.flush()
+        nics = [nic if nic.security_groups is not None or body.security_groups is None
+                else nic.model_copy(update={"security_groups": body.security_groups}) for nic in body.nics]
+        allocate_instance_ports(session, caller, nics, instance.id)
+        task = frontend.tasks.create(session, "instance.create", caller.org_id, caller.user_id, "instance",
+                                     instance.id)
+        accepted = Accepted[InstanceView](task=task_view(task), resource=instance_view(session, caller, instance))
+    frontend.tasks.start(task.id)
+    return accepted
+
+
+@router.get("/instances", response_model=Items[InstanceView], summary="List instances")
+def list_instances(caller: CallerDep, frontend: FrontendDep) -> Items[InstanceView]:
+    with frontend.db.read() as session:
+        rows = session.execute(owned(Instance, caller).order_by(Instance.created_at)).scalars()
+        return Items(items=[instance_view(session, caller, i) for i in rows])
+
+
+@router.get("/instances/{instance}", response_model=InstanceView, summary="Show an instance by id or name")
+def show_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> InstanceView:
+    with frontend.db.read() as session:
+        return instance_view(session, caller, find(session, Instance, instance, caller, "instance"))
+
+
+def _act(frontend: FrontendDep, caller: Caller, ref: str, action: str, params: dict[str, object] | None = None,
+         kind: str | None = None) -> Accepted[InstanceView]:
+    caller.require(Role.member, f"{action} of an instance")
+    with frontend.db.transaction() as session:
+        instance = find(session, Instance, ref, caller, "instance")
+        instance = get_owned(session, Instance, instance.id, caller, "instance", lock=True)
+        extra = dict(params or {})
+        if action == "resize":
+            extra.update(_resize_params(session, caller, instance, str(extra.pop("flavor"))))
+        extra["from"] = lifecycle.begin(lifecycle.INSTANCE, "instance", instance, action)
+        task = frontend.tasks.create(session, kind or f"instance.{action}", caller.org_id, caller.user_id,
+                                     "instance", instance.id, extra)
+        accepted = Accepted[InstanceView](task=task_view(task), resource=instance_view(session, caller, instance))
+    frontend.tasks.start(task.id)
+    return accepted
+
+
+def _resize_params(session: Session, caller: Caller, instance: Instance, ref: str) -> dict[str, object]:
+    flavor = find(session, Flavor, ref, caller, "flavor", "flavor", shared=True)
+    if flavor.disk_gb < instance.disk_gb:
+        raise Invalid(f"a disk can only grow: flavor {flavor.name!r} has {flavor.disk_gb} GB, the instance "
+                      f"{instance.disk_gb} GB", "flavor")
+    if flavor.id == instance.flavor_id:
+        raise Invalid(f"the instance already has flavor {flavor.name!r}", "flavor")
+    quotas.check(session, caller.org_id, vcpus=flavor.vcpus - instance.vcpus,
+                 memory_mb=flavor.memory_mb - instance.memory_mb)
+    return {"flavor_id": flavor.id, "vcpus": flavor.vcpus, "memory_mb": flavor.memory_mb, "disk_gb": flavor.disk_gb,
+            "old": {"vcpus": instance.vcpus, "memory_mb": instance.memory_mb, "disk_gb": instance.disk_gb}}
+
+
+@router.delete("/instances/{instance}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[InstanceView],
+               summary="Delete an instance (its own ports go with it; volumes are detached and kept)")
+def delete_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+    return _act(frontend, caller, instance, "delete")
+
+
+@router.post("/instances/{instance}/start", status_code=status.HTTP_202_ACCEPTED,
+             response_model=Accepted[InstanceView], summary="Start a stopped instance")
+def start_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+    return _act(frontend, caller, instance, "start")
+
+
+@router.post("/instances/{instance}/stop", status_code=status.HTTP_202_ACCEPTED,
+             response_model=Accepted[InstanceView],
+             summary="Stop an instance: ACPI shutdown, then power off after timeout_s")
+def stop_instance(instance: str, caller: CallerDep, frontend: FrontendDep,
+                  body: Stop | None = None) -> Accepted[InstanceView]:
+    return _act(frontend, caller, instance, "stop", {"timeout_s": (body or Stop()).timeout_s})
+
+
+@router.post("/instances/{instance}/reboot", status_code=status.HTTP_202_ACCEPTED,
+             response_model=Accepted[InstanceView], summary="Reboot a running instance")
+def reboot_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+    return _act(frontend, caller, instance, "reboot")
+
+
+@router.post("/instances/{instance}/resize", status_code=status.HTTP_202_ACCEPTED,
+             response_model=Accepted[InstanceView],
+             summary="Resize to another flavor on the same hypervisor (cold: the host stops and restarts it)")
+def resize_instance(instance: str, body: Resize, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+    return _act(frontend, caller, instance, "resize", {"flavor": body.flavor})

@@ -1,0 +1,80 @@
+"""Tasks: what long operations did, step by step, with each host's fate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, TypeVar
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict
+
+from ...db.models import Task
+from ..deps import CallerDep, FrontendDep
+from ..lookup import get_owned, owned
+from ..schemas import Items, ResourceView
+
+router = APIRouter(tags=["tasks"])
+
+
+class StepView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    name: str
+    status: str
+    op: str | None
+    cmd_id: str | None
+    hosts: list[str]
+    #: host -> {status, message, exit_status, payload} for a command; {"value": ...} for a decision
+    result: dict[str, Any] | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class TaskView(ResourceView):
+    kind: str
+    resource_type: str
+    resource_id: str
+    error: str | None
+    finished_at: dt.datetime | None
+    steps: list[StepView] = []
+
+
+V = TypeVar("V")
+
+
+class Accepted(BaseModel, Generic[V]):
+    """The answer to a long operation: the task that carries it out, and the resource as it is now."""
+
+    task: TaskView
+    resource: V | None = None
+
+
+def task_view(task: Task, steps: bool = True) -> TaskView:
+    view = TaskView.model_validate(task, from_attributes=True) if steps else TaskView(
+        id=task.id, org_id=task.org_id, status=task.status, created_at=task.created_at, updated_at=task.updated_at,
+        kind=task.kind, resource_type=task.resource_type, resource_id=task.resource_id, error=task.error,
+        finished_at=task.finished_at)
+    return view
+
+
+@router.get("/tasks", response_model=Items[TaskView], summary="List recent tasks (newest first, without steps)")
+def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: str | None = None,
+               status: str | None = Query(default=None, pattern="^(pending|running|succeeded|failed)$"),
+               limit: int = Query(default=100, ge=1, le=1000)) -> Items[TaskView]:
+    with frontend.db.read() as session:
+        query = owned(Task, caller).order_by(Task.created_at.desc()).limit(limit)
+        if resource is not None:
+            query = query.where(Task.resource_id == resource)
+        if status is not None:
+            query = query.where(Task.status == status)
+        return Items(items=[task_view(t, steps=False) for t in session.execute(query).scalars()])
+
+
+@router.get("/tasks/{task_id}", response_model=TaskView, summary="Show a task with its steps and per-host results")
+def show_task(task_id: str, caller: CallerDep, frontend: FrontendDep) -> TaskView:
+    with frontend.db.read() as session:
+        return task_view(get_owned(session, Task, task_id, caller, "task"))
+
+
+__all__ = ["Accepted", "TaskView", "router", "task_view"]

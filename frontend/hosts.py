@@ -1,0 +1,142 @@
+"""Keeping the hypervisors table in step with the tree: who joined, who is up, what each can hold.
+
+Every ``interval`` seconds the monitor compares the tree's backends with the table: new ones
+are registered, those whose state changed are marked up or down (with an event), and hosts
+whose capacity is unknown or stale are asked for it with the ``info`` op, in one command.
+The scheduler chooses only hosts that are up and whose capacity is known.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import select, update
+
+from sci import Targets
+
+from .bootstrap import admin_org_id
+from .db.models import Event, Hypervisor, Zone, utcnow
+
+if TYPE_CHECKING:
+    from .services import Frontend
+
+__all__ = ["HostMonitor"]
+
+log = structlog.get_logger("frontend.hosts")
+
+MB = 1 << 20
+GB = 1 << 30
+
+
+class HostMonitor:
+    def __init__(self, frontend: "Frontend", interval: float = 2.0, facts_every: float = 600.0,
+                 startup_grace: float = 30.0) -> None:
+        self.fe = frontend
+        self.interval = interval
+        self.facts_every = dt.timedelta(seconds=facts_every)
+        # After a frontend restart hosts take a few heartbeats to find it again; until then a
+        # host missing from the tree is not yet a host that is down.
+        self._grace_until = time.monotonic() + startup_grace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hosts", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+            except Exception:  # the database may be briefly away; try again next round
+                log.exception("hosts_sync_failed")
+
+    def sync(self) -> None:
+        tree = self.fe.tree
+        if tree is None:
+            return
+        seen = {n.node_id: n.up for n in tree.nodes() if n.role == "backend"}
+        self._record_states(seen)
+        self._refresh_facts([name for name, up in seen.items() if up])
+
+    def _record_states(self, seen: dict[str, bool]) -> None:
+        now = utcnow()
+        admin = admin_org_id(self.fe.db)
+        in_grace = time.monotonic() < self._grace_until
+        with self.fe.db.transaction() as session:
+            rows = {h.name: h for h in session.execute(select(Hypervisor)).scalars()}
+            for name, up in seen.items():
+                state = "up" if up else "down"
+                host = rows.get(name)
+                if host is None:
+                    session.add(Hypervisor(name=name, org_id=admin, status=state, last_seen_at=now if up else None))
+                    session.add(Event(org_id=admin, kind="host.joined", host=name, resource_type="hypervisor",
+                                      message=f"{name} joined the tree"))
+                    log.info("host_registered", host=name)
+                elif host.status != state:
+                    self._change(session, host, state, admin)
+            if not in_grace:
+                for name, host in rows.items():
+                    if name not in seen and host.status == "up":
+                        self._change(session, host, "down", admin)
+            up = [name for name, is_up in seen.items() if is_up]
+            if up:
+                # Only the stale ones, so a quiet 10,000-host cloud does not rewrite every row each round.
+                session.execute(update(Hypervisor).where(Hypervisor.name.in_(up),
+                                                         Hypervisor.last_seen_at < now - dt.timedelta(seconds=30))
+                                .values(last_seen_at=now).execution_options(synchronize_session=False))
+
+    @staticmethod
+    def _change(session: Any, host: Hypervisor, state: str, admin: str) -> None:
+        host.status = state
+        if state == "up":
+            host.last_seen_at = utcnow()
+        session.add(Event(org_id=admin, kind=f"host.{state}", host=host.name, resource_type="hypervisor",
+                          resource_id=host.id, message=f"{host.name} is {state}"))
+        log.info("host_state_changed", host=host.name, state=state)
+
+    def _refresh_facts(self, up: list[str]) -> None:
+        if not up or self.fe.tree is None:
+            return
+        stale_before = utcnow() - self.facts_every
+        with self.fe.db.read() as session:
+            stale = list(session.execute(
+                select(Hypervisor.name).where(Hypervisor.name.in_(up),
+                                              (Hypervisor.facts_at.is_(None)) | (Hypervisor.facts_at < stale_before))
+            ).scalars())
+        if not stale:
+            return
+        table = self.fe.tree.submit("info", {}, Targets.to(*stale), timeout=10.0).wait(20.0)
+        with self.fe.db.transaction() as session:
+            for name, result in table.items():
+                if not result.ok or not isinstance(result.payload, dict):
+                    log.info("host_facts_missing", host=name, status=result.status.name, message=result.message)
+                    continue
+                host = session.execute(select(Hypervisor).where(Hypervisor.name == name)).scalar_one_or_none()
+                if host is not None:
+                    self._apply_facts(session, host, result.payload)
+
+    def _apply_facts(self, session: Any, host: Hypervisor, facts: dict[str, Any]) -> None:
+        host.vcpus = int(facts.get("cpus", 0))
+        host.memory_mb = int(facts.get("memory_total", 0)) // MB
+        host.disk_gb = int(facts.get("disk_total", 0)) // GB
+        host.facts, host.facts_at = facts, utcnow()
+        zone_name = facts.get("zone") or None
+        if zone_name:
+            zone = session.execute(select(Zone).where(Zone.name == zone_name)).scalar_one_or_none()
+            if zone is None:
+                zone = Zone(name=zone_name, org_id=host.org_id, status="active")
+                session.add(zone)
+                session.flush()
+            host.zone_id = zone.id
+        else:
+            host.zone_id = None
+        log.info("host_facts", host=host.name, vcpus=host.vcpus, memory_mb=host.memory_mb, disk_gb=host.disk_gb,
+                 zone=zone_name)

@@ -1,0 +1,226 @@
+"""Address management: VNIs, IPs and MACs, and the ports that hold them.
+
+Pure functions over a session, called inside the transaction that creates the resource.  An
+address is picked while its subnet's row is locked, so two concurrent creates cannot pick the
+same one; the unique constraints on VNIs, MACs and (subnet, IP) back this up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .auth import Caller
+from .db.engine import lock, lock_org
+from .db.models import FloatingIp, Network, Port, SecurityGroup, SecurityGroupRule, Subnet, new_id
+from .errors import Conflict, Invalid
+
+__all__ = [
+    "DEFAULT_GROUP", "VNI_MAX", "VNI_MIN", "IPv4", "NicSpec", "allocate_instance_ports", "allocate_ip", "claim_ip",
+    "create_port", "default_security_group", "egress_anywhere", "is_host_address", "new_mac", "pick_vni",
+    "release_instance_ports", "resolve_security_groups", "resolve_subnet",
+]
+
+VNI_MIN, VNI_MAX = 4096, (1 << 24) - 1
+#: collisions are rare among 16 million VNIs; this many in a row means something is wrong
+_ATTEMPTS = 64
+#: the OUI-like prefix of every MAC we make: its first octet has the locally administered bit set
+_MAC_PREFIX = "fa:16:3e"
+DEFAULT_GROUP = "default"
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+#: An IPv4 address in dotted-quad form.
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+# api.schemas.Ref, which this module cannot import: frontend.api builds the app, whose services import us.
+_Ref = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class NicSpec(BaseModel):
+    """One network interface of an instance being created: on a network, on a subnet, or an existing port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: _Ref | None = Field(default=None, description="a network: the port goes on its first subnet")
+    subnet: _Ref | None = None
+    port: _Ref | None = Field(default=None, description="an unbound port of yours")
+    ip: IPv4 | None = Field(default=None, description="a fixed IP (with network or subnet); default: the next free")
+    security_groups: list[_Ref] | None = Field(default=None, max_length=16,
+                                               description=f"default: the {DEFAULT_GROUP!r} group")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> NicSpec:
+        if sum(x is not None for x in (self.network, self.subnet, self.port)) != 1:
+            raise ValueError("give exactly one of network, subnet or port")
+        if self.port is not None and self.ip is not None:
+            raise ValueError("an existing port has its IP already; give ip only with network or subnet")
+        return self
+
+
+def _find(session: Session, model: type[Any], ref: str, caller: Caller, kind: str, field: str) -> Any:
+    # Imported here, not above: frontend.api imports the app, whose services import this module.
+    from .api.lookup import find
+    return find(session, model, ref, caller, kind, field)
+
+
+def pick_vni(session: Session) -> int:
+    """A random VXLAN id no subnet of the cloud uses."""
+    for _ in range(_ATTEMPTS):
+        vni = random.randint(VNI_MIN, VNI_MAX)
+        if session.execute(select(Subnet.id).where(Subnet.vni == vni)).first() is None:
+            return vni
+    raise Conflict(f"no free VNI found in {_ATTEMPTS} tries; try again")
+
+
+def _taken(session: Session, subnet: Subnet) -> set[str]:
+    """Addresses of the subnet not to hand out: its gateway, its ports' and its network's floating IPs."""
+    ports = session.execute(select(Port.ip_address).where(Port.subnet_id == subnet.id)).scalars()
+    fips = session.execute(select(FloatingIp.address).where(FloatingIp.network_id == subnet.network_id)).scalars()
+    return {*ports, *fips, *([subnet.gateway] if subnet.gateway else [])}
+
+
+def allocate_ip(session: Session, subnet: Subnet) -> str:
+    """The lowest free host address of the subnet."""
+    lock(session, Subnet, subnet.id)
+    taken = _taken(session, subnet)
+    for host in ipaddress.IPv4Network(subnet.cidr).hosts():
+        if str(host) not in taken:
+            return str(host)
+    raise Conflict(f"subnet {subnet.name!r} ({subnet.cidr}) has no free address")
+
+
+def is_host_address(cidr: str, ip: str) -> bool:
+    """Whether ``ip`` is in ``cidr`` and is neither its network nor its broadcast address."""
+    network, address = ipaddress.IPv4Network(cidr), ipaddress.IPv4Address(ip)
+    return address in network and address not in (network.network_address, network.broadcast_address)
+
+
+def claim_ip(session: Session, subnet: Subnet, ip: str, field: str | None = None) -> str:
+    """``ip`` if it is a free host address of the subnet; Invalid outside it, Conflict if taken."""
+    if not is_host_address(subnet.cidr, ip):
+        raise Invalid(f"{ip} is not a host address of subnet {subnet.name!r} ({subnet.cidr})", field)
+    lock(session, Subnet, subnet.id)
+    if ip == subnet.gateway:
+        raise Conflict(f"{ip} is the gateway of subnet {subnet.name!r}", field)
+    if ip in _taken(session, subnet):
+        raise Conflict(f"{ip} is in use in subnet {subnet.name!r}", field)
+    return ip
+
+
+def new_mac(session: Session) -> str:
+    """A locally administered unicast MAC that no port has."""
+    for _ in range(_ATTEMPTS):
+        mac = ":".join([_MAC_PREFIX, *(f"{random.randrange(256):02x}" for _ in range(3))])
+        if session.execute(select(Port.id).where(Port.mac_address == mac)).first() is None:
+            return mac
+    raise Conflict(f"no free MAC address found in {_ATTEMPTS} tries; try again")
+
+
+def egress_anywhere(org_id: str) -> SecurityGroupRule:
+    return SecurityGroupRule(org_id=org_id, status="active", direction="egress", protocol="any",
+                             remote_cidr="0.0.0.0/0")
+
+
+def default_security_group(session: Session, org_id: str) -> SecurityGroup:
+    """The organization's ``default`` group, made on first need: all egress, ingress from its own members."""
+    lock_org(session, org_id)  # two first needs at once must not both create it
+    group = session.execute(select(SecurityGroup).where(SecurityGroup.org_id == org_id,
+                                                        SecurityGroup.name == DEFAULT_GROUP)).scalar_one_or_none()
+    if group is None:
+        group = SecurityGroup(id=new_id(), org_id=org_id, name=DEFAULT_GROUP, status="active",
+                              description="all egress; ingress from members of this group only")
+        group.rules = [egress_anywhere(org_id),
+                       SecurityGroupRule(org_id=org_id, status="active", direction="ingress", protocol="any",
+                                         remote_group_id=group.id)]
+        session.add(group)
+        session.flush()
+    return group
+
+
+def resolve_security_groups(session: Session, caller: Caller, refs: list[str] | None,
+                            field: str = "security_groups") -> list[SecurityGroup]:
+    """The caller's groups named by ``refs``, or the default group when ``refs`` is None."""
+    if refs is None:
+        return [default_security_group(session, caller.org_id)]
+    groups: dict[str, SecurityGroup] = {}
+    for i, ref in enumerate(refs):
+        group = _find(session, SecurityGroup, ref, caller, "security group", f"{field}[{i}]")
+        groups[group.id] = group
+    return list(groups.values())
+
+
+def resolve_subnet(session: Session, caller: Caller, network: str | None, subnet: str | None,
+                   prefix: str = "") -> Subnet:
+    """The caller's subnet named by ``subnet``, or the first subnet of ``network``."""
+    if subnet is not None:
+        row: Subnet = _find(session, Subnet, subnet, caller, "subnet", f"{prefix}subnet")
+        return row
+    assert network is not None
+    net: Network = _find(session, Network, network, caller, "network", f"{prefix}network")
+    first = session.execute(select(Subnet).where(Subnet.network_id == net.id)
+                            .order_by(Subnet.created_at, Subnet.id).limit(1)).scalar_one_or_none()
+    if first is None:
+        raise Conflict(f"network {net.name!r} has no subnet; create one first", f"{prefix}network")
+    return first
+
+
+def create_port(session: Session, org_id: str, subnet: Subnet, groups: list[SecurityGroup], *, ip: str | None = None,
+                name: str = "", instance_id: str | None = None, auto_delete: bool = False,
+                prefix: str = "") -> Port:
+    """A new active port on ``subnet``, at ``ip`` or the next free address."""
+    address = claim_ip(session, subnet, ip, f"{prefix}ip") if ip else allocate_ip(session, subnet)
+    port = Port(org_id=org_id, network_id=subnet.network_id, subnet_id=subnet.id, name=name,
+                mac_address=new_mac(session), ip_address=address, instance_id=instance_id, auto_delete=auto_delete,
+                status="active", security_groups=groups)
+    session.add(port)
+    session.flush()
+    return port
+
+
+def allocate_instance_ports(session: Session, caller: Caller, nics: list[NicSpec], instance_id: str) -> list[Port]:
+    """Bind the instance's NICs: new ports (deleted with the instance) or the caller's unbound ones."""
+    ports = []
+    for i, nic in enumerate(nics):
+        prefix = f"nics[{i}]."
+        if nic.port is not None:
+            port: Port = _find(session, Port, nic.port, caller, "port", f"{prefix}port")
+            session.refresh(port, with_for_update=True)  # another launch may be binding it right now
+            if port.instance_id is not None:
+                raise Conflict(f"port {nic.port!r} is bound to instance {port.instance_id}", f"{prefix}port")
+            port.instance_id = instance_id
+            if nic.security_groups is not None:
+                port.security_groups = resolve_security_groups(session, caller, nic.security_groups,
+                                                               f"{prefix}security_groups")
+            session.flush()
+        else:
+            subnet = resolve_subnet(session, caller, nic.network, nic.subnet, prefix)
+            groups = resolve_security_groups(session, caller, nic.security_groups, f"{prefix}security_groups")
+            port = create_port(session, caller.org_id, subnet, groups, ip=nic.ip, instance_id=instance_id,
+                               auto_delete=True, prefix=prefix)
+        ports.append(port)
+    return ports
+
+
+def release_instance_ports(session: Session, instance_id: str) -> None:
+    """Delete the ports made for the instance (freeing their floating IPs) and unbind the others."""
+    ports = list(session.execute(select(Port).where(Port.instance_id == instance_id)).scalars())
+    own = [p.id for p in ports if p.auto_delete]
+    if own:
+        session.execute(update(FloatingIp).where(FloatingIp.port_id.in_(own)).values(port_id=None))
+    for port in ports:
+        if port.auto_delete:
+            session.delete(port)
+        else:
+            port.instance_id = None
+    session.flush()

@@ -1,0 +1,121 @@
+"""Comparing what hypervisors run with what the state says, and recording the differences.
+
+Each round asks every up host for its inventory (``compute.inventory``).  For instances that
+are settled (active or stopped) on a host:
+
+* reported with another power state: the state follows the host (an instance that shut
+  itself down becomes ``stopped``);
+* not reported: ``drift.vanished``, in the owner's events, and its power state becomes
+  ``missing``;
+* reported but unknown to the state: ``drift.unknown``, in the admins' events.
+
+A drift is recorded once when it appears, not every round while it lasts.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import select
+
+from sci import Targets
+
+from .bootstrap import admin_org_id
+from .db.models import Event, Hypervisor, Instance
+from .hostops import INVENTORY, UNKNOWN_OP
+
+if TYPE_CHECKING:
+    from .services import Frontend
+
+__all__ = ["Reconciler"]
+
+log = structlog.get_logger("frontend.reconcile")
+
+SETTLED = ("active", "stopped")
+STATUS_OF_POWER = {"running": "active", "shutoff": "stopped"}
+
+
+class Reconciler:
+    def __init__(self, frontend: "Frontend", interval: float) -> None:
+        self.fe = frontend
+        self.interval = interval
+        self._open: set[tuple[str, str, str]] = set()  # (kind, host, instance id) drifts already recorded
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("reconcile_failed")
+
+    def run_once(self) -> int:
+        """One round; returns how many new drifts it recorded."""
+        if self.fe.tree is None:
+            return 0
+        with self.fe.db.read() as session:
+            hosts = dict(session.execute(select(Hypervisor.name, Hypervisor.id).where(Hypervisor.status == "up")).all())
+        if not hosts:
+            return 0
+        table = self.fe.tree.submit(INVENTORY, {}, Targets.to(*hosts), timeout=30.0).wait(40.0)
+        reports: dict[str, dict[str, str]] = {}
+        for host, result in table.items():
+            if result.ok and isinstance(result.payload, dict):
+                reports[host] = {str(i["id"]): str(i.get("power_state", "unknown"))
+                                 for i in result.payload.get("instances", []) if isinstance(i, dict) and "id" in i}
+            elif result.exit_status != UNKNOWN_OP:
+                log.info("reconcile_host_skipped", host=host, status=result.status.name, message=result.message)
+        return self._compare(hosts, reports)
+
+    def _compare(self, hosts: dict[str, str], reports: dict[str, dict[str, str]]) -> int:
+        admin = admin_org_id(self.fe.db)
+        still_open: set[tuple[str, str, str]] = set()
+        new = 0
+        with self.fe.db.transaction() as session:
+            by_id = {i.id: i for i in session.execute(
+                select(Instance).where(Instance.hypervisor_id.in_([hosts[h] for h in reports]))).scalars()}
+            for host, reported in reports.items():
+                mine = [i for i in by_id.values() if i.hypervisor_id == hosts[host]]
+                for instance in mine:
+                    if instance.status not in SETTLED:
+                        continue
+                    power = reported.get(instance.id)
+                    if power is None:
+                        new += self._drift(session, still_open, "vanished", host, instance.id, instance.org_id,
+                                           f"instance {instance.name} ({instance.id}) is not on {host}")
+                        instance.power_state = "missing"
+                    elif power != instance.power_state:
+                        log.info("instance_power_changed", instance=instance.id, host=host,
+                                 was=instance.power_state, now=power)
+                        instance.power_state = power
+                        instance.status = STATUS_OF_POWER.get(power, instance.status)
+                unknown = set(reported) - {i.id for i in mine}
+                if unknown:
+                    known_elsewhere = set(session.execute(select(Instance.id).where(Instance.id.in_(unknown)))
+                                          .scalars())
+                    for instance_id in sorted(unknown - known_elsewhere):
+                        new += self._drift(session, still_open, "unknown", host, instance_id, admin,
+                                           f"{host} runs instance {instance_id}, which the state does not know")
+        self._open = still_open
+        return new
+
+    def _drift(self, session: Any, still_open: set[tuple[str, str, str]], kind: str, host: str, instance_id: str,
+               org_id: str, message: str) -> int:
+        key = (kind, host, instance_id)
+        still_open.add(key)
+        if key in self._open:
+            return 0
+        session.add(Event(org_id=org_id, kind=f"drift.{kind}", host=host, resource_type="instance",
+                          resource_id=instance_id, message=message))
+        log.warning("drift_found", kind=kind, host=host, instance=instance_id)
+        return 1

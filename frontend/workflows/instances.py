@@ -1,0 +1,219 @@
+"""Instance tasks: launch (with placement and retries), delete, power actions and resize."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
+from ..hostops import INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
+from ..ipam import release_instance_ports
+from ..scheduler import Demand
+from ..tasks import TaskContext, TaskFailed, Workflow
+
+if TYPE_CHECKING:
+    from ..services import Frontend
+
+__all__ = ["workflows"]
+
+#: seconds a host may take to delete, power or resize an instance
+HOST_OP_TIMEOUT = 300.0
+#: seconds for the best-effort clean-up of a launch that timed out on a host
+CLEANUP_TIMEOUT = 60.0
+#: the status an instance settles in after each power action
+SETTLED = {"start": "active", "stop": "stopped", "reboot": "active"}
+
+
+def _instance(session: Session, instance_id: str) -> Instance:
+    instance = session.get(Instance, instance_id)
+    if instance is None:
+        raise TaskFailed(f"instance {instance_id} no longer exists")
+    return instance
+
+
+def _host_name(session: Session, instance: Instance) -> str | None:
+    if instance.hypervisor_id is None:
+        return None
+    host = session.get(Hypervisor, instance.hypervisor_id)
+    return host.name if host else None
+
+
+class _Base:
+    def __init__(self, frontend: "Frontend") -> None:
+        self.fe = frontend
+
+    def _read(self, instance_id: str) -> tuple[Instance, str | None]:
+        with self.fe.db.read() as session:
+            instance = _instance(session, instance_id)
+            return instance, _host_name(session, instance)
+
+
+class Launch(_Base):
+    """Place the instance, build it on the host; if the host fails, release it and try another."""
+
+    def run(self, ctx: TaskContext, task: Task) -> None:
+        iid = task.resource_id
+        settings = self.fe.config.scheduler
+        tried: list[str] = []
+        reasons: list[str] = []
+        for attempt in range(settings.max_attempts):
+            placed = ctx.once(f"place.{attempt}", lambda s: self._place(s, iid, tried))
+            if placed is None:
+                why = "no hypervisor has room for it" + (" after " + "; ".join(reasons) if reasons else "")
+                raise TaskFailed(why)
+            host = placed["name"]
+            result = ctx.command(f"launch.{attempt}", INSTANCE_CREATE, self._spec(iid), [host],
+                                 timeout=settings.launch_timeout_s)[host]
+            if result.ok:
+                ctx.once("activate", lambda s: self._activate(s, iid, result.payload))
+                return
+            reasons.append(f"{host}: {result.describe()}")
+            if result.status != "error":
+                # The host may have built part of it before going silent; ask it to clean up.
+                ctx.command(f"cleanup.{attempt}", INSTANCE_DELETE, {"instance_id": iid}, [host],
+                            timeout=CLEANUP_TIMEOUT)
+            ctx.once(f"release.{attempt}", lambda s: self._release(s, iid))
+            tried.append(placed["id"])
+        raise TaskFailed(f"the launch failed on {len(reasons)} hypervisors: " + "; ".join(reasons))
+
+    def _place(self, session: Session, iid: str, tried: list[str]) -> dict[str, str] | None:
+        instance = _instance(session, iid)
+        host = self.fe.scheduler.place(session, Demand.of(instance), instance.zone_id, instance.server_group_id,
+                                       frozenset(tried), member_id=instance.id)
+        if host is None:
+            return None
+        instance.hypervisor_id = host.id
+        return {"id": host.id, "name": host.name}
+
+    def _spec(self, iid: str) -> dict[str, Any]:
+        with self.fe.db.read() as session:
+            instance = _instance(session, iid)
+            image = session.get(Image, instance.image_id)
+            if image is None:
+                raise TaskFailed("the instance's image was deleted")
+            keypair = session.get(Keypair, instance.keypair_id) if instance.keypair_id else None
+            ports = list(session.execute(select(Port).where(Port.instance_id == iid).order_by(Port.created_at))
+                         .scalars())
+            volumes = list(session.execute(select(Volume).where(Volume.instance_id == iid)).scalars())
+            return {"instance": instance_spec(instance, image, keypair, ports, volumes)}
+
+    def _activate(self, session: Session, iid: str, payload: Any) -> None:
+        instance = _instance(session, iid)
+        instance.status, instance.fault = "active", None
+        instance.power_state = (payload or {}).get("power_state", "running") if isinstance(payload, dict) else "running"
+
+    def _release(self, session: Session, iid: str) -> None:
+        instance = _instance(session, iid)
+        if instance.hypervisor_id is not None:
+            self.fe.scheduler.release(session, instance.hypervisor_id, Demand.of(instance))
+            instance.hypervisor_id = None
+
+    def failed(self, session: Session, task: Task, reason: str) -> None:
+        instance = session.get(Instance, task.resource_id)
+        if instance is not None:
+            self._release(session, instance.id)
+            instance.status, instance.fault = "error", reason
+
+
+class Delete(_Base):
+    """Delete on the host (if it ever got one), then forget it: capacity, ports, volume attachments."""
+
+    def run(self, ctx: TaskContext, task: Task) -> None:
+        iid = task.resource_id
+        _, host = self._read(iid)
+        if host is not None:
+            result = ctx.command("delete", INSTANCE_DELETE, {"instance_id": iid}, [host], timeout=HOST_OP_TIMEOUT)[host]
+            if not result.ok:
+                raise TaskFailed(f"{host}: {result.describe()}")
+        ctx.once("forget", lambda s: self._forget(s, iid))
+
+    def _forget(self, session: Session, iid: str) -> None:
+        instance = _instance(session, iid)
+        if instance.hypervisor_id is not None:
+            self.fe.scheduler.release(session, instance.hypervisor_id, Demand.of(instance))
+        release_instance_ports(session, iid)
+        for volume in session.execute(select(Volume).where(Volume.instance_id == iid)).scalars():
+            volume.instance_id, volume.status = None, "available"
+        session.flush()
+        session.delete(instance)
+
+    def failed(self, session: Session, task: Task, reason: str) -> None:
+        instance = session.get(Instance, task.resource_id)
+        if instance is not None:
+            instance.status, instance.fault = "error", f"delete failed: {reason}"
+
+
+class Power(_Base):
+    """start, stop or reboot: one op on the instance's host."""
+
+    def __init__(self, frontend: "Frontend", action: str) -> None:
+        super().__init__(frontend)
+        self.action = action
+
+    def run(self, ctx: TaskContext, task: Task) -> None:
+        iid = task.resource_id
+        _, host = self._read(iid)
+        if host is None:
+            raise TaskFailed("the instance has no hypervisor")
+        body: dict[str, Any] = {"instance_id": iid}
+        if self.action == "stop":
+            body["timeout_s"] = task.params.get("timeout_s", 60)
+        result = ctx.command(self.action, POWER_OPS[self.action], body, [host], timeout=HOST_OP_TIMEOUT)[host]
+        if not result.ok:
+            raise TaskFailed(f"{host}: {result.describe()}")
+        ctx.once("settle", lambda s: self._settle(s, iid, result.payload))
+
+    def _settle(self, session: Session, iid: str, payload: Any) -> None:
+        instance = _instance(session, iid)
+        instance.status, instance.fault = SETTLED[self.action], None
+        default = "shutoff" if self.action == "stop" else "running"
+        instance.power_state = payload.get("power_state", default) if isinstance(payload, dict) else default
+
+    def failed(self, session: Session, task: Task, reason: str) -> None:
+        instance = session.get(Instance, task.resource_id)
+        if instance is not None:
+            instance.status, instance.fault = task.params.get("from", "error"), f"{self.action} failed: {reason}"
+
+
+class Resize(_Base):
+    """Cold resize on the same host: hold the extra room first, then change the instance."""
+
+    def run(self, ctx: TaskContext, task: Task) -> None:
+        iid, p = task.resource_id, task.params
+        instance, host = self._read(iid)
+        if host is None or instance.hypervisor_id is None:
+            raise TaskFailed("the instance has no hypervisor")
+        grow = Demand(p["vcpus"], p["memory_mb"], p["disk_gb"]) - Demand(p["old"]["vcpus"], p["old"]["memory_mb"],
+                                                                          p["old"]["disk_gb"])
+        host_id = instance.hypervisor_id
+        if not ctx.once("reserve", lambda s: self.fe.scheduler.reserve(s, host_id, grow)):
+            raise TaskFailed(f"{host} has no room for the new size; stop other instances there or delete them")
+        body = {"instance_id": iid, "vcpus": p["vcpus"], "memory_mb": p["memory_mb"], "disk_gb": p["disk_gb"]}
+        result = ctx.command("resize", INSTANCE_RESIZE, body, [host], timeout=HOST_OP_TIMEOUT)[host]
+        if not result.ok:
+            ctx.once("unreserve", lambda s: self.fe.scheduler.release(s, host_id, grow))
+            raise TaskFailed(f"{host}: {result.describe()}")
+        ctx.once("apply", lambda s: self._apply(s, iid, p, result.payload))
+
+    def _apply(self, session: Session, iid: str, p: dict[str, Any], payload: Any) -> None:
+        instance = _instance(session, iid)
+        instance.flavor_id, instance.vcpus, instance.memory_mb, instance.disk_gb = (
+            p["flavor_id"], p["vcpus"], p["memory_mb"], p["disk_gb"])
+        instance.status, instance.fault = p["from"], None
+        if isinstance(payload, dict) and "power_state" in payload:
+            instance.power_state = payload["power_state"]
+
+    def failed(self, session: Session, task: Task, reason: str) -> None:
+        instance = session.get(Instance, task.resource_id)
+        if instance is not None:
+            instance.status, instance.fault = task.params.get("from", "error"), f"resize failed: {reason}"
+
+
+def workflows(frontend: "Frontend") -> dict[str, Workflow]:
+    flows: dict[str, Workflow] = {"instance.create": Launch(frontend), "instance.delete": Delete(frontend),
+                                  "instance.resize": Resize(frontend)}
+    for action in POWER_OPS:
+        flows[f"instance.{action}"] = Power(frontend, action)
+    return flows

@@ -1,0 +1,297 @@
+"""Instances and volumes through the API, on a small in-process cloud with a real tree."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from frontend.db.models import Instance, Port, Task, TaskStep
+from frontend.scheduler import Demand
+from sci import Targets
+from tests.api.cloud import Cloud, make_cloud
+from tests.api.conftest import Api, error_of
+
+QCOW2 = b"QFI\xfb" + bytes(4092)
+
+
+@pytest.fixture
+def cloud(db_url: str, tmp_path: Path) -> Iterator[Cloud]:
+    yield from make_cloud(db_url, tmp_path / "frontend", hosts=3)
+
+
+def _setup(cloud: Cloud, tenant: str = "acme", **quotas: Any) -> tuple[Api, dict[str, Any]]:
+    """A tenant with a flavor, an active image and a network it can launch on."""
+    admin = cloud.admin
+    if admin.get("/v1/flavors/small").status_code == 404:
+        admin.ok("post", "/v1/flavors", 201, json={"name": "small", "vcpus": 1, "memory_mb": 256, "disk_gb": 1})
+    api = admin.tenant(tenant, **quotas)
+    image = api.ok("post", "/v1/images", 201, json={"name": "tiny", "format": "qcow2"})
+    api.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
+    api.ok("post", "/v1/networks", 201, json={"name": "net"})
+    api.ok("post", "/v1/subnets", 201, json={"name": "sub", "network": "net", "cidr": "10.0.0.0/24"})
+    return api, image
+
+
+def _launch(cloud: Cloud, api: Api, name: str, **extra: Any) -> dict[str, Any]:
+    body = {"name": name, "flavor": "small", "image": "tiny", "nics": [{"network": "net"}], **extra}
+    accepted = api.ok("post", "/v1/instances", 202, json=body)
+    assert accepted["task"]["status"] == "pending" and accepted["resource"]["status"] == "building"
+    task = cloud.wait_task(api, accepted["task"]["id"])
+    return {"task": task, "instance": api.ok("get", f"/v1/instances/{accepted['resource']['id']}")}
+
+
+def _host_by_db(cloud: Cloud, instance_id: str) -> str:
+    with cloud.frontend.db.read() as session:
+        instance = session.get(Instance, instance_id)
+        assert instance is not None and instance.hypervisor_id
+        hosts = cloud.admin.ok("get", "/v1/hypervisors")["items"]
+        return next(h["name"] for h in hosts if h["id"] == instance.hypervisor_id)
+
+
+def test_hosts_are_registered_with_capacity(cloud: Cloud) -> None:
+    hosts = cloud.admin.ok("get", "/v1/hypervisors")["items"]
+    assert [h["name"] for h in hosts] == ["hv0", "hv1", "hv2"]
+    assert all(h["status"] == "up" and h["total"]["vcpus"] >= 1 and h["total"]["memory_mb"] > 0 for h in hosts)
+
+
+def test_launch_power_resize_delete(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    launched = _launch(cloud, api, "web")
+    instance = launched["instance"]
+    assert launched["task"]["status"] == "succeeded", launched["task"]
+    assert instance["status"] == "active" and instance["power_state"] == "running"
+    assert instance["hypervisor"] is None  # tenants are not told where things run
+    assert instance["ports"] and instance["ports"][0]["ip_address"].startswith("10.0.0.")
+    host = _host_by_db(cloud, instance["id"])
+    assert cloud.computes[host].instances == {instance["id"]: "running"}
+    steps = launched["task"]["steps"]
+    assert [s["name"] for s in steps] == ["place.0", "launch.0", "activate"]
+    assert steps[1]["result"][host]["status"] == "ok"
+
+    def act(path: str, expect: str, **kw: Any) -> dict[str, Any]:
+        accepted = api.ok("post", f"/v1/instances/web/{path}", 202, **kw)
+        task = cloud.wait_task(api, accepted["task"]["id"])
+        assert task["status"] == "succeeded", task
+        current = api.ok("get", "/v1/instances/web")
+        assert current["status"] == expect
+        return current
+
+    assert act("stop", "stopped")["power_state"] == "shutoff"
+    response = api.post("/v1/instances/web/stop")
+    assert response.status_code == 409 and "stopped" in error_of(response)["reason"]
+    assert act("start", "active")["power_state"] == "running"
+    act("reboot", "active")
+    cloud.admin.ok("post", "/v1/flavors", 201, json={"name": "large", "vcpus": 2, "memory_mb": 512, "disk_gb": 2})
+    resized = act("resize", "active", json={"flavor": "large"})
+    assert (resized["vcpus"], resized["memory_mb"], resized["disk_gb"]) == (2, 512, 2)
+    used = cloud.admin.ok("get", f"/v1/hypervisors/{host}")["used"]
+    assert used == {"vcpus": 2, "memory_mb": 512, "disk_gb": 2}
+    response = api.post("/v1/instances/web/resize", json={"flavor": "small"})
+    assert response.status_code == 422 and error_of(response)["field"] == "flavor"
+
+    deleted = api.ok("delete", "/v1/instances/web", 202)
+    assert cloud.wait_task(api, deleted["task"]["id"])["status"] == "succeeded"
+    assert api.get("/v1/instances/web").status_code == 404
+    assert cloud.computes[host].instances == {}
+    assert cloud.admin.ok("get", f"/v1/hypervisors/{host}")["used"] == {"vcpus": 0, "memory_mb": 0, "disk_gb": 0}
+    assert api.ok("get", "/v1/ports")["items"] == []
+
+
+def test_a_failed_launch_is_retried_on_another_host(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    cloud.computes["hv0"].fail["instance.create"] = "disk full on hv0"
+    cloud.computes["hv1"].fail["instance.create"] = "qemu crashed on hv1"
+    launched = _launch(cloud, api, "web")
+    assert launched["task"]["status"] == "succeeded"
+    assert _host_by_db(cloud, launched["instance"]["id"]) == "hv2"
+    failures = [s for s in launched["task"]["steps"] if s["op"] == "instance.create" and
+                any(r["status"] != "ok" for r in s["result"].values())]
+    messages = {m["message"] for s in failures for m in s["result"].values()}
+    assert messages == {"disk full on hv0", "qemu crashed on hv1"}
+    used = {h["name"]: h["used"]["vcpus"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"]}
+    assert used == {"hv0": 0, "hv1": 0, "hv2": 1}
+
+
+def test_a_launch_failing_everywhere_fails_with_every_reason(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    for name, compute in cloud.computes.items():
+        compute.fail["instance.create"] = f"broken {name}"
+    launched = _launch(cloud, api, "web")
+    task, instance = launched["task"], launched["instance"]
+    assert task["status"] == "failed"
+    assert all(f"broken hv{i}" in task["error"] for i in range(3)), task["error"]
+    assert instance["status"] == "error" and "broken" in instance["fault"]
+    assert all(h["used"]["vcpus"] == 0 for h in cloud.admin.ok("get", "/v1/hypervisors")["items"])
+    events = api.ok("get", "/v1/events", params={"kind": "task.failed"})["items"]
+    assert events and events[0]["resource_id"] == instance["id"]
+
+
+def test_two_launches_racing_for_the_last_room(cloud: Cloud) -> None:
+    hosts = cloud.admin.ok("get", "/v1/hypervisors")["items"]
+    for host in hosts[1:]:
+        cloud.admin.ok("patch", f"/v1/hypervisors/{host['name']}", json={"enabled": False})
+    room = hosts[0]["free"]
+    cloud.admin.ok("post", "/v1/flavors", 201, json={"name": "half", "vcpus": 1,
+                                                     "memory_mb": room["memory_mb"] // 2 + 1, "disk_gb": 1})
+    api, _ = _setup(cloud)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: _launch(cloud, api, n, flavor="half"), ["a", "b", "c", "d"]))
+    statuses = sorted(r["task"]["status"] for r in results)
+    assert statuses == ["failed", "failed", "failed", "succeeded"], statuses
+    loser = next(r for r in results if r["task"]["status"] == "failed")
+    assert "no hypervisor has room" in loser["task"]["error"]
+    used = cloud.admin.ok("get", f"/v1/hypervisors/{hosts[0]['name']}")["used"]
+    assert used["memory_mb"] == room["memory_mb"] // 2 + 1
+
+
+def test_anti_affinity_spreads_and_then_refuses(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    api.ok("post", "/v1/server-groups", 201, json={"name": "ha", "policy": "anti-affinity"})
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda n: _launch(cloud, api, n, server_group="ha"), ["a", "b", "c"]))
+    assert all(r["task"]["status"] == "succeeded" for r in results)
+    assert len({_host_by_db(cloud, r["instance"]["id"]) for r in results}) == 3
+    fourth = _launch(cloud, api, "d", server_group="ha")
+    assert fourth["task"]["status"] == "failed" and "no hypervisor has room" in fourth["task"]["error"]
+
+
+def test_a_host_that_is_down_is_not_chosen(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    cloud.leaves["hv0"].stop()
+    cloud.leaves["hv1"].stop()
+    cloud.frontend.tasks.wait_idle(1)
+    import time
+    end = time.monotonic() + 10
+    while {n.node_id for n in cloud.root.nodes() if n.up} & {"hv0", "hv1"}:
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    cloud.hosts.sync()
+    states = {h["name"]: h["status"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"]}
+    assert states == {"hv0": "down", "hv1": "down", "hv2": "up"}
+    for name in ("a", "b"):
+        assert _launch(cloud, api, name)["task"]["status"] == "succeeded"
+    assert {_host_by_db(cloud, i["id"]) for i in api.ok("get", "/v1/instances")["items"]} == {"hv2"}
+    kinds = [e["kind"] for e in cloud.admin.ok("get", "/v1/events", params={"kind": "host"})["items"]]
+    assert kinds.count("host.down") == 2
+
+
+def test_quota_refusal_leaves_nothing_behind(cloud: Cloud) -> None:
+    api, _ = _setup(cloud, instances=1)
+    assert _launch(cloud, api, "one")["task"]["status"] == "succeeded"
+    ports_before = api.ok("get", "/v1/ports")["items"]
+    response = api.post("/v1/instances", json={"name": "two", "flavor": "small", "image": "tiny",
+                                               "nics": [{"network": "net"}]})
+    error = error_of(response)
+    assert response.status_code == 409 and error["code"] == "quota_exceeded" and error["field"] == "instances"
+    assert [i["name"] for i in api.ok("get", "/v1/instances")["items"]] == ["one"]
+    assert api.ok("get", "/v1/ports")["items"] == ports_before
+
+
+def test_bad_references_are_refused_with_the_field(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    other, _ = _setup(cloud, "globex")
+    for field, body in (("flavor", {"flavor": "huge"}), ("image", {"image": "nope"}),
+                        ("keypair", {"keypair": "nope"}), ("server_group", {"server_group": "nope"}),
+                        ("zone", {"zone": "nowhere"})):
+        response = api.post("/v1/instances", json={"name": "x", "flavor": "small", "image": "tiny", **body})
+        assert response.status_code == 404 and error_of(response)["field"] == field, response.text
+    theirs = other.ok("get", "/v1/images/tiny")["id"]
+    response = api.post("/v1/instances", json={"name": "x", "flavor": "small", "image": theirs})
+    assert response.status_code == 404 and error_of(response)["field"] == "image"
+    with cloud.frontend.db.read() as session:
+        assert session.execute(select(func.count()).select_from(Instance)).scalar() == 0
+        assert session.execute(select(func.count()).select_from(Port)).scalar() == 0
+
+
+def test_tenants_cannot_touch_each_others_instances(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    other, _ = _setup(cloud, "globex")
+    mine = _launch(cloud, api, "web")["instance"]
+    assert other.ok("get", "/v1/instances")["items"] == []
+    for method, path in (("get", ""), ("delete", ""), ("post", "/stop"), ("post", "/reboot")):
+        response = getattr(other, method)(f"/v1/instances/{mine['id']}{path}")
+        assert response.status_code == 404, (method, path, response.text)
+    assert other.get(f"/v1/instances/{mine['id']}").json() == other.get("/v1/instances/no-such-id").json() | {
+        "error": {**error_of(other.get("/v1/instances/no-such-id")), "message": f"no instance {mine['id']!r}",
+                  "reason": f"no instance {mine['id']!r}"}}
+    task_id = api.ok("get", "/v1/tasks")["items"][0]["id"]
+    assert other.get(f"/v1/tasks/{task_id}").status_code == 404
+    assert api.ok("get", "/v1/instances/web")["status"] == "active"
+
+
+def test_volumes_live_beside_their_instance(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    web = _launch(cloud, api, "web")["instance"]
+    host = _host_by_db(cloud, web["id"])
+    created = api.ok("post", "/v1/volumes", 202, json={"name": "data", "size_gb": 2, "instance": "web"})
+    assert cloud.wait_task(api, created["task"]["id"])["status"] == "succeeded"
+    volume = api.ok("get", "/v1/volumes/data")
+    assert volume["status"] == "available" and volume["id"] in cloud.computes[host].volumes
+    attach = api.ok("post", "/v1/volumes/data/attach", 202, json={"instance": "web"})
+    assert cloud.wait_task(api, attach["task"]["id"])["status"] == "succeeded"
+    assert api.ok("get", "/v1/volumes/data")["status"] == "in-use"
+    assert api.ok("get", "/v1/instances/web")["volumes"] == [volume["id"]]
+    response = api.delete("/v1/volumes/data")
+    assert response.status_code == 409 and "in-use" in error_of(response)["reason"]
+    detach = api.ok("post", "/v1/volumes/data/detach", 202)
+    assert cloud.wait_task(api, detach["task"]["id"])["status"] == "succeeded"
+    deleted = api.ok("delete", "/v1/volumes/data", 202)
+    assert cloud.wait_task(api, deleted["task"]["id"])["status"] == "succeeded"
+    assert api.ok("get", "/v1/volumes")["items"] == [] and cloud.computes[host].volumes == {}
+
+
+def test_reconciliation_records_drift(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    web = _launch(cloud, api, "web")["instance"]
+    db = _launch(cloud, api, "db")["instance"]
+    web_host, db_host = _host_by_db(cloud, web["id"]), _host_by_db(cloud, db["id"])
+    del cloud.computes[web_host].instances[web["id"]]
+    cloud.computes[db_host].instances[db["id"]] = "shutoff"
+    cloud.computes["hv0"].instances["ghost-1234"] = "running"
+    assert cloud.reconciler.run_once() == 2
+    assert cloud.reconciler.run_once() == 0  # recorded once, not every round
+    vanished = api.ok("get", "/v1/events", params={"kind": "drift"})["items"]
+    assert [(e["kind"], e["resource_id"]) for e in vanished] == [("drift.vanished", web["id"])]
+    assert api.ok("get", "/v1/instances/web")["power_state"] == "missing"
+    assert api.ok("get", "/v1/instances/db")["status"] == "stopped"
+    unknown = cloud.admin.ok("get", "/v1/events", params={"kind": "drift.unknown"})["items"]
+    assert [(e["host"], e["resource_id"]) for e in unknown] == [("hv0", "ghost-1234")]
+
+
+def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: Cloud) -> None:
+    """What a frontend killed between sending a command and recording its answer sees on restart."""
+    api, _ = _setup(cloud)
+    frontend = cloud.frontend
+    cloud.computes["hv0"].fail["instance.create"] = "not this one"
+    cloud.computes["hv1"].fail["instance.create"] = "nor this one"
+    engine_start = frontend.tasks.start
+    frontend.tasks.start = lambda task_id: None  # type: ignore[method-assign] # the "crash": nothing runs it
+    accepted = api.ok("post", "/v1/instances", 202, json={"name": "web", "flavor": "small", "image": "tiny"})
+    task_id, instance_id = accepted["task"]["id"], accepted["resource"]["id"]
+    # Replay what the dead frontend had done: placed on hv2, journalled the launch, sent it.
+    with frontend.db.transaction() as session:
+        others = frozenset(h["id"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"] if h["name"] != "hv2")
+        host = frontend.scheduler.place(session, Demand(1, 256, 1), exclude=others)
+        assert host is not None and host.name == "hv2"
+        session.get(Instance, instance_id).hypervisor_id = host.id  # type: ignore[union-attr]
+        session.add(TaskStep(task_id=task_id, seq=1, name="place.0", status="done",
+                             result={"value": {"id": host.id, "name": "hv2"}}))
+        session.get(Task, task_id).status = "running"  # type: ignore[union-attr]
+    body = frontend.tasks.workflows["instance.create"]._spec(instance_id)  # type: ignore[attr-defined]
+    with frontend.db.transaction() as session:
+        session.add(TaskStep(task_id=task_id, seq=2, name="launch.0", status="sent", op="instance.create",
+                             cmd_id=f"{task_id}.2", hosts=["hv2"], timeout_s=30, body=body))
+    sent = cloud.root.submit("instance.create", body, Targets.to("hv2"), timeout=30, cmd_id=f"{task_id}.2")
+    assert sent.wait(30)["hv2"].ok
+    assert cloud.computes["hv2"].instances == {instance_id: "running"}
+    cloud.computes["hv2"].instances.clear()  # were it to run again, it would show up here
+    frontend.tasks.start = engine_start  # type: ignore[method-assign]
+    assert frontend.tasks.resume() == 1
+    task = cloud.wait_task(api, task_id)
+    assert task["status"] == "succeeded" and [s["name"] for s in task["steps"]] == ["place.0", "launch.0", "activate"]
+    assert cloud.computes["hv2"].instances == {}  # answered from the host's journal: not run again
+    assert api.ok("get", "/v1/instances/web")["status"] == "active"

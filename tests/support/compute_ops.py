@@ -1,0 +1,95 @@
+"""The compute ops of ``frontend/hostops.py`` answered from memory, for the frontend's own tests.
+
+The frontend's tests exercise placement, retries, tasks and reconciliation; what a hypervisor
+really does with an instance is the libvirt driver's business and is tested there, on real
+guests.  This stand-in keeps each host's instances in a dict and appends every op it runs to
+a log file, so a test can prove an op ran exactly once.  Failures are injected per host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.registry import Op, OpError, OpRegistry
+
+
+class RecordingCompute:
+    def __init__(self, host: str, log_path: Path | None = None) -> None:
+        self.host = host
+        self.log_path = log_path
+        self.instances: dict[str, str] = {}  # id -> power state
+        self.volumes: dict[str, str | None] = {}  # id -> instance it is attached to
+        #: op -> message: that op fails on this host with the message
+        self.fail: dict[str, str] = {}
+        #: seconds instance.create takes
+        self.create_delay = 0.0
+        self._lock = threading.Lock()
+
+    def _record(self, op: str, args: dict[str, Any]) -> None:
+        if op in self.fail:
+            raise OpError(self.fail[op], 1)
+        if self.log_path is not None:
+            ident = args.get("instance", {}).get("instance_id") or args.get("instance_id") or args.get("volume_id")
+            with self._lock, open(self.log_path, "a") as f:
+                f.write(json.dumps({"host": self.host, "op": op, "id": ident, "pid": os.getpid()}) + "\n")
+
+    def create(self, args: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(self.create_delay)
+        self._record("instance.create", args)
+        self.instances[args["instance"]["instance_id"]] = "running"
+        return {"power_state": "running"}
+
+    def delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._record("instance.delete", args)
+        self.instances.pop(args["instance_id"], None)
+        return {}
+
+    def power(self, op: str, state: str) -> Any:
+        def handler(args: dict[str, Any]) -> dict[str, Any]:
+            self._record(op, args)
+            if args["instance_id"] not in self.instances:
+                raise OpError(f"no instance {args['instance_id']} on {self.host}", 2)
+            self.instances[args["instance_id"]] = state
+            return {"power_state": state}
+        return handler
+
+    def volume(self, op: str) -> Any:
+        def handler(args: dict[str, Any]) -> dict[str, Any]:
+            self._record(op, args)
+            if op == "volume.create":
+                self.volumes[args["volume_id"]] = None
+            elif op == "volume.delete":
+                self.volumes.pop(args["volume_id"], None)
+            elif op == "volume.attach":
+                self.volumes[args["volume_id"]] = args["instance_id"]
+                return {"device": "vdb"}
+            else:
+                self.volumes[args["volume_id"]] = None
+            return {}
+        return handler
+
+    def inventory(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"instances": [{"id": i, "power_state": s} for i, s in sorted(self.instances.items())]}
+
+    def register(self, registry: OpRegistry) -> None:
+        registry.register(Op("instance.create", self.create, durable=True))
+        registry.register(Op("instance.delete", self.delete, durable=True))
+        for op, state in (("instance.start", "running"), ("instance.stop", "shutoff"),
+                          ("instance.reboot", "running"), ("instance.resize", "running")):
+            registry.register(Op(op, self.power(op, state), durable=True))
+        for op in ("volume.create", "volume.delete", "volume.attach", "volume.detach"):
+            registry.register(Op(op, self.volume(op), durable=True))
+        registry.register(Op("compute.inventory", self.inventory, durable=False))
+
+
+def register(registry: OpRegistry) -> None:
+    """For backends run as processes: the log file and the launch delay come from the environment."""
+    log = os.environ.get("CLOUDLAND_TEST_COMPUTE_LOG")
+    compute = RecordingCompute(f"pid{os.getpid()}", Path(log) if log else None)
+    compute.create_delay = float(os.environ.get("CLOUDLAND_TEST_CREATE_DELAY", "0"))
+    compute.register(registry)

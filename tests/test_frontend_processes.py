@@ -1,0 +1,92 @@
+"""The frontend as a real process over a real tree: kill -9 it in the middle of tasks.
+
+Backends answer the compute ops from ``tests/support/compute_ops.py`` and log every op they
+run, so "no task ran twice" is checked on the hosts, not in the frontend's own account.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import psutil
+import pytest
+
+from localcluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
+QCOW2 = b"QFI\xfb" + bytes(4092)
+LAUNCH_SECONDS = 3.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", agents=1, backends=4, tree=TREE, ops_modules=["tests.support.compute_ops"],
+                     env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log"),
+                          "CLOUDLAND_TEST_CREATE_DELAY": str(LAUNCH_SECONDS)})
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+    leftovers = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def _client(cluster: LocalCluster) -> httpx.Client:
+    token = httpx.post(f"{cluster.api_url}/v1/tokens",
+                       json={"username": "admin", "password": cluster.admin_password()}).json()["token"]
+    return httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _until(check: Any, timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except httpx.TransportError:
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_frontend_killed_mid_launch_finishes_every_task_once(cluster: LocalCluster, tmp_path: Path) -> None:
+    api = _client(cluster)
+    _until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"]
+                        if h["status"] == "up" and h["facts"]]) == 4, 30, "4 hypervisors with capacity")
+    api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
+    image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
+    api.put(f"/v1/images/{image['id']}/file", content=QCOW2).raise_for_status()
+    tasks = []
+    for i in range(4):
+        accepted = api.post("/v1/instances", json={"name": f"vm{i}", "flavor": "small", "image": "tiny"})
+        assert accepted.status_code == 202, accepted.text
+        tasks.append(accepted.json()["task"]["id"])
+
+    def launches_sent() -> bool:
+        steps = [api.get(f"/v1/tasks/{t}").json()["steps"] for t in tasks]
+        return all(any(s["op"] == "instance.create" for s in st) for st in steps)
+
+    _until(launches_sent, 30, "every launch to be sent")
+    cluster.kill("frontend")  # kill -9, while the hosts are still building
+    cluster.start_frontend()
+    api = _client(cluster)  # a new connection; the old token is still valid
+    def ended() -> list[dict[str, Any]] | None:
+        states = [api.get(f"/v1/tasks/{t}").json() for t in tasks]
+        return states if all(t["status"] in ("succeeded", "failed") for t in states) else None
+
+    final = _until(ended, 60, "every task to end")
+    assert [t["status"] for t in final] == ["succeeded"] * 4, [t["error"] for t in final]
+    instances = api.get("/v1/instances").json()["items"]
+    assert sorted(i["status"] for i in instances) == ["active"] * 4
+    ops = [json.loads(line) for line in (tmp_path / "ops.log").read_text().splitlines()]
+    creates = [o["id"] for o in ops if o["op"] == "instance.create"]
+    assert sorted(creates) == sorted(i["id"] for i in instances), "each instance must be built exactly once"
+    assert "task_command_resent" in cluster.log_text("frontend")
