@@ -1,4 +1,6 @@
-"""The first start of an empty cloud: the admin organization and its admin user.
+"""What every start of the frontend does to the state before serving.
+
+On the first start of an empty cloud: the admin organization and its admin user.
 
 The admin password comes from ``CLOUDLAND_ADMIN_PASSWORD`` if set, else it is generated and
 written to ``<data_dir>/admin-password`` (mode 0600) for the operator to read once.
@@ -12,13 +14,15 @@ import secrets
 from pathlib import Path
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .auth import Role, hash_password
 from .db import Database
-from .db.models import Organization, User
+from .db.models import Image, Organization, User
+from . import images
+from .images import ImageStore
 
-__all__ = ["ADMIN_ORG", "admin_org_id", "bootstrap"]
+__all__ = ["ADMIN_ORG", "admin_org_id", "bootstrap", "recover"]
 
 log = structlog.get_logger("frontend.bootstrap")
 
@@ -44,6 +48,18 @@ def bootstrap(db: Database, data_dir: Path, password: str | None = None) -> None
         session.add(User(org_id=org.id, name="admin", role=Role.admin.label, status="active",
                          password_hash=hash_password(password)))
     log.info("admin_created", org=ADMIN_ORG, user="admin")
+
+
+def recover(db: Database, data_dir: Path) -> None:
+    """Undo what a killed frontend left half-done outside tasks: uploads cut off mid-stream.
+
+    (Tasks need nothing here: the task engine resumes them.)
+    """
+    with db.transaction() as session:
+        cut = session.execute(update(Image).where(Image.status == "saving").values(status="queued")).rowcount
+    parts = ImageStore(data_dir / images.SUBDIR).discard_partial()
+    if cut or parts:
+        log.info("image_uploads_reset", images=cut, partial_files=parts)
 
 
 @functools.lru_cache(maxsize=8)

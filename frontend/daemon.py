@@ -19,7 +19,7 @@ from service.config import ConfigError, FrontendConfig, load
 from service.logs import setup_logging
 
 from .api import create_app
-from .bootstrap import bootstrap
+from .bootstrap import bootstrap, recover
 from .control import ControlServer
 from .db import Database, upgrade
 from .db.models import Hypervisor
@@ -60,6 +60,7 @@ def main(config_path: str | None) -> None:
         db = Database(config.database_url)
         upgrade(db)
         bootstrap(db, Path(config.data_dir))
+        recover(db, Path(config.data_dir))
         root = TreeRoot(config.tree.listen, config.tree.settings, node_id=config.node_id,
                         advertise=config.tree.advertise)
         root.start()

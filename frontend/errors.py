@@ -9,7 +9,8 @@
     ├── NotFound         404 not_found       no such resource in the caller's organization
     ├── Conflict         409 conflict        the state of things forbids it (in use, duplicate name)
     ├── QuotaExceeded    409 quota_exceeded  the organization's quota is spent
-    └── NoCapacity       503 no_capacity     no hypervisor can take it now
+    ├── TooLarge         413 too_large       an upload is over the limit
+    └── Unavailable      503 unavailable     a part the request needs is not running
 
 Every error reaches the client as ``{"error": {"code", "message", "field", "reason"}}``.
 """
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NoCapacity", "NotFound", "QuotaExceeded",
-           "Unauthenticated"]
+__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "QuotaExceeded", "TooLarge", "Unauthenticated",
+           "Unavailable"]
 
 
 class ApiError(Exception):
@@ -62,5 +63,9 @@ class QuotaExceeded(ApiError):
     code, http_status = "quota_exceeded", 409
 
 
-class NoCapacity(ApiError):
-    code, http_status = "no_capacity", 503
+class TooLarge(ApiError):
+    code, http_status = "too_large", 413
+
+
+class Unavailable(ApiError):
+    code, http_status = "unavailable", 503

@@ -1,27 +1,7 @@
-"""The ops the frontend sends to hypervisors through the tree, and what each carries.
+"""The ops the frontend sends to hypervisors through the tree, and the bodies it builds for them.
 
-This is the contract a backend's compute driver implements (``docs/ops.md`` says the same
-for driver authors).  Every op that changes a host must be idempotent: the frontend may send
-it again under the same command id after a restart, and the tree's journal answers that;
-it may also send it again under a new id (a retried delete), which must then succeed or
-report that nothing was there.
-
-=================  =====================================================  ======================
-op                 body                                                   payload when ok
-=================  =====================================================  ======================
-instance.create    instance: InstanceSpec                                 {power_state}
-instance.delete    {instance_id}                                          {}
-instance.start     {instance_id}                                          {power_state}
-instance.stop      {instance_id, timeout_s}                               {power_state}
-instance.reboot    {instance_id}                                          {power_state}
-instance.resize    {instance_id, vcpus, memory_mb, disk_gb}               {power_state}
-volume.create      {volume_id, size_gb}                                   {}
-volume.delete      {volume_id}                                            {}
-volume.attach      {volume_id, instance_id}                               {device}
-volume.detach      {volume_id, instance_id}                               {}
-compute.inventory  {}                                                     {instances: [{id, power_state}]}
-info               {}                                                     {cpus, memory_total, disk_total, zone, ...}
-=================  =====================================================  ======================
+``docs/ops.md`` is the contract for driver authors: each op's body and payload, and the
+rules every host-changing op follows (idempotent, all or nothing, errors that say why).
 """
 
 from __future__ import annotations
@@ -43,8 +23,6 @@ VOLUME_DELETE = "volume.delete"
 VOLUME_ATTACH = "volume.attach"
 VOLUME_DETACH = "volume.detach"
 INVENTORY = "compute.inventory"
-#: exit status a backend answers for an op it has no handler for (no compute driver loaded)
-UNKNOWN_OP = 127
 
 
 def instance_spec(instance: Instance, image: Image, keypair: Keypair | None, ports: list[Port],

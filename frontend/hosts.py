@@ -76,7 +76,9 @@ class HostMonitor:
                 state = "up" if up else "down"
                 host = rows.get(name)
                 if host is None:
-                    session.add(Hypervisor(name=name, org_id=admin, status=state, last_seen_at=now if up else None))
+                    if not up:
+                        continue  # joined but not attached yet: registered once it is up
+                    session.add(Hypervisor(name=name, org_id=admin, status=state, last_seen_at=now))
                     session.add(Event(org_id=admin, kind="host.joined", host=name, resource_type="hypervisor",
                                       message=f"{name} joined the tree"))
                     log.info("host_registered", host=name)

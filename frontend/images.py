@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["MAX_IMAGE_BYTES", "QCOW2_MAGIC", "ImageStore", "Refused", "TooLarge"]
+__all__ = ["MAX_IMAGE_BYTES", "SUBDIR", "QCOW2_MAGIC", "ImageStore", "Refused", "TooLarge"]
 
 MAX_IMAGE_BYTES = 64 << 30
+#: the store's directory under the frontend's data_dir
+SUBDIR = "images"
 QCOW2_MAGIC = b"QFI\xfb"
 
 # Ids come from the database, but a path built from one must never leave the store.
@@ -89,6 +91,15 @@ class ImageStore:
             raise
         self._sync_dir()
         return checksum, size
+
+    def discard_partial(self) -> int:
+        """Remove the temporary files of uploads a killed frontend never finished."""
+        if not self.root.is_dir():
+            return 0
+        parts = list(self.root.glob(".*.part"))
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return len(parts)
 
     def remove(self, image_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

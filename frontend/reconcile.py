@@ -21,10 +21,11 @@ import structlog
 from sqlalchemy import select
 
 from sci import Targets
+from sci.leaf import EXIT_UNKNOWN_OP
 
 from .bootstrap import admin_org_id
 from .db.models import Event, Hypervisor, Instance
-from .hostops import INVENTORY, UNKNOWN_OP
+from .hostops import INVENTORY
 
 if TYPE_CHECKING:
     from .services import Frontend
@@ -73,7 +74,7 @@ class Reconciler:
             if result.ok and isinstance(result.payload, dict):
                 reports[host] = {str(i["id"]): str(i.get("power_state", "unknown"))
                                  for i in result.payload.get("instances", []) if isinstance(i, dict) and "id" in i}
-            elif result.exit_status != UNKNOWN_OP:
+            elif result.exit_status != EXIT_UNKNOWN_OP:  # hosts without a compute driver have nothing to compare
                 log.info("reconcile_host_skipped", host=host, status=result.status.name, message=result.message)
         return self._compare(hosts, reports)
 

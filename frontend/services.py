@@ -9,6 +9,7 @@ from sci import TreeRoot
 
 from service.config import FrontendConfig
 
+from . import images
 from .db import Database
 from .scheduler import Scheduler
 from .tasks import TaskEngine
@@ -34,3 +35,7 @@ class Frontend:
     @property
     def data_dir(self) -> Path:
         return Path(self.config.data_dir)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / images.SUBDIR

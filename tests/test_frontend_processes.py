@@ -7,6 +7,9 @@ run, so "no task ran twice" is checked on the hosts, not in the frontend's own a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,3 +93,36 @@ def test_frontend_killed_mid_launch_finishes_every_task_once(cluster: LocalClust
     creates = [o["id"] for o in ops if o["op"] == "instance.create"]
     assert sorted(creates) == sorted(i["id"] for i in instances), "each instance must be built exactly once"
     assert "task_command_resent" in cluster.log_text("frontend")
+
+
+def _clctl(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clctl", *args], input=stdin, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "HOME": str(home)})
+
+
+def test_clctl_drives_a_running_cloud(cluster: LocalCluster, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    login = _clctl(home, "login", "--endpoint", cluster.api_url, "--username", "admin", "--password-stdin",
+                   stdin=cluster.admin_password() + "\n")
+    assert login.returncode == 0, login.stderr
+    tree = json.loads(_clctl(home, "--json", "tree").stdout)
+    assert sorted(n["node_id"] for n in tree["nodes"] if n["role"] == "backend") == cluster.backend_names
+    ping = _clctl(home, "ping")
+    assert ping.returncode == 0 and all(name in ping.stdout for name in cluster.backend_names), ping.stdout
+
+    def listing() -> dict[str, str]:
+        hosts = json.loads(_clctl(home, "--json", "hypervisor", "list").stdout)["items"]
+        return {h["name"]: h["status"] for h in hosts}
+
+    _until(lambda: listing() == {name: "up" for name in cluster.backend_names}, 30, "every hypervisor up")
+    victim = cluster.backend_names[0]
+    cluster.kill(victim)
+
+    _until(lambda: listing()[victim] == "down", 30, f"{victim} to be marked down")
+    ping = _clctl(home, "ping", victim, "--timeout", "2")
+    assert ping.returncode == 1, (ping.stdout, ping.stderr)
+    events = json.loads(_clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]
+    assert "host.down" in [e["kind"] for e in events]
+    assert _clctl(home, "logout").returncode == 0
+    assert _clctl(home, "tree").returncode == 3  # not logged in any more

@@ -24,7 +24,7 @@ organization's resources answer 404, exactly like ids that do not exist.
 
 Errors are JSON: `{"error": {"code", "message", "field", "reason"}}` with `code` one of
 `invalid` (422), `unauthenticated` (401), `forbidden` (403), `not_found` (404), `conflict` (409),
-`quota_exceeded` (409), `no_capacity` (503).
+`quota_exceeded` (409), `too_large` (413), `unavailable` (503).
 
 Long operations answer `202 Accepted` with a task; follow it at `GET /v1/tasks/{id}` until its
 status is `succeeded` or `failed`.

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ...auth import Role
-from ...db.models import Hypervisor, Instance, Zone, utcnow
+from ...db.models import Hypervisor, Instance, Zone
 from ...errors import NotFound
 from ..deps import CallerDep, FrontendDep
 from ..schemas import Input, Items, ResourceView
@@ -33,7 +33,9 @@ class HypervisorView(ResourceView):
     #: what the scheduler may still place, after overcommit ratios
     free: Capacity
     instances: int
+    #: when the tree last reported it up (refreshed every 30 s or so)
     last_seen_at: dt.datetime | None
+    #: seconds since its parent in the tree last heard from it; None if it is not in the tree
     heartbeat_age_s: float | None
     facts: dict[str, object]
 
@@ -42,9 +44,20 @@ class HypervisorUpdate(Input):
     enabled: bool
 
 
-def _view(frontend: FrontendDep, host: Hypervisor, zone: str | None, instances: int) -> HypervisorView:
+def _heartbeat_ages(frontend: FrontendDep) -> dict[str, float | None]:
+    """Each backend's heartbeat age as its parent sees it now (one status query of the tree)."""
+    if frontend.tree is None:
+        return {}
+    try:
+        return {n.node_id: n.heartbeat_age for n in frontend.tree.tree_status(timeout=1.0) if n.role == "backend"}
+    except TimeoutError:
+        return {}
+
+
+def _view(frontend: FrontendDep, host: Hypervisor, zone: str | None, instances: int,
+          ages: dict[str, float | None]) -> HypervisorView:
     s = frontend.config.scheduler
-    age = (utcnow() - host.last_seen_at).total_seconds() if host.last_seen_at else None
+    age = ages.get(host.name)
     return HypervisorView(
         id=host.id, org_id=host.org_id, status=host.status, created_at=host.created_at, updated_at=host.updated_at,
         name=host.name, zone=zone, enabled=host.enabled,
@@ -71,7 +84,9 @@ def _rows(session: Session, host_id: str | None = None) -> list[tuple[Hypervisor
 def list_hypervisors(caller: CallerDep, frontend: FrontendDep) -> Items[HypervisorView]:
     caller.require(Role.admin, "listing hypervisors")
     with frontend.db.read() as session:
-        return Items(items=[_view(frontend, *row) for row in _rows(session)])
+        rows = _rows(session)
+    ages = _heartbeat_ages(frontend)
+    return Items(items=[_view(frontend, *row, ages) for row in rows])
 
 
 @router.get("/hypervisors/{host}", response_model=HypervisorView, summary="Show a hypervisor by id or name (admin)")
@@ -79,9 +94,9 @@ def show_hypervisor(host: str, caller: CallerDep, frontend: FrontendDep) -> Hype
     caller.require(Role.admin, "reading a hypervisor")
     with frontend.db.read() as session:
         rows = _rows(session, host)
-        if not rows:
-            raise NotFound("hypervisor", host)
-        return _view(frontend, *rows[0])
+    if not rows:
+        raise NotFound("hypervisor", host)
+    return _view(frontend, *rows[0], _heartbeat_ages(frontend))
 
 
 @router.patch("/hypervisors/{host}", response_model=HypervisorView,
@@ -94,4 +109,4 @@ def update_hypervisor(host: str, body: HypervisorUpdate, caller: CallerDep, fron
             raise NotFound("hypervisor", host)
         rows[0][0].enabled = body.enabled
         session.flush()
-        return _view(frontend, *rows[0])
+    return _view(frontend, *rows[0], _heartbeat_ages(frontend))

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from ...auth import Caller, Role
 from ...db.models import Image, Instance, utcnow
-from ...errors import ApiError, Conflict, Forbidden, Invalid, NotFound
-from ...images import MAX_IMAGE_BYTES, ImageStore, Refused, TooLarge
+from ...errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
+from ...images import MAX_IMAGE_BYTES, ImageStore, Refused
+from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned, unique_name
@@ -28,10 +29,6 @@ router = APIRouter(tags=["images"])
 
 Checksum = Field(default=None, pattern="^[0-9a-f]{64}$", description="sha256 of the file, 64 lowercase hex digits")
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-
-
-class PayloadTooLarge(ApiError):
-    code, http_status = "too_large", 413
 
 
 class ImageCreate(Input):
@@ -61,7 +58,7 @@ class ImageView(ResourceView):
 
 
 def _store(frontend: Frontend) -> ImageStore:
-    return ImageStore(frontend.data_dir / "images")
+    return ImageStore(frontend.images_dir)
 
 
 def _boot_file(session: Session, caller: Caller, ref: str, field: str) -> str:
@@ -173,7 +170,7 @@ def upload_image(image: str, request: Request, caller: CallerDep, frontend: Fron
     store = _store(frontend)
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > store.max_bytes:
-        raise PayloadTooLarge(f"the file is larger than the limit of {store.max_bytes} bytes")
+        raise TooLarge(f"the file is larger than the limit of {store.max_bytes} bytes")
     with frontend.db.transaction() as session:
         row = find(session, Image, image, caller, "image")
         # Conditional, so that of two concurrent uploads only one may write the file.
@@ -186,8 +183,8 @@ def upload_image(image: str, request: Request, caller: CallerDep, frontend: Fron
         checksum, size = store.receive(image_id, _request_chunks(request), expected, fmt)
     except BaseException as exc:
         _requeue(frontend, image_id)
-        if isinstance(exc, TooLarge):
-            raise PayloadTooLarge(exc.reason, exc.field) from None
+        if isinstance(exc, FileTooLarge):
+            raise TooLarge(exc.reason, exc.field) from None
         if isinstance(exc, Refused):
             raise Invalid(exc.reason, exc.field) from None
         raise

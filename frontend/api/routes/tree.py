@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from sci import TargetError, Targets
 
 from ...auth import Role
-from ...errors import ApiError, Invalid
+from ...errors import Invalid, Unavailable
 from ..deps import CallerDep, FrontendDep
 from ..schemas import Input
 
@@ -53,13 +53,9 @@ class PingView(BaseModel):
     results: dict[str, PingResult]
 
 
-class TreeUnavailable(ApiError):
-    code, http_status = "tree_unavailable", 503
-
-
 def _tree(frontend: FrontendDep):  # type: ignore[no-untyped-def]
     if frontend.tree is None:
-        raise TreeUnavailable("this frontend runs without a message tree")
+        raise Unavailable("this frontend runs without a message tree")
     return frontend.tree
 
 
