@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from .auth import Role, hash_password
 from .db import Database
+from .db.engine import changed
 from .db.models import Image, Organization, User
 from . import images
 from .images import ImageStore
@@ -56,7 +57,7 @@ def recover(db: Database, data_dir: Path) -> None:
     (Tasks need nothing here: the task engine resumes them.)
     """
     with db.transaction() as session:
-        cut = session.execute(update(Image).where(Image.status == "saving").values(status="queued")).rowcount
+        cut = changed(session, update(Image).where(Image.status == "saving").values(status="queued"))
     parts = ImageStore(data_dir / images.SUBDIR).discard_partial()
     if cut or parts:
         log.info("image_uploads_reset", images=cut, partial_files=parts)

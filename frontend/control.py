@@ -39,7 +39,7 @@ class ControlServer:
     def __init__(self, root: TreeRoot, path: str) -> None:
         self.root = root
         self.path = path
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
@@ -103,7 +103,7 @@ def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[s
     """Send one request to a frontend's control socket and return its reply."""
     if not os.path.exists(path):
         raise ConnectionError(f"no frontend control socket at {path} (is cloudland-frontend running?)")
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:

@@ -88,10 +88,10 @@ class HostMonitor:
                 for name, host in rows.items():
                     if name not in seen and host.status == "up":
                         self._change(session, host, "down", admin)
-            up = [name for name, is_up in seen.items() if is_up]
-            if up:
+            alive = [name for name, is_up in seen.items() if is_up]
+            if alive:
                 # Only the stale ones, so a quiet 10,000-host cloud does not rewrite every row each round.
-                session.execute(update(Hypervisor).where(Hypervisor.name.in_(up),
+                session.execute(update(Hypervisor).where(Hypervisor.name.in_(alive),
                                                          Hypervisor.last_seen_at < now - dt.timedelta(seconds=30))
                                 .values(last_seen_at=now).execution_options(synchronize_session=False))
 

@@ -6,6 +6,8 @@ that only one of them fits (on SQLite every writing transaction is serialised an
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -16,7 +18,7 @@ from .errors import QuotaExceeded
 __all__ = ["check"]
 
 # quota name -> how the organization's current use is counted
-_USAGE = {
+_USAGE: dict[str, tuple[Any, Any]] = {
     "instances": (Instance, func.count(Instance.id)),
     "vcpus": (Instance, func.coalesce(func.sum(Instance.vcpus), 0)),
     "memory_mb": (Instance, func.coalesce(func.sum(Instance.memory_mb), 0)),

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.config import SchedulerSection
 
-from .db.engine import lock
+from .db.engine import changed, lock
 from .db.models import Hypervisor, Instance, ServerGroup
 
 __all__ = ["Demand", "Scheduler"]
@@ -55,15 +55,12 @@ class Scheduler:
 
     def reserve(self, session: Session, host_id: str, need: Demand) -> bool:
         """Take ``need`` on one host if it still fits there; False if it does not."""
-        done = session.execute(
-            update(Hypervisor)
+        return changed(session, update(Hypervisor)
             .where(Hypervisor.id == host_id, *self._fits(need))
             .values(vcpus_used=Hypervisor.vcpus_used + need.vcpus,
                     memory_mb_used=Hypervisor.memory_mb_used + need.memory_mb,
                     disk_gb_used=Hypervisor.disk_gb_used + need.disk_gb)
-            .execution_options(synchronize_session=False)
-        )
-        return done.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+            .execution_options(synchronize_session=False)) == 1
 
     def release(self, session: Session, host_id: str, held: Demand) -> None:
         session.execute(

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.support.leftovers import no_new_processes
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +20,11 @@ FIGURES = ["hosts", "bcast_p50_s", "bcast_p99_s", "flat_p50_s", "unicast_per_s",
 def test_bench_tree_small_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "tree.json"
     repo = Path(__file__).resolve().parent.parent
-    run = subprocess.run([sys.executable, "-m", "bench.tree", "--hosts", "40", "--rounds", "20", "--json", str(out)],
-                         cwd=repo, capture_output=True, text=True, timeout=300)
+    with no_new_processes():
+        run = subprocess.run([sys.executable, "-m", "bench.tree", "--hosts", "40", "--rounds", "20",
+                              "--json", str(out)], cwd=repo, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert all(figures.get(k) is not None for k in FIGURES), {k: figures.get(k) for k in FIGURES}
     assert figures["hosts"] == 40
     assert figures["lost"] == 0 and figures["duplicated"] == 0 and figures["false_failures"] == 0
-    assert not [p for p in psutil.Process().children(recursive=True) if p.is_running()]

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
-import psutil
 import pytest
 
 from localcluster import LocalCluster
+from tests.support.leftovers import no_new_processes
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,12 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=1, backends=4, tree=TREE, ops_modules=["tests.support.compute_ops"],
                      env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log"),
                           "CLOUDLAND_TEST_CREATE_DELAY": str(LAUNCH_SECONDS)})
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-    leftovers = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
-    assert not leftovers, f"processes left behind: {leftovers}"
+    with no_new_processes():
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
 
 
 def _client(cluster: LocalCluster) -> httpx.Client:

@@ -16,12 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import psutil
 import pytest
 import zmq
 
 from localcluster import LocalCluster, rack_of
 from sci import proto
+from tests.support.leftovers import no_new_processes
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,12 @@ HOSTS = [f"host{i:03d}" for i in range(30)]
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=3, backends=30, tree=TREE,
                      ops_modules=["tests.support.sideeffect_ops"])
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-    leftovers = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
-    assert not leftovers, f"processes left behind: {leftovers}"
+    with no_new_processes():
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
 
 
 def submit(c: LocalCluster, command: str, args: dict[str, Any] | None = None, hosts: list[str] | None = None,

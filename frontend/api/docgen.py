@@ -66,16 +66,19 @@ def _variants(schema: Schema) -> list[Schema]:
     return schema.get("anyOf") or schema.get("oneOf") or [schema]
 
 
+def _model(schema: Schema) -> Schema | None:
+    """The ``$ref`` of the model a request or an answer carries, optional (``Model | None``) or not."""
+    return next((v for v in _variants(schema) if "$ref" in v), None)
+
+
 class _Schemas:
     """The components of one OpenAPI description, to name and unfold the models that ``$ref`` points at."""
 
     def __init__(self, spec: Schema) -> None:
         self.models: dict[str, Schema] = spec.get("components", {}).get("schemas", {})
 
-    def resolve(self, schema: Schema) -> Schema:
-        if "$ref" in schema:
-            return self.models[schema["$ref"].rsplit("/", 1)[-1]]
-        return schema
+    def resolve(self, ref: Schema) -> Schema:
+        return self.models[ref["$ref"].rsplit("/", 1)[-1]]
 
     def type_name(self, schema: Schema) -> str:
         if "$ref" in schema:
@@ -86,9 +89,15 @@ class _Schemas:
             return " or ".join(kinds) + (" or null" if len(kinds) < len(variants) else "")
         kind = schema.get("type", "any")
         if kind == "array":
-            items = self.type_name(schema.get("items", {}))
-            return f"array of ({items})" if " or " in items else f"array of {items}"
+            return "array of " + self._inner(schema.get("items", {}))
+        values = schema.get("additionalProperties")
+        if kind == "object" and isinstance(values, dict) and values:
+            return "map of string to " + self._inner(values)
         return f"{kind} ({schema['format']})" if "format" in schema else kind
+
+    def _inner(self, schema: Schema) -> str:
+        name = self.type_name(schema)
+        return f"({name})" if " or " in name else name
 
     def constraints(self, schema: Schema) -> str:
         parts: list[str] = []
@@ -118,7 +127,7 @@ class _Schemas:
         return text or ""
 
     def fields(self, model: Schema, prefix: str = "", seen: frozenset[str] = frozenset()) -> list[tuple[str, ...]]:
-        """Every field of a request body, nested models' fields included under ``outer.inner`` or ``outer[].inner``."""
+        """Every field of a request body, nested models' fields as ``outer.inner`` or ``outer[].inner``."""
         rows: list[tuple[str, ...]] = []
         required = set(model.get("required", ()))
         for name, prop in model.get("properties", {}).items():
@@ -148,12 +157,13 @@ def _body(schemas: _Schemas, op: Schema) -> list[str]:
     if body is None:
         return []
     need = "required" if body.get("required") else "optional"
-    media, content = sorted(body["content"].items())[0]
+    media, content = min(body["content"].items())
     schema = content.get("schema", {})
-    if "$ref" not in schema:
+    ref = _model(schema)
+    if ref is None:
         return [f"Body ({need}): `{media}`, {schemas.type_name(schema)}.", ""]
-    model = schemas.resolve(schema)
-    lines = [f"Body ({need}): {schemas.type_name(schema)} as `{media}`."]
+    model = schemas.resolve(ref)
+    lines = [f"Body ({need}): {schemas.type_name(ref)} as `{media}`."]
     if model.get("description"):
         lines.append(_cell(model["description"]))
     if model.get("additionalProperties") is False:
@@ -168,11 +178,12 @@ def _answer(schemas: _Schemas, op: Schema) -> list[str]:
     content = op["responses"][code].get("content")
     if not content:
         return [f"{head} with no body.", ""]
-    media, described = sorted(content.items())[0]
+    media, described = min(content.items())
     schema = described.get("schema", {})
-    if "$ref" not in schema:
+    ref = _model(schema)
+    if ref is None:
         return [f"{head} with `{media}`, {schemas.type_name(schema)}.", ""]
-    model = schemas.resolve(schema)
+    model = schemas.resolve(ref)
     rows = [(f"`{name}`", schemas.type_name(prop), schemas.description(prop))
             for name, prop in model.get("properties", {}).items()]
     return [f"{head} with {schemas.type_name(schema)}:", ""] + _table(("Field", "Type", "Description"), rows)

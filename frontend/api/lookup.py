@@ -20,7 +20,7 @@ __all__ = ["find", "find_zone", "get_owned", "owned", "unique_name"]
 M = TypeVar("M")
 
 
-def owned(model: type[M], caller: Caller, shared: bool = False) -> Select[tuple[M]]:
+def owned(model: type[M], caller: Caller, shared: bool = False) -> Select[M]:
     """SELECT of the caller's rows of ``model``; with ``shared``, public rows of other organizations too."""
     query = select(model)
     col = model.org_id  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ import datetime as dt
 import re
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 __all__ = ["Input", "Items", "Name", "Ref", "ResourceView", "Size"]
 
@@ -20,7 +20,9 @@ def _check_name(value: str) -> str:
 
 
 #: The name of any resource: safe in a file name, a log line and a domain name.
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({
+    "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "maxLength": 64,
+    "description": "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"})]
 #: A reference to another resource by its id or its name.
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 Size = Annotated[int, Field(ge=1, le=1 << 20)]

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from .models import Organization
 
-__all__ = ["Database", "lock", "lock_org", "upgrade"]
+__all__ = ["Database", "changed", "lock", "lock_org", "upgrade"]
 
 log = structlog.get_logger("frontend.db")
 
@@ -96,6 +96,12 @@ def upgrade(db: Database, revision: str = "head") -> None:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
     log.info("db_migrated", revision=db.revision(), url=db.engine.url.render_as_string(hide_password=True))
+
+
+def changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE and return how many rows it changed (a conditional update's verdict)."""
+    result = session.execute(statement)
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def lock(session: Session, model: Any, row_id: str) -> Any:

@@ -61,6 +61,8 @@ def org_fk() -> Mapped[str]:
 # Tenancy ---------------------------------------------------------------------------------
 
 class Organization(Resource, Base):
+    """A tenant: every resource but the cloud's own (hosts, zones) belongs to one; quotas bound its use."""
+
     __tablename__ = "organizations"
     name: Mapped[str] = mapped_column(String(64), unique=True)
     # Quotas: None means unlimited.
@@ -79,6 +81,8 @@ class Organization(Resource, Base):
 
 
 class User(Resource, Base):
+    """Someone who logs in; ``role`` is admin, tenant-admin, member or reader; names are unique cloud-wide."""
+
     __tablename__ = "users"
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -99,6 +103,8 @@ class Token(Resource, Base):
 # Hosts -----------------------------------------------------------------------------------
 
 class Zone(Resource, Base):
+    """An availability zone: hypervisors report theirs, users may ask for one at launch."""
+
     __tablename__ = "zones"
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -128,6 +134,8 @@ class Hypervisor(Resource, Base):
 # Compute ---------------------------------------------------------------------------------
 
 class Flavor(Resource, Base):
+    """A size instances come in; defined by admins, public ones visible to every organization."""
+
     __tablename__ = "flavors"
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -138,6 +146,8 @@ class Flavor(Resource, Base):
 
 
 class Image(Resource, Base):
+    """A disk image: registered (queued), uploaded (saving), then active with its sha256 and size."""
+
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("org_id", "name"),)
     org_id: Mapped[str] = org_fk()
@@ -154,6 +164,8 @@ class Image(Resource, Base):
 
 
 class Keypair(Resource, Base):
+    """An SSH public key put into instances by cloud-init; ``fingerprint`` as OpenSSH prints it."""
+
     __tablename__ = "keypairs"
     __table_args__ = (UniqueConstraint("org_id", "name"),)
     org_id: Mapped[str] = org_fk()
@@ -173,6 +185,8 @@ class ServerGroup(Resource, Base):
 
 
 class Instance(Resource, Base):
+    """A virtual machine: building, active, stopped, error, or a transitional status while a task runs."""
+
     __tablename__ = "instances"
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64))
@@ -194,6 +208,8 @@ class Instance(Resource, Base):
 
 
 class Volume(Resource, Base):
+    """A disk on one hypervisor's storage: creating, available, in-use, error; it outlives instances."""
+
     __tablename__ = "volumes"
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64))
@@ -226,6 +242,8 @@ class Network(Resource, Base):
 
 
 class Subnet(Resource, Base):
+    """An IPv4 range of a network, carried on its own VXLAN segment; CIDRs may not overlap within a network."""
+
     __tablename__ = "subnets"
     org_id: Mapped[str] = org_fk()
     network_id: Mapped[str] = mapped_column(String(36), ForeignKey("networks.id"), index=True)
@@ -239,6 +257,8 @@ class Subnet(Resource, Base):
 
 
 class Port(Resource, Base):
+    """A NIC: a MAC and a fixed IP on a subnet, its security groups, and the instance it is bound to."""
+
     __tablename__ = "ports"
     __table_args__ = (UniqueConstraint("subnet_id", "ip_address"), UniqueConstraint("mac_address"))
     org_id: Mapped[str] = org_fk()
@@ -265,6 +285,8 @@ class Router(Resource, Base):
 
 
 class FloatingIp(Resource, Base):
+    """A public address from an external network's pool, associated with at most one port (DNAT/SNAT)."""
+
     __tablename__ = "floating_ips"
     __table_args__ = (UniqueConstraint("address"),)
     org_id: Mapped[str] = org_fk()
@@ -274,6 +296,8 @@ class FloatingIp(Resource, Base):
 
 
 class SecurityGroup(Resource, Base):
+    """A set of firewall rules applied to ports; every organization gets a ``default`` group on first need."""
+
     __tablename__ = "security_groups"
     __table_args__ = (UniqueConstraint("org_id", "name"),)
     org_id: Mapped[str] = org_fk()
@@ -284,6 +308,8 @@ class SecurityGroup(Resource, Base):
 
 
 class SecurityGroupRule(Resource, Base):
+    """One allowed flow: direction, protocol, port range, and a remote CIDR or group."""
+
     __tablename__ = "security_group_rules"
     org_id: Mapped[str] = org_fk()
     security_group_id: Mapped[str] = mapped_column(String(36), ForeignKey("security_groups.id", ondelete="CASCADE"),

@@ -16,6 +16,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ...auth import Caller, Role
+from ...db.engine import changed
 from ...db.models import Image, Instance, utcnow
 from ...errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from ...images import MAX_IMAGE_BYTES, ImageStore, Refused
@@ -174,8 +175,8 @@ def upload_image(image: str, request: Request, caller: CallerDep, frontend: Fron
     with frontend.db.transaction() as session:
         row = find(session, Image, image, caller, "image")
         # Conditional, so that of two concurrent uploads only one may write the file.
-        claimed = session.execute(update(Image).where(Image.id == row.id, Image.status == "queued")
-                                  .values(status="saving", updated_at=utcnow())).rowcount
+        claimed = changed(session, update(Image).where(Image.id == row.id, Image.status == "queued")
+                          .values(status="saving", updated_at=utcnow()))
         if not claimed:
             raise Conflict(f"the image is {row.status}; only a queued image takes a file")
         image_id, expected, fmt = row.id, row.checksum, row.format

@@ -36,7 +36,8 @@ def _members(session: Session, group_ids: list[str]) -> dict[str, list[str]]:
     rows = session.execute(select(Instance.server_group_id, Instance.id)
                            .where(Instance.server_group_id.in_(group_ids)).order_by(Instance.created_at, Instance.id))
     for group_id, instance_id in rows:
-        members[group_id].append(instance_id)
+        if group_id is not None:
+            members[group_id].append(instance_id)
     return members
 
 
