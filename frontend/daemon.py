@@ -18,7 +18,7 @@ from sci import TreeRoot
 from service.config import ConfigError, FrontendConfig, load
 from service.logs import setup_logging
 
-from .api import create_app
+from .api.app import create_app
 from .bootstrap import bootstrap, recover
 from .control import ControlServer
 from .db import Database, upgrade

@@ -9,7 +9,6 @@ The scheduler chooses only hosts that are up and whose capacity is known.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from sci import Targets
 
 from .bootstrap import admin_org_id
 from .db.models import Event, Hypervisor, Zone, utcnow
+from .periodic import Periodic
 
 if TYPE_CHECKING:
     from .services import Frontend
@@ -32,33 +32,19 @@ MB = 1 << 20
 GB = 1 << 30
 
 
-class HostMonitor:
+class HostMonitor(Periodic):
+    name = "hosts"
+
     def __init__(self, frontend: "Frontend", interval: float = 2.0, facts_every: float = 600.0,
                  startup_grace: float = 30.0) -> None:
+        super().__init__(interval)
         self.fe = frontend
-        self.interval = interval
         self.facts_every = dt.timedelta(seconds=facts_every)
         # After a frontend restart hosts take a few heartbeats to find it again; until then a
         # host missing from the tree is not yet a host that is down.
         self._grace_until = time.monotonic() + startup_grace
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="hosts", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sync()
-            except Exception:  # the database may be briefly away; try again next round
-                log.exception("hosts_sync_failed")
-
-    def sync(self) -> None:
+    def run_once(self) -> None:
         tree = self.fe.tree
         if tree is None:
             return

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from .api.lookup import find
+from .api.schemas import Ref
 from .auth import Caller
 from .db.engine import lock, lock_org
 from .db.models import FloatingIp, Network, Port, SecurityGroup, SecurityGroupRule, Subnet, new_id
@@ -43,8 +45,6 @@ def _ipv4(text: str) -> str:
 
 #: An IPv4 address in dotted-quad form.
 IPv4 = Annotated[str, AfterValidator(_ipv4)]
-# api.schemas.Ref, which this module cannot import: frontend.api builds the app, whose services import us.
-_Ref = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class NicSpec(BaseModel):
@@ -52,11 +52,11 @@ class NicSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    network: _Ref | None = Field(default=None, description="a network: the port goes on its first subnet")
-    subnet: _Ref | None = None
-    port: _Ref | None = Field(default=None, description="an unbound port of yours")
+    network: Ref | None = Field(default=None, description="a network: the port goes on its first subnet")
+    subnet: Ref | None = None
+    port: Ref | None = Field(default=None, description="an unbound port of yours")
     ip: IPv4 | None = Field(default=None, description="a fixed IP (with network or subnet); default: the next free")
-    security_groups: list[_Ref] | None = Field(default=None, max_length=16,
+    security_groups: list[Ref] | None = Field(default=None, max_length=16,
                                                description=f"default: the {DEFAULT_GROUP!r} group")
 
     @model_validator(mode="after")
@@ -66,12 +66,6 @@ class NicSpec(BaseModel):
         if self.port is not None and self.ip is not None:
             raise ValueError("an existing port has its IP already; give ip only with network or subnet")
         return self
-
-
-def _find(session: Session, model: type[Any], ref: str, caller: Caller, kind: str, field: str) -> Any:
-    # Imported here, not above: frontend.api imports the app, whose services import this module.
-    from .api.lookup import find
-    return find(session, model, ref, caller, kind, field)
 
 
 def pick_vni(session: Session) -> int:
@@ -155,7 +149,7 @@ def resolve_security_groups(session: Session, caller: Caller, refs: list[str] | 
         return [default_security_group(session, caller.org_id)]
     groups: dict[str, SecurityGroup] = {}
     for i, ref in enumerate(refs):
-        group = _find(session, SecurityGroup, ref, caller, "security group", f"{field}[{i}]")
+        group = find(session, SecurityGroup, ref, caller, "security group", f"{field}[{i}]")
         groups[group.id] = group
     return list(groups.values())
 
@@ -164,10 +158,10 @@ def resolve_subnet(session: Session, caller: Caller, network: str | None, subnet
                    prefix: str = "") -> Subnet:
     """The caller's subnet named by ``subnet``, or the first subnet of ``network``."""
     if subnet is not None:
-        row: Subnet = _find(session, Subnet, subnet, caller, "subnet", f"{prefix}subnet")
+        row: Subnet = find(session, Subnet, subnet, caller, "subnet", f"{prefix}subnet")
         return row
     assert network is not None
-    net: Network = _find(session, Network, network, caller, "network", f"{prefix}network")
+    net: Network = find(session, Network, network, caller, "network", f"{prefix}network")
     first = session.execute(select(Subnet).where(Subnet.network_id == net.id)
                             .order_by(Subnet.created_at, Subnet.id).limit(1)).scalar_one_or_none()
     if first is None:
@@ -194,7 +188,7 @@ def allocate_instance_ports(session: Session, caller: Caller, nics: list[NicSpec
     for i, nic in enumerate(nics):
         prefix = f"nics[{i}]."
         if nic.port is not None:
-            port: Port = _find(session, Port, nic.port, caller, "port", f"{prefix}port")
+            port: Port = find(session, Port, nic.port, caller, "port", f"{prefix}port")
             session.refresh(port, with_for_update=True)  # another launch may be binding it right now
             if port.instance_id is not None:
                 raise Conflict(f"port {nic.port!r} is bound to instance {port.instance_id}", f"{prefix}port")

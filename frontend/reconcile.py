@@ -14,7 +14,6 @@ A drift is recorded once when it appears, not every round while it lasts.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,6 +25,7 @@ from sci.leaf import EXIT_UNKNOWN_OP
 from .bootstrap import admin_org_id
 from .db.models import Event, Hypervisor, Instance
 from .hostops import INVENTORY
+from .periodic import Periodic
 
 if TYPE_CHECKING:
     from .services import Frontend
@@ -38,27 +38,13 @@ SETTLED = ("active", "stopped")
 STATUS_OF_POWER = {"running": "active", "shutoff": "stopped"}
 
 
-class Reconciler:
+class Reconciler(Periodic):
+    name = "reconcile"
+
     def __init__(self, frontend: "Frontend", interval: float) -> None:
+        super().__init__(interval)
         self.fe = frontend
-        self.interval = interval
         self._open: set[tuple[str, str, str]] = set()  # (kind, host, instance id) drifts already recorded
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("reconcile_failed")
 
     def run_once(self) -> int:
         """One round; returns how many new drifts it recorded."""

@@ -42,6 +42,10 @@ class TaskFailed(Exception):
     """Raised by a workflow to end its task as failed, with this text for the user."""
 
 
+class Interrupted(Exception):
+    """The frontend is stopping: the task is left as it is, for the next start to resume."""
+
+
 @dataclass(frozen=True)
 class HostResult:
     status: str  # ok | error | unreachable | timeout | lost
@@ -86,6 +90,8 @@ class TaskContext:
         self._seq = 0
 
     def _next(self) -> int:
+        if self._engine.stopping:
+            raise Interrupted("before a new step")
         self._seq += 1
         return self._seq
 
@@ -124,6 +130,10 @@ class TaskContext:
             step_id, cmd_id = step.id, str(step.cmd_id)
             op, body, hosts, timeout = str(step.op), dict(step.body), list(step.hosts), float(step.timeout_s or timeout)
         results = self._engine.send(cmd_id, op, body, hosts, timeout)
+        if self._engine.stopping:
+            # The answers may be the tree's own "lost" for commands cut off by the shutdown:
+            # recording them would fail (or retry) work the hosts are still doing.
+            raise Interrupted(cmd_id)
         with self._engine.db.transaction() as session:
             row = session.get(TaskStep, step_id)
             assert row is not None
@@ -141,6 +151,7 @@ class TaskEngine:
         self.workflows: dict[str, Workflow] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._running: set[str] = set()
+        self.stopping = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
@@ -181,6 +192,8 @@ class TaskEngine:
             return self._idle.wait_for(lambda: not self._running, timeout)
 
     def stop(self) -> None:
+        """Stop starting steps; tasks in flight stay unfinished in the database and resume at the next start."""
+        self.stopping = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def send(self, cmd_id: str, op: str, body: dict[str, Any], hosts: list[str],
@@ -219,6 +232,9 @@ class TaskEngine:
         log.info("task_running", task=task_id, kind=kind)
         try:
             workflow.run(TaskContext(self, task_id), task)
+        except Interrupted as exc:
+            log.info("task_interrupted", task=task_id, kind=kind, cmd=str(exc))
+            return
         except TaskFailed as exc:
             self._finish(task_id, workflow, str(exc))
         except Exception as exc:

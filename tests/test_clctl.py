@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 import clctl.client
 import clctl.tasks
 from clctl.main import cli
-from frontend.api import create_app
+from frontend.api.app import create_app
 from frontend.bootstrap import bootstrap
 from frontend.db.models import Hypervisor, utcnow
 from frontend.services import Frontend

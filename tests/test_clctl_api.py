@@ -17,7 +17,7 @@ import pytest
 import structlog.testing
 import uvicorn
 
-from frontend.api import create_app
+from frontend.api.app import create_app
 from frontend.bootstrap import bootstrap
 from tests.api.conftest import ADMIN_PASSWORD, make_frontend
 

@@ -1,5 +1,5 @@
-"""The REST API (``/v1``), served by uvicorn.  ``create_app`` builds it around a ``Frontend``."""
+"""The REST API (``/v1``), served by uvicorn: ``app.create_app`` builds it around a ``Frontend``.
 
-from .app import create_app
-
-__all__ = ["create_app"]
+Nothing is imported here, so that domain modules may use the API's schemas and lookups
+(``schemas``, ``lookup``) without pulling in the app and, through it, the whole frontend.
+"""

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from backend.ops import system
 from backend.registry import OpRegistry
-from frontend.api import create_app
+from frontend.api.app import create_app
 from frontend.bootstrap import bootstrap
 from frontend.hosts import HostMonitor
 from frontend.reconcile import Reconciler
@@ -53,7 +53,7 @@ class Cloud:
     def sync_hosts(self) -> None:
         """Register every attached host and read its capacity, as the monitor does each round."""
         self.root.wait_for_hosts(len(self.leaves), timeout=10)
-        self.hosts.sync()
+        self.hosts.run_once()
 
     def wait_task(self, api: Api, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
         end = time.monotonic() + timeout

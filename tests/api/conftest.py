@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 
 from frontend import auth
-from frontend.api import create_app
+from frontend.api.app import create_app
 from frontend.bootstrap import bootstrap
 from frontend.db import Database, upgrade
 from frontend.services import Frontend

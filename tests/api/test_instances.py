@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -164,12 +165,11 @@ def test_a_host_that_is_down_is_not_chosen(cloud: Cloud) -> None:
     cloud.leaves["hv0"].stop()
     cloud.leaves["hv1"].stop()
     cloud.frontend.tasks.wait_idle(1)
-    import time
     end = time.monotonic() + 10
     while {n.node_id for n in cloud.root.nodes() if n.up} & {"hv0", "hv1"}:
         assert time.monotonic() < end
         time.sleep(0.05)
-    cloud.hosts.sync()
+    cloud.hosts.run_once()
     states = {h["name"]: h["status"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"]}
     assert states == {"hv0": "down", "hv1": "down", "hv2": "up"}
     for name in ("a", "b"):
@@ -295,3 +295,26 @@ def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: 
     assert task["status"] == "succeeded" and [s["name"] for s in task["steps"]] == ["place.0", "launch.0", "activate"]
     assert cloud.computes["hv2"].instances == {}  # answered from the host's journal: not run again
     assert api.ok("get", "/v1/instances/web")["status"] == "active"
+
+
+def test_a_stopping_frontend_leaves_tasks_in_flight_for_the_next_start(cloud: Cloud) -> None:
+    """A clean shutdown must not record the tree's "lost" for commands it cut off, nor retry them elsewhere."""
+    api, _ = _setup(cloud)
+    for compute in cloud.computes.values():
+        compute.create_delay = 1.0
+    accepted = api.ok("post", "/v1/instances", 202, json={"name": "web", "flavor": "small", "image": "tiny"})
+    task_id = accepted["task"]["id"]
+
+    def launch_sent() -> bool:
+        return any(s["op"] == "instance.create" for s in api.ok("get", f"/v1/tasks/{task_id}")["steps"])
+
+    end = time.monotonic() + 10
+    while not launch_sent():
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    cloud.frontend.tasks.stop()
+    cloud.root.stop()  # aborts the launch in flight
+    assert cloud.frontend.tasks.wait_idle(10)
+    task = api.ok("get", f"/v1/tasks/{task_id}")
+    assert task["status"] == "running"
+    assert [(s["name"], s["status"]) for s in task["steps"]] == [("place.0", "done"), ("launch.0", "sent")]
