@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ApiError
 from ..services import Frontend
@@ -58,6 +59,21 @@ def create_app(frontend: Frontend) -> FastAPI:
         body = {"error": {"code": "invalid", "message": f"{field}: {reason}" if field else reason,
                           "field": field, "reason": reason}}
         return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (no such route, wrong method) in the API's error shape.
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        reason = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        body = {"error": {"code": code, "message": reason, "field": None, "reason": reason}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("api_crashed", method=request.method, path=request.url.path)
+        reason = "internal error; the frontend's log has the details"
+        return JSONResponse({"error": {"code": "internal", "message": reason, "field": None, "reason": reason}},
+                            status_code=500)
 
     for router in routes.ALL:
         app.include_router(router, prefix="/v1")

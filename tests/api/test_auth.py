@@ -65,3 +65,10 @@ def test_invalid_body_names_the_field(admin: Api) -> None:
     response = admin.post("/v1/orgs", json={"name": "ok", "colour": "red"})
     assert error_of(response) == {"code": "invalid", "field": "colour", "reason": "unknown field",
                                   "message": "colour: unknown field"}
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(admin: Api) -> None:
+    response = admin.get("/v1/no-such-thing")
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    response = admin.put("/v1/flavors")
+    assert response.status_code == 405 and error_of(response)["code"] == "method_not_allowed"
