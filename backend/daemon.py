@@ -27,7 +27,7 @@ def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     system.register(registry, zone=config.zone, data_dir=config.data_dir)
     for module in config.ops_modules:
-        registry.load_module(module)
+        registry.load_module(module, config)
     journal = Journal(Path(config.data_dir) / "journal.log", fsync=config.journal_fsync)
     leaf = Leaf(config.node_id, config.frontend, config.tree.settings, registry, journal, groups=list(config.groups))
     return leaf, registry

@@ -50,13 +50,16 @@ class OpRegistry(Executor):
             raise ValueError(f"op {op.name!r} is registered twice")
         self._ops[op.name] = op
 
-    def load_module(self, name: str) -> None:
-        """Import ``name`` and call its ``register(registry)``: how drivers plug in."""
+    def load_module(self, name: str, config: Any) -> None:
+        """Import ``name`` and call its ``register(registry, config)``: how drivers plug in.
+
+        ``config`` is the backend's whole configuration, from which a driver reads its section.
+        """
         module = importlib.import_module(name)
         register = getattr(module, "register", None)
         if not callable(register):
-            raise ValueError(f"ops module {name!r} has no register(registry) function")
-        register(self)
+            raise ValueError(f"ops module {name!r} has no register(registry, config) function")
+        register(self, config)
 
     def names(self) -> list[str]:
         return sorted(self._ops)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from .db.models import Image, Instance, Keypair, Port, Volume
+from .imagelinks import ImageLinks
 
-__all__ = ["instance_spec", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
+__all__ = ["instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
            "VOLUME_ATTACH", "VOLUME_CREATE", "VOLUME_DELETE", "VOLUME_DETACH"]
 
 INSTANCE_CREATE = "instance.create"
 INSTANCE_DELETE = "instance.delete"
 INSTANCE_RESIZE = "instance.resize"
+INSTANCE_CONSOLE = "instance.console"
 #: action -> op; each answers the power state the instance ends in
 POWER_OPS = {"start": "instance.start", "stop": "instance.stop", "reboot": "instance.reboot"}
 VOLUME_CREATE = "volume.create"
@@ -25,17 +27,27 @@ VOLUME_DETACH = "volume.detach"
 INVENTORY = "compute.inventory"
 
 
-def instance_spec(instance: Instance, image: Image, keypair: Keypair | None, ports: list[Port],
-                  volumes: list[Volume]) -> dict[str, Any]:
-    """Everything a hypervisor needs to build the instance, without asking anyone."""
+def _file(image: Image | None, links: ImageLinks) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    return {"id": image.id, "format": image.format, "checksum": image.checksum, "size_bytes": image.size_bytes,
+            "url": links.url(image.id)}
+
+
+def instance_spec(instance: Instance, image: Image, kernel: Image | None, initrd: Image | None,
+                  keypair: Keypair | None, ports: list[Port], volumes: list[Volume],
+                  links: ImageLinks) -> dict[str, Any]:
+    """Everything a hypervisor needs to build the instance, without asking anyone (but for the
+    image files, which it fetches from the frontend over signed links)."""
     return {
         "instance_id": instance.id,
         "name": instance.name,
         "vcpus": instance.vcpus,
         "memory_mb": instance.memory_mb,
         "disk_gb": instance.disk_gb,
-        "image": {"id": image.id, "format": image.format, "checksum": image.checksum, "size_bytes": image.size_bytes,
-                  "kernel_id": image.kernel_id, "initrd_id": image.initrd_id},
+        "image": _file(image, links),
+        "kernel": _file(kernel, links),
+        "initrd": _file(initrd, links),
         "ssh_keys": [keypair.public_key] if keypair else [],
         "user_data": instance.user_data or "",
         "ports": [{"id": p.id, "mac": p.mac_address, "ip": p.ip_address, "subnet_id": p.subnet_id,

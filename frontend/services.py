@@ -11,6 +11,7 @@ from service.config import FrontendConfig
 
 from . import images
 from .db import Database
+from .imagelinks import ImageLinks
 from .scheduler import Scheduler
 from .tasks import TaskEngine
 from .workflows import register_all
@@ -25,10 +26,14 @@ class Frontend:
     #: the message tree's root; None only in API tests that send nothing to hosts
     tree: TreeRoot | None
     scheduler: Scheduler = field(init=False)
+    image_links: ImageLinks = field(init=False)
     tasks: TaskEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.config.scheduler)
+        # A link must outlive the longest launch that may need it, retries on other hosts included.
+        ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)
+        self.image_links = ImageLinks.load(self.data_dir, self.config.api.url, ttl)
         self.tasks = TaskEngine(self.db, self.tree)
         register_all(self)
 

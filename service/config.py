@@ -18,7 +18,8 @@ import yaml
 
 from sci import TreeSettings
 
-__all__ = ["AgentConfig", "ApiSection", "BackendConfig", "ConfigError", "FrontendConfig", "SchedulerSection", "load"]
+__all__ = ["AgentConfig", "ApiSection", "BackendConfig", "ComputeSection", "ConfigError", "FrontendConfig",
+           "SchedulerSection", "load"]
 
 
 class ConfigError(Exception):
@@ -41,6 +42,12 @@ class ApiSection:
     host: str = "127.0.0.1"
     port: int = 8080
     token_ttl_s: int = 43200
+    #: how hypervisors reach this API (to fetch images); empty: http://<host>:<port>
+    public_url: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,23 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class ComputeSection:
+    """The ``compute:`` block of a backend running the libvirt driver (``ops_modules: [backend.compute]``)."""
+
+    uri: str = "qemu:///system"
+    #: kvm, qemu (software emulation) or auto (kvm if /dev/kvm really runs a guest)
+    domain_type: str = "auto"
+    #: per-instance files (seed ISO, console log); empty: <data_dir>/instances
+    instances_dir: str = ""
+    #: the libvirt storage pool's directory (overlays, volumes); empty: <data_dir>/pool
+    pool_dir: str = ""
+    #: kernel command line for images that boot a kernel directly
+    cmdline: str = "console=ttyS0"
+    #: seconds a graceful (ACPI) shutdown may take before the instance is powered off
+    stop_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     node_id: str = ""
     frontend: str = "tcp://127.0.0.1:7700"
@@ -94,6 +118,7 @@ class BackendConfig:
     workers: int = 16
     journal_fsync: bool = True
     log_level: str = "info"
+    compute: ComputeSection = field(default_factory=ComputeSection)
     tree: TreeSection = field(default_factory=TreeSection)
 
 
@@ -101,7 +126,7 @@ C = TypeVar("C", FrontendConfig, AgentConfig, BackendConfig)
 
 _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str, "frontend": str,
             "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float}
-_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection}
+_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "compute": ComputeSection}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
 
@@ -171,6 +196,8 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         raise ConfigError(f"{where}: zone: must be 1-64 letters, digits, '.', '_' or '-' (got {config.zone!r})")
     if isinstance(config, FrontendConfig):
         _check_frontend(config, where)
+    if isinstance(config, BackendConfig):
+        _check_compute(config.compute, where)
     return config
 
 
@@ -201,10 +228,21 @@ def _section(name: str, kind: type[Any], raw: Any, where: str) -> Any:
     return kind(**values)
 
 
+def _check_compute(compute: ComputeSection, where: str) -> None:
+    if compute.domain_type not in ("auto", "kvm", "qemu"):
+        raise ConfigError(f"{where}: compute.domain_type: must be auto, kvm or qemu (got {compute.domain_type!r})")
+    if "://" not in compute.uri:
+        raise ConfigError(f"{where}: compute.uri: must be a libvirt URI like qemu:///system (got {compute.uri!r})")
+    if not 0 <= compute.stop_timeout_s <= 3600:
+        raise ConfigError(f"{where}: compute.stop_timeout_s: must be between 0 and 3600 (got {compute.stop_timeout_s})")
+
+
 def _check_frontend(config: FrontendConfig, where: str) -> None:
     if config.database and "://" not in config.database:
         raise ConfigError(f"{where}: database: must be a URL like postgresql+psycopg://user@host/db "
                           f"(got {config.database!r})")
+    if config.api.public_url and not config.api.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: api.public_url: must be an http:// or https:// URL (got {config.api.public_url!r})")
     if not 1 <= config.api.port <= 65535:
         raise ConfigError(f"{where}: api.port: must be between 1 and 65535 (got {config.api.port})")
     if not 60 <= config.api.token_ttl_s <= 31 * 86400:

@@ -53,11 +53,14 @@ def test_yaml_loads_into_its_config_class(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_yaml_says_what_the_loader_defaults_say(name: str) -> None:
     """Every value is the production default; only agents' and backends' `frontend:` differs
-    (the built-in 127.0.0.1 only suits a frontend on the same host)."""
+    (the built-in 127.0.0.1 only suits a frontend on the same host), and a hypervisor's
+    backend loads the compute driver (the built-in default loads none, so a backend can also be a test host)."""
     shipped = load(KINDS[name], _yaml(name))
     defaults = load(KINDS[name], None)
     if name != "frontend":
         defaults = dataclasses.replace(defaults, frontend=CONTROLLER)
+    if name == "backend":
+        defaults = dataclasses.replace(defaults, ops_modules=("backend.compute",))
     assert shipped == defaults
 
 
@@ -85,7 +88,7 @@ def test_backend_yaml_documented_values() -> None:
     c = load(BackendConfig, _yaml("backend"))
     assert c.frontend == CONTROLLER
     assert c.data_dir == "/var/lib/cloudland/backend"
-    assert c.groups == () and c.ops_modules == ()
+    assert c.groups == () and c.ops_modules == ("backend.compute",)
     assert c.workers == 16
     assert c.journal_fsync is True
     assert c.log_level == "info"

@@ -93,11 +93,14 @@ class Launch(_Base):
             image = session.get(Image, instance.image_id)
             if image is None:
                 raise TaskFailed("the instance's image was deleted")
+            kernel = session.get(Image, image.kernel_id) if image.kernel_id else None
+            initrd = session.get(Image, image.initrd_id) if image.initrd_id else None
             keypair = session.get(Keypair, instance.keypair_id) if instance.keypair_id else None
             ports = list(session.execute(select(Port).where(Port.instance_id == iid).order_by(Port.created_at))
                          .scalars())
             volumes = list(session.execute(select(Volume).where(Volume.instance_id == iid)).scalars())
-            return {"instance": instance_spec(instance, image, keypair, ports, volumes)}
+            return {"instance": instance_spec(instance, image, kernel, initrd, keypair, ports, volumes,
+                                              self.fe.image_links)}
 
     def _activate(self, session: Session, iid: str, payload: Any) -> None:
         instance = _instance(session, iid)

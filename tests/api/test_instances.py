@@ -117,6 +117,23 @@ def test_a_failed_launch_is_retried_on_another_host(cloud: Cloud) -> None:
     assert used == {"hv0": 0, "hv1": 0, "hv2": 1}
 
 
+def test_console_comes_from_the_instances_host(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    web = _launch(cloud, api, "web")["instance"]
+    host = _host_by_db(cloud, web["id"])
+    console = api.ok("get", "/v1/instances/web/console")
+    assert console == {"log": f"console of {web['id']} on {host}\n", "vnc": None}
+    admin = cloud.admin  # operators are told where the display is; tenants are not
+    image = admin.ok("post", "/v1/images", 201, json={"name": "ops-image", "format": "qcow2"})
+    admin.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
+    ops = _launch(cloud, admin, "ops-vm", image="ops-image", nics=[])["instance"]
+    ops_host = _host_by_db(cloud, ops["id"])
+    assert admin.ok("get", "/v1/instances/ops-vm/console", params={"bytes": 5}) == {
+        "log": f"console of {ops['id']} on {ops_host}\n"[-5:], "vnc": f"{ops_host}:127.0.0.1:5900"}
+    response = api.get("/v1/instances/web/console", params={"bytes": 0})
+    assert response.status_code == 422 and error_of(response)["field"] == "bytes"
+
+
 def test_a_launch_failing_everywhere_fails_with_every_reason(cloud: Cloud) -> None:
     api, _ = _setup(cloud)
     for name, compute in cloud.computes.items():

@@ -73,6 +73,12 @@ class RecordingCompute:
             return {}
         return handler
 
+    def console(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args["instance_id"] not in self.instances:
+            raise OpError(f"no instance {args['instance_id']} on {self.host}", 2)
+        log = f"console of {args['instance_id']} on {self.host}\n"
+        return {"log": log[-args["bytes"]:], "vnc_port": 5900}
+
     def inventory(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"instances": [{"id": i, "power_state": s} for i, s in sorted(self.instances.items())]}
 
@@ -85,9 +91,10 @@ class RecordingCompute:
         for op in ("volume.create", "volume.delete", "volume.attach", "volume.detach"):
             registry.register(Op(op, self.volume(op), durable=True))
         registry.register(Op("compute.inventory", self.inventory, durable=False))
+        registry.register(Op("instance.console", self.console, durable=False))
 
 
-def register(registry: OpRegistry) -> None:
+def register(registry: OpRegistry, config: Any) -> None:
     """For backends run as processes: the log file and the launch delay come from the environment."""
     log = os.environ.get("CLOUDLAND_TEST_COMPUTE_LOG")
     compute = RecordingCompute(f"pid{os.getpid()}", Path(log) if log else None)

@@ -24,5 +24,5 @@ def append(args: dict[str, Any]) -> dict[str, Any]:
     return {"pid": os.getpid()}
 
 
-def register(registry: OpRegistry) -> None:
+def register(registry: OpRegistry, config: Any) -> None:
     registry.register(Op("test.append", append, durable=True))

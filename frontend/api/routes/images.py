@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import Iterator, Literal
 
 import anyio.from_thread
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import Field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ...auth import Caller, Role
+from ...auth import Caller, Role, authenticate
 from ...db.engine import changed
 from ...db.models import Image, Instance, utcnow
-from ...errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
+from ...errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthenticated
 from ...images import MAX_IMAGE_BYTES, ImageStore, Refused
 from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
@@ -200,11 +200,20 @@ def upload_image(image: str, request: Request, caller: CallerDep, frontend: Fron
         return done
 
 
-@router.get("/images/{image}/file", response_class=FileResponse, summary="Download the file of an active image",
+@router.get("/images/{image}/file", response_class=FileResponse,
+            summary="Download the file of an active image (with a token, or a hypervisor's signed link)",
             responses={200: {"content": _BINARY}})
-def download_image(image: str, caller: CallerDep, frontend: FrontendDep) -> FileResponse:
+def download_image(image: str, request: Request, frontend: FrontendDep, expires: int | None = None,
+                   signature: str | None = Query(default=None, max_length=64)) -> FileResponse:
     with frontend.db.read() as session:
-        row = find(session, Image, image, caller, "image", shared=True)
+        if signature is not None and expires is not None:
+            # A hypervisor's link from a launch spec: the signature is the authority (frontend/imagelinks.py).
+            row = session.get(Image, image)
+            if row is None or not frontend.image_links.valid(row.id, expires, signature):
+                raise Unauthenticated("the download link is not valid or has expired")
+        else:
+            caller = authenticate(session, request.headers.get("Authorization"))
+            row = find(session, Image, image, caller, "image", shared=True)
         if row.status != "active":
             raise Conflict(f"the image is {row.status}; it has no file yet")
         path, filename = _store(frontend).path(row.id), f"{row.name}.{row.format}"

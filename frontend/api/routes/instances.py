@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sci import Targets
+
 from ... import lifecycle, quotas
 from ...auth import Caller, Role
 from ...db.models import Flavor, Hypervisor, Image, Instance, Keypair, Port, ServerGroup, Volume
-from ...errors import Invalid
+from ...errors import Conflict, Invalid, Unavailable
+from ...hostops import INSTANCE_CONSOLE
 from ...ipam import NicSpec, allocate_instance_ports
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
@@ -194,3 +197,31 @@ def reboot_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> 
              summary="Resize to another flavor on the same hypervisor (cold: the host stops and restarts it)")
 def resize_instance(instance: str, body: Resize, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "resize", {"flavor": body.flavor})
+
+
+class ConsoleView(BaseModel):
+    #: the end of the instance's serial console log
+    log: str
+    #: where its VNC display listens, on the hypervisor's loopback (admins only: reach it over SSH)
+    vnc: str | None
+
+
+@router.get("/instances/{instance}/console", response_model=ConsoleView,
+            summary="The end of an instance's serial console log (and, for admins, where its VNC display is)")
+def console(instance: str, caller: CallerDep, frontend: FrontendDep,
+            size: int = Query(default=65536, ge=1, le=1 << 20, alias="bytes")) -> ConsoleView:
+    with frontend.db.read() as session:
+        row = find(session, Instance, instance, caller, "instance")
+        host = session.get(Hypervisor, row.hypervisor_id) if row.hypervisor_id else None
+    if host is None:
+        raise Conflict(f"instance {row.name!r} is {row.status} and on no hypervisor", "instance")
+    if frontend.tree is None:
+        raise Unavailable("this frontend runs without a message tree")
+    result = frontend.tree.submit(INSTANCE_CONSOLE, {"instance_id": row.id, "bytes": size},
+                                  Targets.to(host.name), timeout=15.0).wait(20.0).get(host.name)
+    if result is None or not result.ok or not isinstance(result.payload, dict):
+        why = result.message or result.status.name.lower() if result else "no answer"
+        raise Unavailable(f"the hypervisor did not return the console: {why}")
+    port = result.payload.get("vnc_port")
+    vnc = f"{host.name}:127.0.0.1:{port}" if caller.is_admin and port else None
+    return ConsoleView(log=str(result.payload.get("log", "")), vnc=vnc)

@@ -1,0 +1,34 @@
+"""Hypervisors download image files over signed, expiring links instead of tokens."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from frontend.services import Frontend
+from tests.api.conftest import Api, error_of
+
+QCOW2 = b"QFI\xfb" + bytes(1020)
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def test_a_signed_link_serves_the_file_without_a_token(admin: Api, frontend: Frontend) -> None:
+    image = admin.ok("post", "/v1/images", 201, json={"name": "tiny", "format": "qcow2"})
+    admin.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
+    link = frontend.image_links.url(image["id"])
+    assert link.startswith(frontend.config.api.url + "/v1/images/")
+    anonymous = admin.client
+    response = anonymous.get(_path(link))
+    assert response.status_code == 200 and response.content == QCOW2
+
+    tampered = _path(link)[:-1] + ("0" if link[-1] != "0" else "1")
+    assert anonymous.get(tampered).status_code == 401
+    other = frontend.image_links.url("00000000-0000-0000-0000-000000000000")
+    assert anonymous.get(_path(other).replace("00000000-0000-0000-0000-000000000000", image["id"])).status_code == 401
+    frontend.image_links.ttl_s = -1
+    expired = anonymous.get(_path(frontend.image_links.url(image["id"])))
+    assert expired.status_code == 401 and "expired" in error_of(expired)["reason"]
+    assert anonymous.get(f"/v1/images/{image['id']}/file").status_code == 401
