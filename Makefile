@@ -1,5 +1,6 @@
 # Two entry points: `make run` (a local cluster) and `make test` (the whole suite).
-# Each bootstraps what it needs on first use: Python packages into .venv.
+# Each bootstraps what it needs on first use: Debian packages (the hypervisor stack: libvirt
+# and QEMU, which libvirt-python also builds against) and Python packages into .venv.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,10 +8,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-quick bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/ensure-libvirt.sh
+	sh scripts/ensure-libvirt.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[hypervisor,test]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -46,6 +46,7 @@ class LocalCluster:
         python: str = sys.executable,
         api_port: int | None = None,
         env: dict[str, str] | None = None,
+        backend_config: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.agent_names = [f"agent{i}" for i in range(agents)]
@@ -60,6 +61,8 @@ class LocalCluster:
         self.api_port = api_port or free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.env = dict(env or {})
+        #: extra settings for every backend's config file (e.g. a compute section)
+        self.backend_config = dict(backend_config or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, Any] = {}
 
@@ -131,6 +134,7 @@ class LocalCluster:
             "workers": 4,
             "log_level": self.log_level,
             "tree": {k: v for k, v in self.tree.items() if k not in ("fanout",)},
+            **self.backend_config,
         })
         self._spawn(name, "backend", config)
 

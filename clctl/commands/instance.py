@@ -10,7 +10,7 @@ import click
 from ..output import Column, when
 from ..params import NIC
 from ..resource import Resource
-from ..session import api, json_option, wait_option
+from ..session import api, emit, json_option, wait_option
 
 __all__ = ["group"]
 
@@ -90,6 +90,24 @@ def resize(ctx: click.Context, ref: str, flavor: str, wait: bool) -> None:
     """Give an instance another flavor."""
     client = api(ctx)
     INSTANCE.finish(ctx, client, client.post(INSTANCE.path(ref, "resize"), {"flavor": flavor}), wait)
+
+
+@group.command()
+@INSTANCE.argument()
+@click.option("--bytes", "size", type=click.IntRange(1, 1 << 20), default=65536, show_default=True,
+              help="How much of the end of the log to show.")
+@json_option
+@click.pass_context
+def console(ctx: click.Context, ref: str, size: int) -> None:
+    """Show the end of an instance's serial console log (and, to admins, where its VNC display is)."""
+    answer = api(ctx).get(INSTANCE.path(ref, "console"), params={"bytes": size})
+
+    def human(data: dict[str, Any]) -> None:
+        click.echo(data.get("log", ""), nl=False)
+        if data.get("vnc"):
+            click.echo(f"VNC: {data['vnc']} (host:address:port on the hypervisor)", err=True)
+
+    emit(ctx, answer, human)
 
 
 INSTANCE.add_common(group, asynchronous=True)

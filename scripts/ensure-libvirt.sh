@@ -1,7 +1,7 @@
 #!/bin/sh
 # Make sure libvirt with QEMU (and what the tiny test guest needs) is installed and configured
 # for a machine without systemd, where libvirtd runs as root started by hand
-# (tests/support/libvirtd.py starts virtlogd and libvirtd; this script starts nothing).
+# (localcluster/libvirtd.py starts virtlogd and libvirtd; this script starts nothing).
 #
 # Idempotent, and costs nothing on a prepared machine: packages are only installed when
 # dpkg-query says they are missing, and the configuration edits are no-ops once made.
@@ -20,7 +20,7 @@ for pkg in $PACKAGES; do
 done
 
 if [ -n "$missing" ] && [ "$(id -u)" -ne 0 ]; then
-    echo "ensure_libvirt: missing packages:$missing; as root run: apt-get install$missing" >&2
+    echo "ensure-libvirt: missing packages:$missing; as root run: apt-get install$missing" >&2
     exit 1
 fi
 
@@ -73,5 +73,5 @@ set_option() {
 # and there is no AppArmor/SELinux profile to load in a container.
 set_option /etc/libvirt/qemu.conf user '"root"'
 set_option /etc/libvirt/qemu.conf group '"root"'
-# libvirtd's own log, read back by tests/support/libvirtd.py when it will not start.
+# libvirtd's own log, read back by localcluster/libvirtd.py when it will not start.
 set_option /etc/libvirt/libvirtd.conf log_outputs '"3:file:/var/log/libvirt/libvirtd.log"'

@@ -1,12 +1,12 @@
-"""A running libvirtd (with virtlogd) for the tests that drive real QEMU guests.
+"""A running libvirtd (with virtlogd) for a local cluster's hypervisors and the tests that boot real guests.
 
-This machine has no systemd, so nothing starts libvirt's daemons: ``ensure_running()`` starts
+Machines without systemd, so nothing starts libvirt's daemons: ``ensure_running()`` starts
 ``virtlogd -d`` and ``libvirtd -d`` by hand when they are not running yet, and waits until
 ``qemu:///system`` answers (the first connection after a start takes several seconds while
 libvirtd probes QEMU's capabilities). The daemons are shared system services and are left
 running: a test cleans up its own domains, pools and volumes, it never stops libvirtd.
 
-Packages and configuration come from ``tests/support/ensure_libvirt.sh`` (run as root by
+Packages and configuration come from ``scripts/ensure-libvirt.sh`` (run as root by
 ``make test``/``make run``): that script installs, this module starts. Guests must be
 ``<domain type='qemu'>`` (TCG): /dev/kvm here belongs to a PVM kernel on which KVM guests hang.
 """
@@ -19,8 +19,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 URI = "qemu:///system"
 LOG = Path("/var/log/libvirt/libvirtd.log")
@@ -59,7 +60,7 @@ def ensure_running(timeout: float = 60) -> None:
     """
     if not qemu_available():
         raise RuntimeError(
-            "libvirt/QEMU not installed: run `sh tests/support/ensure_libvirt.sh` as root and "
+            "libvirt/QEMU not installed: run `sh scripts/ensure-libvirt.sh` as root and "
             "`.venv/bin/python -m pip install libvirt-python`"
         )
     import libvirt
@@ -70,13 +71,17 @@ def ensure_running(timeout: float = 60) -> None:
 
     deadline = time.monotonic() + timeout
     with _lock():
-        if _connects(libvirt) and is_running("virtlogd"):
+        connects = _connects(libvirt)
+        if connects and is_running("virtlogd"):
             return
         if os.geteuid() != 0:
-            raise RuntimeError(f"libvirtd is not running and only root can start it ({URI})")
-        for name in _DAEMONS:  # virtlogd first: QEMU's stdio goes through it
-            if not is_running(name):
-                _start(name)
+            raise RuntimeError(f"cannot use {URI}, and only root can start libvirtd/virtlogd")
+        if not is_running("virtlogd"):  # first: QEMU's stdio goes through it
+            _start("virtlogd")
+        if connects:
+            return
+        if not is_running("libvirtd"):
+            _start("libvirtd")
         last_error = ""
         while True:
             try:
@@ -135,6 +140,7 @@ def _start(name: str) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        cwd="/",
         timeout=60,
         check=False,
     )

@@ -1,0 +1,49 @@
+"""The compute driver: instances and volumes on libvirt, answering the ops of ``docs/ops.md``.
+
+Listed in a backend's ``ops_modules`` as ``backend.compute``; configured by its ``compute:``
+section.  The modules, each with one job:
+
+- ``spec``: op bodies checked into typed values;  ``ops``: the op handlers;
+- ``driver``: the ops' semantics (idempotent, all or nothing);
+- ``hypervisor``: the only module that imports libvirt;
+- ``domain``, ``storagexml``: the XML libvirt is given;  ``seed``: the cloud-init NoCloud ISO;
+- ``imagecache``: image files fetched once per host;  ``kvm``: kvm or qemu domains;
+- ``exceptions``: the errors, and the mapping of libvirt's error codes to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from service.config import BackendConfig
+
+from ..registry import OpRegistry
+from . import kvm
+from .driver import ComputeDriver, DriverSettings
+from .hypervisor import Hypervisor
+from .imagecache import ImageCache
+from .ops import ops
+
+__all__ = ["register"]
+
+log = structlog.get_logger("backend.compute")
+
+
+def register(registry: OpRegistry, config: BackendConfig) -> None:
+    section = config.compute
+    data_dir = Path(config.data_dir)
+    # The connection opens at the first op: a backend started before libvirtd still comes up,
+    # and its ops say what is wrong until libvirtd answers.
+    hypervisor = Hypervisor(section.uri, Path(section.pool_dir) if section.pool_dir else data_dir / "pool",
+                            config.node_id)
+    settings = DriverSettings(
+        instances_dir=Path(section.instances_dir) if section.instances_dir else data_dir / "instances",
+        domain_type=kvm.resolve(section.domain_type), cmdline=section.cmdline,
+        stop_timeout_s=section.stop_timeout_s)
+    driver = ComputeDriver(hypervisor, ImageCache(data_dir / "images"), settings)
+    for op in ops(driver):
+        registry.register(op)
+    log.info("compute_driver_registered", uri=section.uri, domain_type=settings.domain_type,
+             pool_dir=str(hypervisor.pool_dir), instances_dir=str(settings.instances_dir))

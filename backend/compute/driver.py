@@ -1,0 +1,415 @@
+"""The compute ops' semantics (``docs/ops.md``) on top of ``Hypervisor``.
+
+Every op is idempotent: a create of an instance that exists converges on it, a delete of one
+that is absent succeeds.  A create that fails removes every piece it made (domain, overlay,
+seed ISO) before raising.  Ops on one instance (or volume) run one at a time; ops on
+different ones run concurrently on the registry's worker threads.
+
+Per instance, on this host:
+
+- the domain, named by the instance id and carrying our metadata element;
+- ``inst-<id>.qcow2`` in the ``cloudland`` pool: the root disk, an overlay over the cached image;
+- ``<instances_dir>/<id>/``: ``seed.iso`` (cloud-init NoCloud) and ``console.log`` (serial console).
+
+Volumes are ``vol-<id>.qcow2`` in the pool.  Disks: vda the root, then the volumes from vdb; the seed is a SATA CD-ROM.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from . import domain, seed
+from .domain import DirectBoot, Disk, DomainSpec, DomainType, Nic
+from .exceptions import BadRequest, ComputeError, Conflict, HypervisorError, NotFound
+from .hypervisor import DomainState, Hypervisor
+from .imagecache import ImageCache
+from .locks import KeyedLocks
+from .spec import ImageFile, InstanceSpec
+
+__all__ = ["ComputeDriver", "Console", "DriverSettings", "PowerState"]
+
+log = structlog.get_logger("backend.compute")
+
+GIB = 1 << 30
+SEED_FILE = "seed.iso"
+CONSOLE_FILE = "console.log"
+ROOT_TARGET, SEED_TARGET = "vda", "sda"
+#: targets a volume may take, in order (the seed is a CD-ROM, off the virtio bus)
+_VOLUME_TARGETS = tuple(f"vd{letter}" for letter in "bcdefghijklmnopqrstuvwxyz")
+
+
+class PowerState(enum.Enum):
+    """What ``docs/ops.md`` reports; paused or suspended guests still hold the host's resources: running."""
+
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+
+    @classmethod
+    def of(cls, state: DomainState | None) -> PowerState:
+        return cls.SHUTOFF if state is None or state.is_off else cls.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSettings:
+    instances_dir: Path
+    domain_type: DomainType
+    #: kernel command line for instances booted from a kernel and initrd
+    cmdline: str = "console=ttyS0"
+    #: how long stop (without its own timeout) and resize let the guest shut down before powering off
+    stop_timeout_s: float = 60.0
+    #: the graceful part of a reboot: short, a reboot must not hang on a guest that ignores ACPI
+    reboot_timeout_s: float = 10.0
+    #: how often a stop presses the (ACPI) power button again while the guest is up
+    shutdown_retry_s: float = 5.0
+    #: how often a stop (or a live detach) looks whether the guest is done
+    poll_interval_s: float = 0.25
+    #: how long a live detach waits for the guest to let go of the disk
+    detach_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    #: the end of the serial console's log
+    log: str
+    #: the VNC server's port on 127.0.0.1; None while shut off
+    vnc_port: int | None
+
+
+def overlay_name(instance_id: str) -> str:
+    return f"inst-{instance_id}.qcow2"
+
+
+def volume_name(volume_id: str) -> str:
+    return f"vol-{volume_id}.qcow2"
+
+
+class ComputeDriver:
+    def __init__(self, hypervisor: Hypervisor, images: ImageCache, settings: DriverSettings) -> None:
+        self._hv = hypervisor
+        self._images = images
+        self.settings = settings
+        self._instance_locks = KeyedLocks()
+        self._volume_locks = KeyedLocks()
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.settings.instances_dir / instance_id
+
+    # --- instances -----------------------------------------------------------------------
+
+    def create(self, spec: InstanceSpec) -> PowerState:
+        instance_id = spec.instance_id
+        with self._instance_locks.hold(instance_id):
+            state = self._hv.state(instance_id)
+            if state is not None:
+                # A replay, or a retry after a lost answer: converge rather than fail or rebuild.
+                self._require_ours(instance_id)
+                log.info("instance_exists", instance=instance_id, state=state.value)
+                return self._start(instance_id, state)
+            started = time.monotonic()
+            try:
+                self._build(spec)
+            except BaseException as exc:
+                leftovers = self._cleanup_after_failure(instance_id)
+                log.warning("instance_create_failed", instance=instance_id, error=str(exc), leftovers=leftovers)
+                if not isinstance(exc, ComputeError):
+                    raise
+                message = f"create instance {instance_id}: {exc}"
+                if leftovers:
+                    message += f" (and cleaning up failed: {leftovers}; instance.delete retries it)"
+                raise ComputeError(message, exc.exit_status) from exc
+            power = PowerState.of(self._hv.state(instance_id))
+            log.info("instance_created", instance=instance_id, domain_type=self.settings.domain_type,
+                     vcpus=spec.vcpus, memory_mb=spec.memory_mb, disk_gb=spec.disk_gb,
+                     seconds=round(time.monotonic() - started, 3))
+            return power
+
+    def _build(self, spec: InstanceSpec) -> None:
+        instance_id = spec.instance_id
+        if len(spec.volume_ids) > len(_VOLUME_TARGETS):
+            raise BadRequest(f"instance {instance_id}: at most {len(_VOLUME_TARGETS)} volumes can be attached")
+        image = self._fetch(spec.image)
+        boot = None
+        if spec.kernel is not None:
+            initrd = self._fetch(spec.initrd) if spec.initrd is not None else None
+            boot = DirectBoot(self._fetch(spec.kernel), initrd, self.settings.cmdline)
+        # An overlay without a domain is what a backend killed mid-create left: start afresh.
+        self._hv.delete_volume(overlay_name(instance_id))
+        overlay = self._hv.create_overlay(overlay_name(instance_id), image, spec.image.format, spec.disk_gb * GIB)
+        volumes = [self._volume_disk(volume_id, target) for volume_id, target in zip(spec.volume_ids, _VOLUME_TARGETS)]
+        directory = self.instance_dir(instance_id)
+        seed_path = directory / SEED_FILE
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            seed.write(seed_path, seed.build(instance_id, spec.name, spec.ssh_keys, spec.user_data,
+                                             [port.mac for port in spec.ports]))
+        except OSError as exc:
+            raise HypervisorError(f"write the seed ISO {seed_path}: {exc}") from exc
+        self._hv.define(domain.build(DomainSpec(
+            instance_id=instance_id, host=self._hv.host, title=spec.name, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
+            domain_type=self.settings.domain_type,
+            disks=(Disk(overlay, "qcow2", ROOT_TARGET), Disk(seed_path, "raw", SEED_TARGET, cdrom=True), *volumes),
+            nics=tuple(Nic(port.mac, domain.tap_name(port.id)) for port in spec.ports),
+            console_log=directory / CONSOLE_FILE, boot=boot)))
+        self._hv.start(instance_id)
+
+    def _fetch(self, image: ImageFile) -> Path:
+        return self._images.ensure(image.id, image.url, image.checksum, image.format)
+
+    def _volume_disk(self, volume_id: str, target: str) -> Disk:
+        volume = self._hv.volume(volume_name(volume_id))
+        if volume is None:
+            raise NotFound(f"volume {volume_id} is not on this host")
+        return Disk(volume.path, "qcow2", target, serial=volume_id)
+
+    def _cleanup_after_failure(self, instance_id: str) -> str:
+        """Remove what a failed create made; what could not be removed, in words ("" if nothing)."""
+        try:
+            self._remove(instance_id)
+        except ComputeError as exc:
+            return str(exc)
+        return ""
+
+    def delete(self, instance_id: str) -> None:
+        with self._instance_locks.hold(instance_id):
+            if self._hv.state(instance_id) is not None:
+                self._require_ours(instance_id)
+            self._remove(instance_id)
+            log.info("instance_deleted", instance=instance_id)
+
+    def _remove(self, instance_id: str) -> None:
+        """Power off and undefine the domain, delete the overlay and the instance's files, whichever exist.
+
+        Volumes stay: undefining a domain leaves its disks' files alone.
+        """
+        state = self._hv.state(instance_id)
+        if state is not None:
+            if not state.is_off:
+                self._power_off(instance_id)
+            self._hv.undefine(instance_id)
+        self._hv.delete_volume(overlay_name(instance_id))
+        directory = self.instance_dir(instance_id)
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise HypervisorError(f"remove {directory}: {exc}") from exc
+
+    def start(self, instance_id: str) -> PowerState:
+        with self._instance_locks.hold(instance_id):
+            return self._start(instance_id, self._state_of_ours(instance_id))
+
+    def _start(self, instance_id: str, state: DomainState) -> PowerState:
+        if state.is_off:
+            self._hv.start(instance_id)
+            log.info("instance_started", instance=instance_id)
+        elif state is DomainState.PAUSED:
+            self._hv.resume(instance_id)
+            log.info("instance_resumed", instance=instance_id)
+        return PowerState.of(self._hv.state(instance_id))
+
+    def stop(self, instance_id: str, timeout_s: float | None = None) -> PowerState:
+        with self._instance_locks.hold(instance_id):
+            state = self._state_of_ours(instance_id)
+            self._stop(instance_id, state, self.settings.stop_timeout_s if timeout_s is None else timeout_s)
+            return PowerState.of(self._hv.state(instance_id))
+
+    def _stop(self, instance_id: str, state: DomainState, timeout_s: float) -> None:
+        """ACPI shutdown, then power off if the guest is still up after ``timeout_s``."""
+        if state.is_off:
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # Pressed again now and then: a guest still booting has nothing listening to the
+            # first press yet, and would otherwise always be powered off.
+            self._request_shutdown(instance_id)
+            interval = min(self.settings.shutdown_retry_s, max(0.0, deadline - time.monotonic()))
+            if self._poll(lambda: self._is_off(instance_id), interval):
+                log.info("instance_stopped", instance=instance_id, forced=False)
+                return
+            if time.monotonic() >= deadline:
+                break
+        self._power_off(instance_id)
+        log.info("instance_stopped", instance=instance_id, forced=True, timeout_s=timeout_s)
+
+    def _request_shutdown(self, instance_id: str) -> None:
+        try:
+            self._hv.shutdown(instance_id)
+        except Conflict:
+            if not self._is_off(instance_id):  # else it went off on its own meanwhile
+                raise
+
+    def _power_off(self, instance_id: str) -> None:
+        try:
+            self._hv.destroy(instance_id)
+        except Conflict:
+            if not self._is_off(instance_id):
+                raise
+
+    def _is_off(self, instance_id: str) -> bool:
+        state = self._hv.state(instance_id)
+        return state is None or state.is_off
+
+    def _poll(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Whether ``done()`` became true within ``timeout_s``, asking every ``poll_interval_s``.
+
+        libvirt's lifecycle events would need an event loop thread; a guest's shutdown takes
+        seconds, so asking a few times a second costs nothing and keeps the driver simple.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(self.settings.poll_interval_s, remaining))
+        return True
+
+    def reboot(self, instance_id: str) -> PowerState:
+        """A stop (short grace, then power off) and a start: it ends running whatever the guest does."""
+        with self._instance_locks.hold(instance_id):
+            state = self._state_of_ours(instance_id)
+            self._stop(instance_id, state, self.settings.reboot_timeout_s)
+            self._hv.start(instance_id)
+            log.info("instance_rebooted", instance=instance_id)
+            return PowerState.of(self._hv.state(instance_id))
+
+    def resize(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> PowerState:
+        """Cold: stop, redefine with the new size, grow the root disk, start again if it was running."""
+        with self._instance_locks.hold(instance_id):
+            state = self._state_of_ours(instance_id)
+            overlay = self._hv.volume(overlay_name(instance_id))
+            if overlay is None:
+                raise NotFound(f"instance {instance_id} has no root disk on this host")
+            capacity = disk_gb * GIB
+            if capacity < overlay.capacity_bytes:  # refused before anything is touched
+                raise BadRequest(f"instance {instance_id}: a disk only grows; it has "
+                                 f"{overlay.capacity_bytes / GIB:g} GB, {disk_gb} GB asked")
+            was_running = not state.is_off
+            self._stop(instance_id, state, self.settings.stop_timeout_s)
+            try:
+                self._hv.define(domain.resized(self._hv.xml(instance_id, inactive=True), vcpus, memory_mb))
+                if capacity > overlay.capacity_bytes:
+                    self._hv.resize_volume(overlay.name, capacity)
+            finally:
+                # Even after a failure: the instance was running and should stay so, at whatever size.
+                if was_running:
+                    self._hv.start(instance_id)
+            log.info("instance_resized", instance=instance_id, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
+            return PowerState.of(self._hv.state(instance_id))
+
+    def inventory(self) -> dict[str, PowerState]:
+        """Every instance on this host (our domains only), running or not."""
+        return {name: PowerState.of(state) for name, state in sorted(self._hv.domains().items())}
+
+    def console(self, instance_id: str, max_bytes: int) -> Console:
+        self._state_of_ours(instance_id)
+        info = domain.parse(self._hv.xml(instance_id))
+        path = info.console_log or self.instance_dir(instance_id) / CONSOLE_FILE
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, 2)
+                f.seek(max(0, size - max_bytes))
+                tail = f.read(max_bytes)
+        except FileNotFoundError:  # never started: nothing logged yet
+            tail = b""
+        except OSError as exc:
+            raise HypervisorError(f"read the console log {path}: {exc}") from exc
+        return Console(tail.decode("utf-8", errors="replace"), info.vnc_port)
+
+    def _state_of_ours(self, instance_id: str) -> DomainState:
+        state = self._hv.state(instance_id)
+        if state is None:
+            raise NotFound(f"instance {instance_id} is not on this host")
+        self._require_ours(instance_id)
+        return state
+
+    def _require_ours(self, instance_id: str) -> None:
+        if not self._hv.is_ours(instance_id):
+            raise Conflict(f"domain {instance_id} on this host was not made by cloudland; it is left alone")
+
+    # --- volumes -------------------------------------------------------------------------
+
+    def create_volume(self, volume_id: str, size_gb: int) -> None:
+        with self._volume_locks.hold(volume_id):
+            if self._hv.volume(volume_name(volume_id)) is not None:
+                log.info("volume_exists", volume=volume_id)
+                return
+            self._hv.create_volume(volume_name(volume_id), size_gb * GIB, "qcow2")
+            log.info("volume_created", volume=volume_id, size_gb=size_gb)
+
+    def delete_volume(self, volume_id: str) -> None:
+        with self._volume_locks.hold(volume_id):
+            volume = self._hv.volume(volume_name(volume_id))
+            if volume is None:
+                return
+            users = self._hv.disk_users(volume.path)
+            if users:
+                raise Conflict(f"volume {volume_id} is attached to {', '.join(users)}; detach it first")
+            self._hv.delete_volume(volume.name)
+            log.info("volume_deleted", volume=volume_id)
+
+    def attach_volume(self, volume_id: str, instance_id: str) -> str:
+        """Attach (live if the instance runs); the device name asked for, which the guest may not use."""
+        with self._instance_locks.hold(instance_id), self._volume_locks.hold(volume_id):
+            state = self._state_of_ours(instance_id)
+            volume = self._hv.volume(volume_name(volume_id))
+            if volume is None:
+                raise NotFound(f"volume {volume_id} is not on this host")
+            users = self._hv.disk_users(volume.path)
+            if instance_id in users:  # a replay: answer as the first time
+                attached = (self._find_disk(instance_id, volume.path, inactive=False)
+                            or self._find_disk(instance_id, volume.path, inactive=True))
+                if attached is not None:
+                    return attached.target
+            if users:
+                raise Conflict(f"volume {volume_id} is attached to {', '.join(users)}")
+            target = self._free_target(instance_id)
+            self._hv.attach_disk(instance_id, Disk(volume.path, "qcow2", target, serial=volume_id),
+                                 live=not state.is_off)
+            log.info("volume_attached", volume=volume_id, instance=instance_id, device=target)
+            return target
+
+    def _free_target(self, instance_id: str) -> str:
+        used = {disk.target for inactive in (False, True)
+                for disk in domain.parse(self._hv.xml(instance_id, inactive=inactive)).disks}
+        for target in _VOLUME_TARGETS:
+            if target not in used:
+                return target
+        raise Conflict(f"instance {instance_id} has no free disk slot ({_VOLUME_TARGETS[0]} to "
+                       f"{_VOLUME_TARGETS[-1]} are taken)")
+
+    def detach_volume(self, volume_id: str, instance_id: str) -> None:
+        """Detach; done if it was not attached.  A live detach waits for the guest to let go."""
+        with self._instance_locks.hold(instance_id), self._volume_locks.hold(volume_id):
+            state = self._hv.state(instance_id)
+            volume = self._hv.volume(volume_name(volume_id))
+            if state is None or volume is None:
+                return
+            self._require_ours(instance_id)
+            live = None if state.is_off else self._find_disk(instance_id, volume.path, inactive=False)
+            config = self._find_disk(instance_id, volume.path, inactive=True)
+            disk = live or config
+            if disk is None:
+                return
+            self._hv.detach_disk(instance_id, disk, live=live is not None, config=config is not None)
+            if live is not None and not self._wait_released(instance_id, volume.path):
+                raise HypervisorError(f"instance {instance_id} has not released volume {volume_id} "
+                                      f"({disk.target}) after {self.settings.detach_timeout_s:g} s; it is gone "
+                                      f"from the definition and goes from the guest when it lets go or stops")
+            log.info("volume_detached", volume=volume_id, instance=instance_id, device=disk.target)
+
+    def _find_disk(self, instance_id: str, path: Path, inactive: bool) -> Disk | None:
+        disks = domain.parse(self._hv.xml(instance_id, inactive=inactive)).disks
+        return next((disk for disk in disks if disk.path == path), None)
+
+    def _wait_released(self, instance_id: str, path: Path) -> bool:
+        """Whether the running guest let go of ``path`` in time (QEMU removes a disk once the guest agrees)."""
+        return self._poll(lambda: self._find_disk(instance_id, path, inactive=False) is None,
+                          self.settings.detach_timeout_s)

@@ -1,0 +1,297 @@
+"""The only module that talks to libvirt.
+
+``Hypervisor`` holds one connection (reopened when it stops answering) and offers typed calls
+on domains and on the ``cloudland`` directory storage pool.  It validates nothing: its callers
+pass checked arguments.  Every libvirt error leaves here as a ``ComputeError`` through
+``exceptions.from_libvirt``, the one mapping of libvirt's codes.
+
+Domains are named by the caller (instance ids); a domain is *ours* when it carries the
+metadata element of ``domain.METADATA_NS``, and only ours are listed, so unrelated domains on
+the host are never reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import libvirt
+import structlog
+
+from .domain import METADATA_NS, Disk, DiskFormat, disk_xml, metadata_host, parse
+from .exceptions import HypervisorError, NotFound, from_libvirt
+from .storagexml import pool_path, pool_xml, volume_xml
+
+__all__ = ["DomainState", "Hypervisor", "Volume", "pool_name"]
+
+log = structlog.get_logger("backend.compute")
+
+def pool_name(host: str) -> str:
+    """One pool per backend: backends that share a libvirtd (a local cluster) must not share a pool."""
+    return f"cloudland-{host}"
+
+
+class DomainState(enum.Enum):
+    NOSTATE = "nostate"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    #: an ACPI shutdown is in progress
+    SHUTDOWN = "shutdown"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    PMSUSPENDED = "pmsuspended"
+
+    @property
+    def is_off(self) -> bool:
+        """No QEMU process: the domain exists only as its definition."""
+        return self in (DomainState.SHUTOFF, DomainState.CRASHED)
+
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: DomainState.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PMSUSPENDED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    name: str
+    path: Path
+    capacity_bytes: int
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc.get_error_code() or 0, exc.get_error_message() or str(exc), what) from exc
+
+
+def _quiet(_ctx: object, _error: object) -> None:
+    """libvirt's default handler prints every failed call on stderr, even those we expect and handle."""
+
+
+class Hypervisor:
+    def __init__(self, uri: str, pool_dir: Path, host: str) -> None:
+        self.uri = uri
+        self.pool_dir = pool_dir
+        #: the backend's node id: the domains it owns carry it in their metadata
+        self.host = host
+        self.pool_name = pool_name(host)
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._pool_checked = False
+        libvirt.registerErrorHandler(_quiet, None)
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> Any:
+        with self._conn_lock:
+            if self._conn is not None:
+                # isAlive() only notices a dead libvirtd after a failed call; one cheap round trip
+                # notices it before, so the op at hand runs on a fresh connection instead of failing.
+                try:
+                    self._conn.getLibVersion()
+                    return self._conn
+                except libvirt.libvirtError:
+                    log.warning("libvirt_reconnecting", uri=self.uri)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        self._conn.close()
+                    self._conn = None
+            with _mapped(f"connect to libvirt at {self.uri}"):
+                self._conn = libvirt.open(self.uri)
+            return self._conn
+
+    # --- domains -------------------------------------------------------------------------
+
+    def _domain(self, name: str) -> Any:
+        with _mapped(f"find domain {name}"):
+            return self._connection().lookupByName(name)
+
+    def define(self, xml: str) -> None:
+        """Define (or redefine: same name and UUID) a persistent domain."""
+        with _mapped("define the domain"):
+            self._connection().defineXML(xml)
+
+    def start(self, name: str) -> None:
+        with _mapped(f"start domain {name}"):
+            self._domain(name).create()
+
+    def resume(self, name: str) -> None:
+        with _mapped(f"resume domain {name}"):
+            self._domain(name).resume()
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off; returns at once, the guest may take its time or ignore it.
+
+        The driver's default method: ACPI for QEMU domains without a guest agent (ours have none).
+        Not the explicit ACPI flag, which other drivers (test:///) refuse.
+        """
+        with _mapped(f"shut down domain {name}"):
+            self._domain(name).shutdown()
+
+    def destroy(self, name: str) -> None:
+        """Power off at once."""
+        with _mapped(f"power off domain {name}"):
+            self._domain(name).destroy()
+
+    def undefine(self, name: str) -> None:
+        """Remove the definition, with its managed-save image, snapshot metadata and UEFI variables."""
+        domain = self._domain(name)
+        with _mapped(f"undefine domain {name}"):
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            # Only asked for when there are some: drivers without UEFI (test:///) refuse the flag.
+            if parse(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).has_nvram:
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            domain.undefineFlags(flags)
+
+    def state(self, name: str) -> DomainState | None:
+        """The domain's state; None if there is no such domain."""
+        try:
+            domain = self._domain(name)
+        except NotFound:
+            return None
+        with _mapped(f"read the state of domain {name}"):
+            return _STATES.get(domain.state()[0], DomainState.NOSTATE)
+
+    def is_ours(self, name: str) -> bool:
+        with _mapped(f"read the metadata of domain {name}"):
+            return self._is_ours(self._domain(name))
+
+    def _is_ours(self, domain: Any) -> bool:
+        try:
+            element = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return False
+            raise
+        return metadata_host(str(element)) == self.host
+
+    def domains(self) -> dict[str, DomainState]:
+        """Our domains by name, running or not."""
+        found: dict[str, DomainState] = {}
+        with _mapped("list domains"):
+            for domain in self._connection().listAllDomains(0):
+                try:
+                    if self._is_ours(domain):
+                        found[str(domain.name())] = _STATES.get(domain.state()[0], DomainState.NOSTATE)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we listed
+                        raise
+        return found
+
+    def xml(self, name: str, inactive: bool = False) -> str:
+        """The domain's XML: as it runs, or (``inactive``) as it will next start."""
+        with _mapped(f"read the XML of domain {name}"):
+            return str(self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0))
+
+    def disk_users(self, path: Path) -> list[str]:
+        """Every domain, ours or not, with ``path`` as a disk now or at its next start."""
+        users = []
+        with _mapped("list domains"):
+            for domain in self._connection().listAllDomains(0):
+                try:
+                    xmls = {domain.XMLDesc(0), domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)}
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+                if any(disk.path == path for xml in xmls for disk in parse(xml).disks):
+                    users.append(str(domain.name()))
+        return users
+
+    def attach_disk(self, name: str, disk: Disk, live: bool) -> None:
+        """Add ``disk`` to the definition and, if ``live``, to the running guest."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+        with _mapped(f"attach {disk.path} to domain {name} as {disk.target}"):
+            self._domain(name).attachDeviceFlags(disk_xml(disk), flags)
+
+    def detach_disk(self, name: str, disk: Disk, live: bool, config: bool) -> None:
+        """Remove ``disk`` from the running guest (``live``; the guest must let go) and/or the definition."""
+        flags = ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+                 | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+        with _mapped(f"detach {disk.target} from domain {name}"):
+            self._domain(name).detachDeviceFlags(disk_xml(disk), flags)
+
+    # --- the storage pool ----------------------------------------------------------------
+
+    def _pool(self) -> Any:
+        """The ``cloudland`` pool, defined, built and started on first use."""
+        conn = self._connection()
+        with self._pool_lock, _mapped(f"set up storage pool {self.pool_name} at {self.pool_dir}"):
+            try:
+                pool = conn.storagePoolLookupByName(self.pool_name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                pool = conn.storagePoolDefineXML(pool_xml(self.pool_name, self.pool_dir), 0)
+                pool.build(0)  # creates the directory
+                pool.setAutostart(1)
+                log.info("pool_defined", pool=self.pool_name, path=str(self.pool_dir))
+            if not self._pool_checked:
+                where = pool_path(pool.XMLDesc(0))
+                if where != self.pool_dir:
+                    raise HypervisorError(f"storage pool {self.pool_name} is at {where}, not at the configured "
+                                          f"compute.pool_dir {self.pool_dir}: fix the setting or move the pool")
+                self._pool_checked = True
+            if not pool.isActive():
+                pool.create(0)
+            return pool
+
+    def _volume(self, name: str) -> Any:
+        pool = self._pool()
+        with _mapped(f"find volume {name}"):
+            return pool.storageVolLookupByName(name)
+
+    def volume(self, name: str) -> Volume | None:
+        try:
+            volume = self._volume(name)
+        except NotFound:
+            return None
+        with _mapped(f"read volume {name}"):
+            return Volume(name, Path(volume.path()), int(volume.info()[1]))
+
+    def create_overlay(self, name: str, backing: Path, backing_format: DiskFormat, capacity_bytes: int) -> Path:
+        """A qcow2 volume reading through to ``backing`` until written."""
+        pool = self._pool()
+        with _mapped(f"create volume {name} over {backing}"):
+            return Path(pool.createXML(volume_xml(name, capacity_bytes, "qcow2", (backing, backing_format)), 0).path())
+
+    def create_volume(self, name: str, capacity_bytes: int, fmt: DiskFormat) -> Path:
+        pool = self._pool()
+        with _mapped(f"create volume {name}"):
+            return Path(pool.createXML(volume_xml(name, capacity_bytes, fmt), 0).path())
+
+    def resize_volume(self, name: str, capacity_bytes: int) -> None:
+        """Grow the volume to ``capacity_bytes`` (libvirt refuses to shrink without a flag we never pass)."""
+        volume = self._volume(name)
+        with _mapped(f"resize volume {name}"):
+            volume.resize(capacity_bytes, 0)
+
+    def delete_volume(self, name: str) -> bool:
+        """Delete the volume and its file; False if there was none."""
+        try:
+            volume = self._volume(name)
+        except NotFound:
+            return False
+        with _mapped(f"delete volume {name}"):
+            volume.delete(0)
+        return True

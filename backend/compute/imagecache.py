@@ -1,0 +1,99 @@
+"""Image files cached on this hypervisor, one per image at ``<root>/<image id>``, fetched once.
+
+Instances' root disks are qcow2 overlays over these files, so many instances share one
+download.  A file is fetched from the frontend over the spec's signed link into a temporary
+file, hashed as it streams, and renamed into place only once its sha256 is the spec's: a
+cached file is always a whole, verified one, and is never fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+
+from .domain import DiskFormat
+from .exceptions import ImageError
+from .locks import KeyedLocks
+
+__all__ = ["ImageCache"]
+
+log = structlog.get_logger("backend.compute")
+
+QCOW2_MAGIC = b"QFI\xfb"
+_CHUNK = 1 << 20
+
+
+class ImageCache:
+    def __init__(self, root: Path, timeout_s: float = 60.0) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        # What a killed backend left half-downloaded; no download runs yet, so all of it is stale.
+        for part in self.root.glob(".*.part"):
+            part.unlink(missing_ok=True)
+        self._locks = KeyedLocks()
+        # trust_env=False: the frontend is inside the cluster; a host's HTTP(S)_PROXY must not
+        # route (and see) the signed links.
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def path(self, image_id: str) -> Path:
+        return self.root / image_id
+
+    def ensure(self, image_id: str, url: str, sha256: str, fmt: DiskFormat) -> Path:
+        """The cached file of ``image_id``, downloaded from ``url`` first if need be.
+
+        Raises ``ImageError`` naming the image if the download fails, or if the file's sha256 is
+        not ``sha256`` (the file is then removed).  Concurrent calls for one image download it once.
+        """
+        final = self.path(image_id)
+        with self._locks.hold(image_id):
+            if not final.exists():
+                self._download(image_id, url, sha256.lower(), fmt, final)
+        return final
+
+    def _download(self, image_id: str, url: str, sha256: str, fmt: DiskFormat, final: Path) -> None:
+        source = urlsplit(url).netloc  # the link's query is a credential: never log it
+        started = time.monotonic()
+        fd, temp = tempfile.mkstemp(dir=self.root, prefix=f".{image_id}.", suffix=".part")
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            head = b""
+            with os.fdopen(fd, "wb") as out:
+                with self._client.stream("GET", url) as response:
+                    if response.status_code != 200:
+                        raise ImageError(f"image {image_id}: {source} answered {response.status_code} "
+                                         f"{response.reason_phrase} to the download")
+                    for chunk in response.iter_bytes(_CHUNK):
+                        if len(head) < len(QCOW2_MAGIC):
+                            head += chunk[:len(QCOW2_MAGIC) - len(head)]
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != sha256:
+                raise ImageError(f"image {image_id}: the file downloaded from {source} has sha256 "
+                                 f"{digest.hexdigest()}, not {sha256}; it was removed")
+            # A wrong format would only show later, as an obscure failure to create the overlay.
+            if fmt == "qcow2" and head != QCOW2_MAGIC:
+                raise ImageError(f"image {image_id}: declared qcow2, but the file is not a qcow2 image")
+            os.replace(temp, final)
+        except BaseException as exc:
+            Path(temp).unlink(missing_ok=True)
+            if isinstance(exc, httpx.HTTPError):
+                raise ImageError(f"image {image_id}: cannot download it from {source}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise ImageError(f"image {image_id}: cannot store it in {self.root}: {exc}") from exc
+            raise
+        log.info("image_downloaded", image=image_id, source=source, bytes=size,
+                 seconds=round(time.monotonic() - started, 3))

@@ -1,0 +1,214 @@
+"""Real guests through the whole stack: API -> frontend -> tree -> backend -> libvirt -> QEMU.
+
+The tiny guest (``localcluster/guest.py``) reports on its serial console, which the test
+reads through the API (``GET /v1/instances/{id}/console``): its hostname and SSH key
+fingerprint from the NoCloud seed, and each disk that appears.  Checks of what is left on
+the hypervisor use libvirt-python and the file system, never ``virsh``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from localcluster import LocalCluster, libvirtd
+from localcluster import guest as tiny
+from tests.support.leftovers import no_new_processes
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+CACHE = Path("/var/tmp/cloudland-guest")
+TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
+BOOT_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="module")
+def guest() -> tiny.Guest:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: QEMU guests on qemu:///system")
+    pytest.importorskip("libvirt", reason="libvirt-python is not installed (make installs it)")
+    if not libvirtd.qemu_available():
+        pytest.skip("libvirt/QEMU missing: run sh scripts/ensure-libvirt.sh")
+    libvirtd.ensure_running()
+    return tiny.build(CACHE)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, guest: tiny.Guest) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", agents=0, backends=2, tree=TREE, ops_modules=["backend.compute"],
+                     backend_config={"compute": {"domain_type": "qemu", "stop_timeout_s": 20.0,
+                                                 "cmdline": tiny.CMDLINE}})
+    with no_new_processes():
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
+            _destroy_leftover_domains(c)
+
+
+def _destroy_leftover_domains(cluster: LocalCluster) -> None:
+    """A failed test must not leave guests running: remove any domain with a file under the cluster's dir."""
+    import libvirt
+
+    conn = libvirt.open(libvirtd.URI)
+    try:
+        for dom in conn.listAllDomains():
+            if str(cluster.workdir) in dom.XMLDesc():
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+    finally:
+        conn.close()
+
+
+def _client(cluster: LocalCluster) -> httpx.Client:
+    token = httpx.post(f"{cluster.api_url}/v1/tokens",
+                       json={"username": "admin", "password": cluster.admin_password()}).json()["token"]
+    return httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _until(check: Any, timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.5)
+
+
+def _ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
+    return response.json() if response.content else None
+
+
+def _task(api: httpx.Client, accepted: dict[str, Any], timeout: float = 180.0) -> dict[str, Any]:
+    task_id = accepted["task"]["id"]
+    task = _until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
+        _ok(api.get(f"/v1/tasks/{task_id}"))), timeout, f"task {task_id}")
+    assert task["status"] == "succeeded", json.dumps(task, indent=1)[-3000:]
+    return dict(task)
+
+
+def _upload(api: httpx.Client, name: str, fmt: str, path: Path, **extra: Any) -> dict[str, Any]:
+    image = _ok(api.post("/v1/images", json={"name": name, "format": fmt, **extra}), 201)
+    with path.open("rb") as f:
+        _ok(api.put(f"/v1/images/{image['id']}/file", content=f.read()))
+    return dict(image)
+
+
+def _keypair(api: httpx.Client) -> tuple[str, str]:
+    """A fresh ed25519 public key and the fingerprint OpenSSH prints for it."""
+    blob = b"".join(len(p).to_bytes(4, "big") + p for p in (b"ssh-ed25519", os.urandom(32)))
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    key = _ok(api.post("/v1/keypairs", json={"name": "ops", "public_key": "ssh-ed25519 "
+                                              + base64.b64encode(blob).decode() + " ops@test"}), 201)
+    assert key["fingerprint"] == fingerprint
+    return key["name"], fingerprint
+
+
+def _console(api: httpx.Client, instance: str) -> str:
+    return str(_ok(api.get(f"/v1/instances/{instance}/console"))["log"])
+
+
+def _count(api: httpx.Client, instance: str, line: str) -> int:
+    return sum(1 for text in _console(api, instance).splitlines() if text.startswith(line))
+
+
+def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalCluster, guest: tiny.Guest) -> None:
+    import libvirt
+
+    api = _client(cluster)
+    _until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
+           "both hypervisors with capacity")
+    kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
+    initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
+    _upload(api, "tiny", "qcow2", guest.disk, kernel=kernel["id"], initrd=initrd["id"])
+    _ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
+    _ok(api.post("/v1/flavors", json={"name": "tiny2", "vcpus": 2, "memory_mb": 192, "disk_gb": 2}), 201)
+    keypair, fingerprint = _keypair(api)
+
+    accepted = _ok(api.post("/v1/instances", json={"name": "vm1", "flavor": "tiny", "image": "tiny",
+                                                   "keypair": keypair}), 202)
+    instance_id = accepted["resource"]["id"]
+    _task(api, accepted)
+    ready = _until(lambda: _count(api, "vm1", tiny.READY), BOOT_TIMEOUT, "the guest's READY line")
+    assert ready == 1
+    line = next(t for t in _console(api, "vm1").splitlines() if t.startswith(tiny.READY))
+    assert f"hostname=vm1 instance={instance_id} key={fingerprint}" in line, line
+    vm = _ok(api.get("/v1/instances/vm1"))
+    assert (vm["status"], vm["power_state"]) == ("active", "running")
+    host = vm["hypervisor"]
+    backend_dir = cluster.workdir / "backends" / host
+
+    # Power: stop gracefully (the guest's acpid powers it off), start, reboot.
+    _task(api, _ok(api.post("/v1/instances/vm1/stop", json={"timeout_s": 30}), 202))
+    assert _ok(api.get("/v1/instances/vm1"))["power_state"] == "shutoff"
+    _task(api, _ok(api.post("/v1/instances/vm1/start"), 202))
+    _until(lambda: _count(api, "vm1", tiny.READY) >= 2, BOOT_TIMEOUT, "READY after start")
+    _task(api, _ok(api.post("/v1/instances/vm1/reboot"), 202))
+    _until(lambda: _count(api, "vm1", tiny.READY) >= 3, BOOT_TIMEOUT, "READY after reboot")
+
+    # A volume beside it, attached live: the guest sees vdb appear.
+    volume = _ok(api.post("/v1/volumes", json={"name": "data", "size_gb": 1, "instance": "vm1"}), 202)
+    _task(api, volume)
+    _task(api, _ok(api.post("/v1/volumes/data/attach", json={"instance": "vm1"}), 202))
+    _until(lambda: _count(api, "vm1", f"{tiny.BLOCK} vdb"), 60, "the guest to see vdb")
+    _task(api, _ok(api.post("/v1/volumes/data/detach"), 202))
+    _until(lambda: _count(api, "vm1", f"{tiny.BLOCK_GONE} vdb"), 60, "the guest to lose vdb")
+
+    # Cold resize to a bigger flavor: the host stops it, changes it and starts it again.
+    _task(api, _ok(api.post("/v1/instances/vm1/resize", json={"flavor": "tiny2"}), 202))
+    vm = _ok(api.get("/v1/instances/vm1"))
+    assert (vm["vcpus"], vm["memory_mb"], vm["disk_gb"], vm["status"]) == (2, 192, 2, "active")
+    conn = libvirt.open(libvirtd.URI)
+    try:
+        dom = conn.lookupByUUIDString(instance_id)
+        assert dom.info()[3] == 2 and dom.info()[1] == 192 * 1024
+        _until(lambda: _count(api, "vm1", tiny.READY) >= 4, BOOT_TIMEOUT, "READY after resize")
+
+        # Delete: no domain, no files of its own; the volume is kept.
+        _task(api, _ok(api.delete("/v1/instances/vm1"), 202))
+        assert api.get("/v1/instances/vm1").status_code == 404
+        with pytest.raises(libvirt.libvirtError):
+            conn.lookupByUUIDString(instance_id)
+    finally:
+        conn.close()
+    leftovers = [p for p in backend_dir.rglob("*") if instance_id in p.name]
+    assert not leftovers, leftovers
+    assert _ok(api.get("/v1/volumes/data"))["status"] == "available"
+    _task(api, _ok(api.delete("/v1/volumes/data"), 202))
+    assert not [p for p in backend_dir.rglob("*") if volume["resource"]["id"] in p.name]
+    used = {h["name"]: h["used"] for h in _ok(api.get("/v1/hypervisors"))["items"]}
+    assert all(u == {"vcpus": 0, "memory_mb": 0, "disk_gb": 0} for u in used.values()), used
+
+
+def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: LocalCluster, guest: tiny.Guest) -> None:
+    api = _client(cluster)
+    _until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
+           "both hypervisors with capacity")
+    broken = cluster.workdir / "broken.qcow2"
+    broken.write_bytes(b"QFI\xfb" + os.urandom(4092))  # a qcow2 header and garbage: QEMU cannot open it
+    _upload(api, "broken", "qcow2", broken)
+    _ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
+    accepted = _ok(api.post("/v1/instances", json={"name": "doomed", "flavor": "tiny", "image": "broken"}), 202)
+    task_id = accepted["task"]["id"]
+    task = _until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
+        _ok(api.get(f"/v1/tasks/{task_id}"))), 180, "the launch to end")
+    assert task["status"] == "failed"
+    assert all(name in task["error"] for name in cluster.backend_names), task["error"]
+    instance_id = accepted["resource"]["id"]
+    for name in cluster.backend_names:
+        left = [p for p in (cluster.workdir / "backends" / name).rglob("*") if instance_id in p.name]
+        assert not left, left
+    assert re.search(r"error|broken|image|qcow2", task["error"], re.I)
