@@ -30,4 +30,5 @@ bench: $(STAMP)
 	$(PY) -m bench.tree --hosts 1000
 
 clean:
+	if [ -x $(PY) ]; then $(PY) -m localcluster.purge .run; fi
 	rm -rf $(VENV) .run *.egg-info

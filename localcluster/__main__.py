@@ -7,10 +7,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
-from . import LocalCluster
+from . import LocalCluster, demo, guest, libvirtd
 
 
 @click.command()
@@ -19,20 +20,43 @@ from . import LocalCluster
 @click.option("--workdir", default=".run", show_default=True, type=click.Path(file_okay=False),
               help="Where configs, logs, the database and journals go.")
 @click.option("--api-port", default=8080, show_default=True, help="Where the REST API listens (127.0.0.1).")
-def main(agents: int, backends: int, workdir: str, api_port: int) -> None:
+@click.option("--compute/--no-compute", default=None,
+              help="Run real guests with libvirt on this machine (default: when running as root with libvirt).")
+def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool | None) -> None:
     """Start a frontend, AGENTS relays and BACKENDS backends on loopback."""
-    cluster = LocalCluster(Path(workdir), agents=agents, backends=backends, api_port=api_port)
+    if compute is None:
+        compute = os.geteuid() == 0 and libvirtd.qemu_available()
+    options: dict[str, Any] = {}
+    if compute:
+        libvirtd.ensure_running()
+        # Every backend shares this machine's libvirtd; each keeps its own pool and domains.
+        options = {"ops_modules": ["backend.compute"],
+                   "backend_config": {"compute": {"domain_type": "auto", "cmdline": guest.CMDLINE}}}
+    cluster = LocalCluster(Path(workdir), agents=agents, backends=backends, api_port=api_port, **options)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         click.echo(f"starting 1 frontend, {agents} agents and {backends} backends ...")
         cluster.start()
+        if compute:
+            click.echo("offering the tiny guest as image 'tiny' with flavor 'tiny' ...")
+            demo.offer_tiny_guest(cluster, guest.build(cluster.workdir / "guest"))
     except Exception as exc:
         cluster.stop()
         click.echo(f"could not start the cluster: {exc}", err=True)
         sys.exit(1)
     clctl = os.path.relpath(Path(sys.executable).parent / "clctl")
+    if compute:
+        launch = f"""    {clctl} instance create demo --flavor tiny --image tiny --wait
+    {clctl} instance console demo     # the guest reports its hostname on its serial console
+
+The backends run real guests (QEMU through libvirt) on this machine; stopping the
+cloud powers them off, and they are found shut off at the next start."""
+    else:
+        launch = """
+The backends run no compute driver (not root, or libvirt missing: sh scripts/ensure-libvirt.sh),
+so instances cannot be launched on them."""
     password_file = os.path.relpath(cluster.workdir / "frontend" / "admin-password")
     click.echo(f"""
 cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree at
@@ -42,9 +66,7 @@ cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree
     {clctl} tree
     {clctl} ping
     {clctl} hypervisor list
-    {clctl} flavor create small --vcpus 1 --memory-mb 512 --disk-gb 1
-
-These hosts run no compute driver yet, so instances cannot be launched on them.
+{launch}
 Ctrl-C stops everything.""")
     try:
         while not stop.wait(1.0):
@@ -54,6 +76,8 @@ Ctrl-C stops everything.""")
                 break
     finally:
         cluster.stop()
+        if compute:
+            libvirtd.power_off_under(cluster.workdir)
         click.echo("stopped")
 
 

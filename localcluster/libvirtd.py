@@ -172,3 +172,48 @@ def _lock() -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _under(xml: str, path: Path) -> bool:
+    return str(path.resolve()) + "/" in xml
+
+
+def power_off_under(path: Path) -> int:
+    """Power off (but keep) every domain whose files live under ``path``: a local cloud that stops
+    takes its guests down with it, and finds them shut off when it starts again."""
+    import libvirt
+
+    conn = libvirt.open(URI)
+    try:
+        stopped = 0
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            if _under(dom.XMLDesc(0), path):
+                dom.destroy()
+                stopped += 1
+        return stopped
+    finally:
+        conn.close()
+
+
+def purge_under(path: Path) -> int:
+    """Remove every domain and storage pool whose files live under ``path`` (before deleting ``path``)."""
+    import libvirt
+
+    conn = libvirt.open(URI)
+    try:
+        removed = 0
+        for dom in conn.listAllDomains(0):
+            if _under(dom.XMLDesc(0), path):
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+                removed += 1
+        for pool in conn.listAllStoragePools(0):
+            if _under(pool.XMLDesc(0) + "/", path):
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+                removed += 1
+        return removed
+    finally:
+        conn.close()

@@ -53,22 +53,8 @@ def cluster(tmp_path: Path, guest: tiny.Guest) -> Iterator[LocalCluster]:
             yield c
         finally:
             c.stop()
-            _destroy_leftover_domains(c)
-
-
-def _destroy_leftover_domains(cluster: LocalCluster) -> None:
-    """A failed test must not leave guests running: remove any domain with a file under the cluster's dir."""
-    import libvirt
-
-    conn = libvirt.open(libvirtd.URI)
-    try:
-        for dom in conn.listAllDomains():
-            if str(cluster.workdir) in dom.XMLDesc():
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
-    finally:
-        conn.close()
+            # Whatever the test left (a failed one may leave guests): no domain or pool outlives it.
+            libvirtd.purge_under(c.workdir)
 
 
 def _client(cluster: LocalCluster) -> httpx.Client:

@@ -1,0 +1,39 @@
+"""What a fresh local cloud offers to launch at once: the tiny guest as public images, and a flavor for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from . import LocalCluster
+from .guest import Guest
+
+__all__ = ["IMAGE", "FLAVOR", "offer_tiny_guest"]
+
+IMAGE = "tiny"
+FLAVOR = "tiny"
+
+
+def offer_tiny_guest(cluster: LocalCluster, guest: Guest) -> None:
+    """Upload the guest (kernel, initrd, root disk) as public images and add a flavor, unless present."""
+    token = httpx.post(f"{cluster.api_url}/v1/tokens", timeout=30,
+                       json={"username": "admin", "password": cluster.admin_password()}).raise_for_status().json()
+    with httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token['token']}"},
+                      timeout=120) as api:
+        names = {i["name"] for i in api.get("/v1/images").raise_for_status().json()["items"]}
+        if IMAGE not in names:
+            kernel = _upload(api, f"{IMAGE}-kernel", "raw", guest.kernel)
+            initrd = _upload(api, f"{IMAGE}-initrd", "raw", guest.initrd)
+            _upload(api, IMAGE, "qcow2", guest.disk, kernel=kernel, initrd=initrd)
+        if api.get(f"/v1/flavors/{FLAVOR}").status_code == 404:
+            api.post("/v1/flavors", json={"name": FLAVOR, "vcpus": 1, "memory_mb": 128, "disk_gb": 1}
+                     ).raise_for_status()
+
+
+def _upload(api: httpx.Client, name: str, fmt: str, path: Path, **refs: str) -> str:
+    image = api.post("/v1/images", json={"name": name, "format": fmt, "public": True, **refs}).raise_for_status()
+    image_id = str(image.json()["id"])
+    with path.open("rb") as f:
+        api.put(f"/v1/images/{image_id}/file", content=f).raise_for_status()
+    return image_id

@@ -1,0 +1,26 @@
+"""``python -m localcluster.purge DIR``: remove the libvirt domains and pools of a local cloud in DIR.
+
+``make clean`` runs it before deleting ``.run``, so no definition outlives the files it names.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import libvirtd
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m localcluster.purge DIR", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    if not path.exists() or not libvirtd.qemu_available() or not libvirtd.is_running("libvirtd"):
+        return 0
+    print(f"removed {libvirtd.purge_under(path)} libvirt domains and pools under {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
