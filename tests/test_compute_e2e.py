@@ -124,18 +124,25 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     _ok(api.post("/v1/flavors", json={"name": "tiny2", "vcpus": 2, "memory_mb": 192, "disk_gb": 2}), 201)
     keypair, fingerprint = _keypair(api)
 
+    user_data = "#!/bin/sh\necho USER-DATA-RAN-$((6 * 7))\n"
     accepted = _ok(api.post("/v1/instances", json={"name": "vm1", "flavor": "tiny", "image": "tiny",
-                                                   "keypair": keypair}), 202)
+                                                   "keypair": keypair, "user_data": user_data}), 202)
     instance_id = accepted["resource"]["id"]
     _task(api, accepted)
     ready = _until(lambda: _count(api, "vm1", tiny.READY), BOOT_TIMEOUT, "the guest's READY line")
     assert ready == 1
     line = next(t for t in _console(api, "vm1").splitlines() if t.startswith(tiny.READY))
     assert f"hostname=vm1 instance={instance_id} key={fingerprint}" in line, line
+    _until(lambda: _count(api, "vm1", "USER-DATA-RAN-42"), 30, "the user data script's output")
     vm = _ok(api.get("/v1/instances/vm1"))
     assert (vm["status"], vm["power_state"]) == ("active", "running")
     host = vm["hypervisor"]
     backend_dir = cluster.workdir / "backends" / host
+
+    # The backend dies and comes back: the guest runs on, and the new backend drives it.
+    cluster.kill(host)
+    cluster.start_backend(host)
+    _until(lambda: _ok(api.get(f"/v1/hypervisors/{host}"))["heartbeat_age_s"] is not None, 30, f"{host} back")
 
     # Power: stop gracefully (the guest's acpid powers it off), start, reboot.
     _task(api, _ok(api.post("/v1/instances/vm1/stop", json={"timeout_s": 30}), 202))
@@ -162,6 +169,16 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
         dom = conn.lookupByUUIDString(instance_id)
         assert dom.info()[3] == 2 and dom.info()[1] == 192 * 1024
         _until(lambda: _count(api, "vm1", tiny.READY) >= 4, BOOT_TIMEOUT, "READY after resize")
+
+        # Pulled from under the cloud's feet: reconciliation reports it, and delete still cleans up.
+        dom.destroy()
+        dom.undefine()
+        def vanished() -> list[dict[str, Any]]:
+            events = _ok(api.get("/v1/events", params={"kind": "drift.vanished"}))["items"]
+            return [e for e in events if e["resource_id"] == instance_id]
+
+        _until(vanished, 30, "drift.vanished")
+        assert _ok(api.get("/v1/instances/vm1"))["power_state"] == "missing"
 
         # Delete: no domain, no files of its own; the volume is kept.
         _task(api, _ok(api.delete("/v1/instances/vm1"), 202))
