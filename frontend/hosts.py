@@ -101,7 +101,7 @@ class HostMonitor(Periodic):
             ).scalars())
         if not stale:
             return
-        table = self.fe.tree.submit("info", {}, Targets.to(*stale), timeout=10.0).wait(20.0)
+        table = self.fe.submit("info", {}, Targets.to(*stale), 10.0).wait(20.0)
         with self.fe.db.transaction() as session:
             for name, result in table.items():
                 if not result.ok or not isinstance(result.payload, dict):

@@ -54,7 +54,7 @@ class Reconciler(Periodic):
             hosts = dict(session.execute(select(Hypervisor.name, Hypervisor.id).where(Hypervisor.status == "up")).all())
         if not hosts:
             return 0
-        table = self.fe.tree.submit(INVENTORY, {}, Targets.to(*hosts), timeout=30.0).wait(40.0)
+        table = self.fe.submit(INVENTORY, {}, Targets.to(*hosts), 30.0).wait(40.0)
         reports: dict[str, dict[str, str]] = {}
         for host, result in table.items():
             if result.ok and isinstance(result.payload, dict):

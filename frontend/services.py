@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sci import TreeRoot
+from sci import CommandHandle, Targets, TreeRoot
 
 from service.config import FrontendConfig
 
 from . import images
 from .db import Database
 from .imagelinks import ImageLinks
+from .metrics import Metrics
 from .scheduler import Scheduler
 from .tasks import TaskEngine
 from .workflows import register_all
@@ -28,14 +30,22 @@ class Frontend:
     scheduler: Scheduler = field(init=False)
     image_links: ImageLinks = field(init=False)
     tasks: TaskEngine = field(init=False)
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
+        self.metrics = Metrics(self)
         self.scheduler = Scheduler(self.config.scheduler)
         # A link must outlive the longest launch that may need it, retries on other hosts included.
         ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)
         self.image_links = ImageLinks.load(self.data_dir, self.config.api.url, ttl)
-        self.tasks = TaskEngine(self.db, self.tree)
+        self.tasks = TaskEngine(self.db, self.submit if self.tree is not None else None)
         register_all(self)
+
+    def submit(self, op: str, args: Any, targets: Targets, timeout: float, cmd_id: str | None = None) -> CommandHandle:
+        """Send a command through the tree, counted in the metrics: every command of the frontend goes here."""
+        if self.tree is None:
+            raise RuntimeError("this frontend runs without a tree")
+        return self.metrics.watch(self.tree.submit(op, args, targets, timeout=timeout, cmd_id=cmd_id))
 
     @property
     def data_dir(self) -> Path:

@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sci import Result, Status, Targets, TreeRoot
+from sci import CommandHandle, Result, Status, Targets
 
 from .db import Database
 from .db.models import Event, Task, TaskStep, utcnow
@@ -34,6 +34,7 @@ __all__ = ["HostResult", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
 log = structlog.get_logger("frontend.tasks")
 
 T = TypeVar("T")
+Submit = Callable[[str, Any, Targets, float, str | None], CommandHandle]
 
 ACTIVE = ("pending", "running")
 
@@ -145,9 +146,10 @@ class TaskContext:
 class TaskEngine:
     """Runs tasks' workflows on a pool of threads and resumes unfinished ones after a restart."""
 
-    def __init__(self, db: Database, tree: TreeRoot | None, workers: int = 64) -> None:
+    def __init__(self, db: Database, submit: Submit | None, workers: int = 64) -> None:
         self.db = db
-        self.tree = tree
+        #: how commands reach the tree (Frontend.submit); None: a frontend without a tree
+        self.submit = submit
         self.workflows: dict[str, Workflow] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._running: set[str] = set()
@@ -186,6 +188,11 @@ class TaskEngine:
             self.start(task_id)
         return len(ids)
 
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._running)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no task is running (tests, and a clean shutdown)."""
         with self._idle:
@@ -198,10 +205,10 @@ class TaskEngine:
 
     def send(self, cmd_id: str, op: str, body: dict[str, Any], hosts: list[str],
              timeout: float) -> dict[str, HostResult]:
-        if self.tree is None:
+        if self.submit is None:
             return {h: HostResult("unreachable", "this frontend runs without a tree") for h in hosts}
         log.info("task_command_sent", cmd=cmd_id, op=op, hosts=len(hosts))
-        handle = self.tree.submit(op, body, Targets.to(*hosts), timeout=timeout, cmd_id=cmd_id)
+        handle = self.submit(op, body, Targets.to(*hosts), timeout, cmd_id)
         table = handle.wait(timeout + 30)
         results = {h: HostResult.of(table.get(h, Result(Status.LOST, message="no answer"))) for h in hosts}
         failed = {h: r.describe() for h, r in results.items() if not r.ok}

@@ -241,6 +241,11 @@ class TreeRoot(DownlinkOwner):
         """Where nodes join (the configured advertised address, else the bound one)."""
         return self._advertise or self.down.connect_endpoint
 
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and its thread alive (a crashed loop counts as not running)."""
+        return not self._closed and self._thread is not None and self._thread.is_alive()
+
     def start(self) -> "TreeRoot":
         self.down.start()
         self.planner = Planner(self.node_id, self.endpoint, self.settings.fanout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ApiError
 from ..services import Frontend
-from . import routes
+from . import health, routes
 
 __all__ = ["create_app"]
 
@@ -75,6 +76,17 @@ def create_app(frontend: Frontend) -> FastAPI:
         return JSONResponse({"error": {"code": "internal", "message": reason, "field": None, "reason": reason}},
                             status_code=500)
 
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        started = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # The route's template, not the path: ids in paths would make a series per resource.
+        template = getattr(route, "path", "unmatched")
+        frontend.metrics.observe_request(request.method, template, response.status_code, time.monotonic() - started)
+        return response
+
     for router in routes.ALL:
-        app.include_router(router, prefix="/v1")
+        app.include_router(router)
+    app.include_router(health.router)
     return app

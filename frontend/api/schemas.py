@@ -8,7 +8,10 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-__all__ = ["Input", "Items", "Name", "Ref", "ResourceView", "Size"]
+__all__ = ["V1", "Input", "Items", "Name", "Ref", "ResourceView", "Size"]
+
+#: every path of this version of the API starts with it
+V1 = "/v1"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

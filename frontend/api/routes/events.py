@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict
 from ...db.models import Event
 from ..deps import CallerDep, FrontendDep
 from ..lookup import owned
-from ..schemas import Items
+from ..schemas import V1, Items
 
-router = APIRouter(tags=["events"])
+router = APIRouter(prefix=V1, tags=["events"])
 
 
 class EventView(BaseModel):

@@ -11,9 +11,9 @@ from ...db.models import Flavor, Instance
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, ResourceView
 
-router = APIRouter(tags=["flavors"])
+router = APIRouter(prefix=V1, tags=["flavors"])
 
 
 class FlavorCreate(Input):

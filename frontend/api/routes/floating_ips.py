@@ -14,9 +14,9 @@ from ...db.models import FloatingIp, Network, Port, Router, Subnet
 from ...errors import Conflict, Invalid, NotFound
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
-from ..schemas import Input, Items, Ref, ResourceView
+from ..schemas import V1, Input, Items, Ref, ResourceView
 
-router = APIRouter(tags=["floating-ips"])
+router = APIRouter(prefix=V1, tags=["floating-ips"])
 
 
 class FloatingIpCreate(Input):

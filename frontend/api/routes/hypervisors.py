@@ -13,9 +13,9 @@ from ...auth import Role
 from ...db.models import Hypervisor, Instance, Zone
 from ...errors import NotFound
 from ..deps import CallerDep, FrontendDep
-from ..schemas import Input, Items, ResourceView
+from ..schemas import V1, Input, Items, ResourceView
 
-router = APIRouter(tags=["hypervisors"])
+router = APIRouter(prefix=V1, tags=["hypervisors"])
 
 
 class Capacity(BaseModel):

@@ -24,9 +24,9 @@ from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned, unique_name
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
-router = APIRouter(tags=["images"])
+router = APIRouter(prefix=V1, tags=["images"])
 
 Checksum = Field(default=None, pattern="^[0-9a-f]{64}$", description="sha256 of the file, 64 lowercase hex digits")
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}

@@ -17,10 +17,10 @@ from ...hostops import INSTANCE_CONSOLE
 from ...ipam import NicSpec, allocate_instance_ports
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 from .tasks import Accepted, task_view
 
-router = APIRouter(tags=["instances"])
+router = APIRouter(prefix=V1, tags=["instances"])
 
 MAX_USER_DATA = 64 * 1024
 
@@ -217,8 +217,8 @@ def console(instance: str, caller: CallerDep, frontend: FrontendDep,
         raise Conflict(f"instance {row.name!r} is {row.status} and on no hypervisor", "instance")
     if frontend.tree is None:
         raise Unavailable("this frontend runs without a message tree")
-    result = frontend.tree.submit(INSTANCE_CONSOLE, {"instance_id": row.id, "bytes": size},
-                                  Targets.to(host.name), timeout=15.0).wait(20.0).get(host.name)
+    result = frontend.submit(INSTANCE_CONSOLE, {"instance_id": row.id, "bytes": size},
+                             Targets.to(host.name), 15.0).wait(20.0).get(host.name)
     if result is None or not result.ok or not isinstance(result.payload, dict):
         why = result.message or result.status.name.lower() if result else "no answer"
         raise Unavailable(f"the hypervisor did not return the console: {why}")

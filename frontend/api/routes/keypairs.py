@@ -15,9 +15,9 @@ from ...db.models import Instance, Keypair
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, ResourceView
 
-router = APIRouter(tags=["keypairs"])
+router = APIRouter(prefix=V1, tags=["keypairs"])
 
 MAX_PUBLIC_KEY = 16 * 1024
 #: key type -> how many length-prefixed fields its blob holds after the type (RFC 4253, RFC 5656, RFC 8709)

@@ -16,9 +16,9 @@ from ...db.models import FloatingIp, Network, Port, Router, Subnet
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, ResourceView
 
-router = APIRouter(tags=["networks"])
+router = APIRouter(prefix=V1, tags=["networks"])
 
 
 class NetworkCreate(Input):

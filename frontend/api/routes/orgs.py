@@ -14,9 +14,9 @@ from ...errors import Conflict, NotFound
 from ...quotas import QUOTAS, usage
 from ..deps import CallerDep, FrontendDep
 from ..lookup import unique_name
-from ..schemas import Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, ResourceView
 
-router = APIRouter(tags=["organizations"])
+router = APIRouter(prefix=V1, tags=["organizations"])
 
 Quota = Field(default=None, ge=0, le=10_000_000, description="None: unlimited")
 

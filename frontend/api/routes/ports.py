@@ -17,9 +17,9 @@ from ...db.models import FloatingIp, Network, Port, SecurityGroup
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
-router = APIRouter(tags=["ports"])
+router = APIRouter(prefix=V1, tags=["ports"])
 
 class PortCreate(Input):
     name: Name | None = None

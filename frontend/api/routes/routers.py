@@ -11,9 +11,9 @@ from ...db.models import FloatingIp, Network, Port, Router
 from ...errors import Conflict, Invalid
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
-router = APIRouter(tags=["routers"])
+router = APIRouter(prefix=V1, tags=["routers"])
 
 
 class RouterCreate(Input):

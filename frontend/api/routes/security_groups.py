@@ -19,9 +19,9 @@ from ...db.models import SecurityGroup, SecurityGroupRule, port_security_groups
 from ...errors import Conflict, NotFound
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
-router = APIRouter(tags=["security-groups"])
+router = APIRouter(prefix=V1, tags=["security-groups"])
 
 ANYWHERE = "0.0.0.0/0"
 

@@ -14,9 +14,9 @@ from ...db.models import Instance, ServerGroup
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned, unique_name
-from ..schemas import Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, ResourceView
 
-router = APIRouter(tags=["server-groups"])
+router = APIRouter(prefix=V1, tags=["server-groups"])
 
 
 class ServerGroupCreate(Input):

@@ -20,9 +20,9 @@ from ...db.models import FloatingIp, Network, Port, Subnet
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
-router = APIRouter(tags=["subnets"])
+router = APIRouter(prefix=V1, tags=["subnets"])
 
 MIN_PREFIX, MAX_PREFIX = 8, 29
 

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict
 from ...db.models import Task
 from ..deps import CallerDep, FrontendDep
 from ..lookup import get_owned, owned
-from ..schemas import Items, ResourceView
+from ..schemas import V1, Items, ResourceView
 
-router = APIRouter(tags=["tasks"])
+router = APIRouter(prefix=V1, tags=["tasks"])
 
 
 class StepView(BaseModel):

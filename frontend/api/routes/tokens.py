@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from ...auth import issue_token, login, revoke_token
 from ..deps import CallerDep, FrontendDep
-from ..schemas import Input
+from ..schemas import V1, Input
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(prefix=V1, tags=["auth"])
 
 
 class Login(Input):

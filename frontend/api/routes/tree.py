@@ -12,9 +12,9 @@ from sci import TargetError, Targets
 from ...auth import Role
 from ...errors import Invalid, Unavailable
 from ..deps import CallerDep, FrontendDep
-from ..schemas import Input
+from ..schemas import V1, Input
 
-router = APIRouter(tags=["tree"])
+router = APIRouter(prefix=V1, tags=["tree"])
 
 
 class NodeView(BaseModel):
@@ -69,10 +69,10 @@ def show_tree(caller: CallerDep, frontend: FrontendDep) -> TreeView:
 @router.post("/tree/ping", response_model=PingView, summary="Ping hosts through the tree and time each answer")
 def ping(body: Ping, caller: CallerDep, frontend: FrontendDep) -> PingView:
     caller.require(Role.admin, "pinging hosts")
-    tree = _tree(frontend)
+    _tree(frontend)
     try:
         targets = Targets.to(*body.hosts) if body.hosts else Targets.named(body.group) if body.group else Targets.all()
-        handle = tree.submit("ping", {}, targets, timeout=body.timeout)
+        handle = frontend.submit("ping", {}, targets, body.timeout)
     except TargetError as exc:
         raise Invalid(str(exc), "group" if body.group else "hosts") from None
     table = handle.wait(body.timeout + 5)

@@ -11,9 +11,9 @@ from ...auth import Caller, Role, hash_password
 from ...db.models import Organization, Token, User
 from ...errors import Conflict, Forbidden, NotFound
 from ..deps import CallerDep, FrontendDep
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
-router = APIRouter(tags=["users"])
+router = APIRouter(prefix=V1, tags=["users"])
 
 Password = Field(min_length=8, max_length=1024, description="At least 8 characters")
 

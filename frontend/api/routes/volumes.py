@@ -12,10 +12,10 @@ from ...db.models import Instance, Volume
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
-from ..schemas import Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 from .tasks import Accepted, task_view
 
-router = APIRouter(tags=["volumes"])
+router = APIRouter(prefix=V1, tags=["volumes"])
 
 
 class VolumeCreate(Input):

@@ -10,9 +10,9 @@ from ...db.models import Hypervisor, Zone
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find_zone
-from ..schemas import Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, ResourceView
 
-router = APIRouter(tags=["zones"])
+router = APIRouter(prefix=V1, tags=["zones"])
 
 
 class ZoneCreate(Input):
