@@ -656,3 +656,32 @@ def test_ping_exits_1_when_a_host_fails(scripted: Callable[..., ScriptedApi]) ->
     assert fake.bodies("POST", "/v1/tree/ping") == [{"hosts": [], "group": None, "timeout": 5.0},
                                                     {"hosts": ["host000"], "group": None, "timeout": 2.0}]
     assert invoke("ping", "host000", "--group", "rack1").exit_code == 2
+
+
+def test_event_list_oldest_first_and_follow(frontend: Frontend, admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clctl.commands import event as event_command
+    from frontend.db.models import Event
+
+    org_id = json.loads(invoke("whoami", "--json").stdout)["org_id"]
+
+    def add(kind: str, host: str) -> None:
+        with frontend.db.transaction() as session:
+            session.add(Event(org_id=org_id, kind=kind, host=host, message=f"{host} {kind}"))
+
+    add("host.down", "hv1")
+    add("host.up", "hv1")
+    listed = json.loads(invoke("event", "list", "--json").stdout)["items"]
+    assert [e["kind"] for e in listed] == ["host.down", "host.up"]
+
+    polls = iter([lambda: add("drift.vanished", "hv2"), lambda: None])
+
+    def next_poll(_seconds: float) -> None:
+        step = next(polls, None)
+        if step is None:
+            raise KeyboardInterrupt
+        step()
+
+    monkeypatch.setattr(event_command.time, "sleep", next_poll)
+    followed = invoke("event", "list", "--follow", "--json")
+    lines = [json.loads(line) for line in followed.stdout.splitlines() if line.startswith("{")]
+    assert [e["kind"] for e in lines] == ["host.down", "host.up", "drift.vanished"]  # each once

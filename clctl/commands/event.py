@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import click
 
-from ..output import Column, when
+from ..output import Column, echo_json, print_table, when
 from ..params import SINCE
 from ..resource import Resource
+from ..session import api, json_mode, json_option
 
 __all__ = ["group"]
 
@@ -28,7 +31,40 @@ def group() -> None:
     """Events: hosts going down, drift found, tasks failing."""
 
 
-EVENT.add_list(group, click.option("--kind", help="Only events of this kind."),
-               click.option("--host", help="Only events about this host."),
-               click.option("--since", type=SINCE, metavar="TIME",
-                            help="Only events since an ISO time (UTC unless it says) or an age: 30s, 15m, 2h, 7d."))
+#: seconds between polls of --follow
+FOLLOW_EVERY = 2.0
+
+
+@group.command("list")
+@click.option("--kind", help="Only events of this kind (a prefix: drift matches drift.vanished).")
+@click.option("--host", help="Only events about this host.")
+@click.option("--since", type=SINCE, metavar="TIME",
+              help="Only events since an ISO time (UTC unless it says) or an age: 30s, 15m, 2h, 7d.")
+@click.option("--follow", is_flag=True, help="Keep printing new events as they happen, until Ctrl-C.")
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, kind: str | None, host: str | None, since: str | None, follow: bool) -> None:
+    """List events, oldest first (with --json and --follow: one JSON object per line)."""
+    client = api(ctx)
+    filters = {"kind": kind, "host": host, "since": since}
+    events = list(reversed(client.get(EVENT.path(), params=filters)["items"]))
+    if not follow:
+        if json_mode(ctx):
+            echo_json({"items": events})
+        else:
+            print_table(EVENT.columns, events)
+        return
+    seen: set[str] = set()
+    while True:
+        fresh = [e for e in events if e["id"] not in seen]
+        for event in fresh:
+            if json_mode(ctx):
+                click.echo(json.dumps(event))
+            else:
+                click.echo("  ".join(column.cell(event) for column in EVENT.columns))
+        seen.update(e["id"] for e in fresh)
+        if events:
+            # Inclusive, so events of the same instant as the last one are not missed; ``seen`` drops repeats.
+            filters["since"] = events[-1]["created_at"]
+        time.sleep(FOLLOW_EVERY)
+        events = list(reversed(client.get(EVENT.path(), params=filters)["items"]))
