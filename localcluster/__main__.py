@@ -1,7 +1,8 @@
-"""``make run``: bring up a local cluster on the embedded defaults and keep it until Ctrl-C."""
+"""``make run``: bring up a local cloud on the embedded defaults and keep it until Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from . import LocalCluster, demo, guest, libvirtd
 
 @click.command()
 @click.option("--agents", default=2, show_default=True, help="Relay processes.")
-@click.option("--backends", default=6, show_default=True, help="Backend processes (simulated hypervisors).")
+@click.option("--backends", default=6, show_default=True, help="Backend processes (hypervisors).")
 @click.option("--workdir", default=".run", show_default=True, type=click.Path(file_okay=False),
               help="Where configs, logs, the database and journals go.")
 @click.option("--api-port", default=8080, show_default=True, help="Where the REST API listens (127.0.0.1).")
@@ -28,11 +29,21 @@ def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool 
         compute = os.geteuid() == 0 and libvirtd.qemu_available()
     options: dict[str, Any] = {}
     if compute:
-        libvirtd.ensure_running()
         # Every backend shares this machine's libvirtd; each keeps its own pool and domains.
         options = {"ops_modules": ["backend.compute"],
                    "backend_config": {"compute": {"domain_type": "auto", "cmdline": guest.CMDLINE}}}
     cluster = LocalCluster(Path(workdir), agents=agents, backends=backends, api_port=api_port, **options)
+    with contextlib.ExitStack() as cleanup:
+        if compute:
+            cleanup.enter_context(libvirtd.running())
+            # Guests go down with the cloud, and are found shut off at its next start.
+            cleanup.callback(libvirtd.power_off_under, cluster.workdir)
+        cleanup.callback(cluster.stop)
+        _serve(cluster, agents, backends, compute)
+    click.echo("stopped")
+
+
+def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -40,15 +51,22 @@ def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool 
         click.echo(f"starting 1 frontend, {agents} agents and {backends} backends ...")
         cluster.start()
         if compute:
-            click.echo("offering the tiny guest as image 'tiny' with flavor 'tiny' ...")
+            click.echo(f"offering the tiny guest as image {demo.IMAGE!r} with flavor {demo.FLAVOR!r} ...")
             demo.offer_tiny_guest(cluster, guest.build(cluster.workdir / "guest"))
     except Exception as exc:
-        cluster.stop()
-        click.echo(f"could not start the cluster: {exc}", err=True)
+        click.echo(f"could not start the cloud: {exc}", err=True)
         sys.exit(1)
+    click.echo(_instructions(cluster, compute))
+    while not stop.wait(1.0):
+        if cluster.procs["frontend"].poll() is not None:
+            click.echo("the frontend exited; stopping", err=True)
+            return
+
+
+def _instructions(cluster: LocalCluster, compute: bool) -> str:
     clctl = os.path.relpath(Path(sys.executable).parent / "clctl")
     if compute:
-        launch = f"""    {clctl} instance create demo --flavor tiny --image tiny --wait
+        launch = f"""    {clctl} instance create demo --flavor {demo.FLAVOR} --image {demo.IMAGE} --wait
     {clctl} instance console demo     # the guest reports its hostname on its serial console
 
 The backends run real guests (QEMU through libvirt) on this machine; stopping the
@@ -58,7 +76,7 @@ cloud powers them off, and they are found shut off at the next start."""
 The backends run no compute driver (not root, or libvirt missing: sh scripts/ensure-libvirt.sh),
 so instances cannot be launched on them."""
     password_file = os.path.relpath(cluster.workdir / "frontend" / "admin-password")
-    click.echo(f"""
+    return f"""
 cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree at
 {cluster.frontend_endpoint}, state and logs in {cluster.workdir}.  In another shell:
 
@@ -67,18 +85,7 @@ cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree
     {clctl} ping
     {clctl} hypervisor list
 {launch}
-Ctrl-C stops everything.""")
-    try:
-        while not stop.wait(1.0):
-            dead = [n for n, p in cluster.procs.items() if p.poll() is not None]
-            if "frontend" in dead:
-                click.echo("the frontend exited; stopping", err=True)
-                break
-    finally:
-        cluster.stop()
-        if compute:
-            libvirtd.power_off_under(cluster.workdir)
-        click.echo("stopped")
+Ctrl-C stops everything."""
 
 
 main()

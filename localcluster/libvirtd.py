@@ -1,14 +1,13 @@
-"""A running libvirtd (with virtlogd) for a local cluster's hypervisors and the tests that boot real guests.
+"""libvirtd (with virtlogd) for a local cloud's hypervisors and the tests that boot real guests.
 
-Machines without systemd, so nothing starts libvirt's daemons: ``ensure_running()`` starts
-``virtlogd -d`` and ``libvirtd -d`` by hand when they are not running yet, and waits until
-``qemu:///system`` answers (the first connection after a start takes several seconds while
-libvirtd probes QEMU's capabilities). The daemons are shared system services and are left
-running: a test cleans up its own domains, pools and volumes, it never stops libvirtd.
+Machines without systemd start nothing by themselves: ``running()`` starts ``virtlogd -d`` and
+``libvirtd -d`` when they are not running yet, waits until ``qemu:///system`` answers (the
+first connection after a start takes several seconds while libvirtd probes QEMU), and stops
+again what it started when the block ends.  Daemons that already ran are left alone.
 
 Packages and configuration come from ``scripts/ensure-libvirt.sh`` (run as root by
-``make test``/``make run``): that script installs, this module starts. Guests must be
-``<domain type='qemu'>`` (TCG): /dev/kvm here belongs to a PVM kernel on which KVM guests hang.
+``make test``/``make run``): that script installs, this module starts and stops.  Guests
+here must be ``<domain type='qemu'>`` (TCG): /dev/kvm on this machine hangs KVM guests.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -52,11 +52,37 @@ def is_running(name: str) -> bool:
     return _pid_of(name) is not None
 
 
-def ensure_running(timeout: float = 60) -> None:
+@contextlib.contextmanager
+def running(timeout: float = 60) -> Iterator[None]:
+    """libvirtd (and virtlogd) for the duration of the block: started if need be, and then
+    stopped again, so that a test run or a local cloud leaves the machine as it found it."""
+    started = ensure_running(timeout)
+    try:
+        yield
+    finally:
+        stop(started)
+
+
+def stop(names: list[str], timeout: float = 15) -> None:
+    """Stop the daemons ``names`` (as ``ensure_running`` returned them), libvirtd first."""
+    for name in sorted(names, key=lambda n: n != "libvirtd"):
+        pid = _pid_of(name)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_of(name) == pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists() and _pid_of(name) == pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+def ensure_running(timeout: float = 60) -> list[str]:
     """Start virtlogd and libvirtd unless they run, and wait until ``qemu:///system`` answers.
 
-    Raises RuntimeError, with the tail of libvirtd's log, when they cannot be started or
-    no connection works within ``timeout`` seconds. Needs root to start the daemons.
+    Returns the daemons it started (for ``stop``).  Raises RuntimeError, with the tail of
+    libvirtd's log, when they cannot be started or no connection works within ``timeout``
+    seconds. Needs root to start the daemons.
     """
     if not qemu_available():
         raise RuntimeError(
@@ -70,18 +96,21 @@ def ensure_running(timeout: float = 60) -> None:
     libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 
     deadline = time.monotonic() + timeout
+    started: list[str] = []
     with _lock():
         connects = _connects(libvirt)
         if connects and is_running("virtlogd"):
-            return
+            return started
         if os.geteuid() != 0:
             raise RuntimeError(f"cannot use {URI}, and only root can start libvirtd/virtlogd")
         if not is_running("virtlogd"):  # first: QEMU's stdio goes through it
             _start("virtlogd")
+            started.append("virtlogd")
         if connects:
-            return
+            return started
         if not is_running("libvirtd"):
             _start("libvirtd")
+            started.append("libvirtd")
         last_error = ""
         while True:
             try:
@@ -90,7 +119,7 @@ def ensure_running(timeout: float = 60) -> None:
                 last_error = str(exc)
             else:
                 conn.close()
-                return
+                return started
             if not is_running("libvirtd"):
                 raise RuntimeError(f"libvirtd died after starting ({last_error})\n{_log_tail()}")
             if time.monotonic() > deadline:

@@ -32,13 +32,7 @@ BOOT_TIMEOUT = 90.0
 
 
 @pytest.fixture(scope="module")
-def guest() -> tiny.Guest:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: QEMU guests on qemu:///system")
-    pytest.importorskip("libvirt", reason="libvirt-python is not installed (make installs it)")
-    if not libvirtd.qemu_available():
-        pytest.skip("libvirt/QEMU missing: run sh scripts/ensure-libvirt.sh")
-    libvirtd.ensure_running()
+def guest(libvirt_daemons: None) -> tiny.Guest:
     return tiny.build(CACHE)
 
 

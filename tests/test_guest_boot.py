@@ -115,15 +115,12 @@ def _wait_for_line(serial: Path, prefix: str, dom: Any, timeout: float) -> str:
         time.sleep(0.2)
 
 
-def test_guest_boots_reports_hot_attach_and_shuts_down() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: starts libvirtd and QEMU guests on qemu:///system")
-    libvirt = pytest.importorskip("libvirt", reason="libvirt-python not installed in the venv")
-    if not libvirtd.qemu_available() or shutil.which("genisoimage") is None:
-        pytest.skip("libvirt/QEMU/genisoimage missing: run sh scripts/ensure-libvirt.sh")
+def test_guest_boots_reports_hot_attach_and_shuts_down(libvirt_daemons: None) -> None:
+    import libvirt
 
+    if shutil.which("genisoimage") is None:
+        pytest.skip("genisoimage missing: run sh scripts/ensure-libvirt.sh")
     guest = guest_build.build(CACHE)
-    libvirtd.ensure_running()
 
     conn = libvirt.open("qemu:///system")
     name = f"cloudland-test-guest-{uuid.uuid4().hex[:8]}"
