@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +21,7 @@ import pytest
 
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
+from tests.support.cloudapi import admin_client, until
 from tests.support.leftovers import no_new_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -51,22 +51,6 @@ def cluster(tmp_path: Path, guest: tiny.Guest) -> Iterator[LocalCluster]:
             libvirtd.purge_under(c.workdir)
 
 
-def _client(cluster: LocalCluster) -> httpx.Client:
-    token = httpx.post(f"{cluster.api_url}/v1/tokens",
-                       json={"username": "admin", "password": cluster.admin_password()}).json()["token"]
-    return httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-
-
-def _until(check: Any, timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        time.sleep(0.5)
-
-
 def _ok(response: httpx.Response, status: int = 200) -> Any:
     assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
     return response.json() if response.content else None
@@ -74,7 +58,7 @@ def _ok(response: httpx.Response, status: int = 200) -> Any:
 
 def _task(api: httpx.Client, accepted: dict[str, Any], timeout: float = 180.0) -> dict[str, Any]:
     task_id = accepted["task"]["id"]
-    task = _until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
+    task = until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
         _ok(api.get(f"/v1/tasks/{task_id}"))), timeout, f"task {task_id}")
     assert task["status"] == "succeeded", json.dumps(task, indent=1)[-3000:]
     return dict(task)
@@ -108,8 +92,8 @@ def _count(api: httpx.Client, instance: str, line: str) -> int:
 def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalCluster, guest: tiny.Guest) -> None:
     import libvirt
 
-    api = _client(cluster)
-    _until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
+    api = admin_client(cluster)
+    until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
            "both hypervisors with capacity")
     kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
     initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
@@ -123,11 +107,11 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
                                                    "keypair": keypair, "user_data": user_data}), 202)
     instance_id = accepted["resource"]["id"]
     _task(api, accepted)
-    ready = _until(lambda: _count(api, "vm1", tiny.READY), BOOT_TIMEOUT, "the guest's READY line")
+    ready = until(lambda: _count(api, "vm1", tiny.READY), BOOT_TIMEOUT, "the guest's READY line")
     assert ready == 1
     line = next(t for t in _console(api, "vm1").splitlines() if t.startswith(tiny.READY))
     assert f"hostname=vm1 instance={instance_id} key={fingerprint}" in line, line
-    _until(lambda: _count(api, "vm1", "USER-DATA-RAN-42"), 30, "the user data script's output")
+    until(lambda: _count(api, "vm1", "USER-DATA-RAN-42"), 30, "the user data script's output")
     vm = _ok(api.get("/v1/instances/vm1"))
     assert (vm["status"], vm["power_state"]) == ("active", "running")
     host = vm["hypervisor"]
@@ -136,23 +120,23 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     # The backend dies and comes back: the guest runs on, and the new backend drives it.
     cluster.kill(host)
     cluster.start_backend(host)
-    _until(lambda: _ok(api.get(f"/v1/hypervisors/{host}"))["heartbeat_age_s"] is not None, 30, f"{host} back")
+    until(lambda: _ok(api.get(f"/v1/hypervisors/{host}"))["heartbeat_age_s"] is not None, 30, f"{host} back")
 
     # Power: stop gracefully (the guest's acpid powers it off), start, reboot.
     _task(api, _ok(api.post("/v1/instances/vm1/stop", json={"timeout_s": 30}), 202))
     assert _ok(api.get("/v1/instances/vm1"))["power_state"] == "shutoff"
     _task(api, _ok(api.post("/v1/instances/vm1/start"), 202))
-    _until(lambda: _count(api, "vm1", tiny.READY) >= 2, BOOT_TIMEOUT, "READY after start")
+    until(lambda: _count(api, "vm1", tiny.READY) >= 2, BOOT_TIMEOUT, "READY after start")
     _task(api, _ok(api.post("/v1/instances/vm1/reboot"), 202))
-    _until(lambda: _count(api, "vm1", tiny.READY) >= 3, BOOT_TIMEOUT, "READY after reboot")
+    until(lambda: _count(api, "vm1", tiny.READY) >= 3, BOOT_TIMEOUT, "READY after reboot")
 
     # A volume beside it, attached live: the guest sees vdb appear.
     volume = _ok(api.post("/v1/volumes", json={"name": "data", "size_gb": 1, "instance": "vm1"}), 202)
     _task(api, volume)
     _task(api, _ok(api.post("/v1/volumes/data/attach", json={"instance": "vm1"}), 202))
-    _until(lambda: _count(api, "vm1", f"{tiny.BLOCK} vdb"), 60, "the guest to see vdb")
+    until(lambda: _count(api, "vm1", f"{tiny.BLOCK} vdb"), 60, "the guest to see vdb")
     _task(api, _ok(api.post("/v1/volumes/data/detach"), 202))
-    _until(lambda: _count(api, "vm1", f"{tiny.BLOCK_GONE} vdb"), 60, "the guest to lose vdb")
+    until(lambda: _count(api, "vm1", f"{tiny.BLOCK_GONE} vdb"), 60, "the guest to lose vdb")
 
     # Cold resize to a bigger flavor: the host stops it, changes it and starts it again.
     _task(api, _ok(api.post("/v1/instances/vm1/resize", json={"flavor": "tiny2"}), 202))
@@ -162,7 +146,7 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     try:
         dom = conn.lookupByUUIDString(instance_id)
         assert dom.info()[3] == 2 and dom.info()[1] == 192 * 1024
-        _until(lambda: _count(api, "vm1", tiny.READY) >= 4, BOOT_TIMEOUT, "READY after resize")
+        until(lambda: _count(api, "vm1", tiny.READY) >= 4, BOOT_TIMEOUT, "READY after resize")
 
         # Pulled from under the cloud's feet: reconciliation reports it, and delete still cleans up.
         dom.destroy()
@@ -171,7 +155,7 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
             events = _ok(api.get("/v1/events", params={"kind": "drift.vanished"}))["items"]
             return [e for e in events if e["resource_id"] == instance_id]
 
-        _until(vanished, 30, "drift.vanished")
+        until(vanished, 30, "drift.vanished")
         assert _ok(api.get("/v1/instances/vm1"))["power_state"] == "missing"
 
         # Delete: no domain, no files of its own; the volume is kept.
@@ -191,8 +175,8 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
 
 
 def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: LocalCluster, guest: tiny.Guest) -> None:
-    api = _client(cluster)
-    _until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
+    api = admin_client(cluster)
+    until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
            "both hypervisors with capacity")
     broken = cluster.workdir / "broken.qcow2"
     broken.write_bytes(b"QFI\xfb" + os.urandom(4092))  # a qcow2 header and garbage: QEMU cannot open it
@@ -200,7 +184,7 @@ def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: Loca
     _ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
     accepted = _ok(api.post("/v1/instances", json={"name": "doomed", "flavor": "tiny", "image": "broken"}), 202)
     task_id = accepted["task"]["id"]
-    task = _until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
+    task = until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
         _ok(api.get(f"/v1/tasks/{task_id}"))), 180, "the launch to end")
     assert task["status"] == "failed"
     assert all(name in task["error"] for name in cluster.backend_names), task["error"]

@@ -10,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 
 from localcluster import LocalCluster
+from tests.support.cloudapi import admin_client, until
 from tests.support.leftovers import no_new_processes
 
 pytestmark = pytest.mark.slow
@@ -40,28 +39,9 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
             c.stop()
 
 
-def _client(cluster: LocalCluster) -> httpx.Client:
-    token = httpx.post(f"{cluster.api_url}/v1/tokens",
-                       json={"username": "admin", "password": cluster.admin_password()}).json()["token"]
-    return httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-
-
-def _until(check: Any, timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_frontend_killed_mid_launch_finishes_every_task_once(cluster: LocalCluster, tmp_path: Path) -> None:
-    api = _client(cluster)
-    _until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"]
+    api = admin_client(cluster)
+    until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"]
                         if h["status"] == "up" and h["facts"]]) == 4, 30, "4 hypervisors with capacity")
     api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
     image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
@@ -76,15 +56,15 @@ def test_frontend_killed_mid_launch_finishes_every_task_once(cluster: LocalClust
         steps = [api.get(f"/v1/tasks/{t}").json()["steps"] for t in tasks]
         return all(any(s["op"] == "instance.create" for s in st) for st in steps)
 
-    _until(launches_sent, 30, "every launch to be sent")
+    until(launches_sent, 30, "every launch to be sent")
     cluster.kill("frontend")  # kill -9, while the hosts are still building
     cluster.start_frontend()
-    api = _client(cluster)  # a new connection; the old token is still valid
+    api = admin_client(cluster)  # a new connection; the old token is still valid
     def ended() -> list[dict[str, Any]] | None:
         states = [api.get(f"/v1/tasks/{t}").json() for t in tasks]
         return states if all(t["status"] in ("succeeded", "failed") for t in states) else None
 
-    final = _until(ended, 60, "every task to end")
+    final = until(ended, 60, "every task to end")
     assert [t["status"] for t in final] == ["succeeded"] * 4, [t["error"] for t in final]
     instances = api.get("/v1/instances").json()["items"]
     assert sorted(i["status"] for i in instances) == ["active"] * 4
@@ -114,11 +94,11 @@ def test_clctl_drives_a_running_cloud(cluster: LocalCluster, tmp_path: Path) -> 
         hosts = json.loads(_clctl(home, "--json", "hypervisor", "list").stdout)["items"]
         return {h["name"]: h["status"] for h in hosts}
 
-    _until(lambda: listing() == {name: "up" for name in cluster.backend_names}, 30, "every hypervisor up")
+    until(lambda: listing() == {name: "up" for name in cluster.backend_names}, 30, "every hypervisor up")
     victim = cluster.backend_names[0]
     cluster.kill(victim)
 
-    _until(lambda: listing()[victim] == "down", 30, f"{victim} to be marked down")
+    until(lambda: listing()[victim] == "down", 30, f"{victim} to be marked down")
     ping = _clctl(home, "ping", victim, "--timeout", "2")
     assert ping.returncode == 1, (ping.stdout, ping.stderr)
     events = json.loads(_clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]

@@ -23,7 +23,6 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from localcluster import guest as guest_build
-from localcluster import libvirtd
 
 CACHE = Path("/var/tmp/cloudland-guest")
 BOOT_TIMEOUT = 60.0
