@@ -83,3 +83,21 @@ def test_readyz_says_when_the_database_is_away(tmp_path: Path) -> None:
 def test_metrics_need_no_token_but_tell_no_tenant_data(admin: Api) -> None:
     text = admin.client.get("/metrics").text
     assert "cloudland_api_requests_total" in text and "acme" not in text
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_frontend_exports(cloud: Cloud) -> None:
+    import json
+    import re
+
+    import yaml
+
+    exported = set()
+    for family in cloud.frontend.metrics.registry.collect():
+        exported.update(family.name + suffix for suffix in ("", "_total", "_bucket", "_count", "_sum"))
+    etc = Path(__file__).resolve().parents[2] / "etc"
+    assert json.loads((etc / "grafana" / "cloudland.json").read_text())["panels"]
+    assert yaml.safe_load((etc / "prometheus" / "cloudland-alerts.yml").read_text())["groups"][0]["rules"]
+    assert yaml.safe_load((etc / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    for path in (etc / "grafana" / "cloudland.json", etc / "prometheus" / "cloudland-alerts.yml"):
+        used = set(re.findall(r"cloudland_[a-z_]+", path.read_text()))
+        assert used and used <= exported, f"{path.name} uses metrics the frontend does not export: {used - exported}"
