@@ -103,17 +103,20 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
     row = session.execute(
-        select(Token, User).join(User, User.id == Token.user_id).where(Token.digest == _digest(secret.strip()))
+        select(Token, User, Organization.status).join(User, User.id == Token.user_id)
+        .join(Organization, Organization.id == User.org_id).where(Token.digest == _digest(secret.strip()))
     ).one_or_none()
     if row is None:
         raise Unauthenticated("unknown token")
-    token, user = row
+    token, user, org_status = row
     if token.status != "active":
         raise Unauthenticated("the token was revoked")
     if token.expires_at <= utcnow():
         raise Unauthenticated("the token has expired; get a new one from POST /v1/tokens")
     if user.status != "active":
         raise Unauthenticated("the user is disabled")
+    if org_status != "active":
+        raise Unauthenticated("the user's organization is disabled")
     return Caller(user.id, user.name, user.org_id, Role.parse(user.role), token.id)
 
 

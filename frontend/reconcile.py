@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import datetime as dt
+
 import structlog
 from sqlalchemy import select
 
@@ -23,7 +25,7 @@ from sci import Targets
 from sci.leaf import EXIT_UNKNOWN_OP
 
 from .bootstrap import admin_org_id
-from .db.models import Event, Hypervisor, Instance
+from .db.models import Event, Hypervisor, Instance, utcnow
 from .hostops import INVENTORY
 from .periodic import Periodic
 
@@ -54,6 +56,7 @@ class Reconciler(Periodic):
             hosts = dict(session.execute(select(Hypervisor.name, Hypervisor.id).where(Hypervisor.status == "up")).all())
         if not hosts:
             return 0
+        asked_at = utcnow()
         table = self.fe.submit(INVENTORY, {}, Targets.to(*hosts), 30.0).wait(40.0)
         reports: dict[str, dict[str, str]] = {}
         for host, result in table.items():
@@ -62,9 +65,9 @@ class Reconciler(Periodic):
                                  for i in result.payload.get("instances", []) if isinstance(i, dict) and "id" in i}
             elif result.exit_status != EXIT_UNKNOWN_OP:  # hosts without a compute driver have nothing to compare
                 log.info("reconcile_host_skipped", host=host, status=result.status.name, message=result.message)
-        return self._compare(hosts, reports)
+        return self._compare(hosts, reports, asked_at)
 
-    def _compare(self, hosts: dict[str, str], reports: dict[str, dict[str, str]]) -> int:
+    def _compare(self, hosts: dict[str, str], reports: dict[str, dict[str, str]], asked_at: dt.datetime) -> int:
         admin = admin_org_id(self.fe.db)
         still_open: set[tuple[str, str, str]] = set()
         new = 0
@@ -74,7 +77,8 @@ class Reconciler(Periodic):
             for host, reported in reports.items():
                 mine = [i for i in by_id.values() if i.hypervisor_id == hosts[host]]
                 for instance in mine:
-                    if instance.status not in SETTLED:
+                    # Changed while the hosts were answering: the report may predate the change.
+                    if instance.status not in SETTLED or instance.updated_at >= asked_at:
                         continue
                     power = reported.get(instance.id)
                     if power is None:
@@ -86,13 +90,10 @@ class Reconciler(Periodic):
                                  was=instance.power_state, now=power)
                         instance.power_state = power
                         instance.status = STATUS_OF_POWER.get(power, instance.status)
-                unknown = set(reported) - {i.id for i in mine}
-                if unknown:
-                    known_elsewhere = set(session.execute(select(Instance.id).where(Instance.id.in_(unknown)))
-                                          .scalars())
-                    for instance_id in sorted(unknown - known_elsewhere):
-                        new += self._drift(session, still_open, "unknown", host, instance_id, admin,
-                                           f"{host} runs instance {instance_id}, which the state does not know")
+                for instance_id in sorted(set(reported) - {i.id for i in mine}):
+                    # Unknown, or known but placed elsewhere (a launch's leftover): either way not meant to be here.
+                    new += self._drift(session, still_open, "unknown", host, instance_id, admin,
+                                       f"{host} runs instance {instance_id}, which the state does not place there")
         self._open = still_open
         return new
 

@@ -9,9 +9,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ApiError
+from ..errors import ApiError, Conflict
 from ..services import Frontend
 from . import health, routes
 
@@ -68,6 +69,14 @@ def create_app(frontend: Frontend) -> FastAPI:
         reason = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         body = {"error": {"code": code, "message": reason, "field": None, "reason": reason}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(IntegrityError)
+    async def integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        # A constraint the checks before it did not foresee, or a race they lost (two creates of one name).
+        log.info("api_refused", method=request.method, path=request.url.path, code="conflict",
+                 reason=str(exc.orig).splitlines()[0][:200])
+        return await api_error(request, Conflict("the change conflicts with other data (another request may "
+                                                 "have made or used the same thing); look and try again"))
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:

@@ -70,10 +70,10 @@ class Launch(_Base):
                 ctx.once("activate", lambda s: self._activate(s, iid, result.payload))
                 return
             reasons.append(f"{host}: {result.describe()}")
-            if result.status != "error":
-                # The host may have built part of it before going silent; ask it to clean up.
-                ctx.command(f"cleanup.{attempt}", INSTANCE_DELETE, {"instance_id": iid}, [host],
-                            timeout=CLEANUP_TIMEOUT)
+            # Whatever the failure (silence, a backend that died mid-op, a clean-up that itself
+            # failed), the host may hold part of it: deleting is idempotent, so always ask.
+            ctx.command(f"cleanup.{attempt}", INSTANCE_DELETE, {"instance_id": iid}, [host],
+                        timeout=CLEANUP_TIMEOUT)
             ctx.once(f"release.{attempt}", lambda s: self._release(s, iid))
             tried.append(placed["id"])
         raise TaskFailed(f"the launch failed on {len(reasons)} hypervisors: " + "; ".join(reasons))

@@ -72,3 +72,34 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(admin: Api) -> Non
     assert response.status_code == 404 and error_of(response)["code"] == "not_found"
     response = admin.put("/v1/flavors")
     assert response.status_code == 405 and error_of(response)["code"] == "method_not_allowed"
+
+
+def test_an_organization_goes_with_its_history_and_not_before_it_is_empty(admin: Api) -> None:
+    boss = admin.tenant("acme")
+    boss.ok("post", "/v1/keypairs", 201, json={"name": "k", "public_key": (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq8oVb0k7nXh1k7JfF6QY3J2m4bGvT3Q0C3bX2m1Bz0 me@host")})
+    org = boss.who["org_id"]
+    response = admin.delete(f"/v1/orgs/{org}")
+    assert response.status_code == 409 and "keypairs" in error_of(response)["reason"]
+    boss.ok("delete", "/v1/keypairs/k", 204)
+    response = admin.delete(f"/v1/orgs/{org}")
+    assert response.status_code == 409 and "users" in error_of(response)["reason"]
+    users = admin.client.get("/v1/users", headers=boss.headers).json()["items"]
+    for user in users:
+        admin.ok("delete", f"/v1/users/{user['id']}", 204)
+    admin.ok("delete", f"/v1/orgs/{org}", 204)
+
+
+def test_a_disabled_organization_is_locked_out_and_no_one_climbs_above_their_role(admin: Api) -> None:
+    boss = admin.tenant("acme")
+    admin_id = admin.ok("get", "/v1/whoami")["user_id"]
+    admin.ok("post", "/v1/users", 201, json={"name": "root2", "password": "long-enough", "role": "admin",
+                                              "org": boss.who["org_id"]})
+    root2 = admin.client.get("/v1/users", headers=boss.headers).json()["items"]
+    target = next(u for u in root2 if u["name"] == "root2")
+    response = boss.patch(f"/v1/users/{target['id']}", json={"password": "taken-over"})
+    assert response.status_code == 403  # a tenant admin cannot take over an admin's account
+    assert boss.get(f"/v1/users/{admin_id}").status_code == 404
+    admin.ok("patch", f"/v1/orgs/{boss.who['org_id']}", json={"status": "disabled"})
+    response = boss.get("/v1/whoami")
+    assert response.status_code == 401 and "disabled" in error_of(response)["reason"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 from pydantic import Field
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ...auth import Role
 from ...bootstrap import ADMIN_ORG
-from ...db.models import Instance, Network, Organization, User, Volume
+from ...db.models import (Event, FloatingIp, Image, Instance, Keypair, Network, Organization, Port, Router,
+                          SecurityGroup, SecurityGroupRule, ServerGroup, Subnet, Task, TaskStep, Token, User, Volume)
 from ...errors import Conflict, NotFound
 from ...quotas import QUOTAS, usage
 from ..deps import CallerDep, FrontendDep
@@ -17,6 +18,11 @@ from ..lookup import unique_name
 from ..schemas import V1, Input, Items, Name, ResourceView
 
 router = APIRouter(prefix=V1, tags=["organizations"])
+
+#: what an organization must have deleted before it can go (its default security group aside)
+_CONTENTS = ((Instance, "instances"), (Volume, "volumes"), (FloatingIp, "floating IPs"), (Port, "ports"),
+             (Router, "routers"), (Subnet, "subnets"), (Network, "networks"), (Image, "images"),
+             (Keypair, "keypairs"), (ServerGroup, "server groups"), (User, "users"))
 
 Quota = Field(default=None, ge=0, le=10_000_000, description="None: unlimited")
 
@@ -116,8 +122,14 @@ def delete_org(org_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
         caller.require(Role.admin, "deleting an organization")
         if org.name == ADMIN_ORG:
             raise Conflict("the admin organization cannot be deleted")
-        for model, what in ((Instance, "instances"), (Volume, "volumes"), (Network, "networks"), (User, "users")):
+        for model, what in _CONTENTS:
             count = session.execute(select(func.count()).select_from(model).where(model.org_id == org.id)).scalar()
             if count:
                 raise Conflict(f"the organization still has {count} {what}; delete them first")
+        # Its history goes with it: nothing else may point at a deleted organization.
+        session.execute(delete(TaskStep).where(TaskStep.task_id.in_(select(Task.id).where(Task.org_id == org.id))))
+        for history in (Task, Event, Token):
+            session.execute(delete(history).where(history.org_id == org.id))
+        session.execute(delete(SecurityGroupRule).where(SecurityGroupRule.org_id == org.id))
+        session.execute(delete(SecurityGroup).where(SecurityGroup.org_id == org.id))
         session.delete(org)

@@ -96,10 +96,11 @@ def update_user(user_id: str, body: UserUpdate, caller: CallerDep, frontend: Fro
         user = _get(session, caller, user_id)
         if user.id != caller.user_id or body.role is not None or body.status is not None:
             caller.require(Role.tenant_admin, "changing another user, a role or a status")
+        if Role.parse(user.role) > caller.role:
+            # Not their password either: that would be a way into the higher role.
+            raise Forbidden("you cannot change a user whose role is above yours")
         if body.role is not None:
             _grantable(caller, body.role)
-            if Role.parse(user.role) > caller.role:
-                raise Forbidden("you cannot change a user whose role is above yours", "role")
             user.role = body.role
         if body.password is not None:
             user.password_hash = hash_password(body.password)
