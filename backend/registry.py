@@ -44,11 +44,16 @@ class OpRegistry(Executor):
     def __init__(self, workers: int = 16) -> None:
         self._ops: dict[str, Op] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="op")
+        self._on_close: list[Callable[[], None]] = []
 
     def register(self, op: Op) -> None:
         if op.name in self._ops:
             raise ValueError(f"op {op.name!r} is registered twice")
         self._ops[op.name] = op
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """``fn()`` when the backend stops: how a driver releases its connections."""
+        self._on_close.append(fn)
 
     def load_module(self, name: str, config: Any) -> None:
         """Import ``name`` and call its ``register(registry, config)``: how drivers plug in.
@@ -90,3 +95,8 @@ class OpRegistry(Executor):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for fn in reversed(self._on_close):
+            try:
+                fn()
+            except Exception:  # one driver's failure to close must not keep the others open
+                log.exception("op_driver_close_failed")

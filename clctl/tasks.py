@@ -68,8 +68,7 @@ def print_task(task: dict[str, Any]) -> None:
             what = f"{what} on {', '.join(map(str, hosts))}".strip()
         click.echo(f"step {step.get('seq')} {step.get('name')}{f' ({what})' if what else ''}: {step.get('status')}")
         # A command's result maps each host to its fate; a decision's ({"value": ...}) is the workflow's own.
-        # The API calls it `result`, its spec `results`: either is read.
-        results = (step.get("result") or step.get("results") or {}) if step.get("op") else {}
+        results = (step.get("result") or {}) if step.get("op") else {}
         if isinstance(results, dict) and results:
             rows = [[str(host), str(r.get("status")), f"exit {r.get('exit_status')}" if r.get("exit_status") else "",
                      str(r.get("message") or "")] for host, r in sorted(results.items()) if isinstance(r, dict)]

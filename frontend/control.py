@@ -1,4 +1,7 @@
-"""The frontend's local control socket, which ``clctl`` uses until the REST API exists.
+"""The frontend's local control socket: root-only break-glass access to the tree on the controller.
+
+Operators use the REST API; this socket sends any op to any host, so it never leaves the
+machine, and the process-level tests drive the tree through it.
 
 One request, one reply, msgpack maps over a ZeroMQ REQ/REP pair on an ``ipc://`` path that
 only root can open (the directory is created 0700).  Requests::

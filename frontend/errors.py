@@ -3,7 +3,7 @@
 ::
 
     ApiError (code, HTTP status, field, reason)
-    ├── Invalid          400 invalid         a field's value is wrong
+    ├── Invalid          422 invalid         a field's value is wrong
     ├── Unauthenticated  401 unauthenticated no token, a bad one, or an expired one
     ├── Forbidden        403 forbidden       the caller's role does not allow it
     ├── NotFound         404 not_found       no such resource in the caller's organization

@@ -42,7 +42,8 @@ class Frontend:
         register_all(self)
 
     def submit(self, op: str, args: Any, targets: Targets, timeout: float, cmd_id: str | None = None) -> CommandHandle:
-        """Send a command through the tree, counted in the metrics: every command of the frontend goes here."""
+        """Send a command through the tree, counted in the metrics: every command the frontend itself sends
+        goes here (the root-only control socket's do not)."""
         if self.tree is None:
             raise RuntimeError("this frontend runs without a tree")
         return self.metrics.watch(self.tree.submit(op, args, targets, timeout=timeout, cmd_id=cmd_id))

@@ -42,8 +42,11 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
         instances_dir=Path(section.instances_dir) if section.instances_dir else data_dir / "instances",
         domain_type=kvm.resolve(section.domain_type), cmdline=section.cmdline,
         stop_timeout_s=section.stop_timeout_s)
-    driver = ComputeDriver(hypervisor, ImageCache(data_dir / "images"), settings)
+    images = ImageCache(data_dir / "images")
+    driver = ComputeDriver(hypervisor, images, settings)
     for op in ops(driver):
         registry.register(op)
+    registry.on_close(images.close)
+    registry.on_close(hypervisor.close)
     log.info("compute_driver_registered", uri=section.uri, domain_type=settings.domain_type,
              pool_dir=str(hypervisor.pool_dir), instances_dir=str(settings.instances_dir))

@@ -143,6 +143,11 @@ def _act(frontend: FrontendDep, caller: Caller, ref: str, action: str, params: d
         instance = find(session, Instance, ref, caller, "instance")
         instance = get_owned(session, Instance, instance.id, caller, "instance", lock=True)
         extra = dict(params or {})
+        if action == "delete":
+            busy = session.execute(select(Volume.name).where(Volume.instance_id == instance.id,
+                                                             Volume.status.in_(("attaching", "detaching")))).first()
+            if busy is not None:
+                raise Conflict(f"volume {busy[0]!r} is being attached or detached; wait for its task", "status")
         if action == "resize":
             extra.update(_resize_params(session, caller, instance, str(extra.pop("flavor"))))
         extra["from"] = lifecycle.begin(lifecycle.INSTANCE, "instance", instance, action)
