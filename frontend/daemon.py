@@ -26,13 +26,14 @@ from .db.models import Hypervisor
 from .hosts import HostMonitor
 from .reconcile import Reconciler
 from .services import Frontend
+from .tasks import Resumer
 
 __all__ = ["main"]
 
 log = structlog.get_logger("frontend")
 
 
-def _resume_tasks(frontend: Frontend, root: TreeRoot) -> None:
+def _resume_tasks(frontend: Frontend, root: TreeRoot, resumer: Resumer) -> None:
     """Resume unfinished tasks once the hosts that were up have found the restarted root.
 
     Commands re-sent before their hosts attach again would only wait out the root's reattach
@@ -47,6 +48,7 @@ def _resume_tasks(frontend: Frontend, root: TreeRoot) -> None:
         log.warning("tasks_resume_partial_tree", reason=str(exc))
     count = frontend.tasks.resume()
     log.info("tasks_resume_started", tasks=count)
+    resumer.start()
 
 
 @click.command()
@@ -74,7 +76,8 @@ def main(config_path: str | None) -> None:
     reconciler = Reconciler(frontend, config.reconcile_interval_s)
     hosts.start()
     reconciler.start()
-    threading.Thread(target=_resume_tasks, args=(frontend, root), name="resume", daemon=True).start()
+    resumer = Resumer(frontend.tasks)
+    threading.Thread(target=_resume_tasks, args=(frontend, root, resumer), name="resume", daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(create_app(frontend), host=config.api.host, port=config.api.port,
                                            log_config=None, access_log=False, server_header=False))
     log.info("frontend_ready", tree=root.endpoint, control=config.control_socket,
@@ -82,6 +85,7 @@ def main(config_path: str | None) -> None:
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:
+        resumer.stop()
         reconciler.stop()
         hosts.stop()
         frontend.tasks.stop()

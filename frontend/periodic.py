@@ -30,7 +30,8 @@ class Periodic:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():  # it may never have been started
+            self._thread.join(10)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -22,14 +22,16 @@ from typing import Any, Callable, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from sci import CommandHandle, Result, Status, Targets
+from sci import CommandHandle, Result, SciError, Status, Targets
 
 from .db import Database
 from .db.models import Event, Task, TaskStep, utcnow
+from .periodic import Periodic
 
-__all__ = ["HostResult", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
+__all__ = ["HostResult", "Resumer", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
 
 log = structlog.get_logger("frontend.tasks")
 
@@ -171,22 +173,26 @@ class TaskEngine:
         session.flush()
         return task
 
-    def start(self, task_id: str) -> None:
+    def start(self, task_id: str) -> bool:
+        """Run the task on the pool, unless it runs already; whether it was started."""
         with self._lock:
-            if task_id in self._running:
-                return
+            if task_id in self._running or self.stopping:
+                return False
             self._running.add(task_id)
         self._pool.submit(self._run, task_id)
+        return True
 
     def resume(self) -> int:
-        """Start every task a previous run of the frontend left unfinished."""
+        """Start every unfinished task that does not run: left by a previous run of the frontend, or
+        by a database or tree failure in this one (see ``_run``).  Returns how many it started."""
         with self.db.read() as session:
             ids = list(session.execute(select(Task.id).where(Task.status.in_(ACTIVE)).order_by(Task.created_at))
                        .scalars())
-        for task_id in ids:
+        started = [task_id for task_id in ids if self.start(task_id)]
+        for task_id in started:
             log.info("task_resumed", task=task_id)
-            self.start(task_id)
-        return len(ids)
+        return len(started)
+
 
     @property
     def in_flight(self) -> int:
@@ -219,8 +225,8 @@ class TaskEngine:
         try:
             self._execute(task_id)
         except Exception:
-            # The database or the tree failed under us: leave the task as it is; the next start
-            # of the frontend resumes it.
+            # The database or the tree failed under us: leave the task as it is; the Resumer
+            # (or the next start of the frontend) runs it again, its done steps replayed.
             log.exception("task_crashed", task=task_id)
         finally:
             with self._idle:
@@ -241,6 +247,10 @@ class TaskEngine:
             workflow.run(TaskContext(self, task_id), task)
         except Interrupted as exc:
             log.info("task_interrupted", task=task_id, kind=kind, cmd=str(exc))
+            return
+        except (OperationalError, SciError) as exc:
+            # The database or the tree is away for now, not the task wrong: leave it for the Resumer.
+            log.warning("task_paused", task=task_id, kind=kind, error=f"{type(exc).__name__}: {exc}")
             return
         except TaskFailed as exc:
             self._finish(task_id, workflow, str(exc))
@@ -263,3 +273,16 @@ class TaskEngine:
                 session.add(Event(org_id=task.org_id, kind="task.failed", resource_type=task.resource_type,
                                   resource_id=task.resource_id, message=f"{task.kind} failed: {error}"))
         log.info("task_finished", task=task_id, kind=task.kind, status=task.status, error=error)
+
+
+class Resumer(Periodic):
+    """Picks up, every so often, tasks that stopped on a transient failure, so none waits for a restart."""
+
+    name = "task-resumer"
+
+    def __init__(self, engine: TaskEngine, interval: float = 60.0) -> None:
+        super().__init__(interval)
+        self.engine = engine
+
+    def run_once(self) -> int:
+        return self.engine.resume()

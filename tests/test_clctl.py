@@ -478,7 +478,7 @@ def task(status: str, steps: int = 0, error: str | None = None) -> dict[str, Any
             "finished_at": "2024-05-01T12:00:09" if status in ("succeeded", "failed") else None,
             "steps": [{"seq": i + 1, "name": ["place", "boot"][i], "op": [None, "vm.create"][i], "status": "done",
                        "hosts": [[], ["host003"]][i],
-                       "results": [{}, {"host003": {"status": "error" if error else "ok", "message": error or "",
+                       "result": [{}, {"host003": {"status": "error" if error else "ok", "message": error or "",
                                                     "exit_status": 1 if error else 0}}][i]}
                       for i in range(steps)]}
 

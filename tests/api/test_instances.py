@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from frontend.db.models import Instance, Port, Task, TaskStep
 from frontend.scheduler import Demand
-from sci import Targets
+from frontend.tasks import Resumer
+from sci import Targets, TreeClosed
 from tests.api.cloud import Cloud, make_cloud
 from tests.api.conftest import Api, error_of
 
@@ -335,3 +336,25 @@ def test_a_stopping_frontend_leaves_tasks_in_flight_for_the_next_start(cloud: Cl
     task = api.ok("get", f"/v1/tasks/{task_id}")
     assert task["status"] == "running"
     assert [(s["name"], s["status"]) for s in task["steps"]] == [("place.0", "done"), ("launch.0", "sent")]
+
+
+def test_a_task_cut_short_by_a_failure_is_picked_up_again(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database or tree failure mid-task leaves it running; the resumer runs it again from its journal."""
+    api, _ = _setup(cloud)
+    engine = cloud.frontend.tasks
+    real_send = engine.send
+    calls = iter([TreeClosed("the tree root is stopped")])
+
+    def flaky_send(*args: Any) -> Any:
+        failure = next(calls, None)
+        if failure is not None:
+            raise failure
+        return real_send(*args)
+
+    monkeypatch.setattr(engine, "send", flaky_send)
+    accepted = api.ok("post", "/v1/instances", 202, json={"name": "web", "flavor": "small", "image": "tiny"})
+    assert engine.wait_idle(10)
+    assert api.ok("get", f"/v1/tasks/{accepted['task']['id']}")["status"] == "running"
+    assert Resumer(engine).run_once() == 1
+    assert cloud.wait_task(api, accepted["task"]["id"])["status"] == "succeeded"
+    assert sum(len(c.instances) for c in cloud.computes.values()) == 1
