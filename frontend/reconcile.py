@@ -83,7 +83,7 @@ class Reconciler(Periodic):
                     power = reported.get(instance.id)
                     if power is None:
                         new += self._drift(session, still_open, "vanished", host, instance.id, instance.org_id,
-                                           f"instance {instance.name} ({instance.id}) is not on {host}")
+                                           f"instance {instance.name} ({instance.id}) is not on its hypervisor any more")
                         instance.power_state = "missing"
                     elif power != instance.power_state:
                         log.info("instance_power_changed", instance=instance.id, host=host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from frontend.db.models import Instance, Port, Task, TaskStep
+from frontend.hostalias import alias
 from frontend.scheduler import Demand
 from frontend.tasks import Resumer
 from sci import Targets, TreeClosed
@@ -72,7 +74,8 @@ def test_launch_power_resize_delete(cloud: Cloud) -> None:
     assert cloud.computes[host].instances == {instance["id"]: "running"}
     steps = launched["task"]["steps"]
     assert [s["name"] for s in steps] == ["place.0", "launch.0", "activate"]
-    assert steps[1]["result"][host]["status"] == "ok"
+    assert steps[1]["result"][alias(api.who["org_id"], host)]["status"] == "ok"
+    assert not any(name in json.dumps(launched["task"]) for name in cloud.computes)  # tenants see aliases only
 
     def act(path: str, expect: str, **kw: Any) -> dict[str, Any]:
         accepted = api.ok("post", f"/v1/instances/web/{path}", 202, **kw)

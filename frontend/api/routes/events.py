@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from ...db.models import Event
+from ...hostalias import alias
 from ..deps import CallerDep, FrontendDep
 from ..lookup import owned
 from ..schemas import V1, Items
@@ -43,4 +44,7 @@ def list_events(caller: CallerDep, frontend: FrontendDep, kind: str | None = Que
         if since is not None:
             query = query.where(Event.created_at >= since.astimezone(dt.timezone.utc).replace(tzinfo=None)
                                 if since.tzinfo else Event.created_at >= since)
-        return Items(items=[EventView.model_validate(e) for e in session.execute(query).scalars()])
+        views = [EventView.model_validate(e) for e in session.execute(query).scalars()]
+    if not caller.is_admin:
+        views = [v.model_copy(update={"host": alias(v.org_id, v.host)}) if v.host else v for v in views]
+    return Items(items=views)

@@ -8,7 +8,9 @@ from typing import Any, Generic, TypeVar
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
+from ...auth import Caller
 from ...db.models import Task
+from ...hostalias import alias
 from ..deps import CallerDep, FrontendDep
 from ..lookup import get_owned, owned
 from ..schemas import V1, Items, ResourceView
@@ -50,12 +52,25 @@ class Accepted(BaseModel, Generic[V]):
     resource: V | None = None
 
 
-def task_view(task: Task, steps: bool = True) -> TaskView:
+def task_view(task: Task, steps: bool = True, caller: Caller | None = None) -> TaskView:
+    """The task as ``caller`` may see it: tenants get hypervisors' aliases instead of their names."""
     view = TaskView.model_validate(task, from_attributes=True) if steps else TaskView(
         id=task.id, org_id=task.org_id, status=task.status, created_at=task.created_at, updated_at=task.updated_at,
         kind=task.kind, resource_type=task.resource_type, resource_id=task.resource_id, error=task.error,
         finished_at=task.finished_at)
-    return view
+    if caller is None or caller.is_admin:
+        return view
+    return view.model_copy(update={"steps": [_for_tenant(task.org_id, step) for step in view.steps]})
+
+
+def _for_tenant(org_id: str, step: StepView) -> StepView:
+    if step.op is None:  # a decision: placements name hosts, so tenants see only that one was made
+        result = {"value": alias(org_id, step.result["value"]["name"])} if step.name.startswith("place") and \
+            step.result and isinstance(step.result.get("value"), dict) else step.result
+        return step.model_copy(update={"result": result})
+    return step.model_copy(update={
+        "hosts": [alias(org_id, h) for h in step.hosts],
+        "result": {alias(org_id, h): r for h, r in step.result.items()} if step.result else step.result})
 
 
 @router.get("/tasks", response_model=Items[TaskView], summary="List recent tasks (newest first, without steps)")
@@ -74,7 +89,7 @@ def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: str | None = 
 @router.get("/tasks/{task_id}", response_model=TaskView, summary="Show a task with its steps and per-host results")
 def show_task(task_id: str, caller: CallerDep, frontend: FrontendDep) -> TaskView:
     with frontend.db.read() as session:
-        return task_view(get_owned(session, Task, task_id, caller, "task"))
+        return task_view(get_owned(session, Task, task_id, caller, "task"), caller=caller)
 
 
 __all__ = ["Accepted", "TaskView", "router", "task_view"]
