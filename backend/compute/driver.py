@@ -281,7 +281,11 @@ class ComputeDriver:
             return PowerState.of(self._hv.state(instance_id))
 
     def resize(self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int) -> PowerState:
-        """Cold: stop, redefine with the new size, grow the root disk, start again if it was running."""
+        """Cold: stop, grow the root disk, redefine with the new size, start again if it was running.
+
+        If any step fails the old definition comes back (and the instance runs again if it ran):
+        the frontend then keeps the old size.  Only a disk already grown stays grown: it cannot shrink.
+        """
         with self._instance_locks.hold(instance_id):
             state = self._state_of_ours(instance_id)
             overlay = self._hv.volume(overlay_name(instance_id))
@@ -293,14 +297,19 @@ class ComputeDriver:
                                  f"{overlay.capacity_bytes / GIB:g} GB, {disk_gb} GB asked")
             was_running = not state.is_off
             self._stop(instance_id, state, self.settings.stop_timeout_s)
+            before = self._hv.xml(instance_id, inactive=True)
             try:
-                self._hv.define(domain.resized(self._hv.xml(instance_id, inactive=True), vcpus, memory_mb))
                 if capacity > overlay.capacity_bytes:
                     self._hv.resize_volume(overlay.name, capacity)
-            finally:
-                # Even after a failure: the instance was running and should stay so, at whatever size.
+                self._hv.define(domain.resized(before, vcpus, memory_mb))
                 if was_running:
                     self._hv.start(instance_id)
+            except ComputeError:
+                self._hv.define(before)
+                state_now = self._hv.state(instance_id)
+                if was_running and (state_now is None or state_now.is_off):
+                    self._hv.start(instance_id)
+                raise
             log.info("instance_resized", instance=instance_id, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
             return PowerState.of(self._hv.state(instance_id))
 

@@ -226,13 +226,14 @@ def test_resize_refuses_to_shrink_before_touching_anything(driver: ComputeDriver
     assert ET.fromstring(hv.xml(spec.instance_id)).findtext("vcpu") == "1"
 
 
-def test_a_failed_resize_restarts_the_instance(driver: ComputeDriver, hv: Hypervisor) -> None:
+def test_a_failed_resize_restarts_the_instance_at_its_old_size(driver: ComputeDriver, hv: Hypervisor) -> None:
     """Growing the disk needs virStorageVolResize, which the test driver lacks: the failure path."""
     spec = new_spec()
     driver.create(spec)
     with pytest.raises(Unsupported, match="resize volume"):
         driver.resize(spec.instance_id, vcpus=2, memory_mb=512, disk_gb=4)
     assert hv.state(spec.instance_id) is DomainState.RUNNING
+    assert ET.fromstring(hv.xml(spec.instance_id)).findtext("vcpu") == "1"  # all or nothing: the old size
 
 
 def test_delete_leaves_nothing_and_is_idempotent(driver: ComputeDriver, hv: Hypervisor, libvirt_conn: Any) -> None:
