@@ -11,8 +11,11 @@ from typing import Any
 from .db.models import Image, Instance, Keypair, Port, Volume
 from .imagelinks import ImageLinks
 
-__all__ = ["instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
+__all__ = ["HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
            "VOLUME_ATTACH", "VOLUME_CREATE", "VOLUME_DELETE", "VOLUME_DETACH"]
+
+#: seconds a host may take for an op on an instance or a volume (launches have their own, configured)
+HOST_OP_TIMEOUT = 300.0
 
 INSTANCE_CREATE = "instance.create"
 INSTANCE_DELETE = "instance.delete"

@@ -31,8 +31,9 @@ def group() -> None:
     """Events: hosts going down, drift found, tasks failing."""
 
 
-#: seconds between polls of --follow
+#: seconds between polls of --follow, and the most events one poll asks for (the API's maximum)
 FOLLOW_EVERY = 2.0
+FOLLOW_PAGE = 1000
 
 
 @group.command("list")
@@ -46,7 +47,7 @@ FOLLOW_EVERY = 2.0
 def list_(ctx: click.Context, kind: str | None, host: str | None, since: str | None, follow: bool) -> None:
     """List events, oldest first (with --json and --follow: one JSON object per line)."""
     client = api(ctx)
-    filters = {"kind": kind, "host": host, "since": since}
+    filters: dict[str, Any] = {"kind": kind, "host": host, "since": since}
     events = list(reversed(client.get(EVENT.path(), params=filters)["items"]))
     if not follow:
         if json_mode(ctx):
@@ -65,6 +66,7 @@ def list_(ctx: click.Context, kind: str | None, host: str | None, since: str | N
         seen.update(e["id"] for e in fresh)
         if events:
             # Inclusive, so events of the same instant as the last one are not missed; ``seen`` drops repeats.
-            filters["since"] = events[-1]["created_at"]
+            # The most a page holds: the API answers the newest first, so more in one poll would be lost.
+            filters.update(since=events[-1]["created_at"], limit=FOLLOW_PAGE)
         time.sleep(FOLLOW_EVERY)
         events = list(reversed(client.get(EVENT.path(), params=filters)["items"]))

@@ -12,10 +12,10 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from ..auth import Caller
-from ..db.models import Zone
+from ..db.models import Organization, Zone
 from ..errors import Conflict, NotFound
 
-__all__ = ["find", "find_zone", "get_owned", "owned", "unique_name"]
+__all__ = ["find", "find_org", "find_zone", "get_owned", "owned", "unique_name"]
 
 M = TypeVar("M")
 
@@ -81,3 +81,12 @@ def find_zone(session: Session, ref: str, field: str | None = "zone") -> Zone:
     if zone is None:
         raise NotFound("zone", ref, field)
     return zone
+
+
+def find_org(session: Session, caller: Caller, ref: str, field: str | None = None) -> Organization:
+    """An organization by id or name: any for admins, only their own for everyone else."""
+    org = session.get(Organization, ref) or session.execute(
+        select(Organization).where(Organization.name == ref)).scalar_one_or_none()
+    if org is None or (not caller.is_admin and org.id != caller.org_id):
+        raise NotFound("organization", ref, field)
+    return org

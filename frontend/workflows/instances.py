@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
-from ..hostops import INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
+from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
 from ..ipam import release_instance_ports
 from ..hostalias import alias
 from ..scheduler import Demand
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = ["workflows"]
 
-#: seconds a host may take to delete, power or resize an instance
-HOST_OP_TIMEOUT = 300.0
 #: seconds for the best-effort clean-up of a launch that timed out on a host
 CLEANUP_TIMEOUT = 60.0
 #: the status an instance settles in after each power action

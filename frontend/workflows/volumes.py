@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from ..db.models import Hypervisor, Instance, Task, Volume
-from ..hostops import VOLUME_ATTACH, VOLUME_CREATE, VOLUME_DELETE, VOLUME_DETACH
+from ..hostops import HOST_OP_TIMEOUT, VOLUME_ATTACH, VOLUME_CREATE, VOLUME_DELETE, VOLUME_DETACH
 from ..hostalias import alias
 from ..scheduler import Demand
 from ..tasks import TaskContext, TaskFailed, Workflow
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["workflows"]
 
-HOST_OP_TIMEOUT = 300.0
 
 
 def _volume(session: Session, volume_id: str) -> Volume:

@@ -14,7 +14,7 @@ from ...db.models import (Event, FloatingIp, Image, Instance, Keypair, Network, 
 from ...errors import Conflict, NotFound
 from ...quotas import QUOTAS, usage
 from ..deps import CallerDep, FrontendDep
-from ..lookup import unique_name
+from ..lookup import find_org, unique_name
 from ..schemas import V1, Input, Items, Name, ResourceView
 
 router = APIRouter(prefix=V1, tags=["organizations"])
@@ -65,14 +65,6 @@ def _set_quotas(org: Organization, quotas: Quotas) -> None:
         setattr(org, f"quota_{name}", getattr(quotas, name))
 
 
-def _get(session: Session, caller: CallerDep, org_id: str) -> Organization:
-    org = session.get(Organization, org_id) or session.execute(
-        select(Organization).where(Organization.name == org_id)).scalar_one_or_none()
-    if org is None or (not caller.is_admin and org.id != caller.org_id):
-        raise NotFound("organization", org_id)
-    return org
-
-
 @router.post("/orgs", status_code=status.HTTP_201_CREATED, response_model=OrgView, summary="Create an organization")
 def create_org(body: OrgCreate, caller: CallerDep, frontend: FrontendDep) -> OrgView:
     caller.require(Role.admin, "creating an organization")
@@ -97,13 +89,13 @@ def list_orgs(caller: CallerDep, frontend: FrontendDep) -> Items[OrgView]:
 @router.get("/orgs/{org_id}", response_model=OrgView, summary="Show an organization (by id or name), its quotas and usage")
 def show_org(org_id: str, caller: CallerDep, frontend: FrontendDep) -> OrgView:
     with frontend.db.read() as session:
-        return _view(session, _get(session, caller, org_id))
+        return _view(session, find_org(session, caller, org_id))
 
 
 @router.patch("/orgs/{org_id}", response_model=OrgView, summary="Change quotas or disable an organization")
 def update_org(org_id: str, body: OrgUpdate, caller: CallerDep, frontend: FrontendDep) -> OrgView:
     with frontend.db.transaction() as session:
-        org = _get(session, caller, org_id)
+        org = find_org(session, caller, org_id)
         caller.require(Role.admin, "changing an organization")
         if body.status is not None:
             if org.name == ADMIN_ORG and body.status != "active":
@@ -118,7 +110,7 @@ def update_org(org_id: str, body: OrgUpdate, caller: CallerDep, frontend: Fronte
 @router.delete("/orgs/{org_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an empty organization")
 def delete_org(org_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
     with frontend.db.transaction() as session:
-        org = _get(session, caller, org_id)
+        org = find_org(session, caller, org_id)
         caller.require(Role.admin, "deleting an organization")
         if org.name == ADMIN_ORG:
             raise Conflict("the admin organization cannot be deleted")

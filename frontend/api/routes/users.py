@@ -8,9 +8,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ...auth import Caller, Role, hash_password
-from ...db.models import Organization, Token, User
+from ...db.models import Token, User
 from ...errors import Conflict, Forbidden, NotFound
 from ..deps import CallerDep, FrontendDep
+from ..lookup import find_org
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["users"])
@@ -63,11 +64,7 @@ def create_user(body: UserCreate, caller: CallerDep, frontend: FrontendDep) -> U
     with frontend.db.transaction() as session:
         org_id = caller.org_id
         if body.org is not None:
-            org = session.get(Organization, body.org) or session.execute(
-                select(Organization).where(Organization.name == body.org)).scalar_one_or_none()
-            if org is None or (not caller.is_admin and org.id != caller.org_id):
-                raise NotFound("organization", body.org, "org")
-            org_id = org.id
+            org_id = find_org(session, caller, body.org, "org").id
         if session.execute(select(User.id).where(User.name == body.name)).first() is not None:
             raise Conflict(f"a user named {body.name!r} exists already", "name")
         user = User(org_id=org_id, name=body.name, role=body.role, status="active",
