@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-__all__ = ["V1", "Input", "Items", "Name", "Ref", "ResourceView", "Size"]
+__all__ = ["V1", "IPv4", "Input", "Items", "Name", "Ref", "ResourceView", "Size"]
 
 #: every path of this version of the API starts with it
 V1 = "/v1"
@@ -29,6 +30,18 @@ Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({
 #: A reference to another resource by its id or its name.
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 Size = Annotated[int, Field(ge=1, le=1 << 20)]
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+#: An IPv4 address in dotted-quad form.
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+
 
 
 class Input(BaseModel):

@@ -11,7 +11,8 @@ from frontend import ipam
 from frontend.auth import Caller, Role
 from frontend.db.models import Flavor, FloatingIp, Image, Instance, Subnet
 from frontend.errors import ApiError, Conflict, Invalid, NotFound
-from frontend.ipam import NicSpec, allocate_instance_ports, release_instance_ports
+from frontend.api.nics import NicSpec, allocate_instance_ports
+from frontend.ipam import release_instance_ports
 from frontend.services import Frontend
 from tests.api.conftest import Api, error_of
 

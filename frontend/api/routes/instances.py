@@ -14,9 +14,9 @@ from ...auth import Caller, Role
 from ...db.models import Flavor, Hypervisor, Image, Instance, Keypair, Port, ServerGroup, Volume
 from ...errors import Conflict, Invalid, Unavailable
 from ...hostops import INSTANCE_CONSOLE
-from ...ipam import NicSpec, allocate_instance_ports
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
+from ..nics import NicSpec, allocate_instance_ports
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 from .tasks import Accepted, task_view
 

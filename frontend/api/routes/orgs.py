@@ -11,7 +11,7 @@ from ...auth import Role
 from ...bootstrap import ADMIN_ORG
 from ...db.models import (Event, FloatingIp, Image, Instance, Keypair, Network, Organization, Port, Router,
                           SecurityGroup, SecurityGroupRule, ServerGroup, Subnet, Task, TaskStep, Token, User, Volume)
-from ...errors import Conflict, NotFound
+from ...errors import Conflict
 from ...quotas import QUOTAS, usage
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find_org, unique_name

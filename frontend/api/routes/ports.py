@@ -1,7 +1,7 @@
 """Ports: an address (IP and MAC) on a subnet, with security groups, for an instance to use.
 
 Ports made here outlive the instances they are bound to; those an instance's create call
-makes (``ipam.allocate_instance_ports``) are deleted with it.
+makes (``api.nics.allocate_instance_ports``) are deleted with it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from ...db.models import FloatingIp, Network, Port, SecurityGroup
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
-from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from ..nics import resolve_security_groups, resolve_subnet
+from ..schemas import V1, IPv4, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["ports"])
 
@@ -25,7 +26,7 @@ class PortCreate(Input):
     name: Name | None = None
     network: Ref | None = Field(default=None, description="a network: the port goes on its first subnet")
     subnet: Ref | None = None
-    ip: ipam.IPv4 | None = Field(default=None, description="default: the next free address")
+    ip: IPv4 | None = Field(default=None, description="default: the next free address")
     security_groups: list[Ref] | None = Field(default=None, max_length=16,
                                               description=f"default: the {ipam.DEFAULT_GROUP!r} group")
 
@@ -62,8 +63,8 @@ class PortView(ResourceView):
 def create_port(body: PortCreate, caller: CallerDep, frontend: FrontendDep) -> PortView:
     caller.require(Role.member, "creating a port")
     with frontend.db.transaction() as session:
-        subnet = ipam.resolve_subnet(session, caller, body.network, body.subnet)
-        groups = ipam.resolve_security_groups(session, caller, body.security_groups)
+        subnet = resolve_subnet(session, caller, body.network, body.subnet)
+        groups = resolve_security_groups(session, caller, body.security_groups)
         port = ipam.create_port(session, caller.org_id, subnet, groups, ip=body.ip, name=body.name or "")
         return PortView.model_validate(port)
 
@@ -96,7 +97,7 @@ def update_port(port: str, body: PortUpdate, caller: CallerDep, frontend: Fronte
         if body.name is not None:
             row.name = body.name
         if body.security_groups is not None:
-            row.security_groups = ipam.resolve_security_groups(session, caller, body.security_groups)
+            row.security_groups = resolve_security_groups(session, caller, body.security_groups)
         session.flush()
         return PortView.model_validate(row)
 

@@ -20,7 +20,7 @@ from ...db.models import FloatingIp, Network, Port, Subnet
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
-from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, IPv4, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["subnets"])
 
@@ -47,9 +47,9 @@ class SubnetCreate(Input):
     name: Name
     network: Ref
     cidr: Cidr
-    gateway: ipam.IPv4 | None = Field(default=None, description="default: the first host address")
+    gateway: IPv4 | None = Field(default=None, description="default: the first host address")
     dhcp: bool = True
-    dns_servers: list[ipam.IPv4] = Field(default_factory=list, max_length=4)
+    dns_servers: list[IPv4] = Field(default_factory=list, max_length=4)
 
     @field_validator("gateway")
     @classmethod
@@ -63,7 +63,7 @@ class SubnetCreate(Input):
 class SubnetUpdate(Input):
     name: Name | None = None
     dhcp: bool | None = None
-    dns_servers: list[ipam.IPv4] | None = Field(default=None, max_length=4)
+    dns_servers: list[IPv4] | None = Field(default=None, max_length=4)
 
 
 class SubnetView(ResourceView):
