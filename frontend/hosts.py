@@ -28,6 +28,10 @@ __all__ = ["HostMonitor"]
 
 log = structlog.get_logger("frontend.hosts")
 
+#: seconds between refreshes of up hosts' last_seen_at, and between checks for stale capacity facts
+LAST_SEEN_S = 30.0
+FACTS_CHECK_S = 60.0
+
 MB = 1 << 20
 GB = 1 << 30
 
@@ -43,42 +47,63 @@ class HostMonitor(Periodic):
         # After a frontend restart hosts take a few heartbeats to find it again; until then a
         # host missing from the tree is not yet a host that is down.
         self._grace_until = time.monotonic() + startup_grace
+        # What the table says of each host (name -> up | down), so that a quiet round, the common
+        # case at 10,000 hosts, touches the database only when a refresh falls due.
+        self._known: dict[str, str] | None = None
+        self._last_seen_written = 0.0
+        self._facts_checked = 0.0
 
     def run_once(self) -> None:
         tree = self.fe.tree
         if tree is None:
             return
         seen = {n.node_id: n.up for n in tree.nodes() if n.role == "backend"}
-        self._record_states(seen)
-        self._refresh_facts([name for name, up in seen.items() if up])
+        came_up = self._record_states(seen)
+        if came_up or time.monotonic() - self._facts_checked >= FACTS_CHECK_S:
+            self._facts_checked = time.monotonic()
+            self._refresh_facts([name for name, up in seen.items() if up])
 
-    def _record_states(self, seen: dict[str, bool]) -> None:
+    def _record_states(self, seen: dict[str, bool]) -> bool:
+        """Write what changed (and, every LAST_SEEN_S, who is still up); whether any host came up."""
+        if self._known is None:
+            with self.fe.db.read() as session:
+                self._known = {name: status for name, status in
+                               session.execute(select(Hypervisor.name, Hypervisor.status)).all()}
+        in_grace = time.monotonic() < self._grace_until
+        wanted = {name: "up" if up else "down" for name, up in seen.items()
+                  if up or name in self._known}  # joined but not attached yet: registered once it is up
+        if not in_grace:
+            wanted.update({name: "down" for name, status in self._known.items()
+                           if name not in seen and status == "up"})
+        changed = {name: state for name, state in wanted.items() if self._known.get(name) != state}
+        refresh_due = time.monotonic() - self._last_seen_written >= LAST_SEEN_S
+        if not changed and not refresh_due:
+            return False
+        self._write_states(changed, [name for name, up in seen.items() if up] if refresh_due else [])
+        self._known.update(changed)
+        if refresh_due:
+            self._last_seen_written = time.monotonic()
+        return any(state == "up" for state in changed.values())
+
+    def _write_states(self, changed: dict[str, str], alive: list[str]) -> None:
         now = utcnow()
         admin = admin_org_id(self.fe.db)
-        in_grace = time.monotonic() < self._grace_until
         with self.fe.db.transaction() as session:
-            rows = {h.name: h for h in session.execute(select(Hypervisor)).scalars()}
-            for name, up in seen.items():
-                state = "up" if up else "down"
+            rows = {h.name: h for h in session.execute(select(Hypervisor).where(Hypervisor.name.in_(changed)))
+                    .scalars()} if changed else {}
+            for name, state in changed.items():
                 host = rows.get(name)
                 if host is None:
-                    if not up:
-                        continue  # joined but not attached yet: registered once it is up
                     session.add(Hypervisor(name=name, org_id=admin, status=state, last_seen_at=now))
                     session.add(Event(org_id=admin, kind="host.joined", host=name, resource_type="hypervisor",
                                       message=f"{name} joined the tree"))
                     log.info("host_registered", host=name)
-                elif host.status != state:
+                else:
                     self._change(session, host, state, admin)
-            if not in_grace:
-                for name, host in rows.items():
-                    if name not in seen and host.status == "up":
-                        self._change(session, host, "down", admin)
-            alive = [name for name, is_up in seen.items() if is_up]
             if alive:
                 # Only the stale ones, so a quiet 10,000-host cloud does not rewrite every row each round.
-                session.execute(update(Hypervisor).where(Hypervisor.name.in_(alive),
-                                                         Hypervisor.last_seen_at < now - dt.timedelta(seconds=30))
+                stale = now - dt.timedelta(seconds=LAST_SEEN_S)
+                session.execute(update(Hypervisor).where(Hypervisor.name.in_(alive), Hypervisor.last_seen_at < stale)
                                 .values(last_seen_at=now).execution_options(synchronize_session=False))
 
     @staticmethod

@@ -7,7 +7,7 @@ import dataclasses
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
-from sci import TargetError, Targets
+from sci import TargetError, Targets, TreeRoot
 
 from ...auth import Role
 from ...errors import Invalid, Unavailable
@@ -53,7 +53,7 @@ class PingView(BaseModel):
     results: dict[str, PingResult]
 
 
-def _tree(frontend: FrontendDep):  # type: ignore[no-untyped-def]
+def _tree(frontend: FrontendDep) -> TreeRoot:
     if frontend.tree is None:
         raise Unavailable("this frontend runs without a message tree")
     return frontend.tree
