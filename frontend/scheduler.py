@@ -53,6 +53,13 @@ class Scheduler:
             Hypervisor.disk_gb_used + need.disk_gb <= Hypervisor.disk_gb * s.disk_allocation_ratio,
         ]
 
+    def free(self, host: Hypervisor) -> Demand:
+        """What may still be placed on ``host``: its capacity after overcommit, less what is held."""
+        s = self.settings
+        return Demand(int(host.vcpus * s.cpu_allocation_ratio) - host.vcpus_used,
+                      int(host.memory_mb * s.ram_allocation_ratio) - host.memory_mb_used,
+                      int(host.disk_gb * s.disk_allocation_ratio) - host.disk_gb_used)
+
     def reserve(self, session: Session, host_id: str, need: Demand) -> bool:
         """Take ``need`` on one host if it still fits there; False if it does not."""
         return changed(session, update(Hypervisor)

@@ -56,16 +56,14 @@ def _heartbeat_ages(frontend: FrontendDep) -> dict[str, float | None]:
 
 def _view(frontend: FrontendDep, host: Hypervisor, zone: str | None, instances: int,
           ages: dict[str, float | None]) -> HypervisorView:
-    s = frontend.config.scheduler
+    free = frontend.scheduler.free(host)
     age = ages.get(host.name)
     return HypervisorView(
         id=host.id, org_id=host.org_id, status=host.status, created_at=host.created_at, updated_at=host.updated_at,
         name=host.name, zone=zone, enabled=host.enabled,
         total=Capacity(vcpus=host.vcpus, memory_mb=host.memory_mb, disk_gb=host.disk_gb),
         used=Capacity(vcpus=host.vcpus_used, memory_mb=host.memory_mb_used, disk_gb=host.disk_gb_used),
-        free=Capacity(vcpus=int(host.vcpus * s.cpu_allocation_ratio) - host.vcpus_used,
-                      memory_mb=int(host.memory_mb * s.ram_allocation_ratio) - host.memory_mb_used,
-                      disk_gb=int(host.disk_gb * s.disk_allocation_ratio) - host.disk_gb_used),
+        free=Capacity(vcpus=free.vcpus, memory_mb=free.memory_mb, disk_gb=free.disk_gb),
         instances=instances, last_seen_at=host.last_seen_at, heartbeat_age_s=age, facts=host.facts or {})
 
 
