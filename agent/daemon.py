@@ -9,9 +9,11 @@ import click
 import structlog
 
 from sci import Relay
+from sci.proto import Role
 
 from service.config import AgentConfig, ConfigError, load
 from service.logs import setup_logging
+from service.nodekeys import EnrolmentError, node_security
 
 __all__ = ["main"]
 
@@ -25,9 +27,11 @@ def main(config_path: str | None) -> None:
     try:
         config = load(AgentConfig, config_path)
         setup_logging(config.log_level, service="agent")
+        security = node_security(config.node_id, Role.AGENT, config.frontend, config.tree, config.key_path,
+                                 config.enrolment_token_file)
         relay = Relay(config.node_id, config.frontend, config.tree.listen, config.tree.settings,
-                      advertise=config.tree.advertise)
-    except (ConfigError, ValueError) as exc:
+                      advertise=config.tree.advertise, security=security)
+    except (ConfigError, ValueError, OSError, EnrolmentError) as exc:
         click.echo(f"cloudland-agent: {exc}", err=True)
         sys.exit(2)
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())

@@ -10,10 +10,13 @@ import click
 import structlog
 
 from sci import Journal, Leaf
+from sci.proto import Role
 
 from service.config import BackendConfig, ConfigError, load
 from service.logs import setup_logging
+from service.nodekeys import EnrolmentError, node_security
 
+from . import metrics
 from .ops import system
 from .registry import OpRegistry
 
@@ -28,8 +31,16 @@ def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     system.register(registry, zone=config.zone, data_dir=config.data_dir)
     for module in config.ops_modules:
         registry.load_module(module, config)
+    try:
+        # After the ops modules: a driver that cannot work stops the daemon before it takes a token.
+        security = node_security(config.node_id, Role.BACKEND, config.frontend, config.tree, config.key_path,
+                                 config.enrolment_token_file)
+    except EnrolmentError:
+        registry.close()
+        raise
     journal = Journal(Path(config.data_dir) / "journal.log", fsync=config.journal_fsync)
-    leaf = Leaf(config.node_id, config.frontend, config.tree.settings, registry, journal, groups=list(config.groups))
+    leaf = Leaf(config.node_id, config.frontend, config.tree.settings, registry, journal, groups=list(config.groups),
+                security=security)
     return leaf, registry
 
 
@@ -41,7 +52,9 @@ def main(config_path: str | None) -> None:
         config = load(BackendConfig, config_path)
         setup_logging(config.log_level, service="backend")
         leaf, registry = build(config)
-    except (ConfigError, ValueError, ImportError, OSError) as exc:
+        if config.metrics_listen:
+            metrics.serve(leaf.counters, config.metrics_listen)
+    except (ConfigError, ValueError, ImportError, OSError, EnrolmentError) as exc:
         click.echo(f"cloudland-backend: {exc}", err=True)
         sys.exit(2)
     signal.signal(signal.SIGTERM, lambda *_: leaf.stop())

@@ -1,7 +1,10 @@
 """The backend's op registry: op name -> handler.  Each later driver is one more set of entries.
 
-Handlers take the command's arguments (a dict) and return a msgpack-able payload, or raise
-``OpError`` with a message and an exit status.  They know nothing of the tree or ZeroMQ.
+Every op declares the schema of its arguments (``backend/argcheck.py``); the registry checks
+each command against it before the handler runs, and refuses one that breaks it (exit 64,
+naming the field).  Handlers take the checked arguments (a dict) and return a msgpack-able
+payload, or raise ``OpError`` with a message and an exit status.  They know nothing of the
+tree or ZeroMQ.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any, Callable
 import structlog
 
 from sci import Executor, Result, Status
+from sci.leaf import EXIT_BAD_ARGS, EXIT_UNKNOWN_OP
+
+from .argcheck import ArgError, Record
 
 __all__ = ["Op", "OpError", "OpRegistry"]
 
@@ -34,6 +40,8 @@ class OpError(Exception):
 class Op:
     name: str
     handler: Handler
+    #: what the handler may be given: anything else is refused before it runs
+    args: Record
     #: changes the host: journalled on disk so that a replay never runs it twice
     durable: bool
     #: quick and non-blocking: runs on the tree's thread instead of the worker pool
@@ -74,7 +82,10 @@ class OpRegistry(Executor):
         return None if entry is None else entry.durable
 
     def execute(self, op: str, args: Any, done: Callable[[Result], None]) -> None:
-        entry = self._ops[op]
+        entry = self._ops.get(op)
+        if entry is None:  # the leaf refuses these before asking; any other caller is answered alike
+            done(Result.error(f"unknown op {op!r}", EXIT_UNKNOWN_OP))
+            return
         if entry.inline:
             done(self._run(entry, args))
         else:
@@ -83,10 +94,13 @@ class OpRegistry(Executor):
     def _run(self, op: Op, args: Any) -> Result:
         if args is None:
             args = {}
-        if not isinstance(args, dict):
-            return Result.error(f"{op.name}: arguments must be a mapping", 64)
         try:
+            op.args.check(args)
             return Result(Status.OK, payload=op.handler(args))
+        except ArgError as exc:
+            # Values are left out: they may be user data or signed links (reasons never show text).
+            log.warning("command_refused", op=op.name, field=exc.field, reason=exc.reason)
+            return Result.error(f"{op.name}: {exc}", EXIT_BAD_ARGS)
         except OpError as exc:
             return Result.error(str(exc), exc.exit_status)
         except Exception as exc:  # a handler bug must become an error result, never a dead backend

@@ -60,11 +60,18 @@ def _open_log(path: str, service: str) -> None:
     setup_logging("warning", service=service, stream=open(path, "a", buffering=1))  # noqa: SIM115
 
 
-def run_agent(name: str, registrar: str, settings: sci.TreeSettings, log_path: str) -> None:
-    """An agent, as ``agent.daemon`` runs it, minus the config file."""
+def _security(keys: tuple[str, str] | None, root_key: str | None) -> sci.Security | None:
+    if keys is None or root_key is None:
+        return None
+    return sci.Security(sci.KeyPair(*keys), root_key)
+
+
+def run_agent(name: str, registrar: str, settings: sci.TreeSettings, log_path: str,
+              keys: tuple[str, str] | None = None, root_key: str | None = None) -> None:
+    """An agent, as ``agent.daemon`` runs it, minus the config file (``keys``: its CURVE pair, enrolled)."""
     prepare_child()
     _open_log(log_path, "agent")
-    relay = sci.Relay(name, registrar, "tcp://127.0.0.1:0", settings)
+    relay = sci.Relay(name, registrar, "tcp://127.0.0.1:0", settings, security=_security(keys, root_key))
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     relay.run()
 
@@ -93,7 +100,7 @@ class _PacedStart:
 
 
 def run_sim(hosts: list[str], registrar: str, settings: sci.TreeSettings, log_path: str, report_path: str,
-            window: int) -> None:
+            window: int, keys: dict[str, tuple[str, str]] | None = None, root_key: str | None = None) -> None:
     """Simulate ``hosts`` in this process until SIGTERM, then write the run counts to ``report_path``."""
     prepare_child()
     _open_log(log_path, "sim")
@@ -105,7 +112,7 @@ def run_sim(hosts: list[str], registrar: str, settings: sci.TreeSettings, log_pa
     system.register(registry)
     runs: collections.Counter[tuple[str, Any]] = collections.Counter()
     leaves = [sci.Leaf(host, registrar, settings, CountingExecutor(host, registry, runs), sci.Journal(None),
-                       reactor=reactor, ctx=ctx)
+                       reactor=reactor, ctx=ctx, security=_security(keys[host] if keys else None, root_key))
               for host in hosts]
     signal.signal(signal.SIGTERM, lambda *_: reactor.stop())
     _PacedStart(reactor, leaves, window).step()

@@ -7,13 +7,19 @@ Phases, in order, on one machine:
 3. idle: what the tree at rest costs in CPU (heartbeats, timers);
 4. broadcast rounds: a ``ping`` to every host, gathered in full, one after the other;
 5. unicast: pings to random single hosts, many in flight;
-6. failover: kill -9 an agent with backends under it while broadcasts run;
-7. audit: every process's log for nodes declared dead that were alive;
-8. teardown: the simulated backends report how often each command ran on each host.
+6. scrape: one ``/metrics`` of a real frontend over this tree (``bench/scrape.py``);
+7. failover: kill -9 an agent with backends under it while broadcasts run;
+8. audit: every process's log for nodes declared dead that were alive;
+9. teardown: the simulated backends report how often each command ran on each host.
+
+``--reference counters-off`` then builds the same tree again with every node's counting off
+and measures idle and broadcasts there too, so the cost of the metrics stands beside the
+figures in the same run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -26,7 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import zmq
@@ -37,6 +43,7 @@ from service.logs import setup_logging
 from . import phases
 from .flat import FlatStar, run_flat
 from .procs import Fleet, MemorySampler, cpu_seconds, peak_rss_mb, run_pids
+from .scrape import measure_scrape
 from .simhosts import run_agent, run_sim
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -62,6 +69,8 @@ class Config:
     process_per_host: bool
     settings: sci.TreeSettings
     run_dir: Path
+    #: CURVE on every link, every node's key enrolled beforehand (as the product runs)
+    curve: bool = True
 
     @property
     def mode(self) -> str:
@@ -95,6 +104,7 @@ def default_agents(hosts: int, fanout: int) -> int:
 class TreeBench:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.keys = BenchKeys([*(f"agent-{i:03d}" for i in range(cfg.agents)), *cfg.host_names]) if cfg.curve else None
         self.fleet = Fleet()
         self.root: sci.TreeRoot | None = None
         self.agents = [f"agent-{i:03d}" for i in range(cfg.agents)]
@@ -102,7 +112,7 @@ class TreeBench:
         self.victim: str | None = None
         self.out: dict[str, Any] = {
             "hosts": cfg.hosts, "agents": cfg.agents, "fanout": cfg.fanout, "sim_procs": cfg.sim_procs,
-            "mode": cfg.mode, "rounds": cfg.rounds,
+            "mode": cfg.mode, "rounds": cfg.rounds, "curve": cfg.curve,
             "heartbeat_interval_s": cfg.settings.heartbeat_interval,
             "heartbeat_misses": cfg.settings.heartbeat_misses,
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
@@ -110,15 +120,23 @@ class TreeBench:
             "sci_version": _sci_version(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         }
 
-    def run(self) -> dict[str, Any]:
+    def run(self, full: bool = True) -> dict[str, Any]:
+        """Every phase; with ``full`` false (a reference run) only start-up, idle and broadcasts."""
         started = time.monotonic()
         memory = MemorySampler().start()
         try:
             try:
-                self.flat_star()
-                self.root = sci.TreeRoot("tcp://127.0.0.1:0", self.cfg.settings).start()
+                if full:
+                    self.flat_star()
+                self.root = sci.TreeRoot("tcp://127.0.0.1:0", self.cfg.settings,
+                                         security=self.keys.root_security() if self.keys else None).start()
                 self.start_tree()
-                self.measure()
+                if full:
+                    self.measure()
+                else:
+                    pids = run_pids()
+                    self.measure_idle(pids)
+                    self.measure_broadcasts(pids)
             except Exception as exc:  # noqa: BLE001 - still audit and report what was measured up to here
                 traceback.print_exc()
                 self.out["error"] = f"{type(exc).__name__}: {exc}"
@@ -174,7 +192,7 @@ class TreeBench:
             room = fanout * (1 + started) - started
             for name in self.agents[started:started + room]:
                 self.fleet.spawn(name, run_agent, name, self.root.endpoint, self.cfg.settings,
-                                 str(self.cfg.log_dir / f"{name}.log"))
+                                 str(self.cfg.log_dir / f"{name}.log"), *self._keys_for([name], one=True))
             started = min(len(self.agents), started + room)
             self._wait_agents(started, timeout=60 + started / 5)
 
@@ -212,9 +230,17 @@ class TreeBench:
                 self._wait_hosts(total[i - JOIN_WINDOW], wait_budget)
             name = f"sim-{i}"
             self.fleet.spawn(name, run_sim, group, self.root.endpoint, self.cfg.settings,
-                             str(self.cfg.log_dir / f"{name}.log"), self._report_path(name), window)
+                             str(self.cfg.log_dir / f"{name}.log"), self._report_path(name), window,
+                             *self._keys_for(group))
             self.sims.append(name)
         self._wait_hosts(self.cfg.hosts, wait_budget)
+
+    def _keys_for(self, nodes: list[str], one: bool = False) -> tuple[Any, str | None]:
+        """The CURVE key pairs a child process's nodes use, and the root's public key."""
+        if self.keys is None:
+            return None, None
+        pairs = {n: self.keys.pairs[n] for n in nodes}
+        return (pairs[nodes[0]] if one else pairs), self.keys.root.public
 
     def _report_path(self, sim: str) -> str:
         return str(self.cfg.run_dir / "reports" / f"{sim}.json")
@@ -226,6 +252,7 @@ class TreeBench:
         self.measure_idle(pids)
         plain = self.measure_broadcasts(pids)
         self.measure_unicast()
+        self.measure_scrape()
         recovery, orphans = self.measure_failover()
         assert self.root is not None
         final = phases.broadcast(self.root, "final")
@@ -255,6 +282,13 @@ class TreeBench:
         uni = phases.unicast(self.root, self.cfg.host_names, UNICAST_SECONDS, UNICAST_IN_FLIGHT)
         self.out.update(unicast_per_s=round(uni.per_s), unicast_sent=uni.sent, unicast_failed=uni.failed,
                         unicast_p50_s=_pct(uni.latencies, 50), unicast_p99_s=_pct(uni.latencies, 99))
+
+    def measure_scrape(self) -> None:
+        assert self.root is not None
+        scrape = measure_scrape(self.root, self.cfg.host_names)
+        self.out.update(scrape_p50_s=_pct(scrape.seconds, 50), scrape_max_s=round(max(scrape.seconds), 4),
+                        scrape_cpu_s=round(scrape.cpu_s, 4), scrape_bytes=scrape.bytes, scrape_series=scrape.series,
+                        status_query_p50_s=_pct(scrape.status_seconds, 50))
 
     def measure_failover(self) -> tuple[phases.Recovery, set[str]]:
         assert self.root is not None
@@ -358,7 +392,31 @@ def _pct(values: list[float], pct: int) -> float | None:
 
 _HEADLINE = ["hosts", "mode", "agents", "fanout", "sim_procs", "rounds", "startup_s", "bcast_p50_s", "bcast_p99_s",
              "flat_p50_s", "unicast_per_s", "recover_s", "false_failures", "lost", "duplicated", "cpu_s_per_round",
-             "idle_cpu_cores", "mem_peak_mb", "wall_s"]
+             "idle_cpu_cores", "scrape_p50_s", "status_query_p50_s", "mem_peak_mb", "wall_s"]
+#: What a reference run reports beside the main run's figures.
+_REFERENCE_KEYS = ["bcast_p50_s", "bcast_p99_s", "cpu_s_per_round", "cpu_s_per_round_by_role", "idle_cpu_cores",
+                   "startup_s", "error"]
+#: What a reference run changes.
+REFERENCES: dict[str, Callable[[Config], Config]] = {
+    "counters-off": lambda cfg: dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings,
+                                                                                     counters_interval=0.0)),
+    "curve-off": lambda cfg: dataclasses.replace(cfg, curve=False),
+}
+
+
+class BenchKeys:
+    """A CURVE key pair per node, all enrolled at the root before the tree starts."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.root = sci.KeyPair.generate()
+        self.pairs = {}
+        for node in nodes:
+            pair = sci.KeyPair.generate()
+            self.pairs[node] = (pair.public, pair.secret)
+
+    def root_security(self) -> sci.Security:
+        return sci.Security(self.root, self.root.public,
+                            sci.Keyring({node: pair[0] for node, pair in self.pairs.items()}))
 
 
 def format_table(out: dict[str, Any]) -> str:
@@ -388,22 +446,37 @@ _DEFAULTS = sci.TreeSettings()
 @click.option("--process-per-host", is_flag=True, help="Every backend its own process.")
 @click.option("--heartbeat-interval", type=float, default=_DEFAULTS.heartbeat_interval, show_default=True)
 @click.option("--heartbeat-misses", type=int, default=_DEFAULTS.heartbeat_misses, show_default=True)
+@click.option("--counters-interval", type=float, default=_DEFAULTS.counters_interval, show_default=True,
+              help="Seconds between leaves' counter reports; 0 turns counting off.")
+@click.option("--curve/--no-curve", default=True, show_default=True,
+              help="CURVE encryption and authentication on every link, as the product runs.")
+@click.option("--reference", "references", type=click.Choice(sorted(REFERENCES)), multiple=True,
+              help="Also build the tree with this change and measure idle and broadcasts on it.")
 def main(hosts: int, json_path: str | None, agents: int | None, fanout: int, rounds: int, sim_procs: int | None,
-         process_per_host: bool, heartbeat_interval: float, heartbeat_misses: int) -> None:
+         process_per_host: bool, heartbeat_interval: float, heartbeat_misses: int, counters_interval: float,
+         curve: bool, references: tuple[str, ...]) -> None:
     """Build a tree of HOSTS simulated backends on loopback and measure it."""
     settings = sci.TreeSettings(fanout=fanout, heartbeat_interval=heartbeat_interval,
-                                heartbeat_misses=heartbeat_misses).validate()
+                                heartbeat_misses=heartbeat_misses, counters_interval=counters_interval).validate()
     procs = hosts if process_per_host else min(hosts, sim_procs or max(2, math.ceil(hosts / 2500)))
     run_dir = RESULTS_DIR / f"run-{hosts}{'-pph' if process_per_host else ''}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cfg = Config(hosts, agents or default_agents(hosts, fanout), fanout, rounds, procs, process_per_host,
-                 settings, run_dir)
+                 settings, run_dir, curve)
     cfg.log_dir.mkdir()
     # The root runs here: its warnings (children declared dead) go where the audit reads them.
     log = open(cfg.log_dir / "bench.log", "a", buffering=1)  # noqa: SIM115 - open for the whole run
     setup_logging("warning", service="bench", stream=log)
     out = TreeBench(cfg).run()
+    out["counters_interval_s"] = settings.counters_interval
+    for name in references:
+        ref_dir = run_dir.with_name(f"{run_dir.name}-{name}")
+        shutil.rmtree(ref_dir, ignore_errors=True)
+        (ref_dir / "logs").mkdir(parents=True)
+        ref_cfg = dataclasses.replace(REFERENCES[name](cfg), run_dir=ref_dir)
+        ref = TreeBench(ref_cfg).run(full=False)
+        out[f"reference_{name.replace('-', '_')}"] = {k: ref[k] for k in _REFERENCE_KEYS if k in ref}
     path = Path(json_path) if json_path else RESULTS_DIR / f"tree-{hosts}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -7,6 +7,7 @@ already names the field (``vcpus: must be at least 1``), so that is what the use
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
@@ -41,9 +42,18 @@ class ClctlError(click.ClickException):
         self.status = status
 
 
-def http_client(endpoint: str, timeout: httpx.Timeout) -> httpx.Client:
-    """The one place a connection to the API is made; tests swap it for an in-process app."""
-    return httpx.Client(base_url=endpoint, timeout=timeout, headers={"User-Agent": "clctl"})
+def http_client(endpoint: str, timeout: httpx.Timeout, ca_file: str | None) -> httpx.Client:
+    """The one place a connection to the API is made; tests swap it for an in-process app.
+
+    ``ca_file`` is what the API's certificate is checked against; None means the system's CAs.
+    """
+    verify: ssl.SSLContext | bool = True
+    if ca_file:
+        try:
+            verify = ssl.create_default_context(cafile=ca_file)
+        except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
+            raise ClctlError(f"cannot use the CA file {ca_file}: {exc.strerror or exc}", EXIT_USAGE) from None
+    return httpx.Client(base_url=endpoint, timeout=timeout, headers={"User-Agent": "clctl"}, verify=verify)
 
 
 def url(*parts: str) -> str:
@@ -54,10 +64,12 @@ def url(*parts: str) -> str:
 class Api:
     """A client of one endpoint, as one user (``token``); opens its connection on first use."""
 
-    def __init__(self, endpoint: str, token: str | None, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoint: str, token: str | None, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 ca_file: str | None = None) -> None:
         self.endpoint = endpoint
         self.token = token
         self.timeout = timeout
+        self.ca_file = ca_file
         self._http: httpx.Client | None = None
 
     def __enter__(self) -> Api:
@@ -94,15 +106,14 @@ class Api:
             sent["Authorization"] = f"Bearer {self.token}"
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if self._http is None:
-            self._http = http_client(self.endpoint, self.timeout)
+            self._http = http_client(self.endpoint, self.timeout, self.ca_file)
         try:
             response = self._http.request(method, path, json=json, params=query, content=content, headers=sent)
         except httpx.TimeoutException:
             raise ClctlError(f"the API at {self.endpoint} did not answer {method} {path} in time",
                              EXIT_UNREACHABLE) from None
         except httpx.TransportError as exc:
-            raise ClctlError(f"cannot reach the API at {self.endpoint}: {str(exc) or type(exc).__name__}",
-                             EXIT_UNREACHABLE) from None
+            raise ClctlError(f"cannot reach the API at {self.endpoint}: {self._why(exc)}", EXIT_UNREACHABLE) from None
         if not response.is_success:
             raise _refusal(method, path, response, auth)
         if not response.content:
@@ -112,6 +123,29 @@ class Api:
         except ValueError:
             raise ClctlError(f"{method} {path}: the API answered HTTP {response.status_code} with a body that is "
                              "not JSON") from None
+
+    def _why(self, exc: httpx.TransportError) -> str:
+        untrusted = _certificate_error(exc)
+        if untrusted is not None:
+            by = f"by {self.ca_file}" if self.ca_file else "by this system's CAs"
+            return (f"its TLS certificate is not trusted {by} ({untrusted.verify_message}); pass --ca-file with "
+                    "the certificate of the CA that signed it (the frontend's <data_dir>/tls/api.crt for the one it "
+                    "generates), to 'clctl login' to keep using it, or set CLOUDLAND_CA_FILE")
+        why = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.RemoteProtocolError) and self.endpoint.startswith("http://"):
+            # What a TLS-only server does to a plain HTTP request: close the connection unanswered.
+            return f"{why} (if the API serves TLS, as it does by default, use https://)"
+        return why
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The failed certificate check somewhere down ``exc``'s chain of causes, if that is what happened."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _refusal(method: str, path: str, response: httpx.Response, authenticated: bool) -> ClctlError:

@@ -2,8 +2,12 @@
 
 ``clctl login`` writes ``$XDG_CONFIG_HOME/cloudland/clctl.yaml`` (default ``~/.config/...``)::
 
-    endpoint: http://127.0.0.1:8080
+    endpoint: https://127.0.0.1:8080
     token: <bearer token>
+    ca_file: /path/to/api.crt      # only when the API's certificate needs one to be trusted
+
+The saved ``ca_file`` belongs to the saved endpoint: a command sent to another endpoint
+trusts the system's CAs unless given a CA file of its own.
 
 The file holds a live credential, so it is written with mode 0600, by replacing it whole: a
 reader never sees half a file, and a file that was once world-readable does not stay so.
@@ -24,13 +28,15 @@ from .client import EXIT_UNREACHABLE, EXIT_USAGE, ClctlError
 __all__ = ["DEFAULT_ENDPOINT", "Settings", "config_file", "forget_token", "load", "resolve", "save_login"]
 
 #: The API of a frontend on this machine with the default ``api.port``.
-DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+DEFAULT_ENDPOINT = "https://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
 class Settings:
     endpoint: str
     token: str | None
+    #: the PEM file the API's certificate is checked against; None: the system's CAs
+    ca_file: str | None = None
 
 
 def config_file() -> Path:
@@ -57,7 +63,7 @@ def load() -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ClctlError(f"{path} must be a YAML map with 'endpoint' and 'token'", EXIT_USAGE)
-    for key in ("endpoint", "token"):
+    for key in ("endpoint", "token", "ca_file"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ClctlError(f"{path}: {key} must be a string", EXIT_USAGE)
     return data
@@ -70,11 +76,14 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def resolve(endpoint: str | None, token: str | None) -> Settings:
-    """``endpoint``/``token`` come from the options or the environment (click merges those two)."""
-    saved = load() if endpoint is None or token is None else {}
-    return Settings(check_endpoint(endpoint or saved.get("endpoint") or DEFAULT_ENDPOINT),
-                    token or saved.get("token") or None)
+def resolve(endpoint: str | None, token: str | None, ca_file: str | None = None) -> Settings:
+    """``endpoint``/``token``/``ca_file`` come from the options or the environment (click merges those two)."""
+    saved = load() if endpoint is None or token is None or ca_file is None else {}
+    endpoint = check_endpoint(endpoint or saved.get("endpoint") or DEFAULT_ENDPOINT)
+    if ca_file is None and saved.get("endpoint") == endpoint:
+        ca_file = saved.get("ca_file")
+    # Absolute, so that the saved path still names the file when clctl runs from elsewhere.
+    return Settings(endpoint, token or saved.get("token") or None, os.path.abspath(ca_file) if ca_file else None)
 
 
 def _write(data: dict[str, Any]) -> Path:
@@ -99,9 +108,11 @@ def _write(data: dict[str, Any]) -> Path:
     return path
 
 
-def save_login(endpoint: str, token: str) -> Path:
-    """Remember the endpoint and token; other keys a user put in the file are kept."""
-    return _write({**load(), "endpoint": endpoint, "token": token})
+def save_login(endpoint: str, token: str, ca_file: str | None) -> Path:
+    """Remember the endpoint, token and CA file (if any); other keys a user put in the file are kept."""
+    data = {**load(), "endpoint": endpoint, "token": token}
+    data.pop("ca_file", None)
+    return _write({**data, "ca_file": ca_file} if ca_file else data)
 
 
 def forget_token(token: str) -> bool:

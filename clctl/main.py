@@ -1,17 +1,17 @@
 """``clctl``: drive a cloudland cloud through its REST API.
 
-Which API, and as whom, in order of precedence: ``--endpoint``/``--token``, then
-``CLOUDLAND_ENDPOINT``/``CLOUDLAND_TOKEN``, then what ``clctl login`` saved (see
-:mod:`clctl.config`), then ``http://127.0.0.1:8080`` and no token.
+Which API, and as whom, in order of precedence: ``--endpoint``/``--token``/``--ca-file``, then
+``CLOUDLAND_ENDPOINT``/``CLOUDLAND_TOKEN``/``CLOUDLAND_CA_FILE``, then what ``clctl login`` saved
+(see :mod:`clctl.config`), then ``https://127.0.0.1:8080``, no token and the system's CAs.
 """
 
 from __future__ import annotations
 
 import click
 
-from .commands import (auth, completion, event, fip, flavor, hypervisor, image, instance, keypair, network, org, port,
-                       router, server_group, sg, subnet, task, tree, user, volume, zone)
-from .session import json_option
+from .commands import (audit, auth, completion, event, fip, flavor, hypervisor, image, instance, keypair, network, org,
+                       port, router, server_group, sg, subnet, task, tree, user, volume, zone)
+from .session import ca_file_option, json_option
 
 __all__ = ["PROG", "cli"]
 
@@ -20,13 +20,14 @@ PROG = "clctl"
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", metavar="URL", envvar="CLOUDLAND_ENDPOINT", show_envvar=True,
-              help="The API, e.g. http://controller:8080 [default: the one saved by 'clctl login', else "
-                   "http://127.0.0.1:8080].")
+              help="The API, e.g. https://controller:8080 [default: the one saved by 'clctl login', else "
+                   "https://127.0.0.1:8080].")
 @click.option("--token", metavar="TOKEN", envvar="CLOUDLAND_TOKEN", show_envvar=True,
               help="A bearer token [default: the one saved by 'clctl login'].")
+@ca_file_option
 @json_option
 @click.version_option(package_name="cloudland", prog_name=PROG)
-def cli(endpoint: str | None, token: str | None) -> None:
+def cli(endpoint: str | None, token: str | None, ca_file: str | None) -> None:
     """Drive a cloudland cloud through its REST API.
 
     Start with 'clctl login'.  Every command takes --json to print the API's JSON instead
@@ -47,5 +48,5 @@ def cli(endpoint: str | None, token: str | None) -> None:
 for command in (auth.login, auth.logout, auth.whoami, org.group, user.group, zone.group, hypervisor.group,
                 flavor.group, image.group, keypair.group, server_group.group, instance.group, volume.group,
                 network.group, subnet.group, port.group, router.group, sg.group, fip.group, task.group, event.group,
-                tree.tree, tree.ping, completion.completion):
+                audit.group, tree.tree, tree.ping, completion.completion):
     cli.add_command(command)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import click
 
-__all__ = ["NIC", "PORT_RANGE", "QUOTA", "SINCE", "read_password"]
+__all__ = ["DURATION", "NIC", "PORT_RANGE", "QUOTA", "SINCE", "read_password"]
 
 
 class Nic(click.ParamType):
@@ -88,10 +88,26 @@ class Since(click.ParamType):
         return stamp.isoformat(timespec="seconds")
 
 
+class Duration(click.ParamType):
+    """``90s``, ``30m``, ``1h``, ``7d`` or plain seconds -> seconds."""
+
+    name = "duration"
+    UNITS: ClassVar[dict[str, int]] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"(\d{1,7})([smhd]?)", str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not a duration like 30m, 1h or 7d", param, ctx)
+        return int(match[1]) * self.UNITS[match[2]]
+
+
 NIC = Nic()
 QUOTA = Quota()
 PORT_RANGE = PortRange()
 SINCE = Since()
+DURATION = Duration()
 
 
 def read_password(from_stdin: bool, prompt: str = "Password", confirm: bool = False) -> str:

@@ -12,7 +12,7 @@ from . import config
 from .client import DEFAULT_TIMEOUT, Api
 from .output import echo_json
 
-__all__ = ["api", "emit", "json_mode", "json_option", "settings", "wait_option"]
+__all__ = ["api", "ca_file_option", "emit", "json_mode", "json_option", "settings", "wait_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +37,15 @@ def json_option(f: F) -> F:
                         help="Print the API's JSON instead of a table.")(f)
 
 
+def ca_file_option(f: F) -> F:
+    """``--ca-file`` on the root group (with its environment variable) and on ``login``."""
+    return click.option("--ca-file", metavar="PATH", envvar="CLOUDLAND_CA_FILE", show_envvar=True,
+                        type=click.Path(exists=True, dir_okay=False),
+                        help="The PEM certificate the API's TLS certificate is checked against (a frontend's "
+                             "generated one: its <data_dir>/tls/api.crt) [default: the one saved by 'clctl "
+                             "login' for this endpoint, else the system's CAs].")(f)
+
+
 def wait_option(f: F) -> F:
     return click.option("--wait", is_flag=True,
                         help="Follow the task until it ends; exit 1 if it fails.")(f)
@@ -54,15 +63,16 @@ def emit(ctx: click.Context, data: Any, human: Callable[[Any], None]) -> None:
         human(data)
 
 
-def settings(ctx: click.Context) -> config.Settings:
+def settings(ctx: click.Context, endpoint: str | None = None, ca_file: str | None = None) -> config.Settings:
+    """What the root group's options say, unless a command's own ``endpoint``/``ca_file`` override them."""
     # The root's params, not state set by its callback: during shell completion callbacks do not run.
     params = ctx.find_root().params
-    return config.resolve(params.get("endpoint"), params.get("token"))
+    return config.resolve(endpoint or params.get("endpoint"), params.get("token"), ca_file or params.get("ca_file"))
 
 
 def api(ctx: click.Context, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> Api:
     """A client for this command, closed when the command ends."""
     s = settings(ctx)
-    client = Api(s.endpoint, s.token, timeout)
+    client = Api(s.endpoint, s.token, timeout, s.ca_file)
     ctx.call_on_close(client.close)
     return client

@@ -13,7 +13,7 @@ import zmq
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from sci import TreeRoot
+from sci import SecurityError, TreeRoot
 
 from service.config import ConfigError, FrontendConfig, load
 from service.logs import setup_logging
@@ -23,10 +23,12 @@ from .bootstrap import bootstrap, recover
 from .control import ControlServer
 from .db import Database, upgrade
 from .db.models import Hypervisor
+from .enrolment import root_security
 from .hosts import HostMonitor
 from .reconcile import Reconciler
 from .services import Frontend
 from .tasks import Resumer
+from .tlscert import api_pair
 
 __all__ = ["main"]
 
@@ -59,16 +61,20 @@ def main(config_path: str | None) -> None:
         config = load(FrontendConfig, config_path)
         setup_logging(config.log_level, service="frontend")
         Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        tls = api_pair(config, config_path or "defaults") if config.api.tls else None
+        if tls is None:
+            log.warning("api_tls_disabled", reason="api.tls is false: tokens and passwords cross the network in "
+                                                   "clear unless a TLS proxy on this host is the only way in")
         db = Database(config.database_url)
         upgrade(db)
         bootstrap(db, Path(config.data_dir))
         recover(db, Path(config.data_dir))
         root = TreeRoot(config.tree.listen, config.tree.settings, node_id=config.node_id,
-                        advertise=config.tree.advertise)
+                        advertise=config.tree.advertise, security=root_security(config, db))
         root.start()
         control = ControlServer(root, config.control_socket)
         control.start()
-    except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError) as exc:
+    except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError, SecurityError) as exc:
         click.echo(f"cloudland-frontend: {exc}", err=True)
         sys.exit(2)
     frontend = Frontend(config, db, root)
@@ -79,9 +85,11 @@ def main(config_path: str | None) -> None:
     resumer = Resumer(frontend.tasks)
     threading.Thread(target=_resume_tasks, args=(frontend, root, resumer), name="resume", daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(create_app(frontend), host=config.api.host, port=config.api.port,
-                                           log_config=None, access_log=False, server_header=False))
+                                           log_config=None, access_log=False, server_header=False,
+                                           ssl_certfile=tls.cert if tls else None,
+                                           ssl_keyfile=tls.key if tls else None))
     log.info("frontend_ready", tree=root.endpoint, control=config.control_socket,
-             api=f"http://{config.api.host}:{config.api.port}")
+             api=f"{'https' if tls else 'http'}://{config.api.host}:{config.api.port}")
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:

@@ -9,7 +9,8 @@
     ├── NotFound         404 not_found       no such resource in the caller's organization
     ├── Conflict         409 conflict        the state of things forbids it (in use, duplicate name)
     ├── QuotaExceeded    409 quota_exceeded  the organization's quota is spent
-    ├── TooLarge         413 too_large       an upload is over the limit
+    ├── TooLarge         413 too_large       a request body or an upload is over the limit
+    ├── TooManyRequests  429 rate_limited    over a rate limit; Retry-After says when to try again
     └── Unavailable      503 unavailable     a part the request needs is not running
 
 Every error reaches the client as ``{"error": {"code", "message", "field", "reason"}}``.
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "QuotaExceeded", "TooLarge", "Unauthenticated",
-           "Unavailable"]
+__all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "QuotaExceeded", "TooLarge", "TooManyRequests",
+           "Unauthenticated", "Unavailable"]
 
 
 class ApiError(Exception):
@@ -34,6 +35,10 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": str(self), "field": self.field, "reason": self.reason}}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body."""
+        return {}
 
 
 class Invalid(ApiError):
@@ -65,6 +70,17 @@ class QuotaExceeded(ApiError):
 
 class TooLarge(ApiError):
     code, http_status = "too_large", 413
+
+
+class TooManyRequests(ApiError):
+    code, http_status = "rate_limited", 429
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class Unavailable(ApiError):

@@ -3,7 +3,9 @@
 Every ``interval`` seconds the monitor compares the tree's backends with the table: new ones
 are registered, those whose state changed are marked up or down (with an event), and hosts
 whose capacity is unknown or stale are asked for it with the ``info`` op, in one command.
-The scheduler chooses only hosts that are up and whose capacity is known.
+The scheduler chooses only hosts that are up and whose capacity is known.  Changes of the
+tree's shape the root saw (agents lost and back, nodes moved to another parent) become
+events too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import select, update
 
-from sci import Targets
+from sci import Targets, TreeEvent
 
 from .bootstrap import admin_org_id
 from .db.models import Event, Hypervisor, Zone, utcnow
@@ -57,11 +59,33 @@ class HostMonitor(Periodic):
         tree = self.fe.tree
         if tree is None:
             return
+        self._record_tree_events(tree.drain_events())
         seen = {n.node_id: n.up for n in tree.nodes() if n.role == "backend"}
         came_up = self._record_states(seen)
         if came_up or time.monotonic() - self._facts_checked >= FACTS_CHECK_S:
             self._facts_checked = time.monotonic()
             self._refresh_facts([name for name, up in seen.items() if up])
+
+    def _record_tree_events(self, events: list[TreeEvent]) -> None:
+        """Events for reparents, and for agents coming and going (hosts' up and down come from
+        ``_record_states``, which also knows the table)."""
+        rows = []
+        for e in events:
+            if e.kind == "reparented":
+                waited = f" after {e.unreachable_s:.1f}s unreachable" if e.unreachable_s else ""
+                rows.append((f"{'host' if e.role == 'backend' else 'agent'}.reparented", e.node_id,
+                             f"{e.node_id} moved from {e.previous_parent} to {e.parent}{waited}"))
+            elif e.role == "agent" and e.kind == "lost":
+                rows.append(("agent.down", e.node_id, f"agent {e.node_id} is gone from under {e.previous_parent}"))
+            elif e.role == "agent" and e.kind in ("joined", "returned"):
+                rows.append(("agent.up", e.node_id, f"agent {e.node_id} is attached under {e.parent}"))
+        if not rows:
+            return
+        admin = admin_org_id(self.fe.db)
+        with self.fe.db.transaction() as session:
+            for kind, node, message in rows:
+                session.add(Event(org_id=admin, kind=kind, host=node, resource_type="tree_node", message=message))
+        log.info("tree_events_recorded", count=len(rows))
 
     def _record_states(self, seen: dict[str, bool]) -> bool:
         """Write what changed (and, every LAST_SEEN_S, who is still up); whether any host came up."""

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from sci import CommandHandle
+from service.counter_metrics import counter_families
 
 from .db.models import Hypervisor, Task, Zone
 
@@ -127,14 +128,27 @@ class StateCollector(Collector):
                                    ("replays", stats.replays, "Command waves re-sent after a route changed"),
                                    ("duplicates_dropped", stats.duplicates_dropped, "Duplicate results dropped"),
                                    ("late_results", stats.late_results, "Results that came after their deadline"),
-                                   ("joins", stats.joins, "Nodes that joined the tree")):
+                                   ("joins", stats.joins, "Nodes that joined the tree"),
+                                   ("root_reparents", stats.reparents, "Nodes the root saw attach under another "
+                                                                       "parent")):
             counter = CounterMetricFamily(f"cloudland_tree_{name}", help_)
             counter.add_metric([], value)
             yield counter
+        in_flight = GaugeMetricFamily("cloudland_tree_commands_in_flight",
+                                      "Commands the root is waiting on (its queue)")
+        in_flight.add_metric([], tree.commands_in_flight)
+        yield in_flight
         try:
-            nodes = tree.tree_status(timeout=2.0)
+            report = tree.tree_report(timeout=2.0)
         except TimeoutError:
             return
+        # Per relay: what it counted itself (scope=self) and what the hypervisors attached to it
+        # reported (scope=leaves).  Cluster totals are sum() over both labels.
+        yield from counter_families(
+            [row for c in report.counters for row in (([c.node_id, "self"], c.counters),
+                                                      ([c.node_id, "leaves"], c.leaves))],
+            labels=("node", "scope"))
+        nodes = report.nodes
         ages = sorted(n.heartbeat_age for n in nodes if n.role == "backend" and n.heartbeat_age is not None)
         buckets, total = [], 0
         for bound in HEARTBEAT_BUCKETS:

@@ -11,6 +11,7 @@ from sci import CommandHandle, Targets, TreeRoot
 from service.config import FrontendConfig
 
 from . import images
+from .api.ratelimit import RateLimits
 from .db import Database
 from .imagelinks import ImageLinks
 from .metrics import Metrics
@@ -31,9 +32,12 @@ class Frontend:
     image_links: ImageLinks = field(init=False)
     tasks: TaskEngine = field(init=False)
     metrics: Metrics = field(init=False)
+    #: in memory, per process: the API's rate limits count calls to this frontend only
+    rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self)
+        self.rate_limits = RateLimits.from_config(self.config.api)
         self.scheduler = Scheduler(self.config.scheduler)
         # A link must outlive the longest launch that may need it, retries on other hosts included.
         ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)

@@ -3,6 +3,14 @@
 ``make run`` uses it to give an operator a cluster to try, and the process-level tests use it
 to build trees they can kill parts of.  Every daemon runs from its own YAML file written
 under the work directory, exactly as the units in etc/ run them on real hosts.
+
+The API serves TLS with the certificate the frontend generates on its first start
+(``ca_file``); the backends and every client here trust that one certificate.
+
+The tree runs CURVE, as it does by default: before an agent or a backend first starts, an
+enrolment token for it is issued through the API as an admin would, and written to the file
+its ``enrolment_token_file`` names.  Nodes already enrolled (a restart, a second ``make run``)
+start with the keys they have.
 """
 
 from __future__ import annotations
@@ -10,15 +18,19 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from frontend.control import request
+from frontend.tlscert import generated_pair
+from service.nodekeys import root_key_path
 
 __all__ = ["LocalCluster", "free_port", "rack_of"]
 
@@ -59,12 +71,15 @@ class LocalCluster:
         self.frontend_endpoint = f"tcp://127.0.0.1:{self.port}"
         self.control_socket = str(self.workdir / "frontend.sock")
         self.api_port = api_port or free_port()
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.api_url = f"https://127.0.0.1:{self.api_port}"
+        #: the frontend's generated (self-signed) certificate: what clients of the API trust
+        self.ca_file = str(generated_pair(self.workdir / "frontend").cert)
         self.env = dict(env or {})
         #: extra settings for every backend's config file (e.g. a compute section)
         self.backend_config = dict(backend_config or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, Any] = {}
+        self._admin_token: str | None = None
 
     # Processes ----------------------------------------------------------------------------
 
@@ -110,24 +125,63 @@ class LocalCluster:
         except OSError:
             return False
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """For clients of the API (``httpx.Client(verify=...)``): trusts the frontend's certificate only."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
     def admin_password(self) -> str:
         """The password the frontend generated for ``admin`` on its first start."""
         return (self.workdir / "frontend" / "admin-password").read_text().strip()
 
-    def start_agent(self, name: str) -> None:
+    def enrolment_token(self, name: str, role: str = "backend") -> str:
+        """A one-time token that enrols ``name``, issued through the API as ``clctl hypervisor enroll`` does."""
+        with httpx.Client(base_url=self.api_url, verify=self.ssl_context(), timeout=30) as client:
+            if self._admin_token is None:
+                login = client.post("/v1/tokens", json={"username": "admin", "password": self.admin_password()})
+                if login.status_code != 201:
+                    raise RuntimeError(f"logging in as admin: {login.status_code} {login.text}")
+                self._admin_token = str(login.json()["token"])
+            issued = client.post("/v1/hypervisors/enrolments", json={"name": name, "role": role, "ttl_s": 600},
+                                 headers={"Authorization": f"Bearer {self._admin_token}"})
+            if issued.status_code != 201:
+                raise RuntimeError(f"enrolling {role} {name}: {issued.status_code} {issued.text}")
+            return str(issued.json()["token"])
+
+    def _enrolment(self, name: str, role: str, data_dir: Path, enrol: bool, token: str | None) -> dict[str, Any]:
+        """The node's ``enrolment_token_file`` setting: ``token``, else a new token unless it is enrolled
+        already (or ``enrol`` is false)."""
+        enrolled = root_key_path(data_dir / "tree.key").exists()
+        if token is None and (not enrol or enrolled or not self.tree.get("curve", True)):
+            return {}
+        path = self.workdir / "tokens" / f"{name}.token"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = token if token is not None else self.enrolment_token(name, role)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text + "\n")
+        return {"enrolment_token_file": str(path)}
+
+    def start_agent(self, name: str, enrol: bool = True, token: str | None = None) -> None:
+        """Start agent ``name``, first enrolling it (see ``_enrolment``) if it never was."""
+        data_dir = self.workdir / "agents" / name
         config = self._config(name, {
             "node_id": name,
             "frontend": self.frontend_endpoint,
+            "data_dir": str(data_dir),
+            **self._enrolment(name, "agent", data_dir, enrol, token),
             "log_level": self.log_level,
             "tree": {"listen": "tcp://127.0.0.1:0", **self.tree},
         })
         self._spawn(name, "agent", config)
 
-    def start_backend(self, name: str) -> None:
+    def start_backend(self, name: str, enrol: bool = True, token: str | None = None) -> None:
+        """Start backend ``name``, first enrolling it (see ``_enrolment``) if it never was."""
+        compute = {"frontend_ca_file": self.ca_file, **self.backend_config.get("compute", {})}
+        data_dir = self.workdir / "backends" / name
         config = self._config(name, {
             "node_id": name,
             "frontend": self.frontend_endpoint,
-            "data_dir": str(self.workdir / "backends" / name),
+            "data_dir": str(data_dir),
+            **self._enrolment(name, "backend", data_dir, enrol, token),
             "groups": [rack_of(name)],
             "ops_modules": self.ops_modules,
             "journal_fsync": False,
@@ -135,6 +189,7 @@ class LocalCluster:
             "log_level": self.log_level,
             "tree": {k: v for k, v in self.tree.items() if k not in ("fanout",)},
             **self.backend_config,
+            "compute": compute,
         })
         self._spawn(name, "backend", config)
 
@@ -198,6 +253,11 @@ class LocalCluster:
         wanted = set(names)
 
         def attached() -> bool:
+            for name in names:
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    last = (self.log_text(name).strip().splitlines() or ["(no log)"])[-1]
+                    raise RuntimeError(f"{name} exited with status {proc.returncode}: {last}")
             up = {n["node_id"] for n in self.tree_status() if n["state"] == "up"}
             return wanted <= up
 

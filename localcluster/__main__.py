@@ -76,14 +76,17 @@ cloud powers them off, and they are found shut off at the next start."""
 The backends run no compute driver (not root, or libvirt missing: sh scripts/ensure-libvirt.sh),
 so instances cannot be launched on them."""
     password_file = os.path.relpath(cluster.workdir / "frontend" / "admin-password")
+    ca_file = os.path.relpath(cluster.ca_file)
     return f"""
 cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree at
-{cluster.frontend_endpoint}, state and logs in {cluster.workdir}.  In another shell:
+{cluster.frontend_endpoint}, state and logs in {cluster.workdir}.  The API's certificate is
+self-signed, generated on the first start: {ca_file}.  In another shell:
 
-    {clctl} login --endpoint {cluster.api_url} --username admin --password-stdin < {password_file}
+    {clctl} login --endpoint {cluster.api_url} --ca-file {ca_file} --username admin --password-stdin < {password_file}
     {clctl} tree
     {clctl} ping
     {clctl} hypervisor list
+    {clctl} hypervisor enrolments    # the one-time tokens the nodes enrolled their tree keys with
 {launch}
 Ctrl-C stops everything."""
 

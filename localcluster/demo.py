@@ -17,10 +17,11 @@ FLAVOR = "tiny"
 
 def offer_tiny_guest(cluster: LocalCluster, guest: Guest) -> None:
     """Upload the guest (kernel, initrd, root disk) as public images and add a flavor, unless present."""
-    token = httpx.post(f"{cluster.api_url}/v1/tokens", timeout=30,
+    verify = cluster.ssl_context()
+    token = httpx.post(f"{cluster.api_url}/v1/tokens", timeout=30, verify=verify,
                        json={"username": "admin", "password": cluster.admin_password()}).raise_for_status().json()
     with httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token['token']}"},
-                      timeout=120) as api:
+                      timeout=120, verify=verify) as api:
         names = {i["name"] for i in api.get("/v1/images").raise_for_status().json()["items"]}
         if IMAGE not in names:
             kernel = _upload(api, f"{IMAGE}-kernel", "raw", guest.kernel)

@@ -10,7 +10,8 @@ from .journal import Journal
 from .leaf import Executor, Leaf
 from .relay import Relay
 from .results import Result, Status
-from .root import CommandHandle, NodeInfo, NodeStatus, Targets, TreeRoot
+from .root import CommandHandle, NodeCounters, NodeInfo, NodeStatus, Targets, TreeEvent, TreeReport, TreeRoot
+from .security import KeyPair, Keyring, Security, SecurityError
 from .settings import TreeSettings
 
 __all__ = [
@@ -19,16 +20,23 @@ __all__ = [
     "FrameError",
     "IllegalTransition",
     "Journal",
+    "KeyPair",
+    "Keyring",
     "Leaf",
+    "NodeCounters",
     "NodeInfo",
     "NodeStatus",
     "Relay",
     "Result",
     "SciError",
+    "Security",
+    "SecurityError",
     "Status",
     "Targets",
     "TargetError",
     "TreeClosed",
+    "TreeEvent",
+    "TreeReport",
     "TreeRoot",
     "TreeSettings",
 ]

@@ -19,10 +19,12 @@ import structlog
 import zmq
 
 from . import proto
+from .counters import Counters, add_into, check_counters
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
 from .reactor import NOBLOCK, NOBLOCK_SNDMORE, Reactor, ZContext, ZSocket, has_input
 from .routes import RouteChange, RouteTable
+from .security import Security, release_domain, serve_curve
 from .settings import TreeSettings
 
 __all__ = ["Child", "Downlink", "DownlinkOwner", "check_entries"]
@@ -31,6 +33,11 @@ log = structlog.get_logger("sci.downlink")
 
 #: Longest a parent spends reading children's frames before its timers get a turn.
 _READ_SLICE_S = 0.05
+#: Children declared dead that are remembered, to tell a false alarm when one comes back.
+_DECLARED_DEAD_KEPT = 4096
+#: Deeper than any tree grows.  A claimed level past it is a peer's lie, and the registrar must
+#: still be able to pack the level + 1 it gives the next node placed under that claim.
+_MAX_LEVEL = 1 << 16
 
 
 @dataclass(slots=True)
@@ -40,6 +47,7 @@ class Child:
     session: int
     last_rx: float
     last_tx: float
+    incarnation: int
 
 
 class DownlinkOwner:
@@ -56,6 +64,10 @@ class DownlinkOwner:
         """A JOIN reached this node; only the root's registrar takes it."""
         downlink.send_raw(identity, proto.reject(RejectCode.NOT_HERE, "this node is not a registrar"))
 
+    def on_enrol(self, downlink: "Downlink", identity: bytes, frame: Frame, key: str | None) -> None:
+        """An ENROL reached this node; only the root takes it."""
+        downlink.send_raw(identity, proto.enrolled(False, "this node is not a registrar"))
+
 
 def check_entries(entries: Any) -> list[NodeEntry]:
     """Validate route entries from a child; raise FrameError on the first bad one."""
@@ -68,7 +80,8 @@ def check_entries(entries: Any) -> list[NodeEntry]:
         proto.check_node_id(node)
         if not (isinstance(seq, list) and len(seq) == 2 and all(type(x) is int for x in seq)):
             raise FrameError(f"route entry {node}: seq must be [int, int]")
-        if not isinstance(parent, str) or type(level) is not int or role not in (Role.AGENT, Role.BACKEND):
+        if (not isinstance(parent, str) or type(level) is not int or not 0 < level <= _MAX_LEVEL
+                or role not in (Role.AGENT, Role.BACKEND)):
             raise FrameError(f"route entry {node}: bad parent, role or level")
         if not (endpoint is None or isinstance(endpoint, str)) or not isinstance(groups, list):
             raise FrameError(f"route entry {node}: bad endpoint or groups")
@@ -93,6 +106,9 @@ class Downlink:
         listen: str,
         settings: TreeSettings,
         owner: DownlinkOwner,
+        counters: Counters | None = None,
+        security: Security | None = None,
+        accept_unknown_keys: bool = False,
     ) -> None:
         self.reactor = reactor
         self.ctx = ctx
@@ -102,6 +118,14 @@ class Downlink:
         self.owner = owner
         self.children: dict[str, Child] = {}
         self.routes = RouteTable()
+        #: this node's own counts (shared with its uplink) and the sum of its leaves' reports
+        self.counters = counters or Counters(settings.counting)
+        self.leaf_counters: dict[str, float] = {}
+        #: child -> incarnation, for children this node declared dead
+        self._declared_dead: dict[str, int] = {}
+        self.security = security
+        #: the root lets unknown keys finish the handshake so that they can enrol; relays do not
+        self._accept_unknown = accept_unknown_keys
         # Sessions are unique per process lifetime, so a session number from before a restart
         # never matches by chance.
         self._next_session = time.time_ns() // 1000 % (1 << 40)
@@ -119,6 +143,8 @@ class Downlink:
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes * 2)
+        if self.security is not None:
+            serve_curve(sock, self.ctx, self.node_id, self.security, self._peer_allowed)
         sock.bind(self.listen)
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
@@ -135,7 +161,18 @@ class Downlink:
                 return endpoint.replace(wildcard, f"//{socket.getfqdn()}:")
         return endpoint
 
+    def _peer_allowed(self, key: str) -> bool:
+        """The ZAP handler's question (in its own thread): may this key finish the handshake?"""
+        keyring = self.security.keyring if self.security is not None else None
+        if keyring is None:
+            return True
+        if keyring.node_of(key) is not None:
+            return True
+        return self._accept_unknown and key not in keyring.revoked
+
     def close(self) -> None:
+        if self.security is not None:
+            release_domain(self.ctx, self.node_id)
         if self._stop_ticker is not None:
             self._stop_ticker()
         if self._sock is not None:
@@ -198,6 +235,11 @@ class Downlink:
         if child is None or child.session != session:
             return
         del self.children[child_id]
+        self.counters.add("children_declared_dead")
+        self._declared_dead.pop(child_id, None)
+        self._declared_dead[child_id] = child.incarnation
+        if len(self._declared_dead) > _DECLARED_DEAD_KEPT:
+            del self._declared_dead[next(iter(self._declared_dead))]
         change = self.routes.remove_child(child_id)
         self._log.warning("child_dead", child=child_id, role=child.role.name.lower(), reason=reason,
                           routes_lost=len(change.removed))
@@ -216,40 +258,85 @@ class Downlink:
                     return False
                 if time.monotonic() > give_back:
                     return True  # more is waiting: timers first, then the rest
-            parts = sock.recv_multipart(NOBLOCK)
+            key = None
+            if self.security is None:
+                parts = sock.recv_multipart(NOBLOCK)
+            else:
+                # The sender's CURVE key, as the ZAP handler let it in, comes with each message.
+                frames = sock.recv_multipart(NOBLOCK, copy=False)
+                user = frames[-1].get("User-Id")
+                key = user if isinstance(user, str) else None
+                parts = [f.bytes for f in frames]
             if len(parts) != 2:
+                self.counters.add("frames_dropped:malformed")
                 self._log.warning("frame_dropped", reason="malformed", detail=f"{len(parts)} parts")
                 continue
             identity, data = parts
             try:
                 frame = proto.decode(data, self.settings.max_frame_bytes)
-                self._on_frame(identity, frame)
+                self._on_frame(identity, frame, key)
             except FrameError as exc:
+                self.counters.add(f"frames_dropped:{exc.reason}")
                 self._log.warning("frame_dropped", reason=exc.reason, detail=str(exc)[:200],
                                   peer=identity[:80].decode(errors="replace"))
         return True
 
-    def _on_frame(self, identity: bytes, frame: Frame) -> None:
+    def _on_frame(self, identity: bytes, frame: Frame, key: str | None = None) -> None:
         kind = frame.kind
-        if kind is Kind.JOIN:
-            self.owner.on_join(self, identity, frame)
+        if kind is Kind.ENROL:
+            self.owner.on_enrol(self, identity, frame, key)
             return
-        if kind is Kind.HELLO:
-            self._on_hello(identity, frame)
+        if kind is Kind.JOIN or kind is Kind.HELLO:
+            claimed = frame.fields[0]
+            if not self._key_speaks_for(key, claimed):
+                self.counters.add("frames_dropped:not_enrolled")
+                self._log.warning("attach_refused", child=str(claimed)[:64], kind=kind.name, key=key,
+                                  reason="key not enrolled for this node")
+                self.send_raw(identity, proto.reject(RejectCode.REFUSED, f"this key is not enrolled as {claimed!r}"))
+                return
+            if kind is Kind.JOIN:
+                self.owner.on_join(self, identity, frame)
+            else:
+                self._on_hello(identity, frame)
             return
         child_id = identity.decode(errors="replace")
+        if not self._key_speaks_for(key, child_id):
+            self.counters.add("frames_dropped:wrong_key")
+            self._log.warning("frame_refused", child=child_id[:64], kind=kind.name, key=key,
+                              reason="sender key is not the child's")
+            return
         child = self.children.get(child_id)
         if child is None or child.session != frame.session:
+            self.counters.add("frames_dropped:stale_session")
             self._log.info("stale_session_refused", child=child_id, session=frame.session, kind=kind.name)
             self.send_raw(identity, proto.reject(RejectCode.NO_SESSION, "no such session; attach again", frame.session))
             return
         child.last_rx = time.monotonic()
         if kind is Kind.HEARTBEAT:
             return
+        if kind is Kind.COUNTERS:
+            try:
+                add_into(self.leaf_counters, check_counters(frame.fields[0]))
+            except ValueError as exc:
+                raise FrameError(f"COUNTERS from {child_id}: {exc}", reason="malformed") from None
+            return
         if kind is Kind.RESULTS:
             cmd_id, wave, table = frame.fields
+            via = self.routes.child_of
+            foreign = {host for host in table if via(host) != child_id}
+            if foreign:
+                # A child answers only for hosts routed through it: anything else is a forgery,
+                # or a late answer from a route that has since moved (the new route answers too).
+                self.counters.add("frames_dropped:foreign_results")
+                self._log.warning("results_refused", child=child_id, cmd=cmd_id, hosts=len(foreign),
+                                  example=str(next(iter(foreign)))[:64])
+                table = {host: entry for host, entry in table.items() if host not in foreign}
+                if not table:
+                    return
             self.owner.on_results(child_id, cmd_id, wave, table)
         elif kind is Kind.ROUTES:
+            if child.role is Role.BACKEND:
+                raise FrameError(f"ROUTES from backend {child_id}: a backend has no subtree")
             added, removed = frame.fields
             check_entries(added)
             change = self.routes.remove(child_id, _check_removals(removed))
@@ -266,6 +353,18 @@ class Downlink:
         else:
             raise FrameError(f"{kind.name} does not travel up", reason="malformed")
 
+    def _key_speaks_for(self, key: str | None, node: object) -> bool:
+        return self.security is None or (self.security.keyring.node_of(key) == node)
+
+    def keys_changed(self, whole: bool, added: dict[str, str], removed: list[str]) -> None:
+        """Pass a keyring change on to agent children, and cut off children whose key was revoked."""
+        data = proto.keys(whole, added, removed)
+        for child in list(self.children.values()):
+            if child.node_id in removed:
+                self._child_failed(child.node_id, child.session, "key revoked")
+            elif child.role is Role.AGENT:
+                self.send(child.node_id, data)
+
     def _on_hello(self, identity: bytes, frame: Frame) -> None:
         node_id, entries = frame.fields
         if identity != node_id.encode():
@@ -273,19 +372,29 @@ class Downlink:
         check_entries(entries)
         if not entries or entries[0][0] != node_id:
             raise FrameError("HELLO must start with the child's own route entry")
+        if entries[0][3] == Role.BACKEND and len(entries) > 1:
+            # A backend has no subtree: other hosts' routes through it would take their commands.
+            raise FrameError(f"HELLO from backend {node_id}: a backend carries no route but its own")
         if any(e[0] == self.node_id for e in entries):
             self.send_raw(identity, proto.reject(RejectCode.REFUSED, "that would make a loop"))
             self._log.warning("attach_refused", child=node_id, reason="loop")
             return
         now = time.monotonic()
+        incarnation = entries[0][1][0]
+        if self._declared_dead.pop(node_id, None) == incarnation:
+            # Same process as the one declared dead: it was slow or cut off, never down.
+            self.counters.add("false_failures")
+            self._log.warning("child_false_failure", child=node_id)
         self._next_session += 1
         old = self.children.pop(node_id, None)
         change = self.routes.remove_child(node_id) if old is not None else RouteChange()
-        child = Child(node_id, Role(entries[0][3]), self._next_session, now, now)
+        child = Child(node_id, Role(entries[0][3]), self._next_session, now, now, incarnation)
         self.children[node_id] = child
         entries[0][2] = self.node_id  # the child cannot know our id before it attached
         change.extend(self.routes.add(node_id, entries))
         self.send_raw(identity, proto.welcome(child.session))
+        if self.security is not None and child.role is Role.AGENT:
+            self.send_raw(identity, proto.keys(True, self.security.keyring.snapshot(), []))
         self._log.info("child_attached", child=node_id, role=child.role.name.lower(), session=child.session,
                        routes=len(entries), reattach=old is not None)
         self.owner.on_routes(node_id, change)

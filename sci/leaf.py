@@ -15,12 +15,14 @@ import structlog
 import zmq
 
 from . import proto
+from .counters import Counters
 from .exceptions import FrameError
 from .journal import Journal
 from .node import LoopNode
 from .proto import Frame, Kind, Role
 from .reactor import Reactor, ZContext
-from .results import Result
+from .results import Result, Status
+from .security import Security
 from .settings import TreeSettings
 from .uplink import Uplink, UplinkOwner
 
@@ -56,6 +58,7 @@ class Leaf(UplinkOwner, LoopNode):
         groups: list[str] | None = None,
         reactor: Reactor | None = None,
         ctx: ZContext | None = None,
+        security: Security | None = None,
     ) -> None:
         self.node_id = proto.check_node_id(node_id)
         self.settings = settings
@@ -63,21 +66,31 @@ class Leaf(UplinkOwner, LoopNode):
         self.journal = journal
         self.reactor = reactor or Reactor()
         self.ctx: ZContext = ctx or zmq.Context.instance()
-        self.up = Uplink(self.reactor, self.ctx, node_id, Role.BACKEND, registrar, settings, self, groups=groups)
+        #: what this backend did; increments go to the parent every ``counters_interval``
+        self.counters = Counters(settings.counting)
+        self.up = Uplink(self.reactor, self.ctx, node_id, Role.BACKEND, registrar, settings, self, groups=groups,
+                         counters=self.counters, security=security)
         #: cmd_id -> the latest wave it was delivered in, while its handler runs
         self._running: dict[str, int] = {}
-        self._stop_ticker: Any = None
+        self._stop_tickers: list[Any] = []
         self._log = log.bind(node=node_id)
 
     def start(self) -> None:
         self.up.start()
-        self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
+        self._stop_tickers.append(self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick))
+        if self.settings.counting:
+            self._stop_tickers.append(self.reactor.add_ticker(self.settings.counters_interval, self._report_counters))
 
     def close(self) -> None:
-        if self._stop_ticker is not None:
-            self._stop_ticker()
-            self._stop_ticker = None
+        for stop in self._stop_tickers:
+            stop()
+        self._stop_tickers.clear()
         self.up.stop()
+
+    def _report_counters(self) -> None:
+        increments = self.counters.take_increments()
+        if increments:
+            self.up.send(lambda session: proto.counters(session, increments))
 
     def on_parent_frame(self, frame: Frame) -> None:
         if frame.kind is Kind.COMMAND:
@@ -99,16 +112,19 @@ class Leaf(UplinkOwner, LoopNode):
                 result = Result.error("interrupted: the backend restarted while this command ran; "
                                       "it was not run again", EXIT_INTERRUPTED).to_wire()
             self._log.info("command_replayed", cmd=cmd_id, op=op, wave=wave)
+            self.counters.add("commands_replayed")
             self._answer(cmd_id, wave, result)
             return
         durable = self.executor.is_durable(op)
         if durable is None:
             self._log.warning("command_unknown_op", cmd=cmd_id, op=op)
+            self.counters.add("commands_refused:unknown_op")
             self._answer(cmd_id, wave, Result.error(f"unknown op {op!r}", EXIT_UNKNOWN_OP).to_wire())
             return
         try:
             args = proto.unpack_body(body)
         except FrameError as exc:
+            self.counters.add("commands_refused:undecodable")
             self._answer(cmd_id, wave, Result.error(str(exc), EXIT_BAD_ARGS).to_wire())
             return
         if durable:
@@ -129,9 +145,16 @@ class Leaf(UplinkOwner, LoopNode):
         wire = result.to_wire()
         self.journal.finished(cmd_id, wire, durable)
         wave = self._running.pop(cmd_id)
+        took = time.monotonic() - started
+        counters = self.counters
+        counters.add("commands_run")
+        counters.add(f"op_seconds:{op}", took)
+        counters.add(f"op_count:{op}")
+        if result.status is not Status.OK:
+            counters.add("commands_refused:bad_args" if result.exit_status == EXIT_BAD_ARGS else "handler_errors")
         if durable:  # read-only ops (ping, info) would flood the log of a busy host
             self._log.info("command_done", cmd=cmd_id, op=op, status=result.status.name.lower(),
-                           duration_s=round(time.monotonic() - started, 4))
+                           duration_s=round(took, 4))
         self._answer(cmd_id, wave, wire)
 
     def _answer(self, cmd_id: str, wave: int, wire: list[Any]) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "Frame",
     "NodeEntry",
     "check_node_id",
+    "shown",
     "decode",
     "encode",
     "join",
@@ -48,6 +49,10 @@ __all__ = [
     "status",
     "status_reply",
     "bye",
+    "counters",
+    "enrol",
+    "enrolled",
+    "keys",
     "pack_body",
     "unpack_body",
 ]
@@ -61,7 +66,7 @@ _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 class Kind(IntEnum):
     JOIN = 1  #: node -> registrar: [node_id, role, incarnation, endpoint|None, groups]
-    ASSIGN = 2  #: registrar -> node: [level, [[parent_id, endpoint], ...]]
+    ASSIGN = 2  #: registrar -> node: [level, [[parent_id, endpoint, public_key|None], ...]]
     HELLO = 3  #: child -> parent: [node_id, [NodeEntry, ...]]  (own entry first, then its subtree)
     WELCOME = 4  #: parent -> child: [session]
     REJECT = 5  #: parent -> child: [RejectCode, text, session refused (0 if none)]
@@ -70,8 +75,13 @@ class Kind(IntEnum):
     RESULTS = 8  #: up: [cmd_id, wave, {host: [status, data, exit_status]}]
     ROUTES = 9  #: up: [[NodeEntry, ...] added, [[node_id, seq], ...] removed]
     STATUS = 10  #: down: [query_id, ttl_ms]
-    STATUS_REPLY = 11  #: up: [query_id, {node_id: [[child, role, heartbeat_age_ms], ...]}]
+    #: up: [query_id, {node_id: [[[child, role, heartbeat_age_ms], ...], own counters, its leaves' counters]}]
+    STATUS_REPLY = 11
     BYE = 12  #: child -> parent: [] (leaving on purpose: no need to wait for heartbeats)
+    COUNTERS = 13  #: leaf -> parent: [{name: increment since the last report}]
+    ENROL = 14  #: new node -> registrar: [node_id, role, one-time token]
+    ENROLLED = 15  #: registrar -> new node: [1 if enrolled else 0, text]
+    KEYS = 16  #: parent -> agent child: [1 if the whole ring else 0, {node_id: public_key} added, [node_id removed]]
 
 
 class Role(IntEnum):
@@ -117,6 +127,10 @@ _SHAPES: dict[Kind, tuple[frozenset[type], ...]] = {
     Kind.STATUS: (_STR, _INT),
     Kind.STATUS_REPLY: (_STR, _DICT),
     Kind.BYE: (),
+    Kind.COUNTERS: (_DICT,),
+    Kind.ENROL: (_STR, _INT, _STR),
+    Kind.ENROLLED: (_INT, _STR),
+    Kind.KEYS: (_INT, _DICT, _LIST),
 }
 _KINDS = {int(k): k for k in Kind}
 
@@ -128,10 +142,20 @@ class Frame:
     fields: list[Any]
 
 
+def shown(value: object) -> str:
+    """A peer's value for an error message: a scalar's repr cut short, else only its type (the
+    repr of a container a peer nested 1000 deep raises RecursionError)."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[:80])
+    if value is None or isinstance(value, (int, float)):
+        return repr(value)
+    return type(value).__name__
+
+
 def check_node_id(value: object) -> str:
     """Return ``value`` if it is a valid node id, else raise FrameError saying why."""
     if not isinstance(value, str) or not _NODE_ID.match(value):
-        raise FrameError(f"node id {value!r} must be 1-{MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -")
+        raise FrameError(f"node id {shown(value)} must be 1-{MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -")
     return value
 
 
@@ -164,10 +188,10 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         raise FrameError("frame is not an array [version, kind, session, ...]", reason="malformed")
     version, kind_code, session = obj[0], obj[1], obj[2]
     if version != VERSION or type(version) is not int:
-        raise FrameError(f"protocol version {version!r}, expected {VERSION}", reason="version")
+        raise FrameError(f"protocol version {shown(version)}, expected {VERSION}", reason="version")
     kind = _KINDS.get(kind_code) if type(kind_code) is int else None
     if kind is None:
-        raise FrameError(f"unknown frame kind {kind_code!r}", reason="malformed")
+        raise FrameError(f"unknown frame kind {shown(kind_code)}", reason="malformed")
     if type(session) is not int:
         raise FrameError("session must be an integer", reason="malformed")
     fields = obj[3:]
@@ -187,7 +211,7 @@ def join(node_id: str, role: Role, incarnation: int, endpoint: str | None, group
     return encode(Kind.JOIN, 0, node_id, int(role), incarnation, endpoint, groups)
 
 
-def assign(level: int, parents: list[list[str]]) -> bytes:
+def assign(level: int, parents: list[list[str | None]]) -> bytes:
     return encode(Kind.ASSIGN, 0, level, parents)
 
 
@@ -236,6 +260,22 @@ def status_reply(session: int, query_id: str, table: dict[str, list[Any]]) -> by
 
 def bye(session: int) -> bytes:
     return encode(Kind.BYE, session)
+
+
+def counters(session: int, increments: dict[str, float]) -> bytes:
+    return encode(Kind.COUNTERS, session, increments)
+
+
+def enrol(node_id: str, role: Role, token: str) -> bytes:
+    return encode(Kind.ENROL, 0, node_id, int(role), token)
+
+
+def enrolled(ok: bool, text: str) -> bytes:
+    return encode(Kind.ENROLLED, 0, int(ok), text)
+
+
+def keys(whole: bool, added: dict[str, str], removed: list[str]) -> bytes:
+    return encode(Kind.KEYS, 0, int(whole), added, removed)
 
 
 def pack_body(args: Any) -> bytes:

@@ -15,13 +15,16 @@ import structlog
 import zmq
 
 from . import proto
+from .counters import Counters
 from .downlink import Downlink, DownlinkOwner
+from .exceptions import SciError
 from .gather import Gather
 from .node import LoopNode
 from .proto import Frame, Kind, NodeEntry, Role
 from .reactor import Reactor, Timer, ZContext
 from .results import Status
 from .routes import RouteChange
+from .security import Security, check_key
 from .settings import TreeSettings
 from .status import StatusQueries
 from .uplink import Uplink, UplinkOwner
@@ -31,6 +34,9 @@ __all__ = ["Relay"]
 log = structlog.get_logger("sci.relay")
 
 _LOST = int(Status.LOST)
+#: The longest a command or a status query may be given (the root's submit takes at most a
+#: day).  A longer ttl from the parent is cut to it, so that the ttl passed on still packs.
+_MAX_TTL_MS = 86_400_000
 
 
 class Relay(UplinkOwner, DownlinkOwner, LoopNode):
@@ -43,12 +49,16 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         advertise: str | None = None,
         reactor: Reactor | None = None,
         ctx: ZContext | None = None,
+        security: Security | None = None,
     ) -> None:
         self.node_id = proto.check_node_id(node_id)
         self.settings = settings
+        self.security = security
         self.reactor = reactor or Reactor()
         self.ctx: ZContext = ctx or zmq.Context.instance()
-        self.down = Downlink(self.reactor, self.ctx, node_id, listen, settings, self)
+        self.counters = Counters(settings.counting)
+        self.down = Downlink(self.reactor, self.ctx, node_id, listen, settings, self, self.counters,
+                             security=security)
         self._advertise = advertise
         self.up: Uplink | None = None
         self._registrar = registrar
@@ -67,7 +77,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         self.down.start()
         endpoint = self._advertise or self.down.connect_endpoint
         self.up = Uplink(self.reactor, self.ctx, self.node_id, Role.AGENT, self._registrar, self.settings, self,
-                         endpoint=endpoint)
+                         endpoint=endpoint, counters=self.counters, security=self.security)
         self.up.start()
         self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
         self._log.info("relay_started", listen=self.down.bound_endpoint, advertise=endpoint)
@@ -102,12 +112,40 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
     def on_parent_frame(self, frame: Frame) -> None:
         if frame.kind is Kind.COMMAND:
             self._dispatch(*frame.fields)
-        else:
+        elif frame.kind is Kind.STATUS:
             self._status_query(*frame.fields)
+        else:
+            self._keys(*frame.fields)
+
+    def _keys(self, whole: int, added: dict[str, Any], removed: list[Any]) -> None:
+        """The enrolled keys, from the parent: kept for the ZAP check and passed on to agents below."""
+        if self.security is None:
+            return
+        try:
+            checked = {proto.check_node_id(n): check_key(k) for n, k in added.items()}
+            gone = [proto.check_node_id(n) for n in removed]
+        except SciError as exc:
+            self._log.warning("frame_dropped", reason="malformed", kind="KEYS", detail=str(exc)[:200])
+            return
+        keyring = self.security.keyring
+        if whole:
+            gone += [node for node in keyring.snapshot() if node not in checked]
+            keyring.replace(checked)
+        else:
+            for node, key in checked.items():
+                keyring.add(node, key)
+        for node in gone:
+            keyring.remove(node)
+        self._log.info("keys_received", whole=bool(whole), added=len(checked), removed=len(gone), total=len(keyring))
+        self.down.keys_changed(bool(whole), checked, gone)
 
     def _dispatch(self, cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int) -> None:
+        if targets is not None and not all(type(t) is str for t in targets):
+            self.counters.add("frames_dropped:malformed")
+            self._log.warning("frame_dropped", reason="malformed", kind="COMMAND", detail="targets must be node ids")
+            return
         now = time.monotonic()
-        deadline = now + ttl_ms / 1000
+        deadline = now + min(ttl_ms, _MAX_TTL_MS) / 1000
         flush_at = deadline - self.settings.hop_margin
         key = (cmd_id, wave)
         routes = self.down.routes
@@ -131,6 +169,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
             else:
                 data = proto.command(cmd_id, wave, op, body, share, child_ttl)
             self.down.send(child, data)
+        self.counters.add("commands_relayed", len(shares))
         if gather.complete:
             self._flush(key, gather)
 
@@ -143,6 +182,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
 
     def _send_results(self, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> None:
         if self.up is not None:
+            self.counters.add("results_relayed")
             self.up.send(lambda session: proto.results(session, cmd_id, wave, table))
 
     # From children ------------------------------------------------------------------------
@@ -197,6 +237,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
             gather = self.gathers[key]
             ttl = max(0, int((gather.flush_at - now) * 1000))
             self._log.info("command_rerouted", cmd=gather.cmd_id, wave=gather.wave, via=child, hosts=len(hosts))
+            self.counters.add("commands_rerouted")
             self.down.send(child, proto.command(gather.cmd_id, gather.wave, gather.op, gather.body, hosts, ttl))
         for key, gather in list(self.gathers.items()):
             if gather.complete:
@@ -205,7 +246,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
     # Tree status --------------------------------------------------------------------------
 
     def _status_query(self, query_id: str, ttl_ms: int) -> None:
-        flush_in = max(0.0, ttl_ms / 1000 - self.settings.hop_margin)
+        flush_in = max(0.0, min(ttl_ms, _MAX_TTL_MS) / 1000 - self.settings.hop_margin)
         self.status.start(query_id, flush_in, lambda table: self._send_status(query_id, table))
 
     def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:

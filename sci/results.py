@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from .proto import shown
+
 __all__ = ["Status", "Result"]
 
 
@@ -38,7 +40,7 @@ class Result:
     def from_wire(cls, entry: list[Any]) -> "Result":
         """Read [status, data, exit_status]; a malformed entry becomes an ERROR result, not a crash."""
         if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], int):
-            return cls(Status.ERROR, message=f"malformed result entry {entry!r}"[:200], exit_status=-1)
+            return cls(Status.ERROR, message=f"malformed result entry: {shown(entry)}", exit_status=-1)
         try:
             status = Status(entry[0])
         except ValueError:
@@ -46,7 +48,8 @@ class Result:
         exit_status = entry[2] if isinstance(entry[2], int) else -1
         if status is Status.OK:
             return cls(status, payload=entry[1], exit_status=exit_status)
-        return cls(status, message=str(entry[1]), exit_status=exit_status)
+        message = entry[1] if isinstance(entry[1], str) else shown(entry[1])
+        return cls(status, message=message, exit_status=exit_status)
 
     @classmethod
     def error(cls, message: str, exit_status: int = 1) -> "Result":

@@ -17,6 +17,7 @@ the command itself ran once.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import threading
@@ -29,6 +30,7 @@ import structlog
 import zmq
 
 from . import proto
+from .counters import Counters
 from .downlink import Downlink, DownlinkOwner
 from .exceptions import FrameError, TargetError, TreeClosed
 from .planner import Planner
@@ -36,16 +38,20 @@ from .proto import Frame, NodeEntry, Role
 from .reactor import Reactor, Timer, ZContext
 from .results import Result, Status
 from .routes import RouteChange
+from .security import Security, check_key
 from .settings import TreeSettings
 from .status import StatusQueries
 from .topology import TreeIndex
 
-__all__ = ["Targets", "CommandHandle", "NodeInfo", "NodeStatus", "RootStats", "TreeRoot"]
+__all__ = ["Targets", "CommandHandle", "NodeCounters", "NodeInfo", "NodeStatus", "RootStats", "TreeEvent",
+           "TreeReport", "TreeRoot"]
 
 log = structlog.get_logger("sci.root")
 
 _SENT = 0
 _WAITING = 1
+#: Tree events kept for ``drain_events`` callers; older ones are dropped if no one drains them.
+_EVENTS_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,39 @@ class NodeStatus:
     children: int
     #: seconds since the parent last heard from it (None for the root, or if not reported)
     heartbeat_age: float | None
-    state: str  # up | down | silent (an agent that did not answer the status query)
+    #: up | suspect (heard from longer ago than two heartbeat intervals) | down |
+    #: silent (an agent that did not answer the status query)
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCounters:
+    """What one relay (or the root) counted itself, and the sum its leaves reported to it."""
+
+    node_id: str
+    role: str  # root | agent
+    counters: dict[str, float]
+    leaves: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeReport:
+    nodes: list[NodeStatus]
+    counters: list[NodeCounters]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEvent:
+    """A change of the tree's shape as the root saw it."""
+
+    kind: str  # joined | lost | returned (same parent) | reparented
+    node_id: str
+    role: str  # agent | backend
+    parent: str | None
+    previous_parent: str | None
+    #: seconds between the route going away and coming back (0 if it moved in one step)
+    unreachable_s: float
+    at: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)
@@ -107,6 +145,7 @@ class RootStats:
     duplicates_dropped: int = 0
     late_results: int = 0
     joins: int = 0
+    reparents: int = 0
 
 
 class CommandHandle:
@@ -215,12 +254,16 @@ class TreeRoot(DownlinkOwner):
         node_id: str = "root",
         advertise: str | None = None,
         ctx: ZContext | None = None,
+        security: Security | None = None,
     ) -> None:
         self.node_id = proto.check_node_id(node_id)
         self.settings = (settings or TreeSettings()).validate()
+        self.security = security
         self.reactor = Reactor()
         self.ctx: ZContext = ctx or zmq.Context.instance()
-        self.down = Downlink(self.reactor, self.ctx, node_id, listen, self.settings, self)
+        self.counters = Counters(self.settings.counting)
+        self.down = Downlink(self.reactor, self.ctx, node_id, listen, self.settings, self, self.counters,
+                             security=security, accept_unknown_keys=True)
         self._advertise = advertise
         self.planner: Planner | None = None
         self.stats = RootStats()
@@ -229,6 +272,7 @@ class TreeRoot(DownlinkOwner):
         self._index = TreeIndex()
         self._down_since: dict[str, float] = {}
         self._groups: dict[str, set[str]] = {}
+        self._events: collections.deque[TreeEvent] = collections.deque(maxlen=_EVENTS_KEPT)
         self.status = StatusQueries(node_id, self.reactor, self.down)
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -328,10 +372,70 @@ class TreeRoot(DownlinkOwner):
 
     def tree_status(self, timeout: float = 2.0) -> list[NodeStatus]:
         """Ask every relay for its children and their heartbeat ages; return the whole tree."""
+        return self.tree_report(timeout).nodes
+
+    def tree_report(self, timeout: float = 2.0) -> TreeReport:
+        """One status query of every relay: the tree's nodes and every relay's counters."""
         future: concurrent.futures.Future[dict[str, list[Any]]] = concurrent.futures.Future()
         self._call(lambda: self.status.start(uuid.uuid4().hex, timeout, future.set_result))
         table = future.result(timeout + 5)
-        return self._call(lambda: self._compose_status(table))  # type: ignore[no-any-return]
+        return self._call(lambda: self._compose_report(table))  # type: ignore[no-any-return]
+
+    def enrolled(self, node_id: str, key: str) -> None:
+        """Let ``node_id`` in with ``key`` (its owner checked an enrolment some other way)."""
+        proto.check_node_id(node_id)
+        check_key(key)
+        self._call(lambda: self._set_key(node_id, key))
+
+    def revoke(self, node_id: str) -> bool:
+        """Cut ``node_id`` off: its key is refused from now on, here and at every agent.
+        False if it had no key."""
+        return bool(self._call(lambda: self._drop_key(node_id)))
+
+    def _set_key(self, node_id: str, key: str) -> None:
+        assert self.security is not None, "enrolment needs a root with CURVE security"
+        self.security.keyring.add(node_id, key)
+        self.down.keys_changed(False, {node_id: key}, [])
+
+    def _drop_key(self, node_id: str) -> bool:
+        if self.security is None or self.security.keyring.remove(node_id) is None:
+            return False
+        self.down.keys_changed(False, {}, [node_id])
+        self._log.warning("node_revoked", revoked=node_id)
+        return True
+
+    def on_enrol(self, downlink: Downlink, identity: bytes, frame: Frame, key: str | None) -> None:
+        node_id, role_code, token = frame.fields
+        security = self.security
+        if security is None or security.enroller is None or key is None:
+            downlink.send_raw(identity, proto.enrolled(False, "this tree does not enrol nodes"))
+            return
+        try:
+            proto.check_node_id(node_id)
+            refused = None if role_code in (Role.AGENT, Role.BACKEND) else "bad role"
+        except FrameError as exc:
+            refused = str(exc)
+        if refused is None:
+            refused = security.enroller(node_id, role_code, token, key)
+        if refused is not None:
+            self._log.warning("enrolment_refused", joiner=str(node_id)[:64], key=key, reason=refused)
+            downlink.send_raw(identity, proto.enrolled(False, refused))
+            return
+        self._set_key(node_id, key)
+        self._log.info("node_enrolled", joiner=node_id, role=Role(role_code).name.lower(), key=key)
+        downlink.send_raw(identity, proto.enrolled(True, "enrolled"))
+
+    @property
+    def commands_in_flight(self) -> int:
+        return len(self._commands)
+
+    def drain_events(self) -> list[TreeEvent]:
+        """Tree events since the last call, oldest first."""
+        def take() -> list[TreeEvent]:
+            events = list(self._events)
+            self._events.clear()
+            return events
+        return self._call(take)  # type: ignore[no-any-return]
 
     def wait_for_hosts(self, count: int, timeout: float = 60.0) -> None:
         """Block until at least ``count`` backends are attached (for start-up and tests)."""
@@ -360,10 +464,19 @@ class TreeRoot(DownlinkOwner):
             exclude = self._index.subtree_of(node_id)
         placement = self.planner.place(node_id, role, self._index.agent_candidates(),
                                         self._index.children_of(self.node_id), own_level, exclude)
-        downlink.send_raw(identity, proto.assign(placement.level, placement.parents))
+        downlink.send_raw(identity, proto.assign(placement.level, [[*p, self._public_key(p[0])]
+                                                                   for p in placement.parents]))
         self.stats.joins += 1
         self._log.info("node_placed", joiner=node_id, role=role.name.lower(), level=placement.level,
                        parents=[p[0] for p in placement.parents])
+
+    def _public_key(self, node: str) -> str | None:
+        """The key a child must expect from ``node`` when it attaches to it."""
+        if self.security is None:
+            return None
+        if node == self.node_id:
+            return self.security.keypair.public
+        return self.security.keyring.key_of(node)
 
     # Commands -----------------------------------------------------------------------------
 
@@ -476,10 +589,16 @@ class TreeRoot(DownlinkOwner):
             self._down_since[node] = now
         for entry in change.added:
             node = entry[0]
+            previous = self._nodes.get(node)
+            lost_at = self._down_since.pop(node, None)
             self._nodes[node] = entry
-            self._down_since.pop(node, None)
             if self.planner is not None:
                 self.planner.attached(node)
+            self._note_attached(entry, previous, lost_at, now)
+        for node, _seq in change.removed:
+            last = self._nodes.get(node)
+            if self._down_since.get(node) == now and last is not None:
+                self._events.append(TreeEvent("lost", node, Role(last[3]).name.lower(), None, last[2], 0.0))
         if not self._commands or not change.moved:
             return
         replay: dict[tuple[str, str], list[str]] = {}
@@ -502,6 +621,17 @@ class TreeRoot(DownlinkOwner):
             self.stats.replays += len(hosts)
             self._send(cmd, {via: hosts})
             self._log.info("command_replayed", cmd=cmd_id, wave=cmd.wave, via=via, hosts=len(hosts))
+
+    def _note_attached(self, entry: NodeEntry, old: NodeEntry | None, lost_at: float | None, now: float) -> None:
+        node, parent, role = entry[0], entry[2], Role(entry[3]).name.lower()
+        unreachable = now - lost_at if lost_at is not None else 0.0
+        if old is None:
+            self._events.append(TreeEvent("joined", node, role, parent, None, 0.0))
+        elif old[2] != parent:
+            self.stats.reparents += 1
+            self._events.append(TreeEvent("reparented", node, role, parent, old[2], unreachable))
+        elif lost_at is not None and lost_at < now:
+            self._events.append(TreeEvent("returned", node, role, parent, old[2], unreachable))
 
     def _expire_waiting(self) -> None:
         grace = self.settings.reattach_grace
@@ -553,24 +683,30 @@ class TreeRoot(DownlinkOwner):
     def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
         self.status.reply(child, query_id, table)
 
-    def _compose_status(self, table: dict[str, list[Any]]) -> list[NodeStatus]:
+    def _compose_report(self, table: dict[str, list[Any]]) -> TreeReport:
         parent_of: dict[str, str] = {}
         age_of: dict[str, float] = {}
-        for node, kids in table.items():
+        for node, (kids, _counters, _leaves) in table.items():
             for kid, _role, age_ms in kids:
                 parent_of[kid] = node
                 age_of[kid] = age_ms / 1000
+        suspect_after = self.settings.heartbeat_interval * 2
         routes = self.down.routes
-        out = [NodeStatus(self.node_id, "root", None, 0, len(table.get(self.node_id, [])), None, "up")]
+        out = [NodeStatus(self.node_id, "root", None, 0, len(table[self.node_id][0]), None, "up")]
         for node, entry in sorted(self._nodes.items(), key=lambda kv: (kv[1][4], kv[0])):
             role = Role(entry[3])
             up = node in routes
+            age = age_of.get(node)
             if not up:
                 state = "down"
             elif role is Role.AGENT and node not in table:
                 state = "silent"
+            elif age is not None and age > suspect_after:
+                state = "suspect"
             else:
                 state = "up"
             out.append(NodeStatus(node, role.name.lower(), parent_of.get(node, entry[2] if up else None), entry[4],
-                                  len(table.get(node, [])), age_of.get(node), state))
-        return out
+                                  len(table[node][0]) if node in table else 0, age, state))
+        counters = [NodeCounters(node, "root" if node == self.node_id else "agent", own, leaves)
+                    for node, (_kids, own, leaves) in sorted(table.items())]
+        return TreeReport(out, counters)

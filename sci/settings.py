@@ -33,6 +33,13 @@ class TreeSettings:
     route_batch_delay: float = 0.02
     #: Most frames read from one socket before timers get a turn.
     read_batch: int = 512
+    #: Seconds between a leaf's reports of its counters to its parent; 0 turns counting off
+    #: on every node (for measuring what the counting costs).
+    counters_interval: float = 10.0
+
+    @property
+    def counting(self) -> bool:
+        return self.counters_interval > 0
 
     @property
     def dead_after(self) -> float:
@@ -50,6 +57,8 @@ class TreeSettings:
             ("hop_margin", 0 <= self.hop_margin < 10, "must be between 0 and 10 seconds"),
             ("route_batch_delay", 0 <= self.route_batch_delay <= 1, "must be between 0 and 1 second"),
             ("read_batch", self.read_batch >= 1, "must be at least 1"),
+            ("counters_interval", self.counters_interval == 0 or 0.1 <= self.counters_interval <= 3600,
+             "must be 0 (off) or between 0.1 and 3600 seconds"),
         ]
         for name, ok, reason in checks:
             if not ok:

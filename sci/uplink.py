@@ -28,9 +28,11 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from . import proto
-from .exceptions import FrameError, IllegalTransition
+from .counters import Counters
+from .exceptions import FrameError, IllegalTransition, SciError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
 from .reactor import NOBLOCK, Reactor, ZContext, ZSocket, has_input
+from .security import Security, check_key, connect_curve
 from .settings import TreeSettings
 
 __all__ = ["LinkState", "Uplink", "UplinkOwner"]
@@ -74,6 +76,14 @@ class UplinkOwner:
         """The link to ``parent`` is gone; commands it was carrying may come again by replay."""
 
 
+def _check_parent(parent: object) -> tuple[str, str, str | None]:
+    """One [parent_id, endpoint, public key or None] of an ASSIGN; FrameError or SecurityError if not."""
+    if not (type(parent) is list and len(parent) == 3 and type(parent[1]) is str):
+        raise FrameError("a parent must be [node_id, endpoint, public key or None]")
+    node, endpoint, key = parent
+    return proto.check_node_id(node), endpoint, None if key is None else check_key(key, "parent key")
+
+
 class Uplink:
     def __init__(
         self,
@@ -86,6 +96,8 @@ class Uplink:
         owner: UplinkOwner,
         endpoint: str | None = None,
         groups: list[str] | None = None,
+        counters: Counters | None = None,
+        security: Security | None = None,
     ) -> None:
         self.reactor = reactor
         self.ctx = ctx
@@ -100,7 +112,8 @@ class Uplink:
         self.attach_count = 0
         self.state = LinkState.JOINING
         self.level = 0
-        self.parents: list[list[str]] = []
+        #: [parent_id, endpoint, public key or None] in the order to try them
+        self.parents: list[tuple[str, str, str | None]] = []
         self.parent_index = 0
         self.session = 0
         self.last_rx = 0.0
@@ -112,6 +125,10 @@ class Uplink:
         self._sock: ZSocket | None = None
         self._monitor: ZSocket | None = None
         self._outbox: collections.deque[Callable[[int], bytes]] = collections.deque()
+        self.counters = counters or Counters(settings.counting)
+        self.security = security
+        #: the parent this node lost and when, until it is attached again
+        self._lost: tuple[str, float] | None = None
         self._log = log.bind(node=node_id)
 
     # Public -------------------------------------------------------------------------------
@@ -204,7 +221,7 @@ class Uplink:
 
     def _join(self) -> None:
         self._move(LinkState.JOINING)
-        self._open(self.registrar, identity=None)
+        self._open(self.registrar, identity=None, server_key=self.security.root_key if self.security else None)
         self._phase_started = time.monotonic()
         self._send_now(proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups))
         self._log.debug("join_sent", registrar=self.registrar)
@@ -212,9 +229,9 @@ class Uplink:
     def _attach(self, index: int) -> None:
         self._move(LinkState.ATTACHING)
         self.parent_index = index
-        parent_id, endpoint = self.parents[index]
+        parent_id, endpoint, key = self.parents[index]
         self.attach_count += 1
-        self._open(endpoint, identity=self.node_id.encode())
+        self._open(endpoint, identity=self.node_id.encode(), server_key=key)
         self._phase_started = time.monotonic()
         entries = [self.own_entry(), *self.owner.subtree_entries()]
         self._send_now(proto.hello(self.node_id, entries))
@@ -225,6 +242,7 @@ class Uplink:
         was_attached = self.state is LinkState.ATTACHED
         self._log.warning("parent_lost", parent=parent, reason=reason)
         if was_attached:
+            self._detached_from(parent)
             self.owner.on_detached(parent, reason)
         nxt = self.parent_index + 1
         if nxt < len(self.parents):
@@ -234,7 +252,7 @@ class Uplink:
 
     # Sockets ------------------------------------------------------------------------------
 
-    def _open(self, endpoint: str, identity: bytes | None) -> None:
+    def _open(self, endpoint: str, identity: bytes | None, server_key: str | None) -> None:
         self._close_socket()
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -245,7 +263,18 @@ class Uplink:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
-        sock.connect(endpoint)
+        try:
+            if self.security is not None:
+                # Without the parent's key there is no handshake to make: the attempt fails and
+                # the next parent is tried, rather than talking to an unauthenticated peer.
+                connect_curve(sock, self.security, server_key or "")
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            # No key, or an endpoint ZeroMQ cannot use: no socket, so the phase times out and
+            # the next parent (or the registrar again) is tried.
+            sock.close(linger=0)
+            self._log.warning("connect_failed", endpoint=endpoint[:200], error=str(exc)[:200])
+            return
         self._sock = sock
         self._disconnected_at = None
         self.reactor.add_reader(sock, self._on_readable)
@@ -307,6 +336,7 @@ class Uplink:
             try:
                 frame = proto.decode(data, self.settings.max_frame_bytes)
             except FrameError as exc:
+                self.counters.add(f"frames_dropped:{exc.reason}")
                 self._log.warning("frame_dropped", reason=exc.reason, detail=str(exc), peer="parent")
                 continue
             self._on_frame(frame)
@@ -320,33 +350,48 @@ class Uplink:
         if state is LinkState.JOINING:
             if kind is Kind.ASSIGN:
                 self._on_assign(frame)
+            elif kind is Kind.REJECT:
+                self._log.warning("join_refused", text=frame.fields[1])
             else:
-                self._log.warning("frame_dropped", reason="unexpected", kind=kind.name, state=state.value)
+                self._dropped("unexpected", kind=kind.name, state=state.value)
             return
         self.last_rx = time.monotonic()
         if kind is Kind.COMMAND or kind is Kind.STATUS:
             if state is LinkState.ATTACHED:
                 self.owner.on_parent_frame(frame)
             else:
-                self._log.warning("frame_dropped", reason="not_attached", kind=kind.name)
+                self._dropped("not_attached", kind=kind.name)
         elif kind is Kind.HEARTBEAT:
             pass
         elif kind is Kind.WELCOME:
             self._on_welcome(frame.fields[0])
         elif kind is Kind.REJECT:
             self._on_reject(*frame.fields)
+        elif kind is Kind.KEYS:
+            if state is LinkState.ATTACHED:
+                self.owner.on_parent_frame(frame)
         else:
-            self._log.warning("frame_dropped", reason="unexpected", kind=kind.name, state=state.value)
+            self._dropped("unexpected", kind=kind.name, state=state.value)
+
+    def _dropped(self, reason: str, **detail: object) -> None:
+        self.counters.add(f"frames_dropped:{reason}")
+        self._log.warning("frame_dropped", reason=reason, **detail)
+
+    def _detached_from(self, parent: str) -> None:
+        # Timed from the last frame the parent sent, so detection counts too, and kept across
+        # failed attempts, so it runs until the next WELCOME however many fallbacks were tried.
+        if self._lost is None:
+            self._lost = (parent, self.last_rx)
 
     def _on_assign(self, frame: Frame) -> None:
         level, parents = frame.fields
         try:
-            checked = [[proto.check_node_id(p[0]), str(p[1])] for p in parents]
-        except (FrameError, IndexError, TypeError) as exc:
-            self._log.warning("frame_dropped", reason="malformed", kind="ASSIGN", detail=str(exc))
+            checked = [_check_parent(p) for p in parents]
+        except SciError as exc:
+            self._dropped("malformed", kind="ASSIGN", detail=str(exc))
             return
         if not checked:
-            self._log.warning("frame_dropped", reason="malformed", kind="ASSIGN", detail="no parents")
+            self._dropped("malformed", kind="ASSIGN", detail="no parents")
             return
         self.level = level
         self.parents = checked
@@ -362,6 +407,14 @@ class Uplink:
         self.last_rx = time.monotonic()
         parent = self.parents[self.parent_index][0]
         self._log.info("attached", parent=parent, session=session, fallback=self.parent_index)
+        if self._lost is not None:
+            lost_parent, since = self._lost
+            self._lost = None
+            if parent != lost_parent:
+                took = time.monotonic() - since
+                self.counters.add("reparents")
+                self.counters.add("reparent_seconds", took)
+                self._log.info("reparented", parent=parent, previous=lost_parent, took_s=round(took, 3))
         self._flush_outbox()
         self.owner.on_attached(parent)
 
@@ -370,6 +423,7 @@ class Uplink:
             return  # refuses a session we have already replaced
         self._log.warning("rejected", parent=self.parent, code=code, text=text)
         if self.state is LinkState.ATTACHED:
+            self._detached_from(self.parent or "?")
             self.owner.on_detached(self.parent or "?", f"rejected: {text}")
         if code == RejectCode.NO_SESSION:
             self._attach(self.parent_index)  # the parent is alive; it just forgot us

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from sci import TreeSettings
+from sci.security import SecurityError, check_key
 
 __all__ = ["AgentConfig", "ApiSection", "BackendConfig", "ComputeSection", "ConfigError", "FrontendConfig",
            "SchedulerSection", "load"]
@@ -28,26 +29,48 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class TreeSection:
-    """The ``tree:`` block: where this node listens and the tree's tunables."""
+    """The ``tree:`` block: where this node listens, its CURVE identity and the tree's tunables."""
 
     listen: str = ""
     advertise: str | None = None
     settings: TreeSettings = field(default_factory=TreeSettings)
+    #: CURVE on every link; false only in a lab (anyone who reaches the tree's ports may join it)
+    curve: bool = True
+    #: this node's key pair (made on first start, mode 0600); empty: the daemon's place under data_dir
+    key_file: str = ""
+    #: agents and backends: the root's public key; empty: the one the enrolment token carried
+    root_key: str = ""
 
 
 @dataclass(frozen=True)
 class ApiSection:
-    """The ``api:`` block of the frontend: where the REST API listens and how long tokens last."""
+    """The ``api:`` block of the frontend: where the REST API listens, how long tokens last, and its limits."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     token_ttl_s: int = 43200
-    #: how hypervisors reach this API (to fetch images); empty: http://<host>:<port>
+    #: logins (POST /v1/tokens) a minute per source address, after a burst of login_burst
+    login_rate_per_min: int = 60
+    login_burst: int = 20
+    #: failed logins a minute per user name, after a burst of login_failures_burst
+    login_failures_per_min: int = 5
+    login_failures_burst: int = 10
+    #: calls a second per token, after a burst of token_burst
+    token_rate_per_s: int = 50
+    token_burst: int = 200
+    #: largest request body, in bytes (image uploads have their own limit)
+    max_body_bytes: int = 1 << 20
+    #: how hypervisors reach this API (to fetch images); empty: https://<host>:<port> (http:// without tls)
     public_url: str = ""
+    #: serve TLS; false only behind a TLS-terminating proxy on this host
+    tls: bool = True
+    #: PEM certificate (chain) and unencrypted key; both empty: a self-signed pair in <data_dir>/tls
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @property
     def url(self) -> str:
-        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        return self.public_url.rstrip("/") or f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -80,13 +103,26 @@ class FrontendConfig:
     def database_url(self) -> str:
         return self.database or f"sqlite:///{Path(self.data_dir) / 'cloudland.db'}"
 
+    @property
+    def key_path(self) -> Path:
+        """The tree root's CURVE key pair."""
+        return Path(self.tree.key_file or Path(self.data_dir) / "tree" / "root.key")
+
 
 @dataclass(frozen=True)
 class AgentConfig:
     node_id: str = ""
     frontend: str = "tcp://127.0.0.1:7700"
+    #: where the agent keeps its CURVE key pair and the root's public key
+    data_dir: str = "/var/lib/cloudland/agent"
+    #: a file holding the one-time token (cl1.…) this node enrols with at its first start
+    enrolment_token_file: str = ""
     log_level: str = "info"
     tree: TreeSection = field(default_factory=lambda: TreeSection(listen="tcp://0.0.0.0:7710"))
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.tree.key_file or Path(self.data_dir) / "tree.key")
 
 
 @dataclass(frozen=True)
@@ -104,6 +140,9 @@ class ComputeSection:
     cmdline: str = "console=ttyS0"
     #: seconds a graceful (ACPI) shutdown may take before the instance is powered off
     stop_timeout_s: float = 60.0
+    #: PEM file of the CA (or self-signed certificate) that the frontend's API is trusted by, for
+    #: image downloads; empty: the system's CAs
+    frontend_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,14 +157,23 @@ class BackendConfig:
     workers: int = 16
     journal_fsync: bool = True
     log_level: str = "info"
+    #: host:port for a local Prometheus /metrics of this backend's counters; empty: off
+    metrics_listen: str = ""
+    #: a file holding the one-time token (cl1.…) this node enrols with at its first start
+    enrolment_token_file: str = ""
     compute: ComputeSection = field(default_factory=ComputeSection)
     tree: TreeSection = field(default_factory=TreeSection)
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.tree.key_file or Path(self.data_dir) / "tree.key")
 
 
 C = TypeVar("C", FrontendConfig, AgentConfig, BackendConfig)
 
 _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str, "frontend": str,
-            "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float}
+            "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float,
+            "metrics_listen": str, "enrolment_token_file": str}
 _SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "compute": ComputeSection}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
@@ -164,7 +212,8 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         if key not in known:
             raise ConfigError(f"{where}: {key}: unknown setting (known: {', '.join(sorted(known))})")
         if key == "tree":
-            values[key] = _tree(value, kind().tree, where, listens=kind is not BackendConfig)
+            values[key] = _tree(value, kind().tree, where, listens=kind is not BackendConfig,
+                                is_root=kind is FrontendConfig)
         elif key in _SECTIONS:
             values[key] = _section(key, _SECTIONS[key], value, where)
         elif key in ("groups", "ops_modules"):
@@ -245,8 +294,21 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
         raise ConfigError(f"{where}: api.public_url: must be an http:// or https:// URL (got {config.api.public_url!r})")
     if not 1 <= config.api.port <= 65535:
         raise ConfigError(f"{where}: api.port: must be between 1 and 65535 (got {config.api.port})")
+    if bool(config.api.tls_cert) != bool(config.api.tls_key):
+        unset = "api.tls_key" if config.api.tls_cert else "api.tls_cert"
+        raise ConfigError(f"{where}: {unset}: must be set with the other of api.tls_cert and api.tls_key "
+                          "(or leave both empty for a generated self-signed pair)")
+    if config.api.tls_cert and not config.api.tls:
+        raise ConfigError(f"{where}: api.tls_cert: set, but api.tls is false; remove one of them")
     if not 60 <= config.api.token_ttl_s <= 31 * 86400:
         raise ConfigError(f"{where}: api.token_ttl_s: must be between 60 and 2678400 (got {config.api.token_ttl_s})")
+    for name in ("login_rate_per_min", "login_burst", "login_failures_per_min", "login_failures_burst",
+                 "token_rate_per_s", "token_burst"):
+        if not 1 <= getattr(config.api, name) <= 1_000_000:
+            raise ConfigError(f"{where}: api.{name}: must be between 1 and 1000000 (got {getattr(config.api, name)})")
+    if not 4096 <= config.api.max_body_bytes <= 1 << 30:
+        raise ConfigError(f"{where}: api.max_body_bytes: must be between 4096 and 1073741824 "
+                          f"(got {config.api.max_body_bytes})")
     sched = config.scheduler
     for ratio in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio"):
         if not 0.1 <= getattr(sched, ratio) <= 100:
@@ -261,15 +323,19 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
                           f"(got {config.reconcile_interval_s})")
 
 
-def _tree(raw: Any, default: TreeSection, where: str, listens: bool) -> TreeSection:
+def _tree(raw: Any, default: TreeSection, where: str, listens: bool, is_root: bool) -> TreeSection:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: tree: must be a mapping")
     tunables = {f.name: f.type for f in dataclasses.fields(TreeSettings)}
     listen, advertise = default.listen, default.advertise
+    identity: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("listen", "advertise") and not listens:
             raise ConfigError(f"{where}: tree.{key}: a backend is a leaf and listens nowhere; remove it")
+        if key in ("curve", "key_file", "root_key"):
+            identity[key] = _tree_identity(key, value, where, is_root)
+            continue
         if key == "listen":
             if not isinstance(value, str) or "://" not in value:
                 raise ConfigError(f"{where}: tree.listen: must be an endpoint like tcp://0.0.0.0:7700")
@@ -298,4 +364,21 @@ def _tree(raw: Any, default: TreeSection, where: str, listens: bool) -> TreeSect
         tree_settings = TreeSettings(**settings).validate()
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return TreeSection(listen, advertise, tree_settings)
+    return dataclasses.replace(default, listen=listen, advertise=advertise, settings=tree_settings, **identity)
+
+
+def _tree_identity(key: str, value: Any, where: str, is_root: bool) -> Any:
+    """tree.curve, tree.key_file or tree.root_key, checked."""
+    if key == "curve":
+        return _scalar("tree.curve", bool, value, where)
+    if key == "root_key" and is_root:
+        raise ConfigError(f"{where}: tree.root_key: the frontend is the root, its key pair is tree.key_file; "
+                          "remove it")
+    value = _scalar(f"tree.{key}", str, value, where)
+    if key == "root_key" and value:
+        try:
+            check_key(value)
+        except SecurityError:
+            raise ConfigError(f"{where}: tree.root_key: must be the frontend's public key, 40 characters of Z85 "
+                              f"(got {value[:48]!r})") from None
+    return value

@@ -86,7 +86,7 @@ def endpoints(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Wire clctl to the app; returns the endpoints clctl connected to, in order."""
     seen: list[str] = []
 
-    def connect(endpoint: str, timeout: httpx.Timeout) -> httpx.Client:
+    def connect(endpoint: str, timeout: httpx.Timeout, ca_file: str | None) -> httpx.Client:
         seen.append(endpoint)
         return TestClient(app)
 
@@ -315,19 +315,22 @@ def test_hypervisors(frontend: Frontend, admin: str) -> None:
     result = invoke("hypervisor", "list")
     assert result.exit_code == 0, result.output
     assert table_rows(result.stdout) == [["NAME", "STATUS", "ZONE", "ENABLED", "VCPUS", "MEMORY_GIB", "DISK_GB",
-                                          "INSTANCES", "HEARTBEAT"]]
+                                          "INSTANCES", "HEARTBEAT", "LOAD"]]
     assert json.loads(invoke("hypervisor", "list", "--json").stdout) == {"items": []}
 
     org_id = json.loads(invoke("whoami", "--json").stdout)["org_id"]
     with frontend.db.transaction() as session:
-        for name, used in (("host000", 6), ("host001", 2)):
+        for name, used, load in (("host000", 6, 0.5), ("host001", 2, 3.25)):
             session.add(Hypervisor(org_id=org_id, name=name, status="up", vcpus=8, vcpus_used=used,
                                    memory_mb=16384, memory_mb_used=4096, disk_gb=500, disk_gb_used=20,
-                                   last_seen_at=utcnow()))
+                                   last_seen_at=utcnow(), facts={"load": [load, 0.1, 0.1]}))
     rows = table_rows(invoke("hypervisor", "list").stdout)[1:]
     assert [r[0] for r in rows] == ["host000", "host001"]
     assert rows[0][1:8] == ["up", "-", "yes", "6/8", "4.0/16.0", "20/500", "0"]
     assert rows[0][8] == "-"  # no tree in this test, so no heartbeat to report
+    assert [r[9] for r in rows] == ["0.50", "3.25"]
+    busiest = table_rows(invoke("hypervisor", "list", "--sort", "load", "--reverse").stdout)[1:]
+    assert [r[0] for r in busiest] == ["host001", "host000"]
     by_load = table_rows(invoke("hypervisor", "list", "--sort", "vcpus").stdout)[1:]
     assert [r[0] for r in by_load] == ["host001", "host000"]
     by_load = table_rows(invoke("hypervisor", "list", "--sort", "vcpus", "--reverse").stdout)[1:]
@@ -465,7 +468,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ScriptedApi]:
 
     def install(routes: dict[tuple[str, str], Callable[[httpx.Request], Any]]) -> ScriptedApi:
         fake = ScriptedApi(routes)
-        monkeypatch.setattr(clctl.client, "http_client", lambda endpoint, timeout: httpx.Client(
+        monkeypatch.setattr(clctl.client, "http_client", lambda endpoint, timeout, ca_file: httpx.Client(
             base_url=endpoint, transport=httpx.MockTransport(fake)))
         return fake
 
@@ -621,8 +624,8 @@ TREE = {"nodes": [
      "state": "up"},
     {"node_id": "agent1", "role": "agent", "parent": "root", "level": 1, "children": 0, "heartbeat_age": 0.3,
      "state": "silent"},
-    {"node_id": "host001", "role": "backend", "parent": "agent0", "level": 2, "children": 0, "heartbeat_age": 0.2,
-     "state": "up"},
+    {"node_id": "host001", "role": "backend", "parent": "agent0", "level": 2, "children": 0, "heartbeat_age": 2.5,
+     "state": "suspect"},
     {"node_id": "host000", "role": "backend", "parent": None, "level": 2, "children": 0, "heartbeat_age": 75.0,
      "state": "down"},
 ]}
@@ -636,8 +639,9 @@ def test_tree_is_indented_and_marks_trouble(scripted: Callable[..., ScriptedApi]
     assert lines[0].split() == ["NODE", "ROLE", "PARENT", "CHILDREN", "HEARTBEAT", "STATE"]
     assert [line.split()[0] for line in lines[1:6]] == ["root", "agent0", "host001", "agent1", "host000"]
     assert lines[3].startswith("    host001") and lines[4].startswith("  agent1")
+    assert lines[3].endswith("SUSPECT ?")
     assert lines[4].endswith("SILENT !") and lines[5].endswith("DOWN !") and "1m15s" in lines[5]
-    assert lines[-1] == "5 nodes: down 1, silent 1, up 3"
+    assert lines[-1] == "5 nodes: down 1, silent 1, suspect 1, up 2"
     assert json.loads(invoke("tree", "--json").stdout) == TREE
 
 

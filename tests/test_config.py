@@ -110,7 +110,8 @@ def test_invalid_yaml_says_where(tmp_path: Path) -> None:
 def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     # `workers` is a backend setting: an agent must say so rather than ignore it.
     message = _error(AgentConfig, _write(tmp_path, "workers: 4\n"))
-    assert message.endswith("workers: unknown setting (known: frontend, log_level, node_id, tree)"), message
+    assert message.endswith("workers: unknown setting (known: data_dir, enrolment_token_file, frontend, log_level, "
+                            "node_id, tree)"), message
 
 
 # Settings only some daemons have -----------------------------------------------------------
@@ -146,6 +147,37 @@ def test_frontend_must_be_an_endpoint(tmp_path: Path, kind: type[Any]) -> None:
 def test_control_socket_wrong_type(tmp_path: Path) -> None:
     path = _write(tmp_path, "control_socket: 1\n")
     assert _error(FrontendConfig, path) == f"{path}: control_socket: must be a string (got 1)"
+
+
+# The tree's CURVE identity ------------------------------------------------------------------
+
+KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+
+IDENTITY_CASES = [
+    ("curve-not-a-bool", AgentConfig, "tree:\n  curve: maybe\n", "tree.curve: must be true or false (got 'maybe')"),
+    ("key-file-not-a-string", BackendConfig, "tree:\n  key_file: 7\n", "tree.key_file: must be a string (got 7)"),
+    ("root-key-short", BackendConfig, "tree:\n  root_key: abc\n",
+     "tree.root_key: must be the frontend's public key, 40 characters of Z85 (got 'abc')"),
+    ("root-key-not-z85", AgentConfig, f"tree:\n  root_key: '{'~' * 40}'\n",
+     f"tree.root_key: must be the frontend's public key, 40 characters of Z85 (got '{'~' * 40}')"),
+    ("root-key-on-the-root", FrontendConfig, f"tree:\n  root_key: '{KEY}'\n",
+     "tree.root_key: the frontend is the root, its key pair is tree.key_file; remove it"),
+    ("token-file-not-a-string", AgentConfig, "enrolment_token_file: [a]\n",
+     "enrolment_token_file: must be a string (got ['a'])"),
+]
+
+
+@pytest.mark.parametrize("kind,text,expected", [c[1:] for c in IDENTITY_CASES], ids=[c[0] for c in IDENTITY_CASES])
+def test_tree_identity_errors(tmp_path: Path, kind: type[Any], text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    assert _error(kind, path) == f"{path}: {expected}"
+
+
+def test_key_files_default_under_each_data_dir(tmp_path: Path) -> None:
+    assert load(FrontendConfig, _write(tmp_path, "data_dir: /srv/fe\n")).key_path == Path("/srv/fe/tree/root.key")
+    assert load(AgentConfig, _write(tmp_path, "data_dir: /srv/ag\n")).key_path == Path("/srv/ag/tree.key")
+    backend = load(BackendConfig, _write(tmp_path, f"tree:\n  key_file: /k/b.key\n  root_key: '{KEY}'\n"))
+    assert backend.key_path == Path("/k/b.key") and backend.tree.root_key == KEY and backend.tree.curve
 
 
 # Tunables: whole numbers and finite values ---------------------------------------------------

@@ -78,6 +78,7 @@ def test_frontend_yaml_documented_values() -> None:
 def test_agent_yaml_documented_values() -> None:
     c = load(AgentConfig, _yaml("agent"))
     assert c.frontend == CONTROLLER
+    assert c.data_dir == "/var/lib/cloudland/agent"
     assert c.tree.listen == "tcp://0.0.0.0:7710"
     assert c.tree.advertise is None
     assert c.log_level == "info"
@@ -100,7 +101,7 @@ def test_tree_settings_defaults_are_the_documented_ones() -> None:
     assert dataclasses.asdict(TreeSettings()) == {
         "fanout": 32, "heartbeat_interval": 1.0, "heartbeat_misses": 3, "max_frame_bytes": 16 * 1024 * 1024,
         "disconnect_grace": 0.5, "reattach_grace": 5.0, "hop_margin": 0.05, "route_batch_delay": 0.02,
-        "read_batch": 512,
+        "read_batch": 512, "counters_interval": 10.0,
     }
 
 
@@ -111,7 +112,9 @@ def test_yaml_lists_every_setting_the_loader_accepts(name: str) -> None:
     tree = raw["tree"]
     # A backend is a leaf: it has no endpoint, and writing listen: "" (its default) is invalid.
     endpoints = set() if name == "backend" else {"listen", "advertise"}
-    assert set(tree) == set(TUNABLES) | endpoints
+    # The frontend is the root: it has no root key to be told.
+    identity = {"curve", "key_file"} if name == "frontend" else {"curve", "key_file", "root_key"}
+    assert set(tree) == set(TUNABLES) | endpoints | identity
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -206,7 +209,7 @@ def test_unit_starts_a_console_script_of_this_package(name: str) -> None:
     assert scripts[f"cloudland-{name}"] == f"{name}.daemon:main"
 
 
-@pytest.mark.parametrize("name", ["frontend", "backend"])
+@pytest.mark.parametrize("name", NAMES)
 def test_state_directory_is_the_configs_data_dir(name: str) -> None:
     service = parse_unit(_unit(name))["Service"]
     data_dir = load(KINDS[name], _yaml(name)).data_dir
@@ -219,9 +222,13 @@ def test_frontend_runtime_directory_holds_the_control_socket() -> None:
     assert Path("/run") / _one(service, "RuntimeDirectory") == socket_dir
 
 
-def test_agent_has_no_state_or_runtime_directory() -> None:
-    service = parse_unit(_unit("agent"))["Service"]
-    assert not _values(service, "StateDirectory") and not _values(service, "RuntimeDirectory")
+def test_agent_has_no_runtime_directory() -> None:
+    assert not _values(parse_unit(_unit("agent"))["Service"], "RuntimeDirectory")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_curve_is_on_in_every_shipped_config(name: str) -> None:
+    assert load(KINDS[name], _yaml(name)).tree.curve is True
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -82,8 +82,8 @@ def _clctl(home: Path, *args: str, stdin: str | None = None) -> subprocess.Compl
 def test_clctl_drives_a_running_cloud(cluster: LocalCluster, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    login = _clctl(home, "login", "--endpoint", cluster.api_url, "--username", "admin", "--password-stdin",
-                   stdin=cluster.admin_password() + "\n")
+    login = _clctl(home, "login", "--endpoint", cluster.api_url, "--ca-file", cluster.ca_file, "--username", "admin",
+                   "--password-stdin", stdin=cluster.admin_password() + "\n")
     assert login.returncode == 0, login.stderr
     tree = json.loads(_clctl(home, "--json", "tree").stdout)
     assert sorted(n["node_id"] for n in tree["nodes"] if n["role"] == "backend") == cluster.backend_names

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from sci import proto
 from sci.exceptions import FrameError
 from sci.proto import Kind
+from sci.results import Result, Status
 
 
 def test_builders_round_trip() -> None:
@@ -78,3 +81,28 @@ def test_decode_of_well_formed_msgpack_raises_only_frame_error(kind: int, sessio
         proto.decode(msgpack.packb([proto.VERSION, kind, session, *fields]))
     except FrameError:
         pass
+
+
+def _nested(depth: int) -> list[Any]:
+    """A list nested ``depth`` deep, as msgpack decodes it from a peer (repr() gives up near 1000)."""
+    return msgpack.unpackb(b"\x91" * depth + b"\xc0")  # type: ignore[no-any-return]
+
+
+def test_a_peers_deep_nesting_never_reaches_repr() -> None:
+    deep = msgpack.packb([_nested(1000), int(Kind.HEARTBEAT), 0])
+    with pytest.raises(FrameError, match="version list"):
+        proto.decode(deep)
+    with pytest.raises(FrameError, match="kind list"):
+        proto.decode(msgpack.packb([proto.VERSION, _nested(1000), 0]))
+    with pytest.raises(FrameError, match="node id list"):
+        proto.check_node_id(_nested(1000))
+    with pytest.raises(FrameError, match="'xxx"):
+        proto.check_node_id("x" * 100_000)
+
+
+def test_result_entries_of_any_nesting_become_results() -> None:
+    failed = Result.from_wire([int(Status.ERROR), _nested(995), 3])
+    assert failed.status is Status.ERROR and failed.message == "list" and failed.exit_status == 3
+    malformed = Result.from_wire(_nested(995))
+    assert malformed.status is Status.ERROR and malformed.message == "malformed result entry: list"
+    assert Result.from_wire([int(Status.ERROR), "disk full", 1]).message == "disk full"

@@ -2,51 +2,28 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Iterator
 
 import pytest
 
-from backend.ops import system
-from backend.registry import OpRegistry
-from sci import Journal, Leaf, Relay, Status, Targets, TreeRoot, TreeSettings
+from sci import Leaf, Relay, Status, Targets, TreeRoot, TreeSettings
+from tests.support.trees import ThreadTree
 
 SETTINGS = TreeSettings(heartbeat_interval=0.2, fanout=4, reattach_grace=2.0)
 
 
 @pytest.fixture
 def tree() -> Iterator[tuple[TreeRoot, dict[str, Relay], dict[str, Leaf]]]:
-    root = TreeRoot("tcp://127.0.0.1:0", SETTINGS).start()
-    relays: dict[str, Relay] = {}
-    leaves: dict[str, Leaf] = {}
-    threads = []
-
-    def spawn(node: Relay | Leaf) -> None:
-        t = threading.Thread(target=node.run, daemon=True)
-        t.start()
-        threads.append(t)
-
+    nodes = ThreadTree(SETTINGS)
     try:
-        for i in range(3):
-            relays[f"a{i}"] = Relay(f"a{i}", root.endpoint, "tcp://127.0.0.1:0", SETTINGS)
-            spawn(relays[f"a{i}"])
-        deadline = time.monotonic() + 10
-        while len([n for n in root.nodes() if n.up]) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for i in range(9):
-            registry = OpRegistry(2)
-            system.register(registry)
-            leaves[f"h{i}"] = Leaf(f"h{i}", root.endpoint, SETTINGS, registry, Journal(None), groups=[f"g{i % 2}"])
-            spawn(leaves[f"h{i}"])
-        root.wait_for_hosts(9, timeout=10)
-        yield root, relays, leaves
+        relays = {f"a{i}": nodes.agent(f"a{i}") for i in range(3)}
+        nodes.wait_agents(list(relays))
+        leaves = {f"h{i}": nodes.host(f"h{i}", groups=[f"g{i % 2}"]) for i in range(9)}
+        nodes.root.wait_for_hosts(9, timeout=10)
+        yield nodes.root, relays, leaves
     finally:
-        for node in [*leaves.values(), *relays.values()]:
-            node.stop()
-        for t in threads:
-            t.join(5)
-        root.stop()
+        nodes.stop()
 
 
 def test_addressing_modes(tree: tuple[TreeRoot, dict[str, Relay], dict[str, Leaf]]) -> None:

@@ -20,7 +20,10 @@ import pytest
 import zmq
 
 from localcluster import LocalCluster, rack_of
-from sci import proto
+from sci import KeyPair, Security, proto
+from sci.enrolment import enrol
+from sci.security import connect_curve
+from service.nodekeys import EnrolmentToken
 from tests.support.leftovers import no_new_processes
 
 pytestmark = pytest.mark.slow
@@ -203,9 +206,21 @@ def _agent_endpoint(c: LocalCluster, name: str) -> str:
     return str(started[-1]["listen"])
 
 
+def _enrolled_intruder(c: LocalCluster, target: str) -> tuple[Security, str]:
+    """A key enrolled as a node would be, and the target's public key: frames must get through
+    CURVE to be read at all (a peer without it never completes the handshake)."""
+    token = c.enrolment_token("intruder")
+    security = Security(KeyPair.generate(), EnrolmentToken.parse(token).root_key)
+    enrol(c.frontend_endpoint, "intruder", proto.Role.BACKEND, token, security, timeout=10)
+    if target == "frontend":
+        return security, security.root_key
+    return security, KeyPair.load_or_create(c.workdir / "agents" / target / "tree.key").public
+
+
 @pytest.mark.parametrize("target", ["frontend", "agent2"])
 def test_bad_frames_are_dropped_and_node_keeps_serving(cluster: LocalCluster, target: str) -> None:
     endpoint = cluster.frontend_endpoint if target == "frontend" else _agent_endpoint(cluster, target)
+    security, server_key = _enrolled_intruder(cluster, target)
     ctx = zmq.Context.instance()
     bad = [
         b"\xc1garbage",  # not msgpack
@@ -221,6 +236,7 @@ def test_bad_frames_are_dropped_and_node_keeps_serving(cluster: LocalCluster, ta
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.IDENTITY, f"intruder{i}".encode())
+        connect_curve(sock, security, server_key)
         sock.connect(endpoint)
         sock.send(data)
         time.sleep(0.1)

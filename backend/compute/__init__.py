@@ -3,7 +3,7 @@
 Listed in a backend's ``ops_modules`` as ``backend.compute``; configured by its ``compute:``
 section.  The modules, each with one job:
 
-- ``spec``: op bodies checked into typed values;  ``ops``: the op handlers;
+- ``spec``: the schemas of the ops' bodies, and the typed spec of a launch;  ``ops``: the op handlers;
 - ``driver``: the ops' semantics (idempotent, all or nothing);
 - ``hypervisor``: the only module that imports libvirt;
 - ``domain``, ``storagexml``: the XML libvirt is given;  ``seed``: the cloud-init NoCloud ISO;
@@ -13,11 +13,12 @@ section.  The modules, each with one job:
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import structlog
 
-from service.config import BackendConfig
+from service.config import BackendConfig, ConfigError
 
 from ..registry import OpRegistry
 from . import kvm
@@ -42,7 +43,7 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
         instances_dir=Path(section.instances_dir) if section.instances_dir else data_dir / "instances",
         domain_type=kvm.resolve(section.domain_type), cmdline=section.cmdline,
         stop_timeout_s=section.stop_timeout_s)
-    images = ImageCache(data_dir / "images")
+    images = ImageCache(data_dir / "images", verify=_frontend_trust(section.frontend_ca_file))
     driver = ComputeDriver(hypervisor, images, settings)
     for op in ops(driver):
         registry.register(op)
@@ -50,3 +51,13 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
     registry.on_close(hypervisor.close)
     log.info("compute_driver_registered", uri=section.uri, domain_type=settings.domain_type,
              pool_dir=str(hypervisor.pool_dir), instances_dir=str(settings.instances_dir))
+
+
+def _frontend_trust(ca_file: str) -> ssl.SSLContext | bool:
+    """What image downloads check the frontend's certificate against; a bad file stops the backend at start."""
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError too: not a PEM certificate
+        raise ConfigError(f"compute.frontend_ca_file: cannot use {ca_file}: {exc.strerror or exc}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ _CHUNK = 1 << 20
 
 
 class ImageCache:
-    def __init__(self, root: Path, timeout_s: float = 60.0) -> None:
+    def __init__(self, root: Path, timeout_s: float = 60.0, verify: ssl.SSLContext | bool = True) -> None:
+        """``verify``: what the frontend's certificate is checked against (True: the system's CAs)."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         # What a killed backend left half-downloaded; no download runs yet, so all of it is stale.
@@ -40,7 +42,7 @@ class ImageCache:
         self._locks = KeyedLocks()
         # trust_env=False: the frontend is inside the cluster; a host's HTTP(S)_PROXY must not
         # route (and see) the signed links.
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False)
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), trust_env=False, verify=verify)
 
     def close(self) -> None:
         self._client.close()
@@ -90,6 +92,10 @@ class ImageCache:
             os.replace(temp, final)
         except BaseException as exc:
             Path(temp).unlink(missing_ok=True)
+            if isinstance(exc, httpx.HTTPError) and _untrusted(exc):
+                raise ImageError(f"image {image_id}: cannot download it from {source}: the frontend's TLS "
+                                 f"certificate is not trusted ({exc}); set compute.frontend_ca_file in this "
+                                 "backend's config to the frontend's CA certificate") from exc
             if isinstance(exc, httpx.HTTPError):
                 raise ImageError(f"image {image_id}: cannot download it from {source}: {exc}") from exc
             if isinstance(exc, OSError):
@@ -97,3 +103,13 @@ class ImageCache:
             raise
         log.info("image_downloaded", image=image_id, source=source, bytes=size,
                  seconds=round(time.monotonic() - started, 3))
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Whether the certificate check failed somewhere down ``exc``'s chain of causes."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -1,27 +1,93 @@
-"""The op bodies of ``docs/ops.md``, checked and turned into typed values.
+"""The bodies of the compute ops of ``docs/ops.md``: their schemas, and the typed spec of a launch.
 
-Everything the driver and the hypervisor layer get has passed through here: ids are UUIDs
-(they become domain names and file names), sizes are in range, MACs and URLs are well formed.
-A body that is not is refused with ``BadRequest`` (exit 64) naming the field.
+The registry checks every body against its op's schema in ``ARGS`` before the handler runs
+(``backend/argcheck.py``): ids are UUIDs (they become domain names and file names), the name
+is a name (it becomes the guest's host name), sizes are in range, MACs and URLs are well
+formed, and nothing else is in it.  ``instance_spec`` then only converts, and adds the one
+rule a schema does not say.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..argcheck import (
+    IPV4,
+    MAC,
+    NAME,
+    SHA256,
+    UUID,
+    Int,
+    ListOf,
+    Number,
+    OneOf,
+    Record,
+    Text,
+    Url,
+    nullable,
+    optional,
+)
 from .domain import DiskFormat
 from .exceptions import BadRequest
 
-__all__ = ["Fields", "ImageFile", "InstanceSpec", "PortSpec", "instance_spec"]
+__all__ = ["ARGS", "ImageFile", "InstanceSpec", "PortSpec", "instance_spec"]
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FORMATS: dict[str, DiskFormat] = {"qcow2": "qcow2", "raw": "raw"}
-MAX_USER_DATA = 64 << 10
 MAX_GB = 1 << 20
+MAX_VCPUS = 1024
+MIN_MEMORY_MB, MAX_MEMORY_MB = 16, 1 << 24
+#: as the API allows them (``frontend/api/routes/instances.py``, ``keypairs.py``), in characters
+MAX_USER_DATA = 64 << 10
+MAX_SSH_KEY = 16 << 10
+#: bounds the work one body can ask for; far above what the API lets through (8 NICs, 1 key,
+#: 25 disk slots)
+MAX_ITEMS = 32
+MAX_CONSOLE_BYTES = 1 << 20
+MAX_STOP_TIMEOUT_S = 3600.0
+
+_IMAGE_FILE = Record({
+    "id": UUID,
+    "format": OneOf(tuple(_FORMATS)),
+    "checksum": SHA256,
+    "size_bytes": nullable(Int(0, MAX_GB << 30)),
+    # a signed, expiring link: a credential (argcheck never shows text in its errors)
+    "url": Url(),
+})
+_INSTANCE = Record({
+    "instance_id": UUID,
+    "name": NAME,
+    "vcpus": Int(1, MAX_VCPUS),
+    "memory_mb": Int(MIN_MEMORY_MB, MAX_MEMORY_MB),
+    "disk_gb": Int(1, MAX_GB),
+    "image": _IMAGE_FILE,
+    "kernel": nullable(_IMAGE_FILE),
+    "initrd": nullable(_IMAGE_FILE),
+    "ssh_keys": ListOf(Text(MAX_SSH_KEY, nonempty=True, one_line=True), MAX_ITEMS),
+    "user_data": Text(MAX_USER_DATA),
+    "ports": ListOf(Record({"id": UUID, "mac": MAC, "ip": IPV4, "subnet_id": UUID, "network_id": UUID}),
+                    MAX_ITEMS),
+    "volumes": ListOf(Record({"id": UUID, "size_gb": Int(1, MAX_GB)}), MAX_ITEMS),
+})
+_ON_INSTANCE = Record({"instance_id": UUID})
+_VOLUME_AND_INSTANCE = Record({"volume_id": UUID, "instance_id": UUID})
+
+#: op -> the schema of its body, as ``frontend/hostops.py`` and the workflows build it
+ARGS: dict[str, Record] = {
+    "instance.create": Record({"instance": _INSTANCE}),
+    "instance.delete": _ON_INSTANCE,
+    "instance.start": _ON_INSTANCE,
+    "instance.stop": Record({"instance_id": UUID, "timeout_s": optional(Number(0, MAX_STOP_TIMEOUT_S))}),
+    "instance.reboot": _ON_INSTANCE,
+    "instance.resize": Record({"instance_id": UUID, "vcpus": Int(1, MAX_VCPUS),
+                               "memory_mb": Int(MIN_MEMORY_MB, MAX_MEMORY_MB), "disk_gb": Int(1, MAX_GB)}),
+    "instance.console": Record({"instance_id": UUID, "bytes": optional(Int(1, MAX_CONSOLE_BYTES))}),
+    "volume.create": Record({"volume_id": UUID, "size_gb": Int(1, MAX_GB)}),
+    "volume.delete": Record({"volume_id": UUID}),
+    "volume.attach": _VOLUME_AND_INSTANCE,
+    "volume.detach": _VOLUME_AND_INSTANCE,
+    "compute.inventory": Record({}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,106 +124,21 @@ class InstanceSpec:
     volume_ids: tuple[str, ...]
 
 
-class Fields:
-    """Typed reads of one mapping of an op's body; ``where`` names it in errors ("" for the body)."""
-
-    def __init__(self, raw: Any, where: str = "") -> None:
-        if not isinstance(raw, dict):
-            raise BadRequest(f"{where or 'the body'}: must be a mapping")
-        self._raw = raw
-        self._where = where
-
-    def _name(self, key: str) -> str:
-        return f"{self._where}.{key}" if self._where else key
-
-    def _get(self, key: str) -> Any:
-        if key not in self._raw:
-            raise BadRequest(f"{self._name(key)}: missing")
-        return self._raw[key]
-
-    def uuid(self, key: str) -> str:
-        value = self._get(key)
-        if not isinstance(value, str) or not _UUID.fullmatch(value):
-            raise BadRequest(f"{self._name(key)}: must be a lowercase UUID (got {value!r})")
-        return value
-
-    def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
-        if default is not None and self._raw.get(key) is None:
-            return default
-        value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise BadRequest(f"{self._name(key)}: must be a whole number from {low} to {high} (got {value!r})")
-        return value
-
-    def number(self, key: str, low: float, high: float, default: float) -> float:
-        value = self._raw.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise BadRequest(f"{self._name(key)}: must be a number from {low} to {high} (got {value!r})")
-        return float(value)
-
-    def text(self, key: str, max_len: int) -> str:
-        value = self._get(key)
-        if not isinstance(value, str) or len(value) > max_len:
-            raise BadRequest(f"{self._name(key)}: must be text of at most {max_len} characters")
-        return value
-
-    def mapping(self, key: str) -> Fields:
-        return Fields(self._get(key), self._name(key))
-
-    def optional(self, key: str) -> Fields | None:
-        value = self._raw.get(key)
-        return None if value is None else Fields(value, self._name(key))
-
-    def items(self, key: str) -> list[Fields]:
-        value = self._get(key)
-        if not isinstance(value, list):
-            raise BadRequest(f"{self._name(key)}: must be a list")
-        return [Fields(item, f"{self._name(key)}[{index}]") for index, item in enumerate(value)]
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self._get(key)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise BadRequest(f"{self._name(key)}: must be a list of strings")
-        return tuple(value)
-
-    def image_file(self) -> ImageFile:
-        fmt = self._get("format")
-        if fmt not in _FORMATS:
-            raise BadRequest(f"{self._name('format')}: must be qcow2 or raw (got {fmt!r})")
-        checksum = self._get("checksum")
-        if not isinstance(checksum, str) or not _SHA256.fullmatch(checksum):
-            raise BadRequest(f"{self._name('checksum')}: must be a sha256 in lowercase hex (got {checksum!r})")
-        url = self.text("url", 4096)
-        if not url.startswith(("http://", "https://")):
-            raise BadRequest(f"{self._name('url')}: must be an http:// or https:// link")
-        return ImageFile(self.uuid("id"), _FORMATS[fmt], checksum, url)
-
-    def port(self) -> PortSpec:
-        mac = self._get("mac")
-        if not isinstance(mac, str) or not _MAC.fullmatch(mac.lower()):
-            raise BadRequest(f"{self._name('mac')}: must be a MAC address like 52:54:00:12:34:56 (got {mac!r})")
-        return PortSpec(self.uuid("id"), mac.lower())
+def _image_file(raw: dict[str, Any]) -> ImageFile:
+    return ImageFile(raw["id"], _FORMATS[raw["format"]], raw["checksum"], raw["url"])
 
 
-def instance_spec(body: Fields) -> InstanceSpec:
-    """The ``instance`` of an ``instance.create`` body."""
-    spec = body.mapping("instance")
-    kernel, initrd = spec.optional("kernel"), spec.optional("initrd")
-    if initrd is not None and kernel is None:
-        raise BadRequest("instance.initrd: an initrd needs a kernel")
-    name = spec.text("name", 64)
-    if not name:
-        raise BadRequest("instance.name: must not be empty")
+def instance_spec(spec: dict[str, Any]) -> InstanceSpec:
+    """The ``instance`` of an ``instance.create`` body that passed ``ARGS``."""
+    if spec["initrd"] is not None and spec["kernel"] is None:
+        raise BadRequest("args.instance.initrd: an initrd needs a kernel")
     return InstanceSpec(
-        instance_id=spec.uuid("instance_id"), name=name,
-        vcpus=spec.integer("vcpus", 1, 1024), memory_mb=spec.integer("memory_mb", 16, 1 << 24),
-        disk_gb=spec.integer("disk_gb", 1, MAX_GB),
-        image=spec.mapping("image").image_file(),
-        kernel=kernel.image_file() if kernel is not None else None,
-        initrd=initrd.image_file() if initrd is not None else None,
-        ssh_keys=spec.strings("ssh_keys"), user_data=spec.text("user_data", MAX_USER_DATA),
-        ports=tuple(port.port() for port in spec.items("ports")),
-        volume_ids=tuple(volume.uuid("id") for volume in spec.items("volumes")),
+        instance_id=spec["instance_id"], name=spec["name"],
+        vcpus=spec["vcpus"], memory_mb=spec["memory_mb"], disk_gb=spec["disk_gb"],
+        image=_image_file(spec["image"]),
+        kernel=_image_file(spec["kernel"]) if spec["kernel"] is not None else None,
+        initrd=_image_file(spec["initrd"]) if spec["initrd"] is not None else None,
+        ssh_keys=tuple(spec["ssh_keys"]), user_data=spec["user_data"],
+        ports=tuple(PortSpec(port["id"], port["mac"].lower()) for port in spec["ports"]),
+        volume_ids=tuple(volume["id"] for volume in spec["volumes"]),
     )

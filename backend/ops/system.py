@@ -10,9 +10,16 @@ from typing import Any
 
 import psutil
 
+from ..argcheck import Record, Text, optional
 from ..registry import Op, OpRegistry
 
 __all__ = ["register"]
+
+PING_ARGS = Record({
+    # A caller's tag, used nowhere: the bench tags each ping to count how often a host ran it.
+    "round": optional(Text(64, one_line=True)),
+})
+INFO_ARGS = Record({})
 
 
 def ping(args: dict[str, Any]) -> dict[str, Any]:
@@ -38,5 +45,5 @@ def info(zone: str, data_dir: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(registry: OpRegistry, zone: str = "", data_dir: str = "/") -> None:
-    registry.register(Op("ping", ping, durable=False, inline=True))
-    registry.register(Op("info", functools.partial(info, zone, data_dir), durable=False))
+    registry.register(Op("ping", ping, PING_ARGS, durable=False, inline=True))
+    registry.register(Op("info", functools.partial(info, zone, data_dir), INFO_ARGS, durable=False))

@@ -10,7 +10,7 @@ from .. import config
 from ..client import EXIT_UNREACHABLE, Api, ClctlError, url
 from ..output import print_record, when
 from ..params import read_password
-from ..session import api, emit, json_option, settings
+from ..session import api, ca_file_option, emit, json_option, settings
 
 __all__ = ["login", "logout", "whoami"]
 
@@ -18,28 +18,32 @@ __all__ = ["login", "logout", "whoami"]
 @click.command()
 @click.option("--endpoint", metavar="URL",
               help="The API to log in to [default: clctl's --endpoint or CLOUDLAND_ENDPOINT, else the one saved by "
-                   "the last login, else http://127.0.0.1:8080].")
+                   "the last login, else https://127.0.0.1:8080].")
 @click.option("--username", "-u", metavar="NAME", help="Prompted for when not given.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@ca_file_option
 @json_option
 @click.pass_context
-def login(ctx: click.Context, endpoint: str | None, username: str | None, password_stdin: bool) -> None:
-    """Log in, and save the endpoint and token for later commands.
+def login(ctx: click.Context, endpoint: str | None, username: str | None, password_stdin: bool,
+          ca_file: str | None) -> None:
+    """Log in, and save the endpoint, token and CA file for later commands.
 
     They go to ~/.config/cloudland/clctl.yaml (or under $XDG_CONFIG_HOME), readable only by
-    you.  The password is asked for without echo, or read with --password-stdin.
+    you.  The password is asked for without echo, or read with --password-stdin.  A frontend
+    with a generated (self-signed) certificate needs --ca-file with its <data_dir>/tls/api.crt.
     """
-    endpoint = config.check_endpoint(endpoint) if endpoint else settings(ctx).endpoint
+    s = settings(ctx, endpoint=config.check_endpoint(endpoint) if endpoint else None, ca_file=ca_file)
+    endpoint = s.endpoint
     if username is None:
         if password_stdin:
             raise click.UsageError("--password-stdin needs --username")
         username = str(click.prompt("Username"))
     password = read_password(password_stdin)
-    with Api(endpoint, None) as client:
+    with Api(endpoint, None, ca_file=s.ca_file) as client:
         answer = client.request("POST", url("tokens"), json={"username": username, "password": password}, auth=False)
     if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
         raise ClctlError(f"POST {url('tokens')}: the API's answer holds no token")
-    path = config.save_login(endpoint, answer["token"])
+    path = config.save_login(endpoint, answer["token"], s.ca_file)
 
     def human(a: dict[str, Any]) -> None:
         click.echo(f"logged in to {endpoint} as {username} ({a.get('role')}) until {when(a.get('expires_at'))}; "

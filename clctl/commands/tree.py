@@ -18,6 +18,8 @@ __all__ = ["order_tree", "ping", "tree"]
 
 #: states that need an operator's eye; anything else a node reports is shown as it is
 TROUBLE = {"down", "silent"}
+#: late heartbeats: not failed yet, but worth a look
+WARNING = {"suspect"}
 
 
 def order_tree(nodes: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
@@ -57,7 +59,11 @@ def order_tree(nodes: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
 def _state(node: dict[str, Any]) -> str:
     state = str(node.get("state", "?"))
     # Upper case shows in a log or a pipe; the colour only on a terminal (click strips it elsewhere).
-    return click.style(f"{state.upper()} !", fg="red", bold=True) if state in TROUBLE else state
+    if state in TROUBLE:
+        return click.style(f"{state.upper()} !", fg="red", bold=True)
+    if state in WARNING:
+        return click.style(f"{state.upper()} ?", fg="yellow", bold=True)
+    return state
 
 
 @click.command()

@@ -12,9 +12,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ApiError, Conflict
+from ..errors import ApiError, Conflict, Invalid
 from ..services import Frontend
 from . import health, routes
+from .audit import AuditLog
+from .bodylimit import BodyLimit
+from .refusals import ApiApp
+from .routes.images import STREAMED_UPLOAD
 
 __all__ = ["create_app"]
 
@@ -27,7 +31,13 @@ organization's resources answer 404, exactly like ids that do not exist.
 
 Errors are JSON: `{"error": {"code", "message", "field", "reason"}}` with `code` one of
 `invalid` (422), `unauthenticated` (401), `forbidden` (403), `not_found` (404), `conflict` (409),
-`quota_exceeded` (409), `too_large` (413), `unavailable` (503).
+`quota_exceeded` (409), `too_large` (413), `rate_limited` (429), `unavailable` (503).
+
+Request bodies are limited in size (1 MiB unless the operator says otherwise; image files have
+their own limit).  Logins are rate-limited per client address and, when they fail, per user name;
+calls with a token are rate-limited per token.  A `429` carries `Retry-After`: the seconds to
+wait.  Every `POST`, `PUT`, `PATCH` and `DELETE` (refused ones too) is recorded in the audit log,
+which admins read at `GET /v1/audit`.
 
 Long operations answer `202 Accepted` with a task; follow it at `GET /v1/tasks/{id}` until its
 status is `succeeded` or `failed`.
@@ -40,14 +50,14 @@ def _field(loc: tuple[Any, ...]) -> str | None:
 
 
 def create_app(frontend: Frontend) -> FastAPI:
-    app = FastAPI(title="cloudland", version="1", description=DESCRIPTION, docs_url="/docs", redoc_url=None)
+    app = ApiApp(title="cloudland", version="1", description=DESCRIPTION, docs_url="/docs", redoc_url=None)
     app.state.frontend = frontend
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         log.info("api_refused", method=request.method, path=request.url.path, code=exc.code, field=exc.field,
                  reason=exc.reason)
-        return JSONResponse(exc.body(), status_code=exc.http_status)
+        return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -56,6 +66,8 @@ def create_app(frontend: Frontend) -> FastAPI:
         reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         if first.get("type") == "extra_forbidden":
             reason = "unknown field"
+        if first.get("type") == "json_invalid":  # its loc is the offset in the body, not a field
+            field, reason = None, "the body is not valid JSON"
         log.info("api_refused", method=request.method, path=request.url.path, code="invalid", field=field,
                  reason=reason)
         body = {"error": {"code": "invalid", "message": f"{field}: {reason}" if field else reason,
@@ -65,6 +77,8 @@ def create_app(frontend: Frontend) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own answers (no such route, wrong method) in the API's error shape.
+        if exc.status_code == 400:  # FastAPI's for a body it cannot decode (not UTF-8): as invalid as bad JSON
+            return await api_error(request, Invalid("the body is not valid JSON"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         reason = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         body = {"error": {"code": code, "message": reason, "field": None, "reason": reason}}
@@ -85,6 +99,9 @@ def create_app(frontend: Frontend) -> FastAPI:
         return JSONResponse({"error": {"code": "internal", "message": reason, "field": None, "reason": reason}},
                             status_code=500)
 
+    if frontend is not None:  # docgen builds the app without one, for its OpenAPI description only
+        app.add_middleware(BodyLimit, max_bytes=frontend.config.api.max_body_bytes, streamed=[STREAMED_UPLOAD])
+
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Any:
         started = time.monotonic()
@@ -94,6 +111,9 @@ def create_app(frontend: Frontend) -> FastAPI:
         template = getattr(route, "path", "unmatched")
         frontend.metrics.observe_request(request.method, template, response.status_code, time.monotonic() - started)
         return response
+
+    # Added innermost first: the metrics count the body limit's answers, and the audit log sees every one.
+    app.add_middleware(AuditLog, frontend=frontend)
 
     for router in routes.ALL:
         app.include_router(router)

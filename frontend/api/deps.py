@@ -22,9 +22,11 @@ def _frontend(request: Request) -> Frontend:
 
 def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
     header = f"Bearer {credentials.credentials}" if credentials else None
-    with _frontend(request).db.read() as session:
+    frontend = _frontend(request)
+    with frontend.db.read() as session:
         caller = authenticate(session, header)
     request.state.caller = caller
+    frontend.rate_limits.admit_call(caller.token_id)
     return caller
 
 

@@ -31,7 +31,7 @@ TAGS = {
     "hypervisors": "Hypervisors", "flavors": "Flavors", "images": "Images", "keypairs": "Keypairs",
     "server-groups": "Server groups", "instances": "Instances", "volumes": "Volumes", "networks": "Networks",
     "subnets": "Subnets", "ports": "Ports", "routers": "Routers", "floating-ips": "Floating IPs",
-    "security-groups": "Security groups", "tasks": "Tasks", "events": "Events", "tree": "Message tree",
+    "security-groups": "Security groups", "tasks": "Tasks", "events": "Events", "audit": "Audit log", "tree": "Message tree",
 }
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
 

@@ -9,12 +9,14 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-__all__ = ["V1", "IPv4", "Input", "Items", "Name", "Ref", "ResourceView", "Size"]
+__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "Name", "Ref", "ResourceView", "Size", "Text", "UtcTime"]
 
 #: every path of this version of the API starts with it
 V1 = "/v1"
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(_NAME_PATTERN)
+_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def _check_name(value: str) -> str:
@@ -23,13 +25,51 @@ def _check_name(value: str) -> str:
     return value
 
 
+def _check_ref(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"must be an id or a name: {_NAME_RULE}")
+    return value
+
+
 #: The name of any resource: safe in a file name, a log line and a domain name.
 Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({
-    "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "maxLength": 64,
-    "description": "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"})]
-#: A reference to another resource by its id or its name.
-Ref = Annotated[str, Field(min_length=1, max_length=64)]
+    "type": "string", "pattern": _NAME_PATTERN, "maxLength": 64, "description": _NAME_RULE})]
+#: A reference to another resource by its id or its name, in a path, a query or a body.  Ids (and
+#: floating IPs' addresses) have the form of names, so anything else names nothing and is refused
+#: before it reaches a query: PostgreSQL cannot even compare a text holding NUL.
+Ref = Annotated[str, AfterValidator(_check_ref), WithJsonSchema({
+    "type": "string", "pattern": _NAME_PATTERN, "maxLength": 64, "description": f"an id or a name: {_NAME_RULE}"})]
 Size = Annotated[int, Field(ge=1, le=1 << 20)]
+
+
+def _check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be Unicode text: it holds an unpaired surrogate") from None
+    return value
+
+
+#: Free text (a description, user data), kept as given; its length is capped where it is used.
+#: What no database text can hold is refused: NUL, and the unpaired surrogates that JSON's \u
+#: escapes can make (pydantic lets them through an optional field).
+Text = Annotated[str, AfterValidator(_check_text), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+#: A moment as the database holds it: naive UTC.  One with an offset is converted (naive ones
+#: are taken as UTC already); a moment whose conversion leaves years 1-9999 is refused.
+UtcTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 def _ipv4(text: str) -> str:
@@ -48,6 +88,22 @@ class Input(BaseModel):
     """A request body: unknown fields are refused, not ignored, so typos do not pass silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    #: machine-readable: invalid, unauthenticated, forbidden, not_found, conflict, ... (see frontend/errors.py)
+    code: str
+    #: for people: the field, if any, and the reason
+    message: str
+    #: the request's field at fault (``nics[1].ip``), if one is
+    field: str | None
+    reason: str
+
+
+class ErrorView(BaseModel):
+    """Every refusal and failure the API answers with."""
+
+    error: ErrorDetail
 
 
 class ResourceView(BaseModel):

@@ -54,13 +54,16 @@ class Database:
     def __init__(self, url: str, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # hide_parameters: a database error's text (logged with tracebacks, task errors) would
+        # otherwise quote the values of its statement: user data, password hashes, token digests.
         if self.is_sqlite:
             # One connection per use: SQLite connections are cheap and must not cross threads.
-            self.engine = create_engine(url, echo=echo, poolclass=NullPool,
+            self.engine = create_engine(url, echo=echo, poolclass=NullPool, hide_parameters=True,
                                         connect_args={"check_same_thread": False, "timeout": 30})
             _sqlite_setup(self.engine)
         else:
-            self.engine = create_engine(url, echo=echo, pool_size=20, max_overflow=40, pool_pre_ping=True)
+            self.engine = create_engine(url, echo=echo, pool_size=20, max_overflow=40, pool_pre_ping=True,
+                                        hide_parameters=True)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(self.engine.execution_options(**{_READONLY: True}), expire_on_commit=False)
 

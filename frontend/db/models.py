@@ -17,9 +17,9 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Fore
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, synonym
 
 __all__ = [
-    "Base", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair", "Network",
-    "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup", "Subnet", "Task",
-    "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
+    "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair",
+    "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
+    "Subnet", "Task", "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
 ]
 
 
@@ -129,6 +129,43 @@ class Hypervisor(Resource, Base):
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     facts_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Enrolment(Base):
+    """A one-time, expiring token that lets one new node of the tree (an agent or a backend) enrol
+    its CURVE public key.  Only the SHA-256 of the token's secret is stored, so a stolen database
+    holds no usable token."""
+
+    __tablename__ = "enrolments"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    #: the node id the token enrols, and nothing else
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    #: agent or backend
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    #: when a node presented it; a used token is refused from then on
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: the admin who issued it (no foreign key: the record outlives the user)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+
+
+class NodeKey(Base):
+    """The CURVE public key a node of the tree enrolled with; parents let only enrolled keys in.
+    A revoked key stays on record, refused even at the root, until the node enrols again with a
+    new key pair (a revoked node needs a new token for that)."""
+
+    __tablename__ = "node_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    node_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: agent or backend
+    role: Mapped[str] = mapped_column(String(16))
+    #: Z85 text, 40 characters
+    public_key: Mapped[str] = mapped_column(String(40), unique=True)
+    enrolled_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    #: when an admin revoked it; None while the node may attach
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 # Compute ---------------------------------------------------------------------------------
@@ -379,3 +416,30 @@ class Event(Base):
     resource_type: Mapped[str | None] = mapped_column(String(32))
     resource_id: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
+
+
+class AuditRecord(Base):
+    """One mutating call to the API (POST, PUT, PATCH or DELETE under /v1), refused ones included.
+
+    Who made it, what it asked for and how it ended, never its body (passwords, user data).
+    Rows only ever get added; none refers to another table, so the record of a call outlives
+    the user, token and organization that made it.
+    """
+
+    __tablename__ = "audit_log"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    #: the caller; for a failed login, the account it tried if there is one; None when unknown
+    user_id: Mapped[str | None] = mapped_column(String(36))
+    user_name: Mapped[str | None] = mapped_column(String(64))
+    org_id: Mapped[str | None] = mapped_column(String(36))
+    #: the client's address (the one a reverse proxy on this host forwards, behind one)
+    source: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    #: the route's template (``/v1/instances/{instance}``), or the path itself when no route was reached
+    route: Mapped[str] = mapped_column(String(255))
+    #: the last parameter of the path: the id or name of the resource the call was about
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    #: the error's code (``forbidden``, ``rate_limited``, ...) when the call was refused or failed
+    error: Mapped[str | None] = mapped_column(String(32))

@@ -103,3 +103,20 @@ def test_a_disabled_organization_is_locked_out_and_no_one_climbs_above_their_rol
     admin.ok("patch", f"/v1/orgs/{boss.who['org_id']}", json={"status": "disabled"})
     response = boss.get("/v1/whoami")
     assert response.status_code == 401 and "disabled" in error_of(response)["reason"]
+
+
+def test_a_user_name_no_user_could_have_is_invalid_at_login(client: object) -> None:
+    # Found by the API fuzzer: on PostgreSQL a NUL in the name was a 500.
+    api = Api(client)  # type: ignore[arg-type]
+    for name in ("admin\x00", "admin; rm -rf /", "-admin"):
+        response = api.post("/v1/tokens", json={"username": name, "password": ADMIN_PASSWORD})
+        assert response.status_code == 422 and error_of(response)["field"] == "username", name
+
+
+def test_a_body_that_is_not_json_is_invalid(admin: Api) -> None:
+    # Bytes that are not UTF-8 were FastAPI's 400 with code http_error; broken JSON named field "0".
+    for body in (b"\xff\xfe{}", b"{\"name\": ", b"not json"):
+        response = admin.post("/v1/zones", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and error_of(response) == {
+            "code": "invalid", "field": None, "reason": "the body is not valid JSON",
+            "message": "the body is not valid JSON"}, body

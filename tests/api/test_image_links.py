@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 from frontend.services import Frontend
@@ -32,3 +33,15 @@ def test_a_signed_link_serves_the_file_without_a_token(admin: Api, frontend: Fro
     expired = anonymous.get(_path(frontend.image_links.url(image["id"])))
     assert expired.status_code == 401 and "expired" in error_of(expired)["reason"]
     assert anonymous.get(f"/v1/images/{image['id']}/file").status_code == 401
+
+
+def test_a_signature_that_is_not_64_hex_digits_is_invalid(admin: Api, frontend: Frontend) -> None:
+    # Found by the API fuzzer: a non-ASCII signature on an unexpired link made hmac.compare_digest
+    # raise, and the download answered 500.
+    image = admin.ok("post", "/v1/images", 201, json={"name": "tiny", "format": "qcow2"})
+    admin.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
+    expires = int(time.time()) + 3600
+    for signature in ("é" * 64, "A" * 64, "0" * 63, "0" * 65):
+        response = admin.client.get(f"/v1/images/{image['id']}/file", params={"expires": expires,
+                                                                             "signature": signature})
+        assert response.status_code == 422 and error_of(response)["field"] == "signature", signature

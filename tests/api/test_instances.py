@@ -361,3 +361,12 @@ def test_a_task_cut_short_by_a_failure_is_picked_up_again(cloud: Cloud, monkeypa
     assert Resumer(engine).run_once() == 1
     assert cloud.wait_task(api, accepted["task"]["id"])["status"] == "succeeded"
     assert sum(len(c.instances) for c in cloud.computes.values()) == 1
+
+
+def test_user_data_is_free_text_but_nothing_a_database_cannot_hold(admin: Api) -> None:
+    # Found by the fuzzer: a NUL (on PostgreSQL) or an unpaired surrogate (\ud800 in the JSON; on
+    # any database) in user data was a 500.
+    for bad in ("\x00", "\ud800"):
+        body = {"name": "vm", "flavor": "small", "image": "tiny", "user_data": f"#!/bin/sh\necho {bad}"}
+        response = admin.post("/v1/instances", content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and error_of(response)["field"] == "user_data"

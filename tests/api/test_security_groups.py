@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from tests.api.conftest import Api
-from tests.api.test_networks import items, network, refused
+from tests.api.test_networks import invalid, items, network, refused
 
 
 def _rules(group: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -156,3 +157,15 @@ def test_other_tenants_groups_are_not_found(admin: Api) -> None:
     assert items(initech, "/v1/ports") == []
     assert len(initech.ok("get", "/v1/security-groups/own")["rules"]) == 1
     assert acme.ok("get", "/v1/security-groups/web") == web
+
+
+def test_a_description_is_free_text_but_nothing_a_database_cannot_hold(admin: Api) -> None:
+    # Found by the fuzzer and the injection tests: a NUL (on PostgreSQL) or an unpaired surrogate
+    # (\ud800 in the JSON; on any database) in a description was a 500.
+    api = admin.tenant("acme")
+    invalid(api.post("/v1/security-groups", json={"name": "web", "description": "a\x00b"}), "description")
+    api.ok("post", "/v1/security-groups", 201, json={"name": "web", "description": "front ends"})
+    for bad in ("\x00", "\ud800"):
+        invalid(api.patch("/v1/security-groups/web", content=json.dumps({"description": bad}),
+                          headers={"Content-Type": "application/json"}), "description")
+    assert api.ok("get", "/v1/security-groups/web")["description"] == "front ends"

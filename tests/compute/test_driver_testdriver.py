@@ -470,7 +470,7 @@ def test_registered_ops(tmp_path: Path, libvirt_conn: Any) -> None:
 
         bad = run(registry, "instance.create", {"instance": {**body["instance"], "vcpus": 0}})
         assert (bad.status, bad.exit_status) == (Status.ERROR, 64)
-        assert "instance.vcpus: must be a whole number from 1 to 1024 (got 0)" in bad.message
+        assert bad.message == "instance.create: args.instance.vcpus: must be a whole number from 1 to 1024 (got 0)"
         missing = run(registry, "instance.start", {"instance_id": str(uuid.uuid4())})
         assert (missing.status, missing.exit_status) == (Status.ERROR, 1)
         assert "is not on this host" in missing.message

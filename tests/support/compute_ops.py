@@ -4,6 +4,8 @@ The frontend's tests exercise placement, retries, tasks and reconciliation; what
 really does with an instance is the libvirt driver's business and is tested there, on real
 guests.  This stand-in keeps each host's instances in a dict and appends every op it runs to
 a log file, so a test can prove an op ran exactly once.  Failures are injected per host.
+Its ops declare the real driver's schemas (``backend.compute.spec.ARGS``): every body the
+frontend sends in these tests is checked as a hypervisor would check it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backend.compute.spec import ARGS
 from backend.registry import Op, OpError, OpRegistry
 
 
@@ -83,15 +86,15 @@ class RecordingCompute:
         return {"instances": [{"id": i, "power_state": s} for i, s in sorted(self.instances.items())]}
 
     def register(self, registry: OpRegistry) -> None:
-        registry.register(Op("instance.create", self.create, durable=True))
-        registry.register(Op("instance.delete", self.delete, durable=True))
+        registry.register(Op("instance.create", self.create, ARGS["instance.create"], durable=True))
+        registry.register(Op("instance.delete", self.delete, ARGS["instance.delete"], durable=True))
         for op, state in (("instance.start", "running"), ("instance.stop", "shutoff"),
                           ("instance.reboot", "running"), ("instance.resize", "running")):
-            registry.register(Op(op, self.power(op, state), durable=True))
+            registry.register(Op(op, self.power(op, state), ARGS[op], durable=True))
         for op in ("volume.create", "volume.delete", "volume.attach", "volume.detach"):
-            registry.register(Op(op, self.volume(op), durable=True))
-        registry.register(Op("compute.inventory", self.inventory, durable=False))
-        registry.register(Op("instance.console", self.console, durable=False))
+            registry.register(Op(op, self.volume(op), ARGS[op], durable=True))
+        registry.register(Op("compute.inventory", self.inventory, ARGS["compute.inventory"], durable=False))
+        registry.register(Op("instance.console", self.console, ARGS["instance.console"], durable=False))
 
 
 def register(registry: OpRegistry, config: Any) -> None:

@@ -2,27 +2,35 @@
 
 Backends load it through their ``ops_modules`` setting.  ``test.append`` appends one line to
 a file; tests count the lines to prove that no command ran twice, whatever failed on the way.
+The file must be under the system's temporary directory, where pytest's ``tmp_path`` is.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from backend.registry import Op, OpError, OpRegistry
+from backend.argcheck import FilePath, Number, Record, Text, optional
+from backend.registry import Op, OpRegistry
+
+APPEND_ARGS = Record({
+    "path": FilePath((str(Path(tempfile.gettempdir()).resolve()),)),
+    "line": Text(64, nonempty=True, one_line=True),
+    "sleep_before": optional(Number(0, 60)),
+    "sleep_after": optional(Number(0, 60)),
+})
 
 
 def append(args: dict[str, Any]) -> dict[str, Any]:
-    path, line = args.get("path"), args.get("line")
-    if not isinstance(path, str) or not isinstance(line, str):
-        raise OpError("test.append needs path and line", 64)
-    time.sleep(float(args.get("sleep_before", 0)))
-    with open(path, "a") as f:
-        f.write(f"{line} {os.getpid()}\n")
-    time.sleep(float(args.get("sleep_after", 0)))
+    time.sleep(args.get("sleep_before", 0))
+    with open(args["path"], "a") as f:
+        f.write(f"{args['line']} {os.getpid()}\n")
+    time.sleep(args.get("sleep_after", 0))
     return {"pid": os.getpid()}
 
 
 def register(registry: OpRegistry, config: Any) -> None:
-    registry.register(Op("test.append", append, durable=True))
+    registry.register(Op("test.append", append, APPEND_ARGS, durable=True))

@@ -11,7 +11,7 @@ from ...db.models import Event
 from ...hostalias import alias
 from ..deps import CallerDep, FrontendDep
 from ..lookup import owned
-from ..schemas import V1, Items
+from ..schemas import V1, Items, Ref, UtcTime
 
 router = APIRouter(prefix=V1, tags=["events"])
 
@@ -31,9 +31,11 @@ class EventView(BaseModel):
 
 @router.get("/events", response_model=Items[EventView],
             summary="List events, newest first (drift.*, host.*, task.failed); hosts' events belong to admins")
-def list_events(caller: CallerDep, frontend: FrontendDep, kind: str | None = Query(default=None, max_length=32),
-                host: str | None = Query(default=None, max_length=64), since: dt.datetime | None = None,
-                limit: int = Query(default=100, ge=1, le=1000)) -> Items[EventView]:
+def list_events(caller: CallerDep, frontend: FrontendDep,
+                kind: str | None = Query(default=None, pattern="^[a-z][a-z_.]{0,31}$",
+                                         description="e.g. drift, host.down"),
+                host: Ref | None = Query(default=None, description="a hypervisor's name (tenants: its alias)"),
+                since: UtcTime | None = None, limit: int = Query(default=100, ge=1, le=1000)) -> Items[EventView]:
     with frontend.db.read() as session:
         query = owned(Event, caller).order_by(Event.created_at.desc()).limit(limit)
         if kind is not None:
@@ -42,8 +44,7 @@ def list_events(caller: CallerDep, frontend: FrontendDep, kind: str | None = Que
         if host is not None:
             query = query.where(Event.host == host)
         if since is not None:
-            query = query.where(Event.created_at >= since.astimezone(dt.timezone.utc).replace(tzinfo=None)
-                                if since.tzinfo else Event.created_at >= since)
+            query = query.where(Event.created_at >= since)
         views = [EventView.model_validate(e) for e in session.execute(query).scalars()]
     if not caller.is_admin:
         views = [v.model_copy(update={"host": alias(v.org_id, v.host)}) if v.host else v for v in views]

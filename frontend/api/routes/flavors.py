@@ -11,7 +11,8 @@ from ...db.models import Flavor, Instance
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import V1, Input, Items, Name, ResourceView
+from ..refusals import refusals
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["flavors"])
 
@@ -50,14 +51,15 @@ def list_flavors(caller: CallerDep, frontend: FrontendDep) -> Items[FlavorView]:
         return Items(items=[FlavorView.model_validate(f) for f in rows])
 
 
-@router.get("/flavors/{flavor}", response_model=FlavorView, summary="Show a flavor by id or name")
-def show_flavor(flavor: str, caller: CallerDep, frontend: FrontendDep) -> Flavor:
+@router.get("/flavors/{flavor}", response_model=FlavorView, summary="Show a flavor by id or name",
+            responses=refusals(409))
+def show_flavor(flavor: Ref, caller: CallerDep, frontend: FrontendDep) -> Flavor:
     with frontend.db.read() as session:
         return find(session, Flavor, flavor, caller, "flavor", shared=True)
 
 
 @router.delete("/flavors/{flavor}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an unused flavor")
-def delete_flavor(flavor: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_flavor(flavor: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.admin, "deleting a flavor")
     with frontend.db.transaction() as session:
         row = find(session, Flavor, flavor, caller, "flavor")

@@ -87,14 +87,14 @@ def list_floating_ips(caller: CallerDep, frontend: FrontendDep) -> Items[Floatin
 
 
 @router.get("/floating-ips/{fip}", response_model=FloatingIpView, summary="Show a floating IP by id or address")
-def show_floating_ip(fip: str, caller: CallerDep, frontend: FrontendDep) -> FloatingIpView:
+def show_floating_ip(fip: Ref, caller: CallerDep, frontend: FrontendDep) -> FloatingIpView:
     with frontend.db.read() as session:
         return FloatingIpView.model_validate(_get(session, caller, fip))
 
 
 @router.patch("/floating-ips/{fip}", response_model=FloatingIpView,
               summary="Associate a floating IP with a port (whose network needs a router), or disassociate it")
-def update_floating_ip(fip: str, body: FloatingIpUpdate, caller: CallerDep, frontend: FrontendDep) -> FloatingIpView:
+def update_floating_ip(fip: Ref, body: FloatingIpUpdate, caller: CallerDep, frontend: FrontendDep) -> FloatingIpView:
     caller.require(Role.member, "associating a floating IP")
     with frontend.db.transaction() as session:
         row = _get(session, caller, fip)
@@ -117,7 +117,7 @@ def update_floating_ip(fip: str, body: FloatingIpUpdate, caller: CallerDep, fron
 
 @router.delete("/floating-ips/{fip}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Release a floating IP (disassociating it)")
-def delete_floating_ip(fip: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_floating_ip(fip: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "releasing a floating IP")
     with frontend.db.transaction() as session:
         session.delete(_get(session, caller, fip))

@@ -9,11 +9,14 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from sci import NodeStatus
+
 from ...auth import Role
 from ...db.models import Hypervisor, Instance, Zone
 from ...errors import NotFound
 from ..deps import CallerDep, FrontendDep
-from ..schemas import V1, Input, Items, ResourceView
+from ..refusals import refusals
+from ..schemas import V1, Input, Items, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["hypervisors"])
 
@@ -37,6 +40,10 @@ class HypervisorView(ResourceView):
     last_seen_at: dt.datetime | None
     #: seconds since its parent in the tree last heard from it; None if it is not in the tree
     heartbeat_age_s: float | None
+    #: the tree's view now: up, suspect (heartbeats late), down; None if the tree did not answer
+    tree_state: str | None
+    #: 1-minute load average when its facts were last read (every 10 minutes, and when it comes up)
+    load: float | None
     facts: dict[str, object]
 
 
@@ -44,27 +51,34 @@ class HypervisorUpdate(Input):
     enabled: bool
 
 
-def _heartbeat_ages(frontend: FrontendDep) -> dict[str, float | None]:
-    """Each backend's heartbeat age as its parent sees it now (one status query of the tree)."""
+def _tree_view(frontend: FrontendDep) -> dict[str, NodeStatus]:
+    """Each backend's state and heartbeat age as the tree sees them now (one status query)."""
     if frontend.tree is None:
         return {}
     try:
-        return {n.node_id: n.heartbeat_age for n in frontend.tree.tree_status(timeout=1.0) if n.role == "backend"}
+        return {n.node_id: n for n in frontend.tree.tree_status(timeout=1.0) if n.role == "backend"}
     except TimeoutError:
         return {}
 
 
+def _load(facts: dict[str, object] | None) -> float | None:
+    load = (facts or {}).get("load")
+    return float(load[0]) if isinstance(load, list) and load and isinstance(load[0], (int, float)) else None
+
+
 def _view(frontend: FrontendDep, host: Hypervisor, zone: str | None, instances: int,
-          ages: dict[str, float | None]) -> HypervisorView:
+          tree: dict[str, NodeStatus]) -> HypervisorView:
     free = frontend.scheduler.free(host)
-    age = ages.get(host.name)
+    node = tree.get(host.name)
     return HypervisorView(
         id=host.id, org_id=host.org_id, status=host.status, created_at=host.created_at, updated_at=host.updated_at,
         name=host.name, zone=zone, enabled=host.enabled,
         total=Capacity(vcpus=host.vcpus, memory_mb=host.memory_mb, disk_gb=host.disk_gb),
         used=Capacity(vcpus=host.vcpus_used, memory_mb=host.memory_mb_used, disk_gb=host.disk_gb_used),
         free=Capacity(vcpus=free.vcpus, memory_mb=free.memory_mb, disk_gb=free.disk_gb),
-        instances=instances, last_seen_at=host.last_seen_at, heartbeat_age_s=age, facts=host.facts or {})
+        instances=instances, last_seen_at=host.last_seen_at, heartbeat_age_s=node.heartbeat_age if node else None,
+        tree_state=node.state if node else ("down" if tree else None), load=_load(host.facts),
+        facts=host.facts or {})
 
 
 def _rows(session: Session, host_id: str | None = None) -> list[tuple[Hypervisor, str | None, int]]:
@@ -78,28 +92,30 @@ def _rows(session: Session, host_id: str | None = None) -> list[tuple[Hypervisor
     return [(h, z, int(n)) for h, z, n in session.execute(query).all()]
 
 
-@router.get("/hypervisors", response_model=Items[HypervisorView], summary="List hypervisors (admin)")
+@router.get("/hypervisors", response_model=Items[HypervisorView], summary="List hypervisors (admin)",
+            responses=refusals(403))
 def list_hypervisors(caller: CallerDep, frontend: FrontendDep) -> Items[HypervisorView]:
     caller.require(Role.admin, "listing hypervisors")
     with frontend.db.read() as session:
         rows = _rows(session)
-    ages = _heartbeat_ages(frontend)
-    return Items(items=[_view(frontend, *row, ages) for row in rows])
+    tree = _tree_view(frontend)
+    return Items(items=[_view(frontend, *row, tree) for row in rows])
 
 
-@router.get("/hypervisors/{host}", response_model=HypervisorView, summary="Show a hypervisor by id or name (admin)")
-def show_hypervisor(host: str, caller: CallerDep, frontend: FrontendDep) -> HypervisorView:
+@router.get("/hypervisors/{host}", response_model=HypervisorView, summary="Show a hypervisor by id or name (admin)",
+            responses=refusals(403))
+def show_hypervisor(host: Ref, caller: CallerDep, frontend: FrontendDep) -> HypervisorView:
     caller.require(Role.admin, "reading a hypervisor")
     with frontend.db.read() as session:
         rows = _rows(session, host)
     if not rows:
         raise NotFound("hypervisor", host)
-    return _view(frontend, *rows[0], _heartbeat_ages(frontend))
+    return _view(frontend, *rows[0], _tree_view(frontend))
 
 
 @router.patch("/hypervisors/{host}", response_model=HypervisorView,
               summary="Enable or disable a hypervisor for new instances (admin)")
-def update_hypervisor(host: str, body: HypervisorUpdate, caller: CallerDep, frontend: FrontendDep) -> HypervisorView:
+def update_hypervisor(host: Ref, body: HypervisorUpdate, caller: CallerDep, frontend: FrontendDep) -> HypervisorView:
     caller.require(Role.admin, "changing a hypervisor")
     with frontend.db.transaction() as session:
         rows = _rows(session, host)
@@ -107,4 +123,4 @@ def update_hypervisor(host: str, body: HypervisorUpdate, caller: CallerDep, fron
             raise NotFound("hypervisor", host)
         rows[0][0].enabled = body.enabled
         session.flush()
-    return _view(frontend, *rows[0], _heartbeat_ages(frontend))
+    return _view(frontend, *rows[0], _tree_view(frontend))

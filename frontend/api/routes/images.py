@@ -24,12 +24,16 @@ from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned, unique_name
+from ..refusals import refusals
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["images"])
 
 Checksum = Field(default=None, pattern="^[0-9a-f]{64}$", description="sha256 of the file, 64 lowercase hex digits")
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+#: the upload streams its body to disk under the store's own limit, so the API's body cap lets it through
+UPLOAD_PATH = "/images/{image}/file"
+STREAMED_UPLOAD = ("PUT", V1 + UPLOAD_PATH)
 
 
 class ImageCreate(Input):
@@ -119,14 +123,15 @@ def list_images(caller: CallerDep, frontend: FrontendDep) -> Items[ImageView]:
         return Items(items=[ImageView.model_validate(i) for i in rows])
 
 
-@router.get("/images/{image}", response_model=ImageView, summary="Show an image by id or name")
-def show_image(image: str, caller: CallerDep, frontend: FrontendDep) -> Image:
+@router.get("/images/{image}", response_model=ImageView, summary="Show an image by id or name",
+            responses=refusals(409))
+def show_image(image: Ref, caller: CallerDep, frontend: FrontendDep) -> Image:
     with frontend.db.read() as session:
         return find(session, Image, image, caller, "image", shared=True)
 
 
 @router.patch("/images/{image}", response_model=ImageView, summary="Rename an image, or publish it (admins)")
-def update_image(image: str, body: ImageUpdate, caller: CallerDep, frontend: FrontendDep) -> Image:
+def update_image(image: Ref, body: ImageUpdate, caller: CallerDep, frontend: FrontendDep) -> Image:
     caller.require(Role.member, "changing an image")
     if body.public is not None and not caller.is_admin:
         raise Forbidden("only admins may publish or unpublish images", "public")
@@ -143,7 +148,7 @@ def update_image(image: str, body: ImageUpdate, caller: CallerDep, frontend: Fro
 
 @router.delete("/images/{image}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete an image no instance or other image uses, and its file")
-def delete_image(image: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_image(image: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting an image")
     with frontend.db.transaction() as session:
         row = get_owned(session, Image, find(session, Image, image, caller, "image").id, caller, "image", lock=True)
@@ -161,12 +166,12 @@ def delete_image(image: str, caller: CallerDep, frontend: FrontendDep) -> None:
     _store(frontend).remove(image_id)
 
 
-@router.put("/images/{image}/file", response_model=ImageView, summary="Upload the file of a queued image",
+@router.put(UPLOAD_PATH, response_model=ImageView, summary="Upload the file of a queued image",
             description=f"The request body is the file itself, at most {MAX_IMAGE_BYTES} bytes. A qcow2 image must "
                         "start with the qcow2 magic; with a declared checksum, the file must match it. A refused "
                         "file is not kept and the image stays queued.",
             openapi_extra={"requestBody": {"required": True, "content": _BINARY}})
-def upload_image(image: str, request: Request, caller: CallerDep, frontend: FrontendDep) -> Image:
+def upload_image(image: Ref, request: Request, caller: CallerDep, frontend: FrontendDep) -> Image:
     caller.require(Role.member, "uploading an image")
     store = _store(frontend)
     length = request.headers.get("content-length", "")
@@ -202,9 +207,9 @@ def upload_image(image: str, request: Request, caller: CallerDep, frontend: Fron
 
 @router.get("/images/{image}/file", response_class=FileResponse,
             summary="Download the file of an active image (with a token, or a hypervisor's signed link)",
-            responses={200: {"content": _BINARY}})
-def download_image(image: str, request: Request, frontend: FrontendDep, expires: int | None = None,
-                   signature: str | None = Query(default=None, max_length=64)) -> FileResponse:
+            responses={200: {"content": _BINARY}, **refusals(401, 409)})
+def download_image(image: Ref, request: Request, frontend: FrontendDep, expires: int | None = None,
+                   signature: str | None = Query(default=None, pattern="^[0-9a-f]{64}$")) -> FileResponse:
     with frontend.db.read() as session:
         if signature is not None and expires is not None:
             # A hypervisor's link from a launch spec: the signature is the authority (frontend/imagelinks.py).

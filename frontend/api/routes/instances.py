@@ -17,7 +17,8 @@ from ...hostops import INSTANCE_CONSOLE
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
 from ..nics import NicSpec, allocate_instance_ports
-from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from ..refusals import refusals
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView, Text
 from .tasks import Accepted, task_view
 
 router = APIRouter(prefix=V1, tags=["instances"])
@@ -30,7 +31,7 @@ class InstanceCreate(Input):
     flavor: Ref
     image: Ref
     keypair: Ref | None = None
-    user_data: str | None = Field(default=None, max_length=MAX_USER_DATA, description="cloud-init user data")
+    user_data: Text | None = Field(default=None, max_length=MAX_USER_DATA, description="cloud-init user data")
     nics: list[NicSpec] = Field(default_factory=list, max_length=8)
     security_groups: list[Ref] | None = Field(default=None, max_length=16,
                                               description="for every nic that names none of its own")
@@ -131,7 +132,7 @@ def list_instances(caller: CallerDep, frontend: FrontendDep) -> Items[InstanceVi
 
 
 @router.get("/instances/{instance}", response_model=InstanceView, summary="Show an instance by id or name")
-def show_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> InstanceView:
+def show_instance(instance: Ref, caller: CallerDep, frontend: FrontendDep) -> InstanceView:
     with frontend.db.read() as session:
         return instance_view(session, caller, find(session, Instance, instance, caller, "instance"))
 
@@ -173,34 +174,34 @@ def _resize_params(session: Session, caller: Caller, instance: Instance, ref: st
 
 @router.delete("/instances/{instance}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[InstanceView],
                summary="Delete an instance (its own ports go with it; volumes are detached and kept)")
-def delete_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+def delete_instance(instance: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "delete")
 
 
 @router.post("/instances/{instance}/start", status_code=status.HTTP_202_ACCEPTED,
              response_model=Accepted[InstanceView], summary="Start a stopped instance")
-def start_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+def start_instance(instance: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "start")
 
 
 @router.post("/instances/{instance}/stop", status_code=status.HTTP_202_ACCEPTED,
              response_model=Accepted[InstanceView],
              summary="Stop an instance: ACPI shutdown, then power off after timeout_s")
-def stop_instance(instance: str, caller: CallerDep, frontend: FrontendDep,
+def stop_instance(instance: Ref, caller: CallerDep, frontend: FrontendDep,
                   body: Stop | None = None) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "stop", {"timeout_s": (body or Stop()).timeout_s})
 
 
 @router.post("/instances/{instance}/reboot", status_code=status.HTTP_202_ACCEPTED,
              response_model=Accepted[InstanceView], summary="Reboot a running instance")
-def reboot_instance(instance: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+def reboot_instance(instance: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "reboot")
 
 
 @router.post("/instances/{instance}/resize", status_code=status.HTTP_202_ACCEPTED,
              response_model=Accepted[InstanceView],
              summary="Resize to another flavor on the same hypervisor (cold: the host stops and restarts it)")
-def resize_instance(instance: str, body: Resize, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
+def resize_instance(instance: Ref, body: Resize, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "resize", {"flavor": body.flavor})
 
 
@@ -212,8 +213,9 @@ class ConsoleView(BaseModel):
 
 
 @router.get("/instances/{instance}/console", response_model=ConsoleView,
-            summary="The end of an instance's serial console log (and, for admins, where its VNC display is)")
-def console(instance: str, caller: CallerDep, frontend: FrontendDep,
+            summary="The end of an instance's serial console log (and, for admins, where its VNC display is)",
+            responses=refusals(409, 503))
+def console(instance: Ref, caller: CallerDep, frontend: FrontendDep,
             size: int = Query(default=65536, ge=1, le=1 << 20, alias="bytes")) -> ConsoleView:
     with frontend.db.read() as session:
         row = find(session, Instance, instance, caller, "instance")

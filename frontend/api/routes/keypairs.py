@@ -15,7 +15,7 @@ from ...db.models import Instance, Keypair
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import V1, Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["keypairs"])
 
@@ -111,14 +111,14 @@ def list_keypairs(caller: CallerDep, frontend: FrontendDep) -> Items[KeypairView
 
 
 @router.get("/keypairs/{keypair}", response_model=KeypairView, summary="Show a keypair by id or name")
-def show_keypair(keypair: str, caller: CallerDep, frontend: FrontendDep) -> Keypair:
+def show_keypair(keypair: Ref, caller: CallerDep, frontend: FrontendDep) -> Keypair:
     with frontend.db.read() as session:
         return find(session, Keypair, keypair, caller, "keypair")
 
 
 @router.delete("/keypairs/{keypair}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a keypair no instance uses")
-def delete_keypair(keypair: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_keypair(keypair: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a keypair")
     with frontend.db.transaction() as session:
         row = find(session, Keypair, keypair, caller, "keypair")

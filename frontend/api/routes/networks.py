@@ -16,7 +16,8 @@ from ...db.models import FloatingIp, Network, Port, Router, Subnet
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import V1, Input, Items, Name, ResourceView
+from ..refusals import refusals
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["networks"])
 
@@ -58,14 +59,15 @@ def list_networks(caller: CallerDep, frontend: FrontendDep) -> Items[NetworkView
         return Items(items=[NetworkView.model_validate(n) for n in rows])
 
 
-@router.get("/networks/{network}", response_model=NetworkView, summary="Show a network by id or name")
-def show_network(network: str, caller: CallerDep, frontend: FrontendDep) -> NetworkView:
+@router.get("/networks/{network}", response_model=NetworkView, summary="Show a network by id or name",
+            responses=refusals(409))
+def show_network(network: Ref, caller: CallerDep, frontend: FrontendDep) -> NetworkView:
     with frontend.db.read() as session:
         return NetworkView.model_validate(find(session, Network, network, caller, "network", shared=True))
 
 
 @router.patch("/networks/{network}", response_model=NetworkView, summary="Rename a network")
-def update_network(network: str, body: NetworkUpdate, caller: CallerDep, frontend: FrontendDep) -> NetworkView:
+def update_network(network: Ref, body: NetworkUpdate, caller: CallerDep, frontend: FrontendDep) -> NetworkView:
     caller.require(Role.member, "renaming a network")
     with frontend.db.transaction() as session:
         row = find(session, Network, network, caller, "network")
@@ -78,7 +80,7 @@ def update_network(network: str, body: NetworkUpdate, caller: CallerDep, fronten
 
 @router.delete("/networks/{network}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a network that has no subnets, ports, router or floating IPs")
-def delete_network(network: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_network(network: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a network")
     with frontend.db.transaction() as session:
         row = find(session, Network, network, caller, "network")

@@ -15,7 +15,7 @@ from ...errors import Conflict
 from ...quotas import QUOTAS, usage
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find_org, unique_name
-from ..schemas import V1, Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["organizations"])
 
@@ -87,13 +87,13 @@ def list_orgs(caller: CallerDep, frontend: FrontendDep) -> Items[OrgView]:
 
 
 @router.get("/orgs/{org_id}", response_model=OrgView, summary="Show an organization (by id or name), its quotas and usage")
-def show_org(org_id: str, caller: CallerDep, frontend: FrontendDep) -> OrgView:
+def show_org(org_id: Ref, caller: CallerDep, frontend: FrontendDep) -> OrgView:
     with frontend.db.read() as session:
         return _view(session, find_org(session, caller, org_id))
 
 
 @router.patch("/orgs/{org_id}", response_model=OrgView, summary="Change quotas or disable an organization")
-def update_org(org_id: str, body: OrgUpdate, caller: CallerDep, frontend: FrontendDep) -> OrgView:
+def update_org(org_id: Ref, body: OrgUpdate, caller: CallerDep, frontend: FrontendDep) -> OrgView:
     with frontend.db.transaction() as session:
         org = find_org(session, caller, org_id)
         caller.require(Role.admin, "changing an organization")
@@ -108,7 +108,7 @@ def update_org(org_id: str, body: OrgUpdate, caller: CallerDep, frontend: Fronte
 
 
 @router.delete("/orgs/{org_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an empty organization")
-def delete_org(org_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_org(org_id: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     with frontend.db.transaction() as session:
         org = find_org(session, caller, org_id)
         caller.require(Role.admin, "deleting an organization")

@@ -18,6 +18,7 @@ from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
 from ..nics import resolve_security_groups, resolve_subnet
+from ..refusals import refusals
 from ..schemas import V1, IPv4, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["ports"])
@@ -70,9 +71,9 @@ def create_port(body: PortCreate, caller: CallerDep, frontend: FrontendDep) -> P
 
 
 @router.get("/ports", response_model=Items[PortView],
-            summary="List your ports, or those of one network or instance")
+            summary="List your ports, or those of one network or instance", responses=refusals(404))
 def list_ports(caller: CallerDep, frontend: FrontendDep, network: Ref | None = None,
-               instance: str | None = None) -> Items[PortView]:
+               instance: Ref | None = None) -> Items[PortView]:
     with frontend.db.read() as session:
         query = owned(Port, caller).options(selectinload(Port.security_groups))
         if network is not None:
@@ -84,13 +85,13 @@ def list_ports(caller: CallerDep, frontend: FrontendDep, network: Ref | None = N
 
 
 @router.get("/ports/{port}", response_model=PortView, summary="Show a port by id or name")
-def show_port(port: str, caller: CallerDep, frontend: FrontendDep) -> PortView:
+def show_port(port: Ref, caller: CallerDep, frontend: FrontendDep) -> PortView:
     with frontend.db.read() as session:
         return PortView.model_validate(find(session, Port, port, caller, "port"))
 
 
 @router.patch("/ports/{port}", response_model=PortView, summary="Rename a port or replace its security groups")
-def update_port(port: str, body: PortUpdate, caller: CallerDep, frontend: FrontendDep) -> PortView:
+def update_port(port: Ref, body: PortUpdate, caller: CallerDep, frontend: FrontendDep) -> PortView:
     caller.require(Role.member, "changing a port")
     with frontend.db.transaction() as session:
         row = find(session, Port, port, caller, "port")
@@ -104,7 +105,7 @@ def update_port(port: str, body: PortUpdate, caller: CallerDep, frontend: Fronte
 
 @router.delete("/ports/{port}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a port no instance uses (its floating IP is disassociated)")
-def delete_port(port: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_port(port: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a port")
     with frontend.db.transaction() as session:
         row = find(session, Port, port, caller, "port")

@@ -58,13 +58,13 @@ def list_routers(caller: CallerDep, frontend: FrontendDep) -> Items[RouterView]:
 
 
 @router.get("/routers/{router_ref}", response_model=RouterView, summary="Show a router by id or name")
-def show_router(router_ref: str, caller: CallerDep, frontend: FrontendDep) -> RouterView:
+def show_router(router_ref: Ref, caller: CallerDep, frontend: FrontendDep) -> RouterView:
     with frontend.db.read() as session:
         return RouterView.model_validate(find(session, Router, router_ref, caller, "router"))
 
 
 @router.patch("/routers/{router_ref}", response_model=RouterView, summary="Rename a router or switch its SNAT")
-def update_router(router_ref: str, body: RouterUpdate, caller: CallerDep, frontend: FrontendDep) -> RouterView:
+def update_router(router_ref: Ref, body: RouterUpdate, caller: CallerDep, frontend: FrontendDep) -> RouterView:
     caller.require(Role.member, "changing a router")
     with frontend.db.transaction() as session:
         row = find(session, Router, router_ref, caller, "router")
@@ -76,7 +76,7 @@ def update_router(router_ref: str, body: RouterUpdate, caller: CallerDep, fronte
 
 @router.delete("/routers/{router_ref}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a router no floating IP goes through")
-def delete_router(router_ref: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_router(router_ref: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a router")
     with frontend.db.transaction() as session:
         row = find(session, Router, router_ref, caller, "router")

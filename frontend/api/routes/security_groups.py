@@ -19,7 +19,7 @@ from ...db.models import SecurityGroup, SecurityGroupRule, port_security_groups
 from ...errors import Conflict, NotFound
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
-from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView, Text
 
 router = APIRouter(prefix=V1, tags=["security-groups"])
 
@@ -35,12 +35,12 @@ def _network(text: str) -> str:
 
 class GroupCreate(Input):
     name: Name
-    description: str = Field(default="", max_length=255)
+    description: Text = Field(default="", max_length=255)
 
 
 class GroupUpdate(Input):
     name: Name | None = None
-    description: str | None = Field(default=None, max_length=255)
+    description: Text | None = Field(default=None, max_length=255)
 
 
 class RuleCreate(Input):
@@ -124,14 +124,14 @@ def list_groups(caller: CallerDep, frontend: FrontendDep) -> Items[GroupView]:
 
 
 @router.get("/security-groups/{group}", response_model=GroupView, summary="Show a security group by id or name")
-def show_group(group: str, caller: CallerDep, frontend: FrontendDep) -> GroupView:
+def show_group(group: Ref, caller: CallerDep, frontend: FrontendDep) -> GroupView:
     with frontend.db.read() as session:
         return GroupView.model_validate(find(session, SecurityGroup, group, caller, "security group"))
 
 
 @router.patch("/security-groups/{group}", response_model=GroupView,
               summary="Rename a security group or change its description")
-def update_group(group: str, body: GroupUpdate, caller: CallerDep, frontend: FrontendDep) -> GroupView:
+def update_group(group: Ref, body: GroupUpdate, caller: CallerDep, frontend: FrontendDep) -> GroupView:
     caller.require(Role.member, "changing a security group")
     with frontend.db.transaction() as session:
         row = find(session, SecurityGroup, group, caller, "security group")
@@ -146,7 +146,7 @@ def update_group(group: str, body: GroupUpdate, caller: CallerDep, frontend: Fro
 
 @router.delete("/security-groups/{group}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a security group no port uses and no other group's rule names")
-def delete_group(group: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_group(group: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a security group")
     with frontend.db.transaction() as session:
         row = find(session, SecurityGroup, group, caller, "security group")
@@ -164,7 +164,7 @@ def delete_group(group: str, caller: CallerDep, frontend: FrontendDep) -> None:
 
 @router.post("/security-groups/{group}/rules", status_code=status.HTTP_201_CREATED, response_model=RuleView,
              summary="Add a rule to a security group")
-def create_rule(group: str, body: RuleCreate, caller: CallerDep, frontend: FrontendDep) -> RuleView:
+def create_rule(group: Ref, body: RuleCreate, caller: CallerDep, frontend: FrontendDep) -> RuleView:
     caller.require(Role.member, "changing a security group")
     with frontend.db.transaction() as session:
         row = find(session, SecurityGroup, group, caller, "security group")
@@ -184,7 +184,7 @@ def create_rule(group: str, body: RuleCreate, caller: CallerDep, frontend: Front
 
 @router.delete("/security-groups/{group}/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Remove a rule from a security group")
-def delete_rule(group: str, rule_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_rule(group: Ref, rule_id: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "changing a security group")
     with frontend.db.transaction() as session:
         row = find(session, SecurityGroup, group, caller, "security group")

@@ -14,7 +14,7 @@ from ...db.models import Instance, ServerGroup
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned, unique_name
-from ..schemas import V1, Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["server-groups"])
 
@@ -69,7 +69,7 @@ def list_server_groups(caller: CallerDep, frontend: FrontendDep) -> Items[Server
 
 @router.get("/server-groups/{group}", response_model=ServerGroupView,
             summary="Show a server group and its members, by id or name")
-def show_server_group(group: str, caller: CallerDep, frontend: FrontendDep) -> ServerGroupView:
+def show_server_group(group: Ref, caller: CallerDep, frontend: FrontendDep) -> ServerGroupView:
     with frontend.db.read() as session:
         row = find(session, ServerGroup, group, caller, "server group")
         return _view(row, _members(session, [row.id])[row.id])
@@ -77,7 +77,7 @@ def show_server_group(group: str, caller: CallerDep, frontend: FrontendDep) -> S
 
 @router.delete("/server-groups/{group}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a server group without members")
-def delete_server_group(group: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_server_group(group: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a server group")
     with frontend.db.transaction() as session:
         # Locked as the scheduler locks it to place a member, so a placement and this deletion take turns.

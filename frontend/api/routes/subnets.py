@@ -20,6 +20,7 @@ from ...db.models import FloatingIp, Network, Port, Subnet
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
+from ..refusals import refusals
 from ..schemas import V1, IPv4, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["subnets"])
@@ -96,7 +97,8 @@ def create_subnet(body: SubnetCreate, caller: CallerDep, frontend: FrontendDep) 
         return SubnetView.model_validate(subnet)
 
 
-@router.get("/subnets", response_model=Items[SubnetView], summary="List your subnets, or those of one network")
+@router.get("/subnets", response_model=Items[SubnetView], summary="List your subnets, or those of one network",
+            responses=refusals(404))
 def list_subnets(caller: CallerDep, frontend: FrontendDep, network: Ref | None = None) -> Items[SubnetView]:
     with frontend.db.read() as session:
         query = owned(Subnet, caller)
@@ -107,13 +109,13 @@ def list_subnets(caller: CallerDep, frontend: FrontendDep, network: Ref | None =
 
 
 @router.get("/subnets/{subnet}", response_model=SubnetView, summary="Show a subnet by id or name")
-def show_subnet(subnet: str, caller: CallerDep, frontend: FrontendDep) -> SubnetView:
+def show_subnet(subnet: Ref, caller: CallerDep, frontend: FrontendDep) -> SubnetView:
     with frontend.db.read() as session:
         return SubnetView.model_validate(find(session, Subnet, subnet, caller, "subnet"))
 
 
 @router.patch("/subnets/{subnet}", response_model=SubnetView, summary="Rename a subnet or change its DHCP and DNS")
-def update_subnet(subnet: str, body: SubnetUpdate, caller: CallerDep, frontend: FrontendDep) -> SubnetView:
+def update_subnet(subnet: Ref, body: SubnetUpdate, caller: CallerDep, frontend: FrontendDep) -> SubnetView:
     caller.require(Role.member, "changing a subnet")
     with frontend.db.transaction() as session:
         row = find(session, Subnet, subnet, caller, "subnet")
@@ -125,7 +127,7 @@ def update_subnet(subnet: str, body: SubnetUpdate, caller: CallerDep, frontend: 
 
 @router.delete("/subnets/{subnet}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a subnet that no port or floating IP uses")
-def delete_subnet(subnet: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_subnet(subnet: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "deleting a subnet")
     with frontend.db.transaction() as session:
         row = find(session, Subnet, subnet, caller, "subnet")

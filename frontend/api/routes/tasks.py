@@ -13,7 +13,7 @@ from ...db.models import Task
 from ...hostalias import alias
 from ..deps import CallerDep, FrontendDep
 from ..lookup import get_owned, owned
-from ..schemas import V1, Items, ResourceView
+from ..schemas import V1, Items, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["tasks"])
 
@@ -74,7 +74,7 @@ def _for_tenant(org_id: str, step: StepView) -> StepView:
 
 
 @router.get("/tasks", response_model=Items[TaskView], summary="List recent tasks (newest first, without steps)")
-def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: str | None = None,
+def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: Ref | None = None,
                status: str | None = Query(default=None, pattern="^(pending|running|succeeded|failed)$"),
                limit: int = Query(default=100, ge=1, le=1000)) -> Items[TaskView]:
     with frontend.db.read() as session:
@@ -87,7 +87,7 @@ def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: str | None = 
 
 
 @router.get("/tasks/{task_id}", response_model=TaskView, summary="Show a task with its steps and per-host results")
-def show_task(task_id: str, caller: CallerDep, frontend: FrontendDep) -> TaskView:
+def show_task(task_id: Ref, caller: CallerDep, frontend: FrontendDep) -> TaskView:
     with frontend.db.read() as session:
         return task_view(get_owned(session, Task, task_id, caller, "task"), caller=caller)
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
 from ...auth import issue_token, login, revoke_token
+from ...db.models import User
+from ...errors import Unauthenticated
+from ..audit import Actor, identify
 from ..deps import CallerDep, FrontendDep
-from ..schemas import V1, Input
+from ..refusals import refusals
+from ..schemas import V1, Input, Name
 
 router = APIRouter(prefix=V1, tags=["auth"])
 
 
 class Login(Input):
-    username: str = Field(min_length=1, max_length=64)
+    username: Name
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -35,11 +40,22 @@ class WhoAmI(BaseModel):
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenView,
-             summary="Log in: get a bearer token")
-def create_token(body: Login, frontend: FrontendDep) -> TokenView:
+             summary="Log in: get a bearer token", responses=refusals(401, 429))
+def create_token(body: Login, request: Request, frontend: FrontendDep) -> TokenView:
     ttl = dt.timedelta(seconds=frontend.config.api.token_ttl_s)
+    frontend.rate_limits.admit_login(request.client.host if request.client else "", body.username)
     with frontend.db.transaction() as session:
-        user = login(session, body.username, body.password)
+        try:
+            user = login(session, body.username, body.password)
+        except Unauthenticated:
+            # The audit log names the account a failed login tried, if there is one: a name that
+            # is no account's may be a password typed into the wrong field, and is not kept.
+            tried = session.execute(select(User).where(User.name == body.username)).scalar_one_or_none()
+            if tried is not None:
+                identify(request, Actor(tried.id, tried.name, tried.org_id))
+            raise
+        frontend.rate_limits.login_succeeded(body.username)
+        identify(request, Actor(user.id, user.name, user.org_id))
         secret, token = issue_token(session, user, ttl)
         return TokenView(token=secret, expires_at=token.expires_at, user_id=user.id, org_id=user.org_id,
                          role=user.role)

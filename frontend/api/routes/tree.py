@@ -12,6 +12,7 @@ from sci import TargetError, Targets, TreeRoot
 from ...auth import Role
 from ...errors import Invalid, Unavailable
 from ..deps import CallerDep, FrontendDep
+from ..refusals import refusals
 from ..schemas import V1, Input
 
 router = APIRouter(prefix=V1, tags=["tree"])
@@ -59,14 +60,16 @@ def _tree(frontend: FrontendDep) -> TreeRoot:
     return frontend.tree
 
 
-@router.get("/tree", response_model=TreeView, summary="Every node of the message tree and its state")
+@router.get("/tree", response_model=TreeView, summary="Every node of the message tree and its state",
+            responses=refusals(403, 503))
 def show_tree(caller: CallerDep, frontend: FrontendDep) -> TreeView:
     caller.require(Role.admin, "reading the tree")
     nodes = _tree(frontend).tree_status(timeout=2.0)
     return TreeView(nodes=[NodeView(**dataclasses.asdict(n)) for n in nodes])
 
 
-@router.post("/tree/ping", response_model=PingView, summary="Ping hosts through the tree and time each answer")
+@router.post("/tree/ping", response_model=PingView, summary="Ping hosts through the tree and time each answer",
+             responses=refusals(503))
 def ping(body: Ping, caller: CallerDep, frontend: FrontendDep) -> PingView:
     caller.require(Role.admin, "pinging hosts")
     _tree(frontend)

@@ -82,13 +82,13 @@ def list_users(caller: CallerDep, frontend: FrontendDep) -> Items[UserView]:
 
 
 @router.get("/users/{user_id}", response_model=UserView, summary="Show a user")
-def show_user(user_id: str, caller: CallerDep, frontend: FrontendDep) -> User:
+def show_user(user_id: Ref, caller: CallerDep, frontend: FrontendDep) -> User:
     with frontend.db.read() as session:
         return _get(session, caller, user_id)
 
 
 @router.patch("/users/{user_id}", response_model=UserView, summary="Change a user's password, role or status")
-def update_user(user_id: str, body: UserUpdate, caller: CallerDep, frontend: FrontendDep) -> User:
+def update_user(user_id: Ref, body: UserUpdate, caller: CallerDep, frontend: FrontendDep) -> User:
     with frontend.db.transaction() as session:
         user = _get(session, caller, user_id)
         if user.id != caller.user_id or body.role is not None or body.status is not None:
@@ -110,7 +110,7 @@ def update_user(user_id: str, body: UserUpdate, caller: CallerDep, frontend: Fro
 
 
 @router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user")
-def delete_user(user_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_user(user_id: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.tenant_admin, "deleting a user")
     with frontend.db.transaction() as session:
         user = _get(session, caller, user_id)

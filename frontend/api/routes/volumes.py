@@ -68,7 +68,7 @@ def list_volumes(caller: CallerDep, frontend: FrontendDep) -> Items[VolumeView]:
 
 
 @router.get("/volumes/{volume}", response_model=VolumeView, summary="Show a volume by id or name")
-def show_volume(volume: str, caller: CallerDep, frontend: FrontendDep) -> Volume:
+def show_volume(volume: Ref, caller: CallerDep, frontend: FrontendDep) -> Volume:
     with frontend.db.read() as session:
         return find(session, Volume, volume, caller, "volume")
 
@@ -107,17 +107,17 @@ def _attachable(session: Session, caller: Caller, volume: Volume, ref: str) -> I
 
 @router.post("/volumes/{volume}/attach", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[VolumeView],
              summary="Attach a volume to an instance on the same hypervisor")
-def attach_volume(volume: str, body: Attach, caller: CallerDep, frontend: FrontendDep) -> Accepted[VolumeView]:
+def attach_volume(volume: Ref, body: Attach, caller: CallerDep, frontend: FrontendDep) -> Accepted[VolumeView]:
     return _act(frontend, caller, volume, "attach", instance_ref=body.instance)
 
 
 @router.post("/volumes/{volume}/detach", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[VolumeView],
              summary="Detach a volume from its instance")
-def detach_volume(volume: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[VolumeView]:
+def detach_volume(volume: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[VolumeView]:
     return _act(frontend, caller, volume, "detach")
 
 
 @router.delete("/volumes/{volume}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[VolumeView],
                summary="Delete a detached volume")
-def delete_volume(volume: str, caller: CallerDep, frontend: FrontendDep) -> Accepted[VolumeView]:
+def delete_volume(volume: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[VolumeView]:
     return _act(frontend, caller, volume, "delete")

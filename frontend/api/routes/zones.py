@@ -10,7 +10,7 @@ from ...db.models import Hypervisor, Zone
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find_zone
-from ..schemas import V1, Input, Items, Name, ResourceView
+from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["zones"])
 
@@ -43,7 +43,7 @@ def list_zones(caller: CallerDep, frontend: FrontendDep) -> Items[ZoneView]:
 
 
 @router.delete("/zones/{zone_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an empty zone")
-def delete_zone(zone_id: str, caller: CallerDep, frontend: FrontendDep) -> None:
+def delete_zone(zone_id: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.admin, "deleting a zone")
     with frontend.db.transaction() as session:
         zone = find_zone(session, zone_id, field=None)

@@ -1,0 +1,212 @@
+"""CurveZMQ on every link of the tree: key pairs, the enrolled keyring, and the ZAP check.
+
+Every node has its own CURVE key pair.  A parent's socket is a CURVE server; each child
+connects as a CURVE client that must know the parent's public key (the root's comes from the
+node's config, the agents' come with ASSIGN from the root), so a child cannot be led to a
+parent the root did not name.  A parent lets a child finish the handshake only if the child's
+public key is enrolled (the ZAP handler below asks the node's ``Keyring``), and then checks
+every frame's sender key (ZeroMQ's ``User-Id`` property) against the node id the frame claims,
+so no enrolled node can speak for another.  The root alone accepts unknown keys at the
+handshake, so that a new node can present its one-time enrolment token; until it is enrolled,
+the only frame the root takes from it is ENROL.
+
+Enrolled keys reach agents through the tree: the root sends a KEYS frame with the whole ring
+to each agent child when it attaches, and changes (an enrolment, a revocation) to every agent
+child as they happen; relays do the same for agents below them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from .exceptions import SciError
+
+__all__ = ["KeyPair", "Keyring", "Security", "SecurityError", "check_key", "serve_curve", "connect_curve",
+           "release_domain"]
+
+log = structlog.get_logger("sci.security")
+
+#: A CURVE key in Z85 text: 32 bytes as 40 characters.
+KEY_CHARS = 40
+
+
+class SecurityError(SciError):
+    pass
+
+
+def check_key(value: object, what: str = "key") -> str:
+    """Return ``value`` if it is a Z85 CURVE public key, else raise SecurityError saying why."""
+    if not isinstance(value, str) or len(value) != KEY_CHARS:
+        raise SecurityError(f"{what} must be a {KEY_CHARS}-character Z85 CURVE key")
+    try:
+        zmq.utils.z85.decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, KeyError):
+        raise SecurityError(f"{what} is not valid Z85") from None
+    return value
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public: str
+    secret: str = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> "KeyPair":
+        public, secret = zmq.curve_keypair()
+        return cls(public.decode("ascii"), secret.decode("ascii"))
+
+    @classmethod
+    def load_or_create(cls, path: str | Path) -> "KeyPair":
+        """This node's key pair from ``path``; made (mode 0600) if the file does not exist yet.
+
+        A file that others may read is refused: whoever has the secret key can speak as this node.
+        """
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls._load(path)
+        pair = cls.generate()
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"public {pair.public}\nsecret {pair.secret}\n")
+        log.info("key_pair_created", path=str(path), public=pair.public)
+        return pair
+
+    @classmethod
+    def _load(cls, path: Path) -> "KeyPair":
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecurityError(f"{path}: the key file is open to other users (mode {stat.filemode(mode)}); "
+                                f"chmod 600 it")
+        fields = dict(line.split(" ", 1) for line in path.read_text(encoding="ascii").split("\n") if " " in line)
+        try:
+            public = check_key(fields.get("public"), f"{path}: public")
+            secret = check_key(fields.get("secret"), f"{path}: secret")
+        except SecurityError:
+            raise
+        if zmq.curve_public(secret.encode("ascii")).decode("ascii") != public:
+            raise SecurityError(f"{path}: the public key does not belong to the secret key")
+        return cls(public, secret)
+
+
+class Keyring:
+    """Enrolled nodes and their public keys, and the keys revoked since.  Touched from the
+    node's loop thread; the ZAP thread only reads it (single dict lookups)."""
+
+    def __init__(self, keys: dict[str, str] | None = None, revoked: set[str] | None = None) -> None:
+        self._by_node: dict[str, str] = {}
+        self._by_key: dict[str, str] = {}
+        self.revoked: set[str] = set(revoked or ())
+        self.replace(keys or {})
+
+    def __len__(self) -> int:
+        return len(self._by_node)
+
+    def node_of(self, key: str | None) -> str | None:
+        return self._by_key.get(key) if key is not None else None
+
+    def key_of(self, node: str) -> str | None:
+        return self._by_node.get(node)
+
+    def add(self, node: str, key: str) -> None:
+        old = self._by_node.get(node)
+        if old is not None:
+            self._by_key.pop(old, None)
+        self._by_node[node] = key
+        self._by_key[key] = node
+        self.revoked.discard(key)
+
+    def remove(self, node: str) -> str | None:
+        key = self._by_node.pop(node, None)
+        if key is not None:
+            self._by_key.pop(key, None)
+            self.revoked.add(key)
+        return key
+
+    def replace(self, keys: dict[str, str]) -> None:
+        self._by_node = dict(keys)
+        self._by_key = {key: node for node, key in keys.items()}
+
+    def snapshot(self) -> dict[str, str]:
+        return dict(self._by_node)
+
+
+#: (node_id, role, token, public key) -> None if enrolled, else the reason it was refused
+Enroller = Callable[[str, int, str, str], "str | None"]
+
+
+@dataclass
+class Security:
+    """What a node needs for CURVE: its key pair, the root's public key and, at the root and
+    at relays, the keyring of enrolled nodes (the root's owner fills it; relays get it by KEYS)."""
+
+    keypair: KeyPair
+    root_key: str
+    keyring: Keyring = field(default_factory=Keyring)
+    #: at the root only: checks an enrolment token
+    enroller: Enroller | None = None
+
+
+# ZAP ---------------------------------------------------------------------------------------
+#
+# libzmq asks one ZAP handler per context.  Several nodes may share a context (tests run whole
+# trees in one process), so each server socket names its node as its ZAP domain and the
+# handler asks that node's policy.
+
+_auth_lock = threading.Lock()
+_authenticators: dict[int, ThreadAuthenticator] = {}
+
+
+class _Policy:
+    def __init__(self, domain: str, allow: Callable[[str], bool]) -> None:
+        self.domain = domain
+        self.allow = allow
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        text = key.decode("ascii", "replace")
+        ok = self.allow(text)
+        if not ok:
+            log.warning("peer_refused", node=domain, key=text, reason="key not enrolled or revoked")
+        return ok
+
+
+def _authenticator(ctx: Any) -> ThreadAuthenticator:
+    with _auth_lock:
+        auth = _authenticators.get(id(ctx))
+        if auth is None:
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            _authenticators[id(ctx)] = auth
+        return auth
+
+
+def serve_curve(sock: Any, ctx: Any, domain: str, security: Security, allow: Callable[[str], bool]) -> None:
+    """Make ``sock`` a CURVE server whose peers ``allow(key)`` decides on (before bind)."""
+    _authenticator(ctx).configure_curve_callback(domain, credentials_provider=_Policy(domain, allow))
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, security.keypair.secret.encode("ascii"))
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, security.keypair.public.encode("ascii"))
+
+
+def release_domain(ctx: Any, domain: str) -> None:
+    with _auth_lock:
+        auth = _authenticators.get(id(ctx))
+    if auth is not None:
+        auth.credentials_providers.pop(domain, None)
+
+
+def connect_curve(sock: Any, security: Security, server_key: str) -> None:
+    """Make ``sock`` a CURVE client of the server whose public key is ``server_key`` (before connect)."""
+    sock.setsockopt(zmq.CURVE_SECRETKEY, security.keypair.secret.encode("ascii"))
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, security.keypair.public.encode("ascii"))
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode("ascii"))

@@ -1,0 +1,197 @@
+"""CURVE on every link: only enrolled keys get in, each speaks only for its own node, and a
+revoked key is cut off.  Real sockets on loopback, one process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import structlog
+import zmq
+from structlog.testing import capture_logs
+
+from sci import Leaf, Relay, Status, Targets, TreeSettings, proto
+from sci.enrolment import enrol
+from sci.proto import Kind, Role
+from sci.security import KeyPair, Security, SecurityError, connect_curve
+from tests.support.trees import ThreadTree
+from tests.support.waiting import until
+
+SETTINGS = TreeSettings(heartbeat_interval=0.2, fanout=2, reattach_grace=1.0)
+
+
+class Tokens:
+    """The root's owner: one-time tokens, each for one node name."""
+
+    def __init__(self) -> None:
+        self.valid: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def issue(self, node: str) -> str:
+        token = os.urandom(8).hex()
+        self.valid[token] = node
+        return token
+
+    def check(self, node: str, role: int, token: str, key: str) -> str | None:
+        with self.lock:
+            if self.valid.get(token) != node:
+                return "unknown, used or expired token"
+            del self.valid[token]
+        return None
+
+
+class SecureTree(ThreadTree):
+    """A tree whose nodes enrol with one-time tokens before they start, as the daemons do."""
+
+    def __init__(self) -> None:
+        self.tokens = Tokens()
+        self.root_keys = KeyPair.generate()
+        super().__init__(SETTINGS, Security(self.root_keys, self.root_keys.public, enroller=self.tokens.check))
+
+    def security(self, keys: KeyPair | None = None) -> Security:
+        return Security(keys or KeyPair.generate(), self.root_keys.public)
+
+    def enrolled(self, node: str, role: Role) -> Security:
+        security = self.security()
+        enrol(self.root.endpoint, node, role, self.tokens.issue(node), security, timeout=5)
+        return security
+
+    def agent(self, name: str, security: Security | None = None) -> Relay:
+        return super().agent(name, security or self.enrolled(name, Role.AGENT))
+
+    def host(self, name: str, security: Security | None = None, groups: list[str] | None = None) -> Leaf:
+        return super().host(name, security or self.enrolled(name, Role.BACKEND), groups)
+
+
+@pytest.fixture
+def secure() -> Iterator[SecureTree]:
+    tree = SecureTree()
+    try:
+        tree.agent("a0")
+        tree.agent("a1")
+        until(lambda: {"a0", "a1"} <= tree.up())
+        for i in range(4):
+            tree.host(f"h{i}")
+        tree.root.wait_for_hosts(4, timeout=10)
+        yield tree
+    finally:
+        tree.stop()
+
+
+def test_enrolled_nodes_form_a_tree_that_carries_commands(secure: SecureTree) -> None:
+    results = secure.root.submit("ping", timeout=5).wait(10)
+    assert set(results) == {f"h{i}" for i in range(4)} and all(r.status is Status.OK for r in results.values())
+    parents = {n.node_id: n.parent for n in secure.root.tree_status()}
+    assert {parents[f"h{i}"] for i in range(4)} <= {"a0", "a1"}, parents  # keys reached the agents
+
+
+def test_a_token_is_good_once_and_for_its_own_name_only(secure: SecureTree) -> None:
+    token = secure.tokens.issue("h9")
+    with capture_logs() as logs, pytest.raises(SecurityError, match="token"):
+        enrol(secure.root.endpoint, "h8", Role.BACKEND, token, secure.security(), timeout=5)
+    assert any(e["event"] == "enrolment_refused" for e in logs)
+    enrol(secure.root.endpoint, "h9", Role.BACKEND, token, secure.security(), timeout=5)
+    with pytest.raises(SecurityError, match="token"):
+        enrol(secure.root.endpoint, "h9", Role.BACKEND, token, secure.security(), timeout=5)
+
+
+def test_a_key_that_is_not_enrolled_is_refused_and_logged(secure: SecureTree) -> None:
+    with capture_logs() as logs:
+        secure.host("intruder", security=secure.security())
+        time.sleep(SETTINGS.dead_after * 2)
+        assert "intruder" not in secure.up()
+    refusals = [e for e in logs if e["event"] == "attach_refused"]
+    assert refusals and refusals[0]["child"] == "intruder"
+
+
+def test_an_enrolled_key_cannot_speak_for_another_node(secure: SecureTree) -> None:
+    stolen = secure.enrolled("h7", Role.BACKEND)
+    with capture_logs() as logs:
+        # h7's key, claiming to be h0 (another enrolled host): refused; h0 keeps its place.
+        secure.host("h0-impostor", security=stolen)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, b"h0")
+        connect_curve(sock, stolen, secure.root_keys.public)
+        sock.connect(secure.root.endpoint)
+        sock.send(proto.hello("h0", [["h0", [1, 1], "", int(Role.BACKEND), 1, None, []]]))
+        assert sock.poll(5000)
+        answer = proto.decode(sock.recv())
+        sock.close()
+    assert answer.kind is Kind.REJECT and "not enrolled" in answer.fields[1]
+    assert any(e["event"] == "attach_refused" and e["child"] == "h0" for e in logs)
+    assert secure.root.submit("ping", targets=Targets.to("h0"), timeout=5).wait(10)["h0"].ok
+
+
+def test_a_node_cannot_answer_for_hosts_outside_its_subtree(secure: SecureTree) -> None:
+    keys = secure.enrolled("h7", Role.BACKEND)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, b"h7")
+    connect_curve(sock, keys, secure.root_keys.public)
+    sock.connect(secure.root.endpoint)
+    sock.send(proto.hello("h7", [["h7", [1, 1], "", int(Role.BACKEND), 1, None, []]]))
+    assert sock.poll(5000)
+    welcome = proto.decode(sock.recv())
+    assert welcome.kind is Kind.WELCOME
+    handle = secure.root.submit("ping", targets=Targets.to("h0"), timeout=5)
+    with capture_logs() as logs:
+        sock.send(proto.results(welcome.fields[0], handle.id, 0, {"h0": [int(Status.ERROR), "forged", 1]}))
+        assert handle.wait(10)["h0"].ok  # the real h0's answer, not the forgery
+    sock.close()
+    assert any(e["event"] == "results_refused" and e["child"] == "h7" for e in logs)
+
+
+def test_a_peer_without_curve_cannot_even_connect(secure: SecureTree) -> None:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(secure.root.endpoint)
+    sock.send(proto.join("plain", Role.BACKEND, 1, None, []))
+    assert not sock.poll(1000)  # the handshake never completes: nothing is read, nothing answered
+    sock.close()
+    assert "plain" not in {n.node_id for n in secure.root.nodes()}
+    assert secure.root.submit("ping", timeout=5).wait(10)["h1"].ok  # still serving
+
+
+def test_a_revoked_node_is_cut_off_at_once_and_stays_out(secure: SecureTree) -> None:
+    victim = "h2"
+    parent = next(n.parent for n in secure.root.tree_status() if n.node_id == victim)
+    with capture_logs() as logs:
+        assert secure.root.revoke(victim)
+        until(lambda: victim not in secure.up(), timeout=SETTINGS.heartbeat_interval * 5)
+        time.sleep(SETTINGS.dead_after * 3)  # its retries, at its parent and at the root, all fail
+        assert victim not in secure.up()
+    assert parent in {"a0", "a1"}
+    events = {e["event"] for e in logs}
+    assert "node_revoked" in events and ({"attach_refused", "peer_refused", "frame_refused"} & events)
+    result = secure.root.submit("ping", targets=Targets.to(victim), timeout=2).wait(10)[victim]
+    assert result.status is Status.UNREACHABLE
+    assert not secure.root.revoke(victim)
+
+
+def test_key_files_are_private_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    pair = KeyPair.load_or_create(path)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert KeyPair.load_or_create(path) == pair
+    path.chmod(0o644)
+    with pytest.raises(SecurityError, match="chmod 600"):
+        KeyPair.load_or_create(path)
+    path.chmod(0o600)
+    other = KeyPair.generate()
+    path.write_text(f"public {other.public}\nsecret {pair.secret}\n")
+    with pytest.raises(SecurityError, match="does not belong"):
+        KeyPair.load_or_create(path)
+    assert "secret" not in repr(pair) or pair.secret not in repr(pair)
+
+
+def test_logs_never_carry_a_secret_key(secure: SecureTree, tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        pair = KeyPair.load_or_create(tmp_path / "k")
+        secure.root.submit("ping", timeout=5).wait(10)
+    assert pair.secret not in str(logs) and secure.root_keys.secret not in str(logs)
+    structlog.reset_defaults()
