@@ -43,7 +43,6 @@ from service.logs import setup_logging
 from . import phases
 from .flat import FlatStar, run_flat
 from .procs import Fleet, MemorySampler, cpu_seconds, peak_rss_mb, run_pids
-from .scrape import measure_scrape
 from .simhosts import run_agent, run_sim
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -284,6 +283,11 @@ class TreeBench:
                         unicast_p50_s=_pct(uni.latencies, 50), unicast_p99_s=_pct(uni.latencies, 99))
 
     def measure_scrape(self) -> None:
+        # Imported here, not at the top: every agent and sim process re-imports this module
+        # (multiprocessing's forkserver runs the parent's __main__ again), and the frontend's
+        # web and database stack would cost each of hundreds of processes ~100 MB and a second.
+        from .scrape import measure_scrape
+
         assert self.root is not None
         scrape = measure_scrape(self.root, self.cfg.host_names)
         self.out.update(scrape_p50_s=_pct(scrape.seconds, 50), scrape_max_s=round(max(scrape.seconds), 4),
@@ -470,7 +474,7 @@ def main(hosts: int, json_path: str | None, agents: int | None, fanout: int, rou
     setup_logging("warning", service="bench", stream=log)
     out = TreeBench(cfg).run()
     out["counters_interval_s"] = settings.counters_interval
-    for name in references:
+    for name in references if "error" not in out else ():
         ref_dir = run_dir.with_name(f"{run_dir.name}-{name}")
         shutil.rmtree(ref_dir, ignore_errors=True)
         (ref_dir / "logs").mkdir(parents=True)

@@ -124,6 +124,7 @@ class Downlink:
         #: child -> incarnation, for children this node declared dead
         self._declared_dead: dict[str, int] = {}
         self.security = security
+        self._whole_keys: bytes | None = None
         #: the root lets unknown keys finish the handshake so that they can enrol; relays do not
         self._accept_unknown = accept_unknown_keys
         # Sessions are unique per process lifetime, so a session number from before a restart
@@ -358,6 +359,7 @@ class Downlink:
 
     def keys_changed(self, whole: bool, added: dict[str, str], removed: list[str]) -> None:
         """Pass a keyring change on to agent children, and cut off children whose key was revoked."""
+        self._whole_keys = None
         data = proto.keys(whole, added, removed)
         for child in list(self.children.values()):
             if child.node_id in removed:
@@ -394,7 +396,10 @@ class Downlink:
         change.extend(self.routes.add(node_id, entries))
         self.send_raw(identity, proto.welcome(child.session))
         if self.security is not None and child.role is Role.AGENT:
-            self.send_raw(identity, proto.keys(True, self.security.keyring.snapshot(), []))
+            if self._whole_keys is None:
+                # Half a megabyte at 10,000 hosts: encoded once per change, not once per agent.
+                self._whole_keys = proto.keys(True, self.security.keyring.snapshot(), [])
+            self.send_raw(identity, self._whole_keys)
         self._log.info("child_attached", child=node_id, role=child.role.name.lower(), session=child.session,
                        routes=len(entries), reattach=old is not None)
         self.owner.on_routes(node_id, change)

@@ -556,7 +556,7 @@ class TreeRoot(DownlinkOwner):
         cmd = self._commands.get(cmd_id)
         if cmd is None:
             self.stats.late_results += len(table)
-            self._log.debug("late_results", cmd=cmd_id, hosts=len(table))
+            self._log.info("results_refused", cmd=cmd_id, hosts=len(table), reason="no such command in flight")
             return
         pending = cmd.pending
         delivered: list[tuple[str, Result]] = []

@@ -95,10 +95,20 @@ def test_clctl_drives_a_running_cloud(cluster: LocalCluster, tmp_path: Path) -> 
         return {h["name"]: h["status"] for h in hosts}
 
     until(lambda: listing() == {name: "up" for name in cluster.backend_names}, 30, "every hypervisor up")
+    # The hypervisor view and the tree view agree: the same hosts, each alive in both, heartbeats
+    # fresh (two queries a moment apart: a host may turn suspect in one of them on a busy machine).
+    hosts = {h["name"]: h for h in json.loads(_clctl(home, "--json", "hypervisor", "list").stdout)["items"]}
+    nodes = {n["node_id"]: n for n in json.loads(_clctl(home, "--json", "tree").stdout)["nodes"]
+             if n["role"] == "backend"}
+    assert set(hosts) == set(nodes)
+    alive = {"up", "suspect"}
+    assert all({hosts[name]["tree_state"], nodes[name]["state"]} <= alive for name in nodes), (hosts, nodes)
+    assert all(0 <= hosts[name]["heartbeat_age_s"] < 3 and 0 <= nodes[name]["heartbeat_age"] < 3 for name in nodes)
     victim = cluster.backend_names[0]
     cluster.kill(victim)
 
     until(lambda: listing()[victim] == "down", 30, f"{victim} to be marked down")
+    assert json.loads(_clctl(home, "--json", "hypervisor", "show", victim).stdout)["tree_state"] == "down"
     ping = _clctl(home, "ping", victim, "--timeout", "2")
     assert ping.returncode == 1, (ping.stdout, ping.stderr)
     events = json.loads(_clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]
