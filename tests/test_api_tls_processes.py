@@ -4,11 +4,8 @@ and clctl talks to it only when told to trust that certificate."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,8 +18,7 @@ from cryptography import x509
 from frontend.tlscert import api_pair
 from localcluster import LocalCluster
 from service.config import FrontendConfig
-from tests.support.cloudapi import admin_client, until
-from tests.support.leftovers import no_new_processes
+from tests.support.cloudapi import admin_client, clctl, running, until
 
 pytestmark = pytest.mark.slow
 
@@ -30,23 +26,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path_factory.mktemp("tls") / "cluster", agents=0, backends=1)
-    with no_new_processes():
-        try:
-            c.start()
-            yield c
-        finally:
-            c.stop()
+    with running(c):
+        yield c
 
 
 def _served_certificate(cluster: LocalCluster) -> x509.Certificate:
     pem = ssl.get_server_certificate(("127.0.0.1", cluster.api_port))
     return x509.load_pem_x509_certificate(pem.encode())
-
-
-def _clctl(home: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_") and k != "XDG_CONFIG_HOME"}
-    return subprocess.run([sys.executable, "-m", "clctl", *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**clean, "HOME": str(home), **env})
 
 
 def test_the_api_serves_the_generated_certificate_over_tls_only(cluster: LocalCluster) -> None:
@@ -81,30 +67,30 @@ def test_clctl_needs_the_ca_file_and_keeps_it(cluster: LocalCluster, tmp_path: P
     password = cluster.admin_password() + "\n"
     login = ["login", "--endpoint", cluster.api_url, "--username", "admin", "--password-stdin"]
 
-    refused = _clctl(home, *login, stdin=password)
+    refused = clctl(home, *login, stdin=password)
     assert refused.returncode == 3, refused
     assert f"cannot reach the API at {cluster.api_url}: its TLS certificate is not trusted" in refused.stderr
     assert "--ca-file" in refused.stderr and "Traceback" not in refused.stderr
 
-    plain = _clctl(home, "login", "--endpoint", cluster.api_url.replace("https://", "http://"), "-u", "admin",
+    plain = clctl(home, "login", "--endpoint", cluster.api_url.replace("https://", "http://"), "-u", "admin",
                    "--password-stdin", stdin=password)
     assert plain.returncode == 3 and "use https://" in plain.stderr, plain
 
-    accepted = _clctl(home, *login, "--ca-file", cluster.ca_file, stdin=password)
+    accepted = clctl(home, *login, "--ca-file", cluster.ca_file, stdin=password)
     assert accepted.returncode == 0, accepted.stderr
     saved = yaml.safe_load((home / ".config" / "cloudland" / "clctl.yaml").read_text())
     assert saved["endpoint"] == cluster.api_url and saved["ca_file"] == cluster.ca_file
 
     # Later commands trust the saved CA file; one given for the command replaces it.
-    whoami = _clctl(home, "--json", "whoami")
+    whoami = clctl(home, "--json", "whoami")
     assert whoami.returncode == 0 and json.loads(whoami.stdout)["user_name"] == "admin", whoami.stderr
     with structlog.testing.capture_logs():
         other_ca = api_pair(FrontendConfig(data_dir=str(tmp_path / "other")), "test").cert  # signed nothing here
-    refused = _clctl(home, "--ca-file", str(other_ca), "whoami")
+    refused = clctl(home, "--ca-file", str(other_ca), "whoami")
     assert refused.returncode == 3 and f"not trusted by {other_ca}" in refused.stderr, refused.stderr
-    assert _clctl(home, "whoami", CLOUDLAND_CA_FILE=cluster.ca_file).returncode == 0
+    assert clctl(home, "whoami", CLOUDLAND_CA_FILE=cluster.ca_file).returncode == 0
 
-    missing = _clctl(home, "--ca-file", str(tmp_path / "missing.crt"), "whoami")
+    missing = clctl(home, "--ca-file", str(tmp_path / "missing.crt"), "whoami")
     assert missing.returncode == 2 and "missing.crt" in missing.stderr, missing.stderr
 
 

@@ -21,8 +21,7 @@ import pytest
 
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
-from tests.support.cloudapi import admin_client, until
-from tests.support.leftovers import no_new_processes
+from tests.support.cloudapi import admin_client, running, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -41,14 +40,12 @@ def cluster(tmp_path: Path, guest: tiny.Guest) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=0, backends=2, tree=TREE, ops_modules=["backend.compute"],
                      backend_config={"compute": {"domain_type": "qemu", "stop_timeout_s": 20.0,
                                                  "cmdline": tiny.CMDLINE}})
-    with no_new_processes():
-        try:
-            c.start()
+    try:
+        with running(c):
             yield c
-        finally:
-            c.stop()
-            # Whatever the test left (a failed one may leave guests): no domain or pool outlives it.
-            libvirtd.purge_under(c.workdir)
+    finally:
+        # Whatever the test left (a failed one may leave guests): no domain or pool outlives it.
+        libvirtd.purge_under(c.workdir)
 
 
 def _ok(response: httpx.Response, status: int = 200) -> Any:

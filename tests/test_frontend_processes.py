@@ -7,17 +7,13 @@ run, so "no task ran twice" is checked on the hosts, not in the frontend's own a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from localcluster import LocalCluster
-from tests.support.cloudapi import admin_client, until
-from tests.support.leftovers import no_new_processes
+from tests.support.cloudapi import admin_client, clctl, clctl_login, running, until
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +27,8 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=1, backends=4, tree=TREE, ops_modules=["tests.support.compute_ops"],
                      env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log"),
                           "CLOUDLAND_TEST_CREATE_DELAY": str(LAUNCH_SECONDS)})
-    with no_new_processes():
-        try:
-            c.start()
-            yield c
-        finally:
-            c.stop()
+    with running(c):
+        yield c
 
 
 def test_frontend_killed_mid_launch_finishes_every_task_once(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -74,31 +66,23 @@ def test_frontend_killed_mid_launch_finishes_every_task_once(cluster: LocalClust
     assert "task_command_resent" in cluster.log_text("frontend")
 
 
-def _clctl(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clctl", *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "HOME": str(home)})
-
-
 def test_clctl_drives_a_running_cloud(cluster: LocalCluster, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir()
-    login = _clctl(home, "login", "--endpoint", cluster.api_url, "--ca-file", cluster.ca_file, "--username", "admin",
-                   "--password-stdin", stdin=cluster.admin_password() + "\n")
-    assert login.returncode == 0, login.stderr
-    tree = json.loads(_clctl(home, "--json", "tree").stdout)
+    clctl_login(home, cluster)
+    tree = json.loads(clctl(home, "--json", "tree").stdout)
     assert sorted(n["node_id"] for n in tree["nodes"] if n["role"] == "backend") == cluster.backend_names
-    ping = _clctl(home, "ping")
+    ping = clctl(home, "ping")
     assert ping.returncode == 0 and all(name in ping.stdout for name in cluster.backend_names), ping.stdout
 
     def listing() -> dict[str, str]:
-        hosts = json.loads(_clctl(home, "--json", "hypervisor", "list").stdout)["items"]
+        hosts = json.loads(clctl(home, "--json", "hypervisor", "list").stdout)["items"]
         return {h["name"]: h["status"] for h in hosts}
 
     until(lambda: listing() == {name: "up" for name in cluster.backend_names}, 30, "every hypervisor up")
     # The hypervisor view and the tree view agree: the same hosts, each alive in both, heartbeats
     # fresh (two queries a moment apart: a host may turn suspect in one of them on a busy machine).
-    hosts = {h["name"]: h for h in json.loads(_clctl(home, "--json", "hypervisor", "list").stdout)["items"]}
-    nodes = {n["node_id"]: n for n in json.loads(_clctl(home, "--json", "tree").stdout)["nodes"]
+    hosts = {h["name"]: h for h in json.loads(clctl(home, "--json", "hypervisor", "list").stdout)["items"]}
+    nodes = {n["node_id"]: n for n in json.loads(clctl(home, "--json", "tree").stdout)["nodes"]
              if n["role"] == "backend"}
     assert set(hosts) == set(nodes)
     alive = {"up", "suspect"}
@@ -108,10 +92,10 @@ def test_clctl_drives_a_running_cloud(cluster: LocalCluster, tmp_path: Path) -> 
     cluster.kill(victim)
 
     until(lambda: listing()[victim] == "down", 30, f"{victim} to be marked down")
-    assert json.loads(_clctl(home, "--json", "hypervisor", "show", victim).stdout)["tree_state"] == "down"
-    ping = _clctl(home, "ping", victim, "--timeout", "2")
+    assert json.loads(clctl(home, "--json", "hypervisor", "show", victim).stdout)["tree_state"] == "down"
+    ping = clctl(home, "ping", victim, "--timeout", "2")
     assert ping.returncode == 1, (ping.stdout, ping.stderr)
-    events = json.loads(_clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]
+    events = json.loads(clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]
     assert "host.down" in [e["kind"] for e in events]
-    assert _clctl(home, "logout").returncode == 0
-    assert _clctl(home, "tree").returncode == 3  # not logged in any more
+    assert clctl(home, "logout").returncode == 0
+    assert clctl(home, "tree").returncode == 3  # not logged in any more

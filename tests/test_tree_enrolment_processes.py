@@ -8,9 +8,6 @@ when it starts again with its old key.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,8 +16,7 @@ import pytest
 
 from localcluster import LocalCluster
 from service.nodekeys import EnrolmentToken
-from tests.support.cloudapi import until
-from tests.support.leftovers import no_new_processes
+from tests.support.cloudapi import clctl, clctl_login, running, until
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +28,8 @@ DEAD_AFTER = TREE["heartbeat_interval"] * TREE["heartbeat_misses"]
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=1, backends=2, tree=TREE)
-    with no_new_processes():
-        try:
-            c.start()
-            yield c
-        finally:
-            c.stop()
+    with running(c):
+        yield c
 
 
 def exit_status(cluster: LocalCluster, name: str, timeout: float = 30.0) -> int:
@@ -73,30 +65,22 @@ def test_a_backend_with_a_wrong_token_never_joins(cluster: LocalCluster) -> None
     cluster.wait_attached(["other"], 30)
 
 
-def _clctl(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clctl", *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "HOME": str(home)})
-
-
 def test_clctl_revoke_cuts_a_running_backend_off_for_good(cluster: LocalCluster, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir()
-    login = _clctl(home, "login", "--endpoint", cluster.api_url, "--ca-file", cluster.ca_file, "--username", "admin",
-                   "--password-stdin", stdin=cluster.admin_password() + "\n")
-    assert login.returncode == 0, login.stderr
-    enrolments = json.loads(_clctl(home, "--json", "hypervisor", "enrolments").stdout)["items"]
+    clctl_login(home, cluster)
+    enrolments = json.loads(clctl(home, "--json", "hypervisor", "enrolments").stdout)["items"]
     assert sorted((e["name"], e["state"]) for e in enrolments) == [
         ("agent0", "used"), ("host000", "used"), ("host001", "used")]
     victim, bystander = cluster.backend_names
 
     def shown() -> dict[str, object] | None:
-        run = _clctl(home, "--json", "hypervisor", "show", victim)
+        run = clctl(home, "--json", "hypervisor", "show", victim)
         return json.loads(run.stdout) if run.returncode == 0 else None  # 404 until the monitor registers it
 
     until(lambda: (shown() or {}).get("status") == "up", 30, f"{victim} registered")
 
     started = time.monotonic()
-    revoke = _clctl(home, "hypervisor", "revoke", victim)
+    revoke = clctl(home, "hypervisor", "revoke", victim)
     assert revoke.returncode == 0, revoke.stderr
     assert f"{victim} is cut off from the tree" in revoke.stdout
     until(lambda: states(cluster)[victim] == "down", HEARTBEAT * 4, f"{victim} down")
@@ -112,7 +96,7 @@ def test_clctl_revoke_cuts_a_running_backend_off_for_good(cluster: LocalCluster,
     refused = [json.loads(line) for line in cluster.log_text("frontend").splitlines()
                if '"peer_refused"' in line or '"attach_refused"' in line]
     assert refused, "the frontend or the agent should log each refusal"
-    ping = _clctl(home, "ping", victim, "--timeout", "2")
+    ping = clctl(home, "ping", victim, "--timeout", "2")
     assert ping.returncode == 1, ping.stdout
-    events = json.loads(_clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]
+    events = json.loads(clctl(home, "--json", "event", "list", "--host", victim).stdout)["items"]
     assert "host.revoked" in [e["kind"] for e in events]

@@ -24,7 +24,7 @@ from sci import KeyPair, Security, proto
 from sci.enrolment import enrol
 from sci.security import connect_curve
 from service.nodekeys import EnrolmentToken
-from tests.support.leftovers import no_new_processes
+from tests.support.cloudapi import running
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,8 @@ HOSTS = [f"host{i:03d}" for i in range(30)]
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=3, backends=30, tree=TREE,
                      ops_modules=["tests.support.sideeffect_ops"])
-    with no_new_processes():
-        try:
-            c.start()
-            yield c
-        finally:
-            c.stop()
+    with running(c):
+        yield c
 
 
 def submit(c: LocalCluster, command: str, args: dict[str, Any] | None = None, hosts: list[str] | None = None,
