@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from backend.ops import system
 from backend.registry import OpRegistry
-from sci import Journal, Leaf, Relay, Targets, TreeRoot, TreeSettings, proto
+from sci import Journal, Leaf, Relay, Status, Targets, TreeRoot, TreeSettings, proto
 from sci.counters import MAX_KEYS, add_into, check_counters
 from sci.downlink import check_entries
 from sci.exceptions import FrameError
@@ -560,7 +560,11 @@ def test_any_results_table_for_a_live_command(tree: Tree, crashes: list[str], pa
     child.play(answer.draw(st.lists(fields.frame([Kind.RESULTS]), max_size=3), "more"))
     child.keep_alive_until(handle.done, 5)
     results = handle.wait(0)
-    assert set(results) == {"h0", name} and results["h0"].ok, results
+    assert set(results) == {"h0", name}, results
+    # Under the relay, h0's answer is gathered with the fuzzer's, which may never come right: it
+    # then leaves at the relay's flush, just before the deadline, and a loaded machine can miss
+    # that.  Whether the relay still serves is what tree.healthy asks.
+    assert results["h0"].ok or (parent == "relay" and results["h0"].status is Status.TIMEOUT), results
     tree.healthy(crashes)
 
 
