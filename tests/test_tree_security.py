@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import structlog
@@ -108,19 +108,24 @@ def test_a_key_that_is_not_enrolled_is_refused_and_logged(secure: SecureTree) ->
     assert refusals and refusals[0]["child"] == "intruder"
 
 
+def hello_as(secure: SecureTree, node: str, keys: Security) -> tuple[Any, proto.Frame]:
+    """A raw backend link to the root with ``keys``, saying HELLO as ``node``; the root's answer."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, node.encode())
+    connect_curve(sock, keys, secure.root_keys.public)
+    sock.connect(secure.root.endpoint)
+    sock.send(proto.hello(node, [[node, [1, 1], "", int(Role.BACKEND), 1, None, []]]))
+    assert sock.poll(5000)
+    return sock, proto.decode(sock.recv())
+
+
 def test_an_enrolled_key_cannot_speak_for_another_node(secure: SecureTree) -> None:
     stolen = secure.enrolled("h7", Role.BACKEND)
     with capture_logs() as logs:
         # h7's key, claiming to be h0 (another enrolled host): refused; h0 keeps its place.
         secure.host("h0-impostor", security=stolen)
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, b"h0")
-        connect_curve(sock, stolen, secure.root_keys.public)
-        sock.connect(secure.root.endpoint)
-        sock.send(proto.hello("h0", [["h0", [1, 1], "", int(Role.BACKEND), 1, None, []]]))
-        assert sock.poll(5000)
-        answer = proto.decode(sock.recv())
+        sock, answer = hello_as(secure, "h0", stolen)
         sock.close()
     assert answer.kind is Kind.REJECT and "not enrolled" in answer.fields[1]
     assert any(e["event"] == "attach_refused" and e["child"] == "h0" for e in logs)
@@ -129,14 +134,7 @@ def test_an_enrolled_key_cannot_speak_for_another_node(secure: SecureTree) -> No
 
 def test_a_node_cannot_answer_for_hosts_outside_its_subtree(secure: SecureTree) -> None:
     keys = secure.enrolled("h7", Role.BACKEND)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, b"h7")
-    connect_curve(sock, keys, secure.root_keys.public)
-    sock.connect(secure.root.endpoint)
-    sock.send(proto.hello("h7", [["h7", [1, 1], "", int(Role.BACKEND), 1, None, []]]))
-    assert sock.poll(5000)
-    welcome = proto.decode(sock.recv())
+    sock, welcome = hello_as(secure, "h7", keys)
     assert welcome.kind is Kind.WELCOME
     handle = secure.root.submit("ping", targets=Targets.to("h0"), timeout=5)
     with capture_logs() as logs:
