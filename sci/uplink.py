@@ -121,6 +121,8 @@ class Uplink:
         self._phase_started = 0.0
         self._join_retry = _JOIN_RETRY_MIN
         self._disconnected_at: float | None = None
+        #: set when the parent refused our key during ATTACHING: retry that parent at the next tick
+        self._key_refused = False
         self._last_tick = 0.0
         self._sock: ZSocket | None = None
         self._monitor: ZSocket | None = None
@@ -203,6 +205,8 @@ class Uplink:
         elif state is LinkState.ATTACHING:
             if now - self._phase_started > self.settings.dead_after:
                 self._parent_failed("no WELCOME")
+            elif self._key_refused:
+                self._retry_attach()
         elif state is LinkState.JOINING:
             if now - self._phase_started > self._join_retry:
                 self._join_retry = min(self._join_retry * 2, _JOIN_RETRY_MAX)
@@ -226,16 +230,28 @@ class Uplink:
         self._send_now(proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups))
         self._log.debug("join_sent", registrar=self.registrar)
 
-    def _attach(self, index: int) -> None:
+    def _attach(self, index: int, retry: bool = False) -> None:
         self._move(LinkState.ATTACHING)
         self.parent_index = index
         parent_id, endpoint, key = self.parents[index]
-        self.attach_count += 1
+        if not retry:
+            self.attach_count += 1
+            self._phase_started = time.monotonic()
         self._open(endpoint, identity=self.node_id.encode(), server_key=key)
-        self._phase_started = time.monotonic()
         entries = [self.own_entry(), *self.owner.subtree_entries()]
         self._send_now(proto.hello(self.node_id, entries))
         self._log.info("attach_sent", parent=parent_id, endpoint=endpoint, fallback=index, routes=len(entries))
+
+    def _retry_attach(self) -> None:
+        """Say HELLO to the same parent again, on a fresh connection, within the same deadline.
+
+        The root tells a relay about a new key at the moment it tells the new node where to
+        attach, so the node's handshake can beat the relay's copy of its key by a hair.  The
+        refused HELLO never reached the parent, so sending it again cannot make two sessions;
+        giving up on the parent instead would leave the node on a fallback for good.
+        """
+        self._log.info("attach_retried", parent=self.parents[self.parent_index][0], reason="key refused")
+        self._attach(self.parent_index, retry=True)
 
     def _parent_failed(self, reason: str) -> None:
         parent = self.parent or "?"
@@ -277,9 +293,11 @@ class Uplink:
             return
         self._sock = sock
         self._disconnected_at = None
+        self._key_refused = False
         self.reactor.add_reader(sock, self._on_readable)
         if identity is not None:
-            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             self._monitor = monitor
             self.reactor.add_reader(monitor, self._on_monitor)
 
@@ -324,6 +342,8 @@ class Uplink:
                 self._disconnected_at = time.monotonic()
             elif event["event"] == zmq.EVENT_CONNECTED:
                 self._disconnected_at = None
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.state is LinkState.ATTACHING:
+                self._key_refused = True
         return True
 
     def _on_readable(self, sock: ZSocket) -> bool:

@@ -171,6 +171,23 @@ def test_a_revoked_node_is_cut_off_at_once_and_stays_out(secure: SecureTree) -> 
     assert not secure.root.revoke(victim)
 
 
+def test_a_node_whose_key_reaches_its_relay_late_still_attaches_there(secure: SecureTree) -> None:
+    keys = secure.enrolled("late", Role.BACKEND)
+    relays = [secure.nodes["a0"], secure.nodes["a1"]]
+    until(lambda: all(r.security.keyring.key_of("late") for r in relays))
+    # As if the KEYS frame to the relays were still on its way when "late" says HELLO.
+    for relay in relays:
+        relay.security.keyring.remove("late")
+    with capture_logs() as logs:
+        leaf = secure.host("late", security=keys)
+        until(lambda: any(e["event"] == "attach_retried" for e in logs), timeout=SETTINGS.dead_after)
+        for relay in relays:
+            relay.security.keyring.add("late", keys.keypair.public)
+        until(lambda: leaf.up.attached, timeout=SETTINGS.dead_after * 2)
+    assert leaf.up.parent_index == 0  # its first choice, not a fallback
+    assert not [e for e in logs if e["event"] == "parent_lost"]
+
+
 def test_key_files_are_private_and_checked(tmp_path: Path) -> None:
     path = tmp_path / "node.key"
     pair = KeyPair.load_or_create(path)
