@@ -41,6 +41,9 @@ which admins read at `GET /v1/audit`.
 
 Long operations answer `202 Accepted` with a task; follow it at `GET /v1/tasks/{id}` until its
 status is `succeeded` or `failed`.
+
+Times are answered in UTC with their zone (`2026-05-01T12:00:03.250000Z`).  A time given as a
+filter (`since`) may carry any offset; one without an offset is taken as UTC.
 """
 
 

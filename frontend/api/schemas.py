@@ -7,9 +7,9 @@ import ipaddress
 import re
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "Name", "Ref", "ResourceView", "Size", "Text", "UtcTime"]
+__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "Moment", "Name", "Ref", "ResourceView", "Size", "Text", "UtcTime"]
 
 #: every path of this version of the API starts with it
 V1 = "/v1"
@@ -67,6 +67,17 @@ def _utc(value: dt.datetime) -> dt.datetime:
         raise ValueError("is out of range once converted to UTC") from None
 
 
+def _iso_utc(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+#: A moment in a response: the database's naive UTC, written with its zone (``...Z``) so that
+#: no client takes it for its own local time.
+Moment = Annotated[dt.datetime, PlainSerializer(_iso_utc, return_type=str, when_used="json"),
+                   WithJsonSchema({"type": "string", "format": "date-time"})]
+
 #: A moment as the database holds it: naive UTC.  One with an offset is converted (naive ones
 #: are taken as UTC already); a moment whose conversion leaves years 1-9999 is refused.
 UtcTime = Annotated[dt.datetime, AfterValidator(_utc)]
@@ -112,8 +123,8 @@ class ResourceView(BaseModel):
     id: str
     org_id: str
     status: str
-    created_at: dt.datetime
-    updated_at: dt.datetime
+    created_at: Moment
+    updated_at: Moment
 
 
 T = TypeVar("T")

@@ -99,7 +99,7 @@ def test_a_token_enrols_its_node_which_then_joins(cloud: SecureCloud) -> None:
         assert issued["role"] == "backend" and issued["registrar"] == cloud.root.endpoint
         token = EnrolmentToken.parse(issued["token"])
         assert issued["token"].startswith("cl1.") and token.root_key == cloud.root.security.keypair.public
-        expires = dt.datetime.fromisoformat(issued["expires_at"])
+        expires = dt.datetime.fromisoformat(issued["expires_at"]).replace(tzinfo=None)  # utcnow() is naive
         assert dt.timedelta(minutes=59) < expires - utcnow() <= dt.timedelta(hours=1)
         security = cloud.enrol("hv1", issued["token"])
         cloud.leaf("hv1", security)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Literal
 
 from fastapi import APIRouter, Query
@@ -13,7 +12,7 @@ from ...auth import Role
 from ...db.models import AuditRecord
 from ..deps import CallerDep, FrontendDep
 from ..refusals import refusals
-from ..schemas import V1, Items, Ref, Text, UtcTime
+from ..schemas import V1, Items, Moment, Ref, Text, UtcTime
 
 router = APIRouter(prefix=V1, tags=["audit"])
 
@@ -22,7 +21,7 @@ class AuditView(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    created_at: dt.datetime
+    created_at: Moment
     user_id: str | None
     user_name: str | None
     org_id: str | None

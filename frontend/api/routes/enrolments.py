@@ -3,7 +3,6 @@ have its CURVE key enrolled, and revocation, which cuts a node off for good."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Literal
 
 from fastapi import APIRouter
@@ -18,7 +17,7 @@ from ...db.models import Enrolment, utcnow
 from ...errors import Conflict, Unavailable
 from ..deps import CallerDep, FrontendDep
 from ..refusals import refusals
-from ..schemas import V1, Input, Items, Name
+from ..schemas import V1, Input, Items, Moment, Name
 
 router = APIRouter(prefix=V1, tags=["hypervisors"])
 
@@ -34,7 +33,7 @@ class EnrolmentIssued(BaseModel):
     name: str
     role: str
     token: str = Field(description="cl1.<secret>.<root public key>: shown this once; the node presents it once")
-    expires_at: dt.datetime
+    expires_at: Moment
     registrar: str = Field(description="the tree endpoint the node joins through: its `frontend:` setting")
 
 
@@ -43,9 +42,9 @@ class EnrolmentView(BaseModel):
     name: str
     role: str
     state: enrolment.EnrolmentState
-    created_at: dt.datetime
-    expires_at: dt.datetime
-    used_at: dt.datetime | None
+    created_at: Moment
+    expires_at: Moment
+    used_at: Moment | None
     #: the admin who issued it
     created_by: str | None
 
@@ -54,8 +53,8 @@ class NodeKeyView(BaseModel):
     name: str
     role: str
     public_key: str
-    enrolled_at: dt.datetime
-    revoked_at: dt.datetime | None
+    enrolled_at: Moment
+    revoked_at: Moment | None
 
 
 def _secure_tree(frontend: FrontendDep) -> tuple[TreeRoot, Security]:

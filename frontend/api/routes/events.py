@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
@@ -11,7 +10,7 @@ from ...db.models import Event
 from ...hostalias import alias
 from ..deps import CallerDep, FrontendDep
 from ..lookup import owned
-from ..schemas import V1, Items, Ref, UtcTime
+from ..schemas import V1, Items, Moment, Ref, UtcTime
 
 router = APIRouter(prefix=V1, tags=["events"])
 
@@ -20,7 +19,7 @@ class EventView(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    created_at: dt.datetime
+    created_at: Moment
     org_id: str
     kind: str
     host: str | None

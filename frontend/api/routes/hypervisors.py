@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -16,7 +15,7 @@ from ...db.models import Hypervisor, Instance, Zone
 from ...errors import NotFound
 from ..deps import CallerDep, FrontendDep
 from ..refusals import refusals
-from ..schemas import V1, Input, Items, Ref, ResourceView
+from ..schemas import V1, Input, Items, Moment, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["hypervisors"])
 
@@ -37,7 +36,7 @@ class HypervisorView(ResourceView):
     free: Capacity
     instances: int
     #: when the tree last reported it up (refreshed every 30 s or so)
-    last_seen_at: dt.datetime | None
+    last_seen_at: Moment | None
     #: seconds since its parent in the tree last heard from it; None if it is not in the tree
     heartbeat_age_s: float | None
     #: the tree's view now: up, suspect (heartbeats late), down; None if the tree did not answer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query
@@ -13,7 +12,7 @@ from ...db.models import Task
 from ...hostalias import alias
 from ..deps import CallerDep, FrontendDep
 from ..lookup import get_owned, owned
-from ..schemas import V1, Items, Ref, ResourceView
+from ..schemas import V1, Items, Moment, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["tasks"])
 
@@ -29,8 +28,8 @@ class StepView(BaseModel):
     hosts: list[str]
     #: host -> {status, message, exit_status, payload} for a command; {"value": ...} for a decision
     result: dict[str, Any] | None
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
+    started_at: Moment
+    finished_at: Moment | None
 
 
 class TaskView(ResourceView):
@@ -38,7 +37,7 @@ class TaskView(ResourceView):
     resource_type: str
     resource_id: str
     error: str | None
-    finished_at: dt.datetime | None
+    finished_at: Moment | None
     steps: list[StepView] = []
 
 

@@ -14,7 +14,7 @@ from ...errors import Unauthenticated
 from ..audit import Actor, identify
 from ..deps import CallerDep, FrontendDep
 from ..refusals import refusals
-from ..schemas import V1, Input, Name
+from ..schemas import V1, Input, Moment, Name
 
 router = APIRouter(prefix=V1, tags=["auth"])
 
@@ -26,7 +26,7 @@ class Login(Input):
 
 class TokenView(BaseModel):
     token: str
-    expires_at: dt.datetime
+    expires_at: Moment
     user_id: str
     org_id: str
     role: str
