@@ -32,6 +32,9 @@ log = structlog.get_logger("frontend.hosts")
 
 #: seconds between refreshes of up hosts' last_seen_at, and between checks for stale capacity facts
 LAST_SEEN_S = 30.0
+#: How old a tree status may be for a view or a scrape.  One query costs the tree a frame per
+#: relay, and the heartbeat ages it reports only move once a heartbeat anyway.
+TREE_VIEW_MAX_AGE_S = 1.0
 FACTS_CHECK_S = 60.0
 
 MB = 1 << 20

@@ -22,6 +22,7 @@ from sci import CommandHandle
 from service.counter_metrics import counter_families
 
 from .db.models import Hypervisor, Task, Zone
+from .hosts import TREE_VIEW_MAX_AGE_S
 
 if TYPE_CHECKING:
     from .services import Frontend
@@ -139,7 +140,7 @@ class StateCollector(Collector):
         in_flight.add_metric([], tree.commands_in_flight)
         yield in_flight
         try:
-            report = tree.tree_report(timeout=2.0)
+            report = tree.tree_report(timeout=2.0, max_age=TREE_VIEW_MAX_AGE_S)
         except TimeoutError:
             return
         # Per relay: what it counted itself (scope=self) and what the hypervisors attached to it

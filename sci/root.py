@@ -274,6 +274,9 @@ class TreeRoot(DownlinkOwner):
         self._groups: dict[str, set[str]] = {}
         self._events: collections.deque[TreeEvent] = collections.deque(maxlen=_EVENTS_KEPT)
         self.status = StatusQueries(node_id, self.reactor, self.down)
+        #: the latest tree report asked for: when it started, and the report (or the query in flight)
+        self._report: tuple[float, concurrent.futures.Future[TreeReport]] | None = None
+        self._report_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._log = log.bind(node=node_id)
@@ -370,12 +373,40 @@ class TreeRoot(DownlinkOwner):
         Targets.to(*hosts)
         self._call(lambda: self._groups.__setitem__(name, set(hosts)))
 
-    def tree_status(self, timeout: float = 2.0) -> list[NodeStatus]:
+    def tree_status(self, timeout: float = 2.0, max_age: float = 0.0) -> list[NodeStatus]:
         """Ask every relay for its children and their heartbeat ages; return the whole tree."""
-        return self.tree_report(timeout).nodes
+        return self.tree_report(timeout, max_age).nodes
 
-    def tree_report(self, timeout: float = 2.0) -> TreeReport:
-        """One status query of every relay: the tree's nodes and every relay's counters."""
+    def tree_report(self, timeout: float = 2.0, max_age: float = 0.0) -> TreeReport:
+        """One status query of every relay: the tree's nodes and every relay's counters.
+
+        At 10,000 hosts a query costs a status frame per relay and half a second at the root,
+        so callers share: whoever asks while a query is out gets its report, and a caller that
+        accepts a report up to ``max_age`` seconds old (counted from when its query started)
+        gets the last one without asking the tree again.
+        """
+        with self._report_lock:
+            now = time.monotonic()
+            latest = self._report
+            shared = None
+            if latest is not None:
+                started, last = latest
+                if not last.done() or (now - started <= max_age and last.exception() is None):
+                    shared = last
+            if shared is None:
+                future: concurrent.futures.Future[TreeReport] = concurrent.futures.Future()
+                self._report = (now, future)
+        if shared is not None:
+            return shared.result(timeout + 5)
+        try:
+            report = self._query_report(timeout)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        future.set_result(report)
+        return report
+
+    def _query_report(self, timeout: float) -> TreeReport:
         future: concurrent.futures.Future[dict[str, list[Any]]] = concurrent.futures.Future()
         self._call(lambda: self.status.start(uuid.uuid4().hex, timeout, future.set_result))
         table = future.result(timeout + 5)

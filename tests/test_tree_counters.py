@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -54,6 +55,25 @@ def test_leaves_and_relays_report_their_counts(tree: Tree) -> None:
     relayed = [c.counters.get("commands_relayed", 0) for c in report.counters if c.role == "agent"]
     assert sum(relayed) > 0 and all(c.counters.get("results_relayed", 0) > 0 for c in report.counters
                                     if c.role == "agent" and c.counters.get("commands_relayed"))
+
+
+def test_callers_share_status_queries(tree: Tree) -> None:
+    root = tree[0]
+    started: list[str] = []
+    start = root.status.start
+
+    def slow_start(query_id: str, timeout: float, done: Callable[[Any], None]) -> None:
+        # Answers come 0.3 s late, so the callers below all ask while the query is out.
+        started.append(query_id)
+        start(query_id, timeout, lambda table: root.reactor.call_later(0.3, lambda: done(table)))
+
+    root.status.start = slow_start  # type: ignore[method-assign]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda _: root.tree_report(timeout=1.0), range(4)))
+    assert len(started) == 1 and all(r is reports[0] for r in reports)
+    assert {n.node_id for n in reports[0].nodes} >= {"a0", "a1", "h0"}
+    assert root.tree_report(timeout=1.0, max_age=60) is reports[0]  # old enough for this caller
+    assert root.tree_report(timeout=1.0) is not reports[0] and len(started) == 2  # not for this one
 
 
 def test_reparent_is_counted_and_reported_as_an_event(tree: Tree) -> None:

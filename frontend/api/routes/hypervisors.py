@@ -13,6 +13,7 @@ from sci import NodeStatus
 from ...auth import Role
 from ...db.models import Hypervisor, Instance, Zone
 from ...errors import NotFound
+from ...hosts import TREE_VIEW_MAX_AGE_S
 from ..deps import CallerDep, FrontendDep
 from ..refusals import refusals
 from ..schemas import V1, Input, Items, Moment, Ref, ResourceView
@@ -51,11 +52,11 @@ class HypervisorUpdate(Input):
 
 
 def _tree_view(frontend: FrontendDep) -> dict[str, NodeStatus]:
-    """Each backend's state and heartbeat age as the tree sees them now (one status query)."""
+    """Each backend's state and heartbeat age as the tree sees them (a status query, or a second-old one)."""
     if frontend.tree is None:
         return {}
     try:
-        return {n.node_id: n for n in frontend.tree.tree_status(timeout=1.0) if n.role == "backend"}
+        return {n.node_id: n for n in frontend.tree.tree_status(timeout=1.0, max_age=TREE_VIEW_MAX_AGE_S) if n.role == "backend"}
     except TimeoutError:
         return {}
 
