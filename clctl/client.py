@@ -14,8 +14,6 @@ from urllib.parse import quote
 import click
 import httpx
 
-from service.tlserrors import certificate_error
-
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "Api", "ClctlError",
            "http_client", "url"]
 
@@ -127,7 +125,7 @@ class Api:
                              "not JSON") from None
 
     def _why(self, exc: httpx.TransportError) -> str:
-        untrusted = certificate_error(exc)
+        untrusted = _certificate_error(exc)
         if untrusted is not None:
             by = f"by {self.ca_file}" if self.ca_file else "by this system's CAs"
             return (f"its TLS certificate is not trusted {by} ({untrusted.verify_message}); pass --ca-file with "
@@ -138,6 +136,16 @@ class Api:
             # What a TLS-only server does to a plain HTTP request: close the connection unanswered.
             return f"{why} (if the API serves TLS, as it does by default, use https://)"
         return why
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The failed certificate check somewhere down ``exc``'s chain of causes, if that is what happened."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _refusal(method: str, path: str, response: httpx.Response, authenticated: bool) -> ClctlError:

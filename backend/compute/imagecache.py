@@ -19,8 +19,6 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from service.tlserrors import certificate_error
-
 from .domain import DiskFormat
 from .exceptions import ImageError
 from .locks import KeyedLocks
@@ -94,7 +92,7 @@ class ImageCache:
             os.replace(temp, final)
         except BaseException as exc:
             Path(temp).unlink(missing_ok=True)
-            if isinstance(exc, httpx.HTTPError) and certificate_error(exc) is not None:
+            if isinstance(exc, httpx.HTTPError) and _untrusted(exc):
                 raise ImageError(f"image {image_id}: cannot download it from {source}: the frontend's TLS "
                                  f"certificate is not trusted ({exc}); set compute.frontend_ca_file in this "
                                  "backend's config to the frontend's CA certificate") from exc
@@ -107,3 +105,11 @@ class ImageCache:
                  seconds=round(time.monotonic() - started, 3))
 
 
+def _untrusted(exc: BaseException) -> bool:
+    """Whether the certificate check failed somewhere down ``exc``'s chain of causes."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
