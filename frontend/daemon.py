@@ -26,6 +26,7 @@ from .db.models import Hypervisor
 from .enrolment import root_security
 from .hosts import HostMonitor
 from .reconcile import Reconciler
+from .retention import Retention
 from .services import Frontend
 from .tasks import Resumer
 from .tlscert import api_pair
@@ -80,8 +81,10 @@ def main(config_path: str | None) -> None:
     frontend = Frontend(config, db, root)
     hosts = HostMonitor(frontend)
     reconciler = Reconciler(frontend, config.reconcile_interval_s)
+    retention = Retention(db, config.audit_retention_days, config.event_retention_days)
     hosts.start()
     reconciler.start()
+    retention.start()
     resumer = Resumer(frontend.tasks)
     threading.Thread(target=_resume_tasks, args=(frontend, root, resumer), name="resume", daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(create_app(frontend), host=config.api.host, port=config.api.port,
@@ -94,6 +97,7 @@ def main(config_path: str | None) -> None:
         server.run()  # until SIGTERM or SIGINT
     finally:
         resumer.stop()
+        retention.stop()
         reconciler.stop()
         hosts.stop()
         frontend.tasks.stop()

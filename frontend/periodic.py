@@ -25,6 +25,11 @@ class Periodic:
     def run_once(self) -> object:
         raise NotImplementedError
 
+    @property
+    def stopping(self) -> bool:
+        """Set once ``stop()`` was called: a long round should end early."""
+        return self._stop.is_set()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -95,6 +95,10 @@ class FrontendConfig:
     log_level: str = "info"
     #: seconds between comparisons of what hosts run with what the state says
     reconcile_interval_s: float = 60.0
+    #: days audit records are kept; 0 keeps them forever
+    audit_retention_days: int = 365
+    #: days events are kept; 0 keeps them forever
+    event_retention_days: int = 90
     api: ApiSection = field(default_factory=ApiSection)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     tree: TreeSection = field(default_factory=lambda: TreeSection(listen="tcp://0.0.0.0:7700"))
@@ -173,7 +177,8 @@ C = TypeVar("C", FrontendConfig, AgentConfig, BackendConfig)
 
 _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str, "frontend": str,
             "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float,
-            "metrics_listen": str, "enrolment_token_file": str}
+            "metrics_listen": str, "enrolment_token_file": str, "audit_retention_days": int,
+            "event_retention_days": int}
 _SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "compute": ComputeSection}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
@@ -321,6 +326,10 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
     if not 1 <= config.reconcile_interval_s <= 86400:
         raise ConfigError(f"{where}: reconcile_interval_s: must be between 1 and 86400 "
                           f"(got {config.reconcile_interval_s})")
+    for name in ("audit_retention_days", "event_retention_days"):
+        if not 0 <= getattr(config, name) <= 36500:
+            raise ConfigError(f"{where}: {name}: must be between 0 (keep forever) and 36500 "
+                              f"(got {getattr(config, name)})")
 
 
 def _tree(raw: Any, default: TreeSection, where: str, listens: bool, is_root: bool) -> TreeSection:

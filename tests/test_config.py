@@ -149,6 +149,34 @@ def test_control_socket_wrong_type(tmp_path: Path) -> None:
     assert _error(FrontendConfig, path) == f"{path}: control_socket: must be a string (got 1)"
 
 
+RETENTION_CASES = [
+    ("audit-negative", "audit_retention_days: -1\n",
+     "audit_retention_days: must be between 0 (keep forever) and 36500 (got -1)"),
+    ("audit-too-long", "audit_retention_days: 40000\n",
+     "audit_retention_days: must be between 0 (keep forever) and 36500 (got 40000)"),
+    ("event-negative", "event_retention_days: -1\n",
+     "event_retention_days: must be between 0 (keep forever) and 36500 (got -1)"),
+    ("event-too-long", "event_retention_days: 40000\n",
+     "event_retention_days: must be between 0 (keep forever) and 36500 (got 40000)"),
+    ("event-fraction", "event_retention_days: 1.5\n", "event_retention_days: must be an integer (got 1.5)"),
+    ("audit-bool", "audit_retention_days: false\n", "audit_retention_days: must be an integer (got False)"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in RETENTION_CASES], ids=[c[0] for c in RETENTION_CASES])
+def test_retention_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    assert _error(FrontendConfig, path) == f"{path}: {expected}"
+
+
+def test_retention_bounds_and_forever_load(tmp_path: Path) -> None:
+    defaults = load(FrontendConfig, None)
+    assert (defaults.audit_retention_days, defaults.event_retention_days) == (365, 90)
+    config = load(FrontendConfig, _write(tmp_path, "audit_retention_days: 0\nevent_retention_days: 36500\n"))
+    assert (config.audit_retention_days, config.event_retention_days) == (0, 36500)
+    assert load(FrontendConfig, _write(tmp_path, "event_retention_days: 1\n")).event_retention_days == 1
+
+
 # The tree's CURVE identity ------------------------------------------------------------------
 
 KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"

@@ -422,8 +422,9 @@ class AuditRecord(Base):
     """One mutating call to the API (POST, PUT, PATCH or DELETE under /v1), refused ones included.
 
     Who made it, what it asked for and how it ended, never its body (passwords, user data).
-    Rows only ever get added; none refers to another table, so the record of a call outlives
-    the user, token and organization that made it.
+    Rows are only added, and deleted once older than ``audit_retention_days`` (``retention.py``);
+    none refers to another table, so the record of a call outlives the user, token and
+    organization that made it.
     """
 
     __tablename__ = "audit_log"
