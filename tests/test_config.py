@@ -163,12 +163,6 @@ RETENTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,expected", [c[1:] for c in RETENTION_CASES], ids=[c[0] for c in RETENTION_CASES])
-def test_retention_errors(tmp_path: Path, text: str, expected: str) -> None:
-    path = _write(tmp_path, text)
-    assert _error(FrontendConfig, path) == f"{path}: {expected}"
-
-
 def test_retention_bounds_and_forever_load(tmp_path: Path) -> None:
     defaults = load(FrontendConfig, None)
     assert (defaults.audit_retention_days, defaults.event_retention_days) == (365, 90)
@@ -225,8 +219,9 @@ TUNABLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,expected", [c[1:] for c in TUNABLE_CASES], ids=[c[0] for c in TUNABLE_CASES])
-def test_tunable_errors(tmp_path: Path, text: str, expected: str) -> None:
+@pytest.mark.parametrize("text,expected", [c[1:] for c in TUNABLE_CASES + RETENTION_CASES],
+                         ids=[c[0] for c in TUNABLE_CASES + RETENTION_CASES])
+def test_frontend_setting_errors(tmp_path: Path, text: str, expected: str) -> None:
     path = _write(tmp_path, text)
     assert _error(FrontendConfig, path) == f"{path}: {expected}"
 
