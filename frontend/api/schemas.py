@@ -9,7 +9,8 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "Moment", "Name", "Ref", "ResourceView", "Size", "Text", "UtcTime"]
+__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "Moment", "Name", "Ref", "ResourceView", "Size", "Text",
+           "UtcTime"]
 
 #: every path of this version of the API starts with it
 V1 = "/v1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy import func, select
@@ -56,7 +55,8 @@ def _tree_view(frontend: FrontendDep) -> dict[str, NodeStatus]:
     if frontend.tree is None:
         return {}
     try:
-        return {n.node_id: n for n in frontend.tree.tree_status(timeout=1.0, max_age=TREE_VIEW_MAX_AGE_S) if n.role == "backend"}
+        nodes = frontend.tree.tree_status(timeout=1.0, max_age=TREE_VIEW_MAX_AGE_S)
+        return {n.node_id: n for n in nodes if n.role == "backend"}
     except TimeoutError:
         return {}
 
