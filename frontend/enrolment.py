@@ -1,8 +1,8 @@
 """Which nodes may be in the tree: one-time enrolment tokens, the keys they let in, revocation.
 
 An admin issues a token for one node name and role; the new node presents it once, over a
-CURVE link to the root, and the root asks ``redeem`` (its enroller, in the root's own thread)
-whether to enrol the node's key.  Revoking a node marks its key revoked here and has the root
+CURVE link to the root, and the root asks ``redeem`` (its enroller, on a thread of its own
+beside the tree's) whether to enrol the node's key.  Revoking a node marks its key revoked here and has the root
 cut it off at once, at every agent too.  At start-up the root's keyring is loaded from here.
 """
 
@@ -80,8 +80,9 @@ def issue(db: Database, root_key: str, root_node_id: str, name: str, role: str, 
 def redeem(db: Database, node_id: str, role_code: int, token: str, key: str) -> str | None:
     """The root's enroller: None if ``node_id`` is now enrolled with ``key``, else why not.
 
-    Runs in the root's thread, so it is one short transaction; and it must never raise, or
-    the root's loop would stop.  No reason it gives quotes the token.
+    Runs on the root's enrolment thread, one enrolment at a time, so a database lock it waits
+    on never stalls the tree; a failure it raises is answered as "try again".  No reason it
+    gives quotes the token.
     """
     role = _ROLES.get(role_code, "?")  # the root let only agents and backends through
     try:

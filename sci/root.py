@@ -277,6 +277,9 @@ class TreeRoot(DownlinkOwner):
         #: the latest tree report asked for: when it started, and the report (or the query in flight)
         self._report: tuple[float, concurrent.futures.Future[TreeReport]] | None = None
         self._report_lock = threading.Lock()
+        #: the enroller asks the database, which may wait on a lock for seconds: it runs on this
+        #: thread (one, so enrolments keep their order), never on the tree's own
+        self._enrolments: concurrent.futures.ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
         self._log = log.bind(node=node_id)
@@ -307,6 +310,8 @@ class TreeRoot(DownlinkOwner):
         if self._closed:
             return
         self._closed = True
+        if self._enrolments is not None:
+            self._enrolments.shutdown(wait=False, cancel_futures=True)
         self.reactor.call_soon_threadsafe(self._abort_all)
         self.reactor.call_soon_threadsafe(self.reactor.stop)
         if self._thread is not None:
@@ -446,10 +451,29 @@ class TreeRoot(DownlinkOwner):
             refused = None if role_code in (Role.AGENT, Role.BACKEND) else "bad role"
         except FrameError as exc:
             refused = str(exc)
-        if refused is None:
-            refused = security.enroller(node_id, role_code, token, key)
         if refused is not None:
-            self._log.warning("enrolment_refused", joiner=str(node_id)[:64], key=key, reason=refused)
+            self._enrolment_decided(downlink, identity, str(node_id), role_code, key, refused)
+            return
+        enroller = security.enroller
+        if self._enrolments is None:
+            self._enrolments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enrol")
+
+        def decide() -> None:
+            try:
+                verdict = enroller(node_id, role_code, token, key)
+            except Exception:  # the database away, say: the node is told, and may try again
+                self._log.exception("enroller_failed", joiner=node_id)
+                verdict = "the root could not check the token just now; try again"
+            if not self._closed:
+                self.reactor.call_soon_threadsafe(
+                    lambda: self._enrolment_decided(downlink, identity, node_id, role_code, key, verdict))
+
+        self._enrolments.submit(decide)
+
+    def _enrolment_decided(self, downlink: Downlink, identity: bytes, node_id: str, role_code: int, key: str,
+                           refused: str | None) -> None:
+        if refused is not None:
+            self._log.warning("enrolment_refused", joiner=node_id[:64], key=key, reason=refused)
             downlink.send_raw(identity, proto.enrolled(False, refused))
             return
         self._set_key(node_id, key)

@@ -3,6 +3,7 @@ revoked key is cut off.  Real sockets on loopback, one process."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 import time
@@ -186,6 +187,42 @@ def test_a_node_whose_key_reaches_its_relay_late_still_attaches_there(secure: Se
         until(lambda: leaf.up.attached, timeout=SETTINGS.dead_after * 2)
     assert leaf.up.parent_index == 0  # its first choice, not a fallback
     assert not [e for e in logs if e["event"] == "parent_lost"]
+
+
+def test_the_tree_serves_while_an_enrolment_waits_on_its_database(secure: SecureTree) -> None:
+    entered, release = threading.Event(), threading.Event()
+    assert secure.root.security is not None
+    check = secure.tokens.check
+
+    def slow_check(node: str, role: int, token: str, key: str) -> str | None:
+        entered.set()
+        release.wait(10)  # as a database lock held elsewhere would
+        return check(node, role, token, key)
+
+    secure.root.security.enroller = slow_check
+    token = secure.tokens.issue("h8")
+    waiting: concurrent.futures.Future[None] = concurrent.futures.Future()
+    threading.Thread(target=lambda: waiting.set_result(
+        enrol(secure.root.endpoint, "h8", Role.BACKEND, token, secure.security(), timeout=15)), daemon=True).start()
+    try:
+        assert entered.wait(5)
+        results = secure.root.submit("ping", timeout=5).wait(10)
+        assert all(r.ok for r in results.values()) and not waiting.done()
+    finally:
+        release.set()
+    waiting.result(15)  # and then it is enrolled
+
+
+def test_an_enroller_that_fails_is_answered_try_again(secure: SecureTree) -> None:
+    def broken(node: str, role: int, token: str, key: str) -> str | None:
+        raise RuntimeError("database is locked")
+
+    assert secure.root.security is not None
+    secure.root.security.enroller = broken
+    with capture_logs() as logs, pytest.raises(SecurityError, match="try again"):
+        enrol(secure.root.endpoint, "h8", Role.BACKEND, secure.tokens.issue("h8"), secure.security(), timeout=5)
+    assert any(e["event"] == "enroller_failed" for e in logs)
+    assert secure.root.submit("ping", timeout=5).wait(10)["h0"].ok
 
 
 def test_key_files_are_private_and_checked(tmp_path: Path) -> None:
