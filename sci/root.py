@@ -386,15 +386,15 @@ class TreeRoot(DownlinkOwner):
         """One status query of every relay: the tree's nodes and every relay's counters.
 
         At 10,000 hosts a query costs a status frame per relay and half a second at the root,
-        so callers share: whoever asks while a query is out gets its report, and a caller that
-        accepts a report up to ``max_age`` seconds old (counted from when its query started)
-        gets the last one without asking the tree again.
+        so callers that accept a report up to ``max_age`` seconds old (counted from when its
+        query started) share: they get the last report, or wait for the query in flight.  With
+        ``max_age`` 0 the report is of a query started after the call.
         """
         with self._report_lock:
             now = time.monotonic()
             latest = self._report
             shared = None
-            if latest is not None:
+            if latest is not None and max_age > 0:
                 started, last = latest
                 if not last.done() or (now - started <= max_age and last.exception() is None):
                     shared = last

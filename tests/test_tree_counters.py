@@ -69,11 +69,12 @@ def test_callers_share_status_queries(tree: Tree) -> None:
 
     root.status.start = slow_start  # type: ignore[method-assign]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        reports = list(pool.map(lambda _: root.tree_report(timeout=1.0), range(4)))
+        reports = list(pool.map(lambda _: root.tree_report(timeout=1.0, max_age=60), range(4)))
     assert len(started) == 1 and all(r is reports[0] for r in reports)
     assert {n.node_id for n in reports[0].nodes} >= {"a0", "a1", "h0"}
     assert root.tree_report(timeout=1.0, max_age=60) is reports[0]  # old enough for this caller
     assert root.tree_report(timeout=1.0) is not reports[0] and len(started) == 2  # not for this one
+    assert root.tree_report(timeout=1.0, max_age=0.2) is not reports[0] and len(started) == 3  # too old
 
 
 def test_reparent_is_counted_and_reported_as_an_event(tree: Tree) -> None:
