@@ -583,11 +583,14 @@ def test_any_status_reply(tree: Tree, crashes: list[str], parent: str, answer: s
     report: list[Any] = []
     asking = threading.Thread(target=lambda: report.append(tree.root.tree_report(timeout=1.0)))
     asking.start()
-    query = child.wait_for(Kind.STATUS).fields[0]
-    child.send(pack([proto.VERSION, int(Kind.STATUS_REPLY), child.session, query,
-                     answer.draw(fields.status_table, "table")]))
-    child.play(answer.draw(st.lists(fields.frame([Kind.STATUS_REPLY, Kind.COUNTERS]), max_size=3), "more"))
-    child.keep_alive_until(lambda: not asking.is_alive(), 5)
+    try:
+        query = child.wait_for(Kind.STATUS).fields[0]
+        child.send(pack([proto.VERSION, int(Kind.STATUS_REPLY), child.session, query,
+                         answer.draw(fields.status_table, "table")]))
+        child.play(answer.draw(st.lists(fields.frame([Kind.STATUS_REPLY, Kind.COUNTERS]), max_size=3), "more"))
+    finally:
+        # Also when hypothesis discards the example midway: its query must not outlive it.
+        child.keep_alive_until(lambda: not asking.is_alive(), 5)
     assert report, "tree_report raised (see the thread's traceback)"
     nodes = {n.node_id: n for n in report[0].nodes}
     assert nodes["a0"].state in ("up", "suspect") and nodes["h0"].state in ("up", "suspect"), nodes
