@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from service.config import ApiSection, ConfigError, FrontendConfig
+from service.files import write_atomic
 
 __all__ = ["TlsPair", "api_pair", "generated_pair", "wanted_names"]
 
@@ -160,27 +159,12 @@ def _generate(pair: TlsPair, names: list[Name]) -> x509.Certificate:
     pair.cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The key first: a start that dies between the two leaves a key without a certificate, which
     # the next start replaces.
-    _replace(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()), 0o600)
-    _replace(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()), 0o600)
+    write_atomic(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("api_tls_certificate_generated", cert=str(pair.cert), key=str(pair.key),
              names=[str(n.value) for n in names])
     return cert
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` whole, born with ``mode``: the key is never readable by others, not even briefly."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _check(pair: TlsPair, cert_setting: str, key_setting: str) -> x509.Certificate:

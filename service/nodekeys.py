@@ -10,7 +10,6 @@ join securely.  After a successful enrolment the root's key is kept beside the n
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from sci.proto import Role
 from sci.security import check_key
 
 from .config import TreeSection
+from .files import write_atomic
 
 __all__ = ["EnrolmentError", "EnrolmentToken", "node_security", "root_key_path"]
 
@@ -100,7 +100,7 @@ def node_security(node_id: str, role: Role, registrar: str, tree: TreeSection, k
     except SecurityError as exc:
         log.error("node_enrolment_failed", node=node_id, registrar=registrar, reason=str(exc))
         raise EnrolmentError(str(exc)) from None
-    _write_public(stored, token.root_key)
+    write_atomic(stored, (token.root_key + "\n").encode("ascii"))  # half a key would stop every start
     log.info("node_enrolled", node=node_id, role=role.name.lower(), registrar=registrar, key=keypair.public,
              root_key=token.root_key, token_file=token_file)
     return security
@@ -123,8 +123,3 @@ def _read_token(node_id: str, role: Role, token_file: str, stored: Path) -> Enro
         raise EnrolmentError(f"enrolment_token_file: {token_file}: {exc}") from None
 
 
-def _write_public(path: Path, key: str) -> None:
-    """Write the root's key all at once: a half-written file would stop every later start."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(key + "\n", encoding="ascii")
-    os.replace(partial, path)

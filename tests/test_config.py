@@ -3,8 +3,6 @@ the reason, and a daemon given such a file exits at once with status 2 and one l
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,8 @@ import pytest
 from sci import TreeSettings
 from service import config as config_module
 from service.config import AgentConfig, BackendConfig, ConfigError, FrontendConfig, load
+from tests.support.daemons import run_daemon
 
-REPO = Path(__file__).resolve().parent.parent
 KINDS = [FrontendConfig, AgentConfig, BackendConfig]
 KIND_IDS = ["frontend", "agent", "backend"]
 
@@ -300,8 +298,7 @@ DAEMON_CASES = [
 def test_daemon_exits_2_on_a_bad_config(tmp_path: Path, module: str, text: str, expected: str) -> None:
     path = _write(tmp_path, text)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", module, "--config", str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    proc = run_daemon(module, path, timeout=20)
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.splitlines()
@@ -313,7 +310,6 @@ def test_daemon_exits_2_on_a_bad_config(tmp_path: Path, module: str, text: str, 
 @pytest.mark.parametrize("module", ["frontend", "agent", "backend"])
 def test_daemon_exits_2_on_a_missing_config(tmp_path: Path, module: str) -> None:
     path = tmp_path / "missing.yaml"
-    proc = subprocess.run([sys.executable, "-m", module, "--config", str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    proc = run_daemon(module, path, timeout=20)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert proc.stderr == f"cloudland-{module}: {path}: cannot read: No such file or directory\n"

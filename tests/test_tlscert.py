@@ -8,8 +8,6 @@ import ipaddress
 import json
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from frontend.tlscert import TlsPair, api_pair, generated_pair
 from service.config import ApiSection, ConfigError, FrontendConfig, load
+from tests.support.daemons import run_daemon
 
-REPO = Path(__file__).resolve().parent.parent
 WHERE = "/etc/cloudland/frontend.yaml"
 
 
@@ -215,8 +213,7 @@ def test_the_frontend_exits_2_on_an_unusable_configured_pair(tmp_path: Path) -> 
     path = tmp_path / "frontend.yaml"
     path.write_text(f"data_dir: {tmp_path / 'data'}\ncontrol_socket: {tmp_path / 'fe.sock'}\n"
                     f"api:\n  tls_cert: {missing}\n  tls_key: {tmp_path / 'missing.key'}\n")
-    proc = subprocess.run([sys.executable, "-m", "frontend", "--config", str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+    proc = run_daemon("frontend", path)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert proc.stderr.splitlines()[-1] == \
         f"cloudland-frontend: {path}: api.tls_cert: cannot read {missing}: No such file or directory"

@@ -79,12 +79,10 @@ def test_clctl_revoke_cuts_a_running_backend_off_for_good(cluster: LocalCluster,
 
     until(lambda: (shown() or {}).get("status") == "up", 30, f"{victim} registered")
 
-    started = time.monotonic()
     revoke = clctl(home, "hypervisor", "revoke", victim)
     assert revoke.returncode == 0, revoke.stderr
     assert f"{victim} is cut off from the tree" in revoke.stdout
     until(lambda: states(cluster)[victim] == "down", HEARTBEAT * 4, f"{victim} down")
-    assert time.monotonic() - started < HEARTBEAT * 4
     assert states(cluster)[bystander] == "up"
     assert (shown() or {}).get("enabled") is False
 

@@ -9,13 +9,13 @@ guest's own interface names do not matter).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import pycdlib
 import yaml
+
+from service.files import write_atomic
 
 __all__ = ["VOLUME_LABEL", "build", "hostname", "write"]
 
@@ -50,17 +50,8 @@ def build(instance_id: str, name: str, ssh_keys: Sequence[str], user_data: str, 
 
 
 def write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a reader sees the old file or the whole new one."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write the seed to ``path`` atomically: a domain never boots from half an ISO."""
+    write_atomic(path, data)
 
 
 def _yaml(value: Any) -> str:

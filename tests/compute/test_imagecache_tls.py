@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import ssl
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -18,8 +16,8 @@ from backend.compute.exceptions import ImageError
 from backend.compute.imagecache import QCOW2_MAGIC, ImageCache
 from frontend.tlscert import TlsPair, api_pair
 from service.config import FrontendConfig
+from tests.support.daemons import run_daemon
 
-REPO = Path(__file__).resolve().parents[2]
 
 IMAGE = "0b7d6c1e-2f3a-4b5c-9d8e-7f6a5b4c3d2e"
 CONTENT = QCOW2_MAGIC + bytes(4092)
@@ -95,8 +93,7 @@ def test_an_unusable_ca_file_stops_the_backend(tmp_path: Path, content: str | No
     config = tmp_path / "backend.yaml"
     config.write_text(f"node_id: hv1\ndata_dir: {tmp_path / 'data'}\nops_modules: [backend.compute]\n"
                       f"compute:\n  frontend_ca_file: {ca_file}\n")
-    proc = subprocess.run([sys.executable, "-m", "backend", "--config", str(config)], cwd=REPO, capture_output=True,
-                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+    proc = run_daemon("backend", config)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert proc.stderr.splitlines()[-1].startswith(
         f"cloudland-backend: compute.frontend_ca_file: cannot use {ca_file}: "), proc.stderr
