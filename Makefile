@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	sh tests/support/ensure_postgres.sh
+	sh scripts/ensure-image-tools.sh
 	$(PY) -m pytest -q
 
 test-quick: $(STAMP)

@@ -36,8 +36,10 @@ class Disk:
     readonly: bool = False
     #: shown to the guest as /dev/disk/by-id/virtio-<serial> (at most 20 characters are kept)
     serial: str | None = None
-    #: a read-only CD-ROM on the SATA bus instead of a virtio disk: the seed, so that the
-    #: guest's virtio disks are the root (vda) and the volumes (vdb, vdc, ...) in order
+    #: a read-only CD-ROM on a virtio-scsi controller instead of a virtio disk: the seed, so
+    #: that the guest's virtio disks are the root (vda) and the volumes (vdb, vdc, ...) in
+    #: order.  Not SATA: Debian's cloud kernel, like most cloud kernels, has no AHCI driver,
+    #: while every cloud kernel has virtio-scsi and sr_mod (docs/images.md).
     cdrom: bool = False
 
 
@@ -113,6 +115,8 @@ def build(spec: DomainSpec) -> str:
         ET.SubElement(root, "cpu", mode="host-passthrough")
     ET.SubElement(root, "clock", offset="utc")
     devices = ET.SubElement(root, "devices")
+    if any(disk.cdrom for disk in spec.disks):
+        ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for index, disk in enumerate(spec.disks):
         # A per-device boot order rather than <os><boot dev='hd'/>, which would try every disk.
         boot_first = index == 0 and spec.boot is None
@@ -129,6 +133,9 @@ def build(spec: DomainSpec) -> str:
     # Entropy from the host: a fresh cloud guest otherwise waits for it before sshd has keys.
     rng = ET.SubElement(devices, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+    # pvpanic (ISA, as the pc and q35 machines both take it): a guest kernel that panics says
+    # so, and libvirt reports the domain crashed instead of running.
+    ET.SubElement(devices, "panic", model="isa")
     return ET.tostring(root, encoding="unicode")
 
 
@@ -141,7 +148,7 @@ def _disk(disk: Disk, boot_order: int | None) -> ET.Element:
     element = ET.Element("disk", type="file", device="cdrom" if disk.cdrom else "disk")
     ET.SubElement(element, "driver", name="qemu", type=disk.format)
     ET.SubElement(element, "source", file=str(disk.path))
-    ET.SubElement(element, "target", dev=disk.target, bus="sata" if disk.cdrom else "virtio")
+    ET.SubElement(element, "target", dev=disk.target, bus="scsi" if disk.cdrom else "virtio")
     if disk.readonly or disk.cdrom:
         ET.SubElement(element, "readonly")
     if disk.serial is not None:

@@ -11,7 +11,8 @@ Per instance, on this host:
 - ``inst-<id>.qcow2`` in the ``cloudland`` pool: the root disk, an overlay over the cached image;
 - ``<instances_dir>/<id>/``: ``seed.iso`` (cloud-init NoCloud) and ``console.log`` (serial console).
 
-Volumes are ``vol-<id>.qcow2`` in the pool.  Disks: vda the root, then the volumes from vdb; the seed is a SATA CD-ROM.
+Volumes are ``vol-<id>.qcow2`` in the pool.  Disks: vda the root, then the volumes from vdb; the
+seed is a CD-ROM on virtio-scsi (sda).
 """
 
 from __future__ import annotations

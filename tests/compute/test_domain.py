@@ -52,8 +52,11 @@ def test_disk_boot_spec() -> None:
 
     disks = root.findall("devices/disk")
     assert [d.find("target").attrib for d in disks] == [
-        {"dev": "vda", "bus": "virtio"}, {"dev": "sda", "bus": "sata"}, {"dev": "vdb", "bus": "virtio"}]
+        {"dev": "vda", "bus": "virtio"}, {"dev": "sda", "bus": "scsi"}, {"dev": "vdb", "bus": "virtio"}]
     assert [d.get("device") for d in disks] == ["disk", "cdrom", "disk"]  # the seed stays off the virtio bus
+    # ...on a virtio-scsi controller: cloud kernels carry its driver, not AHCI's
+    assert [c.attrib for c in root.findall("devices/controller")] == [
+        {"type": "scsi", "index": "0", "model": "virtio-scsi"}]
     assert [d.find("source").get("file") for d in disks] == [str(d.path) for d in DISK_BOOT.disks]
     assert [d.find("driver").get("type") for d in disks] == ["qcow2", "raw", "qcow2"]
     assert [d.find("readonly") is not None for d in disks] == [False, True, False]
@@ -72,6 +75,7 @@ def test_disk_boot_spec() -> None:
     assert serial.find("log").attrib == {"file": "/instances/x/console.log", "append": "on"}
     assert root.find("devices/console").get("type") == "pty"
     assert root.find("devices/graphics").attrib == {"type": "vnc", "autoport": "yes", "listen": "127.0.0.1"}
+    assert root.find("devices/panic").attrib == {"model": "isa"}  # a panicking guest is reported crashed
 
 
 def test_kernel_boot_spec() -> None:

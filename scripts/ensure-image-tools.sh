@@ -1,0 +1,26 @@
+#!/bin/sh
+# Make sure the Debian packages that build the test cloud image (localcluster/cloudimage.py)
+# are installed: mmdebstrap, GRUB's BIOS boot images and grub-mkimage, mke2fs, qemu-img.
+# Idempotent, and costs nothing on a prepared machine.
+set -eu
+
+PACKAGES="mmdebstrap grub-common grub-pc-bin e2fsprogs qemu-utils"
+
+missing=""
+for pkg in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    case "$status" in
+        *" ok installed") ;;
+        *) missing="$missing $pkg" ;;
+    esac
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "ensure-image-tools: missing packages:$missing; as root run: apt-get install$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+# shellcheck disable=SC2086  # one word per package, on purpose
+apt-get install -y -q --no-install-recommends $missing >/dev/null
