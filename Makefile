@@ -20,7 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	sh tests/support/ensure_postgres.sh
-	sh scripts/ensure-image-tools.sh
+	sh scripts/ensure-test-tools.sh
 	$(PY) -m pytest -q
 
 test-quick: $(STAMP)

@@ -27,8 +27,8 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-__all__ = ["ArgError", "Check", "FilePath", "IPV4", "Int", "Key", "ListOf", "MAC", "NAME", "Number", "OneOf",
-           "Pattern", "Record", "SHA256", "Text", "UUID", "Url", "nullable", "optional"]
+__all__ = ["ArgError", "BOOL", "CIDR4", "Check", "FilePath", "IPV4", "Int", "Key", "ListOf", "MAC", "NAME", "Number",
+           "OneOf", "Pattern", "Record", "SHA256", "Text", "UUID", "Url", "nullable", "optional"]
 
 #: how an op's whole argument map is named in errors
 ROOT = "args"
@@ -159,6 +159,26 @@ class _IPv4(Check):
             ipaddress.IPv4Address(value)
         except ValueError:
             raise ArgError(where, "not an IPv4 address") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Bool(Check):
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, bool):
+            raise ArgError(where, f"must be a boolean, not {_kind(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class _CIDR4(Check):
+    """An IPv4 network in CIDR form, without host bits (10.0.0.0/24, not 10.0.0.1/24)."""
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, str) or len(value) > 18:
+            raise ArgError(where, "not an IPv4 CIDR like 10.0.0.0/24")
+        try:
+            ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ArgError(where, "not an IPv4 CIDR like 10.0.0.0/24 (without host bits)") from None
 
 
 # A host name or an IPv4 address; IPv6 literals are parsed instead.  Nothing else, so that any
@@ -293,3 +313,5 @@ UUID = Pattern(re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 MAC = Pattern(re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}"), "a MAC address like 52:54:00:12:34:56", 17)
 SHA256 = Pattern(re.compile(r"[0-9a-f]{64}"), "a sha256 in lowercase hex", 64)
 IPV4 = _IPv4()
+CIDR4 = _CIDR4()
+BOOL = _Bool()

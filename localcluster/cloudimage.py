@@ -244,7 +244,7 @@ def _check_tools() -> None:
                      | ({"grub-pc-bin"} if not (GRUB_DIR / "boot.img").exists() else set()))
     if missing:
         raise RuntimeError("building the cloud image needs these Debian packages: " + " ".join(missing)
-                           + " (scripts/ensure-image-tools.sh installs them)")
+                           + " (scripts/ensure-test-tools.sh installs them)")
 
 
 def _run(argv: list[str]) -> None:

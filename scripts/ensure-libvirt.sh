@@ -1,5 +1,6 @@
 #!/bin/sh
-# Make sure libvirt with QEMU (and what the tiny test guest needs) is installed and configured
+# Make sure libvirt with QEMU, dnsmasq (the network driver's DHCP) and what the tiny test guest
+# needs are installed and configured
 # for a machine without systemd, where libvirtd runs as root started by hand
 # (localcluster/libvirtd.py starts virtlogd and libvirtd; this script starts nothing).
 #
@@ -8,7 +9,7 @@
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev
-pkg-config gcc python3-dev busybox-static genisoimage"
+pkg-config gcc python3-dev busybox-static genisoimage dnsmasq-base iproute2 util-linux procps"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -7,6 +7,7 @@ daemon with a wrong config exits at once with a message an operator can act on.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import socket
@@ -150,6 +151,25 @@ class ComputeSection:
 
 
 @dataclass(frozen=True)
+class NetworkSection:
+    """The ``network:`` block of a backend running the network driver (``ops_modules: [backend.network]``)."""
+
+    #: this hypervisor's underlay address: the local end of its VXLAN tunnels (required)
+    vtep: str = ""
+    #: the underlay's MTU; tenant segments get 50 bytes less (VXLAN's headers), and DHCP says so
+    underlay_mtu: int = 1500
+    vxlan_port: int = 4789
+    #: starts the name of every namespace the driver makes; hypervisors sharing one kernel (a
+    #: local cloud's namespace hypervisors) need one each
+    namespace_prefix: str = "cl-"
+    #: where libvirtd's taps appear when the backend runs in another network namespace (a name
+    #: under /run/netns, or a path like /proc/1/ns/net); empty: in the backend's own
+    tap_netns: str = ""
+    #: DHCP servers' files; empty: <data_dir>/network
+    state_dir: str = ""
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     node_id: str = ""
     frontend: str = "tcp://127.0.0.1:7700"
@@ -166,6 +186,7 @@ class BackendConfig:
     #: a file holding the one-time token (cl1.…) this node enrols with at its first start
     enrolment_token_file: str = ""
     compute: ComputeSection = field(default_factory=ComputeSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
     tree: TreeSection = field(default_factory=TreeSection)
 
     @property
@@ -179,7 +200,8 @@ _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level":
             "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float,
             "metrics_listen": str, "enrolment_token_file": str, "audit_retention_days": int,
             "event_retention_days": int}
-_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "compute": ComputeSection}
+_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "compute": ComputeSection,
+                                   "network": NetworkSection}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
 
@@ -252,6 +274,8 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         _check_frontend(config, where)
     if isinstance(config, BackendConfig):
         _check_compute(config.compute, where)
+        if "backend.network" in config.ops_modules:
+            _check_network(config.network, where)
     return config
 
 
@@ -289,6 +313,24 @@ def _check_compute(compute: ComputeSection, where: str) -> None:
         raise ConfigError(f"{where}: compute.uri: must be a libvirt URI like qemu:///system (got {compute.uri!r})")
     if not 0 <= compute.stop_timeout_s <= 3600:
         raise ConfigError(f"{where}: compute.stop_timeout_s: must be between 0 and 3600 (got {compute.stop_timeout_s})")
+
+
+_NAMESPACE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+
+
+def _check_network(network: NetworkSection, where: str) -> None:
+    try:
+        ipaddress.IPv4Address(network.vtep)
+    except ValueError:
+        raise ConfigError(f"{where}: network.vtep: must be this host's underlay IPv4 address "
+                          f"(got {network.vtep!r})") from None
+    if not 1280 <= network.underlay_mtu <= 65535:
+        raise ConfigError(f"{where}: network.underlay_mtu: must be between 1280 and 65535 (got {network.underlay_mtu})")
+    if not 1 <= network.vxlan_port <= 65535:
+        raise ConfigError(f"{where}: network.vxlan_port: must be between 1 and 65535 (got {network.vxlan_port})")
+    if not _NAMESPACE_PREFIX.fullmatch(network.namespace_prefix):
+        raise ConfigError(f"{where}: network.namespace_prefix: must be 1-32 letters, digits, '.', '_' or '-' "
+                          f"(got {network.namespace_prefix!r})")
 
 
 def _check_frontend(config: FrontendConfig, where: str) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
 
+from ..ports import tap_name
+
 __all__ = ["METADATA_NS", "DirectBoot", "Disk", "DiskFormat", "DomainInfo", "DomainSpec", "DomainType", "Nic",
            "build", "disk_xml", "parse", "resized", "tap_name"]
 
@@ -22,10 +24,6 @@ ET.register_namespace("cloudland", METADATA_NS)
 
 DomainType = Literal["kvm", "qemu"]
 DiskFormat = Literal["qcow2", "raw"]
-
-#: Linux interface names hold 15 characters: "tap" and 11 of the port id fit with room to spare
-_TAP_ID_CHARS = 11
-
 
 @dataclass(frozen=True, slots=True)
 class Disk:
@@ -84,10 +82,6 @@ class DomainInfo:
     console_log: Path | None
     #: the domain has UEFI variables (never ours, but they must go with the domain)
     has_nvram: bool
-
-
-def tap_name(port_id: str) -> str:
-    return "tap" + port_id[:_TAP_ID_CHARS]
 
 
 def build(spec: DomainSpec) -> str:

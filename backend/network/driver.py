@@ -1,0 +1,311 @@
+"""The network ops' semantics (``docs/ops.md``, ``docs/network.md``): converge a host on its desired state.
+
+``sync`` is the one way in.  It reads what the host has, builds what is missing, changes what
+differs and removes what is no longer wanted, and touches nothing else: a port whose network
+did not change keeps its bridge, its FDB entries and its DHCP server, and so its traffic.
+Applying the same state twice changes nothing; removing a network's last port on the host
+removes everything of the network there.
+
+On a host, per network with a port here: a router namespace (``<prefix>router-<network id>``);
+per subnet of it (every subnet when the network has a router, so that routing between them is
+local; else the subnets with a port here): a bridge ``clb<vni>``, a VXLAN device ``clx<vni>``
+in it, and a veth ``clg<vni>`` (in the bridge) / ``sn<vni>`` (in the namespace, holding the
+gateway address with this host's own MAC for the subnet).  Per local port, its tap in the
+bridge; per remote port, an FDB entry (MAC -> VTEP) and a permanent neighbour (IP -> MAC) on
+the VXLAN device, which answers ARP for it locally.  Per subnet with DHCP, a dnsmasq.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..ports import tap_name
+from . import names
+from .dhcp import DhcpServer, Dnsmasq
+from .exceptions import LinkNotFound
+from .netlink import Link, Netlink, create_namespace, namespaces, remove_namespace
+from .spec import DesiredNetwork, DesiredState, LocalPort, Subnet
+
+__all__ = ["NetworkDriver", "NetworkSettings", "VXLAN_OVERHEAD"]
+
+log = structlog.get_logger("backend.network")
+
+#: outer Ethernet, IPv4, UDP and VXLAN headers: what a segment's MTU gives up to the underlay's
+VXLAN_OVERHEAD = 50
+#: seconds between the watcher's rounds (dead dnsmasqs, taps that came back)
+WATCH_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    #: this hypervisor's node id: gateway MACs are derived from it
+    host: str
+    #: this hypervisor's underlay address: the local end of every VXLAN tunnel
+    vtep: str
+    state_dir: Path
+    underlay_mtu: int = 1500
+    vxlan_port: int = 4789
+    #: starts the name of every namespace the driver makes: hypervisors sharing a kernel
+    #: (namespace hypervisors on one machine) need one each
+    namespace_prefix: str = "cl-"
+    #: the namespace the driver works in: None for its process's own (a hypervisor's backend)
+    netns: str | None = None
+    #: where instances' taps appear when libvirtd runs in another namespace than this driver
+    #: (a name under /run/netns or a path like /proc/1/ns/net); None: they appear here
+    tap_netns: str | None = None
+
+    @property
+    def mtu(self) -> int:
+        return self.underlay_mtu - VXLAN_OVERHEAD
+
+
+@dataclass
+class _Wanted:
+    """One network as this host builds it."""
+
+    network: DesiredNetwork
+    namespace: str
+    subnets: list[Subnet] = field(default_factory=list)
+
+
+class NetworkDriver:
+    def __init__(self, settings: NetworkSettings) -> None:
+        self.settings = settings
+        self._dhcp = Dnsmasq(settings.state_dir / "dhcp")
+        self._lock = threading.Lock()
+        #: per network, the local ports of the last sync by tap, with their bridge: the watcher
+        #: plugs a tap that reappears (libvirt makes a new one at every start of the guest)
+        self._taps: dict[str, dict[str, tuple[str, LocalPort]]] = {}
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        self._watcher = threading.Thread(target=self._watch, name="net-watch", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        self._dhcp.close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                self.watch_once()
+            except Exception as exc:  # the watcher must outlive any one bad round
+                log.warning("network_watch_failed", error=str(exc))
+
+    def watch_once(self) -> None:
+        with self._lock:
+            self._dhcp.watch()
+            taps = {tap: v for ports in self._taps.values() for tap, v in ports.items()}
+            if not taps:
+                return
+            with Netlink(self.settings.netns) as nl:
+                links = nl.links()
+                for tap, (bridge, port) in taps.items():
+                    if bridge in links:
+                        self._plug(nl, links, tap, bridge, port)
+
+    # --- sync ----------------------------------------------------------------------------------
+
+    def sync(self, desired: DesiredState) -> dict[str, Any]:
+        with self._lock, Netlink(self.settings.netns) as nl:
+            prefix = names.router_namespace(self.settings.namespace_prefix, "")
+            present = {ns[len(prefix):] for ns in namespaces() if ns.startswith(prefix)}
+            wanted = {w.network.id: w for w in (self._wanted(n) for n in desired.networks) if w is not None}
+            scope = desired.scope if desired.scope is not None else present | set(wanted)
+            for network_id in sorted(scope & present - set(wanted)):
+                self._remove_network(nl, network_id)
+            for w in wanted.values():
+                self._converge_network(nl, w)
+            if desired.scope is None:
+                self._remove_strays(nl, {s.vni for w in wanted.values() for s in w.subnets})
+            for network_id in scope:
+                self._taps.pop(network_id, None)
+            for w in wanted.values():
+                vni = {s.id: s.vni for s in w.subnets}
+                self._taps[w.network.id] = {tap_name(p.id): (names.bridge(vni[p.subnet_id]), p)
+                                            for p in w.network.ports}
+            return {"networks": sorted(wanted)}
+
+    def _wanted(self, network: DesiredNetwork) -> _Wanted | None:
+        if not network.ports:
+            return None  # no port here: the host keeps nothing of the network
+        local = {p.subnet_id for p in network.ports}
+        subnets = [s for s in network.subnets if network.router or s.id in local]
+        return _Wanted(network, names.router_namespace(self.settings.namespace_prefix, network.id), subnets)
+
+    def _converge_network(self, nl: Netlink, w: _Wanted) -> None:
+        if w.namespace not in namespaces():
+            create_namespace(w.namespace)
+            log.info("router_namespace_created", network=w.network.id, namespace=w.namespace)
+        with Netlink(w.namespace) as rnl:
+            rlinks = rnl.links()
+            if not rlinks["lo"].up:
+                rnl.set_up("lo")
+            wanted_vnis = {s.vni for s in w.subnets}
+            for name in rlinks:
+                vni = _leg_vni(name)
+                if vni is not None and vni not in wanted_vnis:
+                    self._remove_subnet(nl, vni)
+            links = nl.links()
+            for subnet in w.subnets:
+                self._converge_subnet(nl, links, rnl, rlinks, w.namespace, subnet)
+            rnl.sysctl("net.ipv4.ip_forward", "1" if w.network.router else "0")
+        links = nl.links()
+        by_id = {s.id: s for s in w.subnets}
+        for port in w.network.ports:
+            subnet = by_id[port.subnet_id]
+            self._plug(nl, links, tap_name(port.id), names.bridge(subnet.vni), port)
+        wanted_taps = {tap_name(p.id) for p in w.network.ports}
+        bridges = {names.bridge(s.vni) for s in w.subnets}
+        for link in links.values():
+            if link.master in bridges and link.name.startswith("tap") and link.name not in wanted_taps:
+                nl.set_master(link.name, None)
+                log.info("port_unplugged", tap=link.name, bridge=link.master)
+        for subnet in w.subnets:
+            self._converge_forwarding(nl, w.network, subnet)
+            self._converge_dhcp(w, subnet)
+
+    def _converge_subnet(self, nl: Netlink, links: dict[str, Link], rnl: Netlink, rlinks: dict[str, Link],
+                         namespace: str, subnet: Subnet) -> None:
+        s = self.settings
+        bridge, vxlan = names.bridge(subnet.vni), names.vxlan(subnet.vni)
+        host_leg, router_leg = names.gateway_leg(subnet.vni), names.router_leg(subnet.vni)
+        if bridge not in links:
+            nl.add_bridge(bridge, s.mtu)
+            log.info("segment_created", vni=subnet.vni, subnet=subnet.id)
+        want_vxlan = (subnet.vni, s.vtep, s.vxlan_port, False, True)
+        if vxlan in links and links[vxlan].vxlan != want_vxlan:
+            nl.delete_link(vxlan)  # made for another VTEP or port: its settings cannot change in place
+            del links[vxlan]
+        if vxlan not in links:
+            nl.add_vxlan(vxlan, subnet.vni, s.vtep, s.vxlan_port, s.mtu)
+        if links.get(vxlan) is None or links[vxlan].master != bridge:
+            nl.set_master(vxlan, bridge)
+        mac = names.gateway_mac(s.host, subnet.id)
+        if (host_leg in links) != (router_leg in rlinks) or (router_leg in rlinks and rlinks[router_leg].mac != mac):
+            nl.delete_link(host_leg)  # half a veth (or one with another MAC) is rebuilt whole
+            links.pop(host_leg, None)
+            rlinks.pop(router_leg, None)
+        if host_leg not in links:
+            nl.add_veth(host_leg, router_leg, namespace, mac, s.mtu)
+        if links.get(host_leg) is None or links[host_leg].master != bridge:
+            nl.set_master(host_leg, bridge)
+        for name in (bridge, vxlan, host_leg):
+            link = links.get(name)
+            if link is None or not link.up or link.mtu != s.mtu:
+                nl.set_up(name, s.mtu)
+        if router_leg not in rlinks or not rlinks[router_leg].up:
+            rnl.set_up(router_leg)
+        gateway = (subnet.gateway, subnet.cidr.prefixlen)
+        present = rnl.addresses(router_leg)
+        for address in present - {gateway}:
+            rnl.address_del(router_leg, *address)
+        if gateway not in present:
+            rnl.address_add(router_leg, *gateway)
+
+    def _plug(self, nl: Netlink, links: dict[str, Link], tap: str, bridge: str, port: LocalPort) -> None:
+        link = links.get(tap)
+        if link is None and self.settings.tap_netns:
+            if nl.take_link(tap, self.settings.tap_netns):
+                log.info("tap_moved", tap=tap, source=self.settings.tap_netns)
+                links.update(nl.links())
+                link = links.get(tap)
+        if link is None:
+            return  # the guest is not running: its tap is plugged when it appears
+        if link.master != bridge:
+            nl.set_master(tap, bridge)
+            log.info("port_plugged", port=port.id, tap=tap, bridge=bridge)
+        if not link.up or link.mtu != self.settings.mtu:
+            nl.set_up(tap, self.settings.mtu)
+        nl.fdb_pin(tap, port.mac)
+
+    def _converge_forwarding(self, nl: Netlink, network: DesiredNetwork, subnet: Subnet) -> None:
+        vxlan = names.vxlan(subnet.vni)
+        remote = [p for p in network.remote_ports if p.subnet_id == subnet.id]
+        want_fdb = {(p.mac, p.vtep) for p in remote}
+        have_fdb = nl.fdb(vxlan)
+        for mac, vtep in have_fdb - want_fdb:
+            nl.fdb_del(vxlan, mac, vtep)
+        for mac, vtep in want_fdb - have_fdb:
+            nl.fdb_add(vxlan, mac, vtep)
+        want_neigh = {(p.ip, p.mac) for p in remote}
+        have_neigh = nl.neighbours(vxlan)
+        for ip, _mac in have_neigh - want_neigh:
+            nl.neighbour_del(vxlan, ip)
+        for ip, mac in want_neigh - have_neigh:
+            nl.neighbour_set(vxlan, ip, mac)
+
+    def _converge_dhcp(self, w: _Wanted, subnet: Subnet) -> None:
+        if not subnet.dhcp:
+            if subnet.vni in self._dhcp.servers():
+                self._dhcp.remove(subnet.vni)
+            return
+        hosts = tuple((p.mac, p.ip) for p in w.network.ports if p.subnet_id == subnet.id)
+        self._dhcp.ensure(DhcpServer(
+            vni=subnet.vni, namespace=w.namespace, interface=names.router_leg(subnet.vni),
+            network=str(subnet.cidr.network_address), netmask=str(subnet.cidr.netmask), mtu=self.settings.mtu,
+            router=subnet.gateway if w.network.router else None, dns_servers=subnet.dns_servers, hosts=hosts))
+
+    # --- removal -------------------------------------------------------------------------------
+
+    def _remove_subnet(self, nl: Netlink, vni: int) -> None:
+        if vni in self._dhcp.servers():
+            self._dhcp.remove(vni)
+        # The veth's namespace end goes with its host end; taps in the bridge are let go.
+        for name in (names.gateway_leg(vni), names.vxlan(vni), names.bridge(vni)):
+            nl.delete_link(name)
+        log.info("segment_removed", vni=vni)
+
+    def _remove_network(self, nl: Netlink, network_id: str) -> None:
+        namespace = names.router_namespace(self.settings.namespace_prefix, network_id)
+        try:
+            with Netlink(namespace) as rnl:
+                vnis = [v for v in (_leg_vni(name) for name in rnl.links()) if v is not None]
+        except LinkNotFound:
+            vnis = []
+        for vni in vnis:
+            self._remove_subnet(nl, vni)
+        remove_namespace(namespace)
+        log.info("router_namespace_removed", network=network_id, namespace=namespace)
+
+    def _remove_strays(self, nl: Netlink, wanted_vnis: set[int]) -> None:
+        """What a full sync finds of ours that no network wants (a backend killed mid-change)."""
+        stray = {vni for name in nl.links() if (vni := names.vni_of(name)) is not None} - wanted_vnis
+        for vni in sorted(stray | (self._dhcp.servers() - wanted_vnis)):
+            self._remove_subnet(nl, vni)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def inventory(self) -> dict[str, Any]:
+        """What the host has: per network, its segments and the taps plugged into them."""
+        with self._lock, Netlink(self.settings.netns) as nl:
+            links = nl.links()
+            prefix = names.router_namespace(self.settings.namespace_prefix, "")
+            networks = []
+            for ns in sorted(n for n in namespaces() if n.startswith(prefix)):
+                with Netlink(ns) as rnl:
+                    vnis = sorted(v for v in (_leg_vni(name) for name in rnl.links()) if v is not None)
+                bridges = {names.bridge(v) for v in vnis}
+                taps = sorted(link.name for link in links.values() if link.master in bridges
+                              and link.name.startswith("tap"))
+                networks.append({"id": ns[len(prefix):], "vnis": vnis, "taps": taps,
+                                 "fdb": sum(len(nl.fdb(names.vxlan(v))) for v in vnis if names.vxlan(v) in links)})
+            return {"networks": networks, "dhcp": sorted(self._dhcp.servers())}
+
+
+def _leg_vni(name: str) -> int | None:
+    if name.startswith("sn") and name[2:].isdigit():
+        return int(name[2:])
+    return None
+

@@ -1,0 +1,36 @@
+"""The network ops of ``docs/ops.md``: each reads its checked body, calls the driver, shapes the payload.
+
+The registry has checked every body against the op's schema (``spec.ARGS``) before a handler
+runs; ``spec.desired_state`` checks what a schema cannot (a port on a subnet of another
+network, a gateway outside its subnet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Op, OpError
+from .driver import NetworkDriver
+from .exceptions import NetworkError
+from .spec import ARGS, desired_state
+
+__all__ = ["ops"]
+
+
+def ops(driver: NetworkDriver) -> list[Op]:
+    def sync(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return driver.sync(desired_state(args))
+        except NetworkError as exc:
+            raise OpError(f"net.sync: {exc}", exc.exit_status) from exc
+
+    def inventory(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return driver.inventory()
+        except NetworkError as exc:
+            raise OpError(f"net.inventory: {exc}", exc.exit_status) from exc
+
+    # net.sync is journalled: a replay of an old body (a command resent after a frontend's
+    # restart) is answered from the journal, never applied over a newer state.
+    return [Op("net.sync", sync, ARGS["net.sync"], durable=True),
+            Op("net.inventory", inventory, ARGS["net.inventory"], durable=False)]

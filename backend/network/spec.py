@@ -1,0 +1,119 @@
+"""What a hypervisor's networks should be: the body of ``net.sync`` (``docs/ops.md``), typed.
+
+The frontend sends a host the desired state of some of its networks (``scope``: their ids) or
+of all of them (``scope`` null).  A network in scope but not in ``networks`` is to be removed
+from the host; networks out of scope are left as they are.  For each network the body carries
+its subnets, the ports bound to instances on this host, and the ports elsewhere (with the
+VTEP of their host), from which this host's FDB and neighbour entries come.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from ..argcheck import BOOL, CIDR4, IPV4, MAC, UUID, Int, ListOf, Record, nullable
+from .exceptions import BadRequest
+
+__all__ = ["ARGS", "DesiredNetwork", "DesiredState", "LocalPort", "RemotePort", "Subnet", "desired_state"]
+
+#: VXLAN's 24-bit segment id; 0 is not used
+MAX_VNI = (1 << 24) - 1
+#: bounds the work one body can ask for
+MAX_NETWORKS = 4096
+MAX_SUBNETS = 64
+MAX_PORTS = 65536
+MAX_DNS = 8
+
+_SUBNET = Record({"id": UUID, "vni": Int(1, MAX_VNI), "cidr": CIDR4, "gateway": IPV4, "dhcp": BOOL,
+                  "dns_servers": ListOf(IPV4, MAX_DNS)})
+_LOCAL_PORT = Record({"id": UUID, "subnet_id": UUID, "mac": MAC, "ip": IPV4})
+_REMOTE_PORT = Record({"subnet_id": UUID, "mac": MAC, "ip": IPV4, "vtep": IPV4})
+_NETWORK = Record({"id": UUID, "router": BOOL, "subnets": ListOf(_SUBNET, MAX_SUBNETS),
+                   "ports": ListOf(_LOCAL_PORT, MAX_PORTS), "remote_ports": ListOf(_REMOTE_PORT, MAX_PORTS)})
+
+ARGS: dict[str, Record] = {
+    "net.sync": Record({"scope": nullable(ListOf(UUID, MAX_NETWORKS)), "networks": ListOf(_NETWORK, MAX_NETWORKS)}),
+    "net.inventory": Record({}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    id: str
+    vni: int
+    cidr: ipaddress.IPv4Network
+    gateway: str
+    dhcp: bool
+    dns_servers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPort:
+    id: str
+    subnet_id: str
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePort:
+    subnet_id: str
+    mac: str
+    ip: str
+    vtep: str
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredNetwork:
+    id: str
+    #: the network has a router: its gateways route between its subnets (and, later, outward)
+    router: bool
+    subnets: tuple[Subnet, ...]
+    ports: tuple[LocalPort, ...]
+    remote_ports: tuple[RemotePort, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    #: the networks described; None: every network (a full sync)
+    scope: frozenset[str] | None
+    networks: tuple[DesiredNetwork, ...]
+
+
+def desired_state(args: dict[str, Any]) -> DesiredState:
+    """The typed state of a checked ``net.sync`` body; a state that cannot be built is a ``BadRequest``."""
+    networks = tuple(_network(n, f"args.networks[{i}]") for i, n in enumerate(args["networks"]))
+    scope = frozenset(args["scope"]) if args["scope"] is not None else None
+    ids = [n.id for n in networks]
+    if len(set(ids)) != len(ids):
+        raise BadRequest("args.networks: a network is described twice")
+    if scope is not None and not set(ids) <= scope:
+        raise BadRequest("args.networks: a network outside args.scope is described")
+    vnis = [s.vni for n in networks for s in n.subnets]
+    if len(set(vnis)) != len(vnis):
+        raise BadRequest("args.networks: a VNI is given to two subnets")
+    return DesiredState(scope, networks)
+
+
+def _network(raw: dict[str, Any], where: str) -> DesiredNetwork:
+    subnets = tuple(Subnet(s["id"], s["vni"], ipaddress.IPv4Network(s["cidr"]), s["gateway"], s["dhcp"],
+                           tuple(s["dns_servers"])) for s in raw["subnets"])
+    by_id = {s.id: s for s in subnets}
+    for i, subnet in enumerate(subnets):
+        if subnet.cidr.prefixlen > 29:
+            raise BadRequest(f"{where}.subnets[{i}].cidr: smaller than /29")
+        if ipaddress.IPv4Address(subnet.gateway) not in subnet.cidr:
+            raise BadRequest(f"{where}.subnets[{i}].gateway: outside its subnet")
+    ports = tuple(LocalPort(p["id"], p["subnet_id"], p["mac"].lower(), p["ip"]) for p in raw["ports"])
+    remote = tuple(RemotePort(p["subnet_id"], p["mac"].lower(), p["ip"], p["vtep"]) for p in raw["remote_ports"])
+    placed: list[tuple[str, LocalPort | RemotePort]] = [
+        *((f"ports[{i}]", p) for i, p in enumerate(ports)), *((f"remote_ports[{i}]", p) for i, p in enumerate(remote))]
+    for name, port in placed:
+        on = by_id.get(port.subnet_id)
+        if on is None:
+            raise BadRequest(f"{where}.{name}.subnet_id: not a subnet of this network")
+        if ipaddress.IPv4Address(port.ip) not in on.cidr:
+            raise BadRequest(f"{where}.{name}.ip: outside its subnet")
+    return DesiredNetwork(raw["id"], raw["router"], subnets, ports, remote)

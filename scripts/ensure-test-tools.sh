@@ -1,0 +1,27 @@
+#!/bin/sh
+# Make sure the Debian packages the tests use beyond a hypervisor's are installed: what builds
+# the test cloud image (localcluster/cloudimage.py: mmdebstrap, GRUB's BIOS boot images and
+# grub-mkimage, mke2fs, qemu-img) and what the network tests send and watch packets with
+# (ping, iperf3, tcpdump).  Idempotent, and costs nothing on a prepared machine.
+set -eu
+
+PACKAGES="mmdebstrap grub-common grub-pc-bin e2fsprogs qemu-utils iputils-ping iperf3 tcpdump"
+
+missing=""
+for pkg in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    case "$status" in
+        *" ok installed") ;;
+        *) missing="$missing $pkg" ;;
+    esac
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "ensure-test-tools: missing packages:$missing; as root run: apt-get install$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+# shellcheck disable=SC2086  # one word per package, on purpose
+apt-get install -y -q --no-install-recommends $missing >/dev/null

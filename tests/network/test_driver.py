@@ -1,0 +1,217 @@
+"""The network driver on real kernels: namespace hypervisors on an underlay bridge, namespace instances.
+
+Each test builds its own underlay (``tests/support/netns.py``) and drives one
+``NetworkDriver`` per hypervisor, working in that hypervisor's namespace, with ``net.sync``
+bodies as the frontend sends them.  Packets are real: DHCP from busybox udhcpc, ping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from pyroute2 import NetNS
+
+from backend.network import names
+from backend.network.driver import NetworkDriver, NetworkSettings
+from backend.network.spec import desired_state
+from tests.support.netns import Hypervisor, Instance, Underlay, run_in
+from tests.support.waiting import until
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture
+def underlay(tmp_path: Path) -> Iterator[Underlay]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces")
+    with Underlay(tmp_path) as u:
+        yield u
+
+
+class Cloud:
+    """Hypervisors with their drivers, and the frontend's view: networks, subnets and bound ports."""
+
+    def __init__(self, underlay: Underlay, tmp: Path, hosts: int) -> None:
+        self.underlay = underlay
+        self.hosts = [underlay.hypervisor() for _ in range(hosts)]
+        self.drivers = {h.name: NetworkDriver(NetworkSettings(
+            host=h.name, vtep=h.vtep, state_dir=tmp / h.name, namespace_prefix=f"{h.name}-", netns=h.netns))
+            for h in self.hosts}
+        self.networks: dict[str, dict[str, Any]] = {}
+        #: port id -> (network id, subnet id, mac, ip, host name)
+        self.ports: dict[str, tuple[str, str, str, str, str]] = {}
+
+    def close(self) -> None:
+        for driver in self.drivers.values():
+            driver.close()
+
+    def network(self, router: bool = True) -> str:
+        network_id = str(uuid.uuid4())
+        self.networks[network_id] = {"router": router, "subnets": []}
+        return network_id
+
+    def subnet(self, network_id: str, cidr: str, vni: int, dhcp: bool = True) -> str:
+        subnet_id = str(uuid.uuid4())
+        gateway = cidr.rsplit(".", 1)[0] + ".1"
+        self.networks[network_id]["subnets"].append({"id": subnet_id, "vni": vni, "cidr": cidr, "gateway": gateway,
+                                                     "dhcp": dhcp, "dns_servers": []})
+        return subnet_id
+
+    def port(self, network_id: str, subnet_id: str, ip: str, host: Hypervisor) -> Instance:
+        port_id = str(uuid.uuid4())
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+        self.ports[port_id] = (network_id, subnet_id, mac, ip, host.name)
+        return self.underlay.instance(host, port_id, mac)
+
+    def body(self, host: Hypervisor) -> dict[str, Any]:
+        """``net.sync`` for ``host``: every network with a port on it, as the frontend builds it."""
+        vteps = {h.name: h.vtep for h in self.hosts}
+        networks = []
+        for network_id, network in self.networks.items():
+            ports = [(pid, p) for pid, p in self.ports.items() if p[0] == network_id]
+            if not any(p[4] == host.name for _, p in ports):
+                continue
+            networks.append({
+                "id": network_id, "router": network["router"], "subnets": network["subnets"],
+                "ports": [{"id": pid, "subnet_id": p[1], "mac": p[2], "ip": p[3]} for pid, p in ports
+                          if p[4] == host.name],
+                "remote_ports": [{"subnet_id": p[1], "mac": p[2], "ip": p[3], "vtep": vteps[p[4]]} for _, p in ports
+                                 if p[4] != host.name]})
+        return {"scope": None, "networks": networks}
+
+    def sync(self) -> None:
+        for host in self.hosts:
+            self.drivers[host.name].sync(desired_state(self.body(host)))
+
+
+@pytest.fixture
+def cloud3(underlay: Underlay, tmp_path: Path) -> Iterator[Cloud]:
+    cloud = Cloud(underlay, tmp_path, 3)
+    try:
+        yield cloud
+    finally:
+        cloud.close()
+
+
+def _ping(instance: Instance, ip: str, count: int = 2) -> bool:
+    return run_in(instance.netns, "ping", "-c", str(count), "-W", "1", "-i", "0.2", ip, check=False).returncode == 0
+
+
+def _links(netns: str) -> dict[str, Any]:
+    with NetNS(netns) as ns:
+        return {msg.get("IFLA_IFNAME"): msg for msg in ns.get_links()}
+
+
+def test_instances_on_two_hosts_get_dhcp_and_reach_each_other_through_vxlan(cloud3: Cloud) -> None:
+    hv1, hv2, hv3 = cloud3.hosts
+    net = cloud3.network()
+    subnet = cloud3.subnet(net, "10.0.0.0/24", vni=1001)
+    a = cloud3.port(net, subnet, "10.0.0.11", hv1)
+    b = cloud3.port(net, subnet, "10.0.0.12", hv2)
+    cloud3.sync()
+
+    lease = cloud3.underlay.dhcp(a)
+    assert lease == {"ip": "10.0.0.11", "mask": "24", "router": "10.0.0.1", "mtu": "1450"}
+    assert cloud3.underlay.dhcp(b)["ip"] == "10.0.0.12"
+    assert _ping(a, "10.0.0.12") and _ping(b, "10.0.0.11")
+    assert _ping(a, "10.0.0.1")  # the gateway, answered by hv1's own router namespace
+
+    # The same gateway IP on both hosts, a MAC of each host's own.
+    macs = set()
+    for host in (hv1, hv2):
+        ns = names.router_namespace(f"{host.name}-", net)
+        macs.add(_links(ns)[names.router_leg(1001)].get("IFLA_ADDRESS"))
+    assert len(macs) == 2
+
+    # hv3 has no port of the network: nothing of it.
+    assert not [n for n in _links(hv3.netns) if names.vni_of(n) is not None]
+    # hv1 forwards b's MAC to hv2's VTEP, and only that; no flood entry.
+    with NetNS(hv1.netns) as ns:
+        index = ns.link_lookup(ifname=names.vxlan(1001))[0]
+        entries = {(m.get("NDA_LLADDR"), m.get("NDA_DST")) for m in ns.fdb("dump", ifindex=index) if m.get("NDA_DST")}
+    assert entries == {(b.mac, hv2.vtep)}
+
+
+def test_a_second_sync_changes_nothing(cloud3: Cloud) -> None:
+    hv1, hv2, _ = cloud3.hosts
+    net = cloud3.network()
+    subnet = cloud3.subnet(net, "10.0.0.0/24", vni=1002)
+    a = cloud3.port(net, subnet, "10.0.0.11", hv1)
+    cloud3.port(net, subnet, "10.0.0.12", hv2)
+    cloud3.sync()
+    before = {name: msg["index"] for name, msg in _links(hv1.netns).items()}
+    pid = (cloud3.drivers[hv1.name].settings.state_dir / "dhcp/1002/pid").read_text()
+    cloud3.sync()
+    assert {name: msg["index"] for name, msg in _links(hv1.netns).items()} == before
+    assert (cloud3.drivers[hv1.name].settings.state_dir / "dhcp/1002/pid").read_text() == pid
+    assert cloud3.underlay.dhcp(a)["ip"] == "10.0.0.11"
+
+
+def test_tenants_with_the_same_cidr_stay_apart(cloud3: Cloud) -> None:
+    hv1, hv2, _ = cloud3.hosts
+    red, blue = cloud3.network(), cloud3.network()
+    red_subnet = cloud3.subnet(red, "10.0.0.0/24", vni=2001)
+    blue_subnet = cloud3.subnet(blue, "10.0.0.0/24", vni=2002)
+    red_a = cloud3.port(red, red_subnet, "10.0.0.11", hv1)
+    red_b = cloud3.port(red, red_subnet, "10.0.0.12", hv2)
+    blue_a = cloud3.port(blue, blue_subnet, "10.0.0.11", hv1)
+    blue_c = cloud3.port(blue, blue_subnet, "10.0.0.13", hv2)
+    cloud3.sync()
+    for instance in (red_a, red_b, blue_a, blue_c):
+        cloud3.underlay.dhcp(instance)
+    assert _ping(red_a, "10.0.0.12") and _ping(blue_a, "10.0.0.13")
+    # Each tenant sees only its own: red has no 10.0.0.13, blue no 10.0.0.12.
+    assert not _ping(red_a, "10.0.0.13", count=1)
+    assert not _ping(blue_a, "10.0.0.12", count=1)
+    neighbours = run_in(red_a.netns, "ip", "neigh", "show", "10.0.0.12").stdout
+    assert red_b.mac in neighbours
+
+
+def test_two_subnets_of_a_network_route_through_the_local_router(cloud3: Cloud) -> None:
+    hv1, hv2, _ = cloud3.hosts
+    net = cloud3.network()
+    front = cloud3.subnet(net, "10.0.1.0/24", vni=3001)
+    back = cloud3.subnet(net, "10.0.2.0/24", vni=3002)
+    web = cloud3.port(net, front, "10.0.1.10", hv1)
+    db_local = cloud3.port(net, back, "10.0.2.10", hv1)
+    db_remote = cloud3.port(net, back, "10.0.2.20", hv2)
+    cloud3.sync()
+    for instance in (web, db_local, db_remote):
+        cloud3.underlay.dhcp(instance)
+    assert _ping(web, "10.0.2.10") and _ping(web, "10.0.2.20") and _ping(db_remote, "10.0.1.10")
+
+
+def test_removing_the_last_port_removes_everything_and_dhcp_comes_back_when_killed(cloud3: Cloud) -> None:
+    hv1, hv2, _ = cloud3.hosts
+    net = cloud3.network()
+    subnet = cloud3.subnet(net, "10.0.0.0/24", vni=4001)
+    a = cloud3.port(net, subnet, "10.0.0.11", hv1)
+    cloud3.port(net, subnet, "10.0.0.12", hv2)
+    cloud3.sync()
+    driver = cloud3.drivers[hv1.name]
+    pid = int((driver.settings.state_dir / "dhcp/4001/pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    driver.watch_once()
+    new_pid = int(until(lambda: (driver.settings.state_dir / "dhcp/4001/pid").read_text(), 5, "a pid file"))
+    assert new_pid != pid and cloud3.underlay.dhcp(a)["ip"] == "10.0.0.11"
+
+    # A backend restarted: the new driver adopts the running dnsmasq and changes nothing.
+    before = {name: msg["index"] for name, msg in _links(hv1.netns).items()}
+    driver.close()
+    cloud3.drivers[hv1.name] = driver = NetworkDriver(driver.settings)
+    cloud3.sync()
+    assert {name: msg["index"] for name, msg in _links(hv1.netns).items()} == before
+    assert int((driver.settings.state_dir / "dhcp/4001/pid").read_text()) == new_pid
+
+    cloud3.ports.clear()
+    cloud3.sync()
+    for host in (hv1, hv2):
+        left = [n for n in _links(host.netns) if names.vni_of(n) is not None]
+        assert left == [], f"{host.name} kept {left}"
+    assert not [n for n in os.listdir("/run/netns") if "-router-" in n and n.startswith(cloud3.underlay.prefix)]
+    assert not os.path.exists(f"/proc/{new_pid}") or "Z" in open(f"/proc/{new_pid}/stat").read().split()[2]

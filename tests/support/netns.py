@@ -1,0 +1,156 @@
+"""Namespace hypervisors for network tests: real kernels, nothing mocked, everything torn down.
+
+``Underlay`` makes, under one random token, a namespace holding the underlay bridge, and
+hypervisors: namespaces joined to that bridge by a veth (``ul0``, 192.0.2.N/24: TEST-NET, only
+ever inside these namespaces).  ``instance()`` makes an instance the way a tap would be: a
+namespace whose ``eth0`` (with the port's MAC) is the peer of the port's tap name in the
+hypervisor.  Everything is recorded as it is made and removed in reverse on exit, failed test
+or not, and every process still running in one of its namespaces is killed first (the
+drivers' dnsmasqs included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pyroute2 import NetNS, netns
+
+from backend.ports import tap_name
+
+__all__ = ["Hypervisor", "Instance", "Underlay", "run_in"]
+
+UNDERLAY_NET = "192.0.2"
+
+#: what busybox udhcpc runs with a lease: apply it, then say what it got on stdout
+UDHCPC_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] || [ "$1" = renew ] || exit 0
+busybox ip addr flush dev "$interface"
+busybox ip addr add "$ip/$mask" dev "$interface"
+[ -n "$mtu" ] && busybox ip link set dev "$interface" mtu "$mtu"
+[ -n "$router" ] && busybox ip route replace default via "$router" dev "$interface"
+echo "LEASE ip=$ip mask=$mask router=$router mtu=$mtu"
+"""
+
+
+@dataclass(frozen=True)
+class Hypervisor:
+    name: str
+    netns: str
+    vtep: str
+
+
+@dataclass(frozen=True)
+class Instance:
+    netns: str
+    mac: str
+    tap: str
+
+
+def run_in(namespace: str, *argv: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "--", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} in {namespace} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    return proc
+
+
+class Underlay:
+    def __init__(self, workdir: Path) -> None:
+        self.token = "t" + secrets.token_hex(3)
+        self.workdir = workdir
+        self.namespace = f"{self.token}-ul"
+        self._namespaces: list[str] = []
+        self.hypervisors: list[Hypervisor] = []
+        self._script = workdir / "udhcpc.sh"
+
+    def __enter__(self) -> "Underlay":
+        try:
+            self._make_namespace(self.namespace)
+            with NetNS(self.namespace) as ul:
+                ul.link("add", ifname="ulbr", kind="bridge", br_stp_state=0, br_forward_delay=0)
+                ul.link("set", index=ul.link_lookup(ifname="ulbr")[0], state="up")
+            self._script.write_text(UDHCPC_SCRIPT)
+            self._script.chmod(0o755)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def prefix(self) -> str:
+        """What every namespace of this underlay starts with: give it to drivers as their namespace prefix."""
+        return f"{self.token}-"
+
+    def _make_namespace(self, name: str) -> None:
+        netns.create(name)
+        self._namespaces.append(name)
+        with NetNS(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+    def hypervisor(self) -> Hypervisor:
+        index = len(self.hypervisors) + 1
+        name = f"{self.token}-hv{index}"
+        vtep = f"{UNDERLAY_NET}.{index}"
+        self._make_namespace(name)
+        with NetNS(self.namespace) as ul:
+            ul.link("add", ifname=f"u{index}", kind="veth", peer={"ifname": "ul0", "net_ns_fd": name})
+            port = ul.link_lookup(ifname=f"u{index}")[0]
+            ul.link("set", index=port, master=ul.link_lookup(ifname="ulbr")[0], state="up")
+        with NetNS(name) as hv:
+            ul0 = hv.link_lookup(ifname="ul0")[0]
+            hv.addr("add", index=ul0, address=vtep, prefixlen=24)
+            hv.link("set", index=ul0, state="up")
+        hypervisor = Hypervisor(name, name, vtep)
+        self.hypervisors.append(hypervisor)
+        return hypervisor
+
+    def instance(self, hypervisor: Hypervisor, port_id: str, mac: str) -> Instance:
+        """An instance of ``port_id`` on ``hypervisor``: its tap waits there for the driver to plug it."""
+        name = f"{self.token}-vm{len(self._namespaces)}"
+        self._make_namespace(name)
+        tap = tap_name(port_id)
+        with NetNS(hypervisor.netns) as hv:
+            hv.link("add", ifname=tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name, "address": mac})
+            hv.link("set", index=hv.link_lookup(ifname=tap)[0], state="up")
+        with NetNS(name) as vm:
+            vm.link("set", index=vm.link_lookup(ifname="eth0")[0], state="up")
+        return Instance(name, mac, tap)
+
+    def dhcp(self, instance: Instance, timeout: float = 20.0) -> dict[str, str]:
+        """Ask for a lease on the instance's eth0 as a guest would (busybox udhcpc); what it got."""
+        proc = run_in(instance.netns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "8", "-T", "1",
+                      "-O", "mtu", "-s", str(self._script), timeout=timeout, check=False)
+        for line in proc.stdout.splitlines():
+            if line.startswith("LEASE "):
+                return dict(item.split("=", 1) for item in line.split()[1:])
+        raise AssertionError(f"no lease in {instance.netns}: {proc.stdout}{proc.stderr}")
+
+    def close(self) -> None:
+        # Every namespace of the token, the drivers' router namespaces too.
+        ours = [n for n in netns.listnetns() if n.startswith(self.prefix)]
+        for name in ours:
+            _kill_processes_in(name)
+        for name in sorted(ours, key=lambda n: n == self.namespace):
+            with contextlib.suppress(OSError):
+                netns.remove(name)
+
+
+def _kill_processes_in(name: str) -> None:
+    with contextlib.suppress(OSError):
+        inode = os.stat(f"/run/netns/{name}").st_ino
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == inode and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
