@@ -165,6 +165,11 @@ class NetworkSection:
     #: where libvirtd's taps appear when the backend runs in another network namespace (a name
     #: under /run/netns, or a path like /proc/1/ns/net); empty: in the backend's own
     tap_netns: str = ""
+    #: this host's interface on the external network (a bridge: routers' floating IPs are
+    #: plugged into it, and their SNATed egress leaves by it); empty: no SNAT, no floating IPs
+    external_interface: str = ""
+    #: link-local /30s between the host and its routers, one per router with SNAT
+    transit_cidr: str = "169.254.192.0/18"
     #: DHCP servers' files; empty: <data_dir>/network
     state_dir: str = ""
 
@@ -328,6 +333,13 @@ def _check_network(network: NetworkSection, where: str) -> None:
         raise ConfigError(f"{where}: network.underlay_mtu: must be between 1280 and 65535 (got {network.underlay_mtu})")
     if not 1 <= network.vxlan_port <= 65535:
         raise ConfigError(f"{where}: network.vxlan_port: must be between 1 and 65535 (got {network.vxlan_port})")
+    try:
+        transit = ipaddress.IPv4Network(network.transit_cidr)
+    except ValueError:
+        transit = None
+    if transit is None or transit.prefixlen > 28:
+        raise ConfigError(f"{where}: network.transit_cidr: must be an IPv4 network of at least /28, like "
+                          f"169.254.192.0/18 (got {network.transit_cidr!r})")
     if not _NAMESPACE_PREFIX.fullmatch(network.namespace_prefix):
         raise ConfigError(f"{where}: network.namespace_prefix: must be 1-32 letters, digits, '.', '_' or '-' "
                           f"(got {network.namespace_prefix!r})")

@@ -31,6 +31,7 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
     settings = NetworkSettings(
         host=config.node_id, vtep=section.vtep, underlay_mtu=section.underlay_mtu, vxlan_port=section.vxlan_port,
         namespace_prefix=section.namespace_prefix, tap_netns=section.tap_netns or None,
+        external_interface=section.external_interface or None, transit_cidr=section.transit_cidr,
         state_dir=Path(section.state_dir) if section.state_dir else Path(config.data_dir) / "network")
     driver = NetworkDriver(settings)
     for op in ops(driver):

@@ -17,6 +17,7 @@ the VXLAN device, which answers ARP for it locally.  Per subnet with DHCP, a dns
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ import structlog
 from ..ports import tap_name
 from . import names
 from .dhcp import DhcpServer, Dnsmasq
-from .exceptions import LinkNotFound
+from .exceptions import BadRequest, LinkNotFound, NetworkError
+from .netfilter import HostEgress, RouterNat, apply_host_egress, apply_router_nat
 from .netlink import Link, Netlink, create_namespace, namespaces, remove_namespace
 from .spec import DesiredNetwork, DesiredState, LocalPort, Subnet
 
@@ -39,6 +41,9 @@ log = structlog.get_logger("backend.network")
 VXLAN_OVERHEAD = 50
 #: seconds between the watcher's rounds (dead dnsmasqs, taps that came back)
 WATCH_INTERVAL_S = 2.0
+#: a router namespace's routing table for the sources that have a floating IP
+FLOATING_TABLE = 100
+FLOATING_RULE_PRIORITY = 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,11 @@ class NetworkSettings:
     #: where instances' taps appear when libvirtd runs in another namespace than this driver
     #: (a name under /run/netns or a path like /proc/1/ns/net); None: they appear here
     tap_netns: str | None = None
+    #: the host's interface on the external network: routers' floating IPs are plugged into
+    #: it (a bridge), and their SNATed egress leaves by it; None: this host offers neither
+    external_interface: str | None = None
+    #: link-local /30s, one per router with SNAT on this host, between it and the host
+    transit_cidr: str = "169.254.192.0/18"
 
     @property
     def mtu(self) -> int:
@@ -83,6 +93,8 @@ class NetworkDriver:
         self._taps: dict[str, dict[str, tuple[str, LocalPort]]] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        #: the host forwards and masquerades its routers' egress (set up once, at the first need)
+        self._egress_ready = False
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -122,13 +134,20 @@ class NetworkDriver:
             prefix = names.router_namespace(self.settings.namespace_prefix, "")
             present = {ns[len(prefix):] for ns in namespaces() if ns.startswith(prefix)}
             wanted = {w.network.id: w for w in (self._wanted(n) for n in desired.networks) if w is not None}
+            if self.settings.external_interface is None:
+                for w in wanted.values():
+                    if w.network.snat or w.network.floating_ips:
+                        raise BadRequest(f"network {w.network.id}: SNAT and floating IPs need an external network, "
+                                         "and this host has none (network.external_interface)")
             scope = desired.scope if desired.scope is not None else present | set(wanted)
             for network_id in sorted(scope & present - set(wanted)):
                 self._remove_network(nl, network_id)
             for w in wanted.values():
                 self._converge_network(nl, w)
             if desired.scope is None:
-                self._remove_strays(nl, {s.vni for w in wanted.values() for s in w.subnets})
+                self._remove_strays(nl, {s.vni for w in wanted.values() for s in w.subnets}, set(wanted))
+            if any(w.network.snat for w in wanted.values()) and not self._egress_ready:
+                self._prepare_egress(nl)
             for network_id in scope:
                 self._taps.pop(network_id, None)
             for w in wanted.values():
@@ -161,6 +180,7 @@ class NetworkDriver:
             for subnet in w.subnets:
                 self._converge_subnet(nl, links, rnl, rlinks, w.namespace, subnet)
             rnl.sysctl("net.ipv4.ip_forward", "1" if w.network.router else "0")
+            self._converge_outward(nl, rnl, w)
         links = nl.links()
         by_id = {s.id: s for s in w.subnets}
         for port in w.network.ports:
@@ -198,7 +218,7 @@ class NetworkDriver:
             links.pop(host_leg, None)
             rlinks.pop(router_leg, None)
         if host_leg not in links:
-            nl.add_veth(host_leg, router_leg, namespace, mac, s.mtu)
+            nl.add_veth(host_leg, router_leg, namespace, s.mtu, peer_mac=mac)
         if links.get(host_leg) is None or links[host_leg].master != bridge:
             nl.set_master(host_leg, bridge)
         for name in (bridge, vxlan, host_leg):
@@ -213,6 +233,103 @@ class NetworkDriver:
             rnl.address_del(router_leg, *address)
         if gateway not in present:
             rnl.address_add(router_leg, *gateway)
+
+    def _converge_outward(self, nl: Netlink, rnl: Netlink, w: _Wanted) -> None:
+        """The router's ways out: the transit leg for SNATed egress, the external leg for floating IPs."""
+        s, network = self.settings, w.network
+        transit, external = names.transit_leg(network.id), names.external_leg(network.id)
+        links = nl.links()
+        router_address = ""
+        if network.snat:
+            host_address, router_address = self._transit_addresses(nl, links, transit)
+            if transit not in links:
+                nl.add_veth(transit, names.TRANSIT_LEG, w.namespace, s.underlay_mtu)
+                # Forwarding back and forth with the host: its reverse path is the transit leg for
+                # egress and the external leg for floating IPs, both right.
+                rnl.sysctl("net.ipv4.conf.all.rp_filter", "0")
+                log.info("router_transit_created", network=network.id, address=router_address)
+            if (host_address, 30) not in nl.addresses(transit):
+                nl.address_add(transit, host_address, 30)
+            nl.set_up(transit)
+            rnl.set_up(names.TRANSIT_LEG)
+            if (router_address, 30) not in rnl.addresses(names.TRANSIT_LEG):
+                rnl.address_add(names.TRANSIT_LEG, router_address, 30)
+            if ("default", host_address, names.TRANSIT_LEG) not in rnl.routes():
+                rnl.route_set("default", host_address, names.TRANSIT_LEG)
+        elif transit in links:
+            nl.delete_link(transit)  # its namespace end, and the default route through it, go too
+            log.info("router_transit_removed", network=network.id)
+
+        floating = {f.address: next(p.ip for p in network.ports if p.id == f.port_id) for f in network.floating_ips}
+        if floating and network.external is not None and s.external_interface is not None:
+            if external not in links:
+                nl.add_veth(external, names.EXTERNAL_LEG, w.namespace, s.underlay_mtu)
+                log.info("router_external_leg_created", network=network.id)
+            if nl.links()[external].master != s.external_interface:
+                nl.set_master(external, s.external_interface)
+            nl.set_up(external)
+            rnl.set_up(names.EXTERNAL_LEG)
+            present = rnl.addresses(names.EXTERNAL_LEG)
+            for address, prefixlen in present - {(a, 32) for a in floating}:
+                rnl.address_del(names.EXTERNAL_LEG, address, prefixlen)
+            for address in sorted(floating):
+                if (address, 32) not in present:
+                    rnl.address_add(names.EXTERNAL_LEG, address, 32)
+                    rnl.announce(names.EXTERNAL_LEG, address)  # the outside learns the address is here now
+                    log.info("floating_ip_announced", network=network.id, address=address)
+            # Sources with a floating IP leave by the external leg, except to the network itself.
+            want_routes = {("default", network.external.gateway, names.EXTERNAL_LEG),
+                           (str(network.external.cidr), None, names.EXTERNAL_LEG)}
+            want_routes |= {(str(sub.cidr), None, names.router_leg(sub.vni)) for sub in w.subnets}
+            have_routes = rnl.routes(FLOATING_TABLE)
+            for destination, _gateway, _device in have_routes - want_routes:
+                rnl.route_del(destination, FLOATING_TABLE)
+            for destination, gateway, device in sorted(want_routes - have_routes, key=lambda r: r[0] == "default"):
+                rnl.route_set(destination, gateway, device or "", FLOATING_TABLE)
+            want_rules = {(fixed, FLOATING_TABLE) for fixed in floating.values()}
+            have_rules = rnl.rules()
+            for source, table in have_rules - want_rules:
+                rnl.rule_del(source, table)
+            for source, table in want_rules - have_rules:
+                rnl.rule_add(source, table, FLOATING_RULE_PRIORITY)
+        else:
+            if external in links:
+                nl.delete_link(external)
+                log.info("router_external_leg_removed", network=network.id)
+            for source, table in rnl.rules():
+                rnl.rule_del(source, table)
+            for destination, _gateway, _device in rnl.routes(FLOATING_TABLE):
+                rnl.route_del(destination, FLOATING_TABLE)
+            floating = {}
+        apply_router_nat(w.namespace, RouterNat(
+            floating=tuple(sorted(floating.items())), external_leg=names.EXTERNAL_LEG,
+            snat_sources=tuple(str(sub.cidr) for sub in w.subnets) if network.snat else (),
+            transit_leg=names.TRANSIT_LEG, transit_address=router_address))
+
+    def _transit_addresses(self, nl: Netlink, links: dict[str, Link], transit: str) -> tuple[str, str]:
+        """The host's and the router's address on a router's transit /30: kept if it has one, else the
+        lowest /30 of the transit range that no other router of this host holds."""
+        pool = ipaddress.IPv4Network(self.settings.transit_cidr)
+        taken: set[ipaddress.IPv4Network] = set()
+        for name in links:
+            if names.OWNED_PER_NETWORK.match(name) and name.startswith("clt"):
+                for address, _prefixlen in nl.addresses(name):
+                    slot = ipaddress.IPv4Network(f"{address}/30", strict=False)
+                    if name == transit and slot.subnet_of(pool):
+                        return str(slot[1]), str(slot[2])
+                    taken.add(slot)
+        for slot in pool.subnets(new_prefix=30):
+            if slot not in taken:
+                return str(slot[1]), str(slot[2])
+        raise NetworkError(f"no free /30 left in network.transit_cidr {pool} for another router")
+
+    def _prepare_egress(self, nl: Netlink) -> None:
+        assert self.settings.external_interface is not None
+        nl.sysctl("net.ipv4.ip_forward", "1")
+        apply_host_egress(self.settings.netns, HostEgress(self.settings.transit_cidr,
+                                                          self.settings.external_interface))
+        self._egress_ready = True
+        log.info("host_egress_ready", external=self.settings.external_interface)
 
     def _plug(self, nl: Netlink, links: dict[str, Link], tap: str, bridge: str, port: LocalPort) -> None:
         link = links.get(tap)
@@ -279,11 +396,17 @@ class NetworkDriver:
         remove_namespace(namespace)
         log.info("router_namespace_removed", network=network_id, namespace=namespace)
 
-    def _remove_strays(self, nl: Netlink, wanted_vnis: set[int]) -> None:
+    def _remove_strays(self, nl: Netlink, wanted_vnis: set[int], wanted_networks: set[str]) -> None:
         """What a full sync finds of ours that no network wants (a backend killed mid-change)."""
-        stray = {vni for name in nl.links() if (vni := names.vni_of(name)) is not None} - wanted_vnis
+        links = nl.links()
+        stray = {vni for name in links if (vni := names.vni_of(name)) is not None} - wanted_vnis
         for vni in sorted(stray | (self._dhcp.servers() - wanted_vnis)):
             self._remove_subnet(nl, vni)
+        keep = {network_id.replace("-", "")[:11] for network_id in wanted_networks}
+        for name in links:
+            match = names.OWNED_PER_NETWORK.match(name)
+            if match and match.group(1) not in keep:
+                nl.delete_link(name)
 
     # --- reads ---------------------------------------------------------------------------------
 

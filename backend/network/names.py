@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["OWNED", "bridge", "gateway_leg", "gateway_mac", "router_leg", "router_namespace", "vni_of", "vxlan"]
+__all__ = ["EXTERNAL_LEG", "OWNED", "OWNED_PER_NETWORK", "TRANSIT_LEG", "bridge", "external_leg", "gateway_leg",
+           "gateway_mac", "router_leg", "router_namespace", "transit_leg", "vni_of", "vxlan"]
 
-#: the device names of this driver in a hypervisor's namespace
+#: the device names of this driver in a hypervisor's namespace, per subnet (by VNI)...
 OWNED = re.compile(r"cl[bxg](\d{1,8})\Z")
+#: ...and per network (by the first 11 hex digits of its id)
+OWNED_PER_NETWORK = re.compile(r"cl[te]([0-9a-f]{11})\Z")
+#: the router namespace's ends of its transit and external veths (names are per namespace)
+TRANSIT_LEG, EXTERNAL_LEG = "qx", "fx"
 
 
 def bridge(vni: int) -> str:
@@ -33,6 +38,16 @@ def gateway_leg(vni: int) -> str:
 def router_leg(vni: int) -> str:
     """The router namespace's end, holding the subnet's gateway address (names are per namespace)."""
     return f"sn{vni}"
+
+
+def transit_leg(network_id: str) -> str:
+    """The host's end of the veth that carries a router's SNATed egress to the host."""
+    return "clt" + network_id.replace("-", "")[:11]
+
+
+def external_leg(network_id: str) -> str:
+    """The host's end of the veth that joins a router's floating IPs to the external network."""
+    return "cle" + network_id.replace("-", "")[:11]
 
 
 def vni_of(name: str) -> int | None:

@@ -6,16 +6,16 @@ permanent neighbours, addresses and routes.  It validates nothing (its callers p
 values) and every failure leaves as a named ``NetworkError`` through ``exceptions.from_errno``.
 
 Namespaces are named files under /run/netns (``ip netns``'s convention, so operators can look
-with ``ip netns exec``).  Sysctls are set with ``sysctl`` run inside the namespace through
-``nsenter``: netlink has no call for them, and a thread's own ``setns`` would leak into
-whatever else that thread runs.
+with ``ip netns exec``).  What netlink has no call for (sysctls, a gratuitous ARP) is done on a
+thread inside the namespace (``namespaces.run_in``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -24,6 +24,7 @@ from pyroute2 import NetNS, IPRoute, netns as pynetns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .exceptions import NetworkError, from_errno
+from .namespaces import namespace_path, run_in
 
 __all__ = ["Link", "Netlink", "NUD_PERMANENT", "create_namespace", "namespace_path", "namespaces",
            "remove_namespace"]
@@ -35,7 +36,8 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 NTF_MASTER = 0x04
 AF_INET = 2
-NETNS_DIR = "/run/netns"
+ETH_P_ARP = 0x0806
+RT_SCOPE_LINK = 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +62,6 @@ def _mapped(what: str) -> Iterator[None]:
         raise from_errno(exc.code, str(exc.args[1] if len(exc.args) > 1 else exc), what) from exc
     except OSError as exc:
         raise from_errno(exc.errno or 0, exc.strerror or str(exc), what) from exc
-
-
-def namespace_path(name: str) -> str:
-    return os.path.join(NETNS_DIR, name)
 
 
 def namespaces() -> set[str]:
@@ -138,10 +136,12 @@ class Netlink:
             self._ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_port=port,
                            vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
 
-    def add_veth(self, name: str, peer: str, peer_netns: str, peer_mac: str, mtu: int) -> None:
+    def add_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str | None = None) -> None:
+        peer_spec: dict[str, object] = {"ifname": peer, "net_ns_fd": peer_netns, "mtu": mtu}
+        if peer_mac is not None:
+            peer_spec["address"] = peer_mac
         with _mapped(f"create veth {name}"):
-            self._ipr.link("add", ifname=name, kind="veth", mtu=mtu,
-                           peer={"ifname": peer, "net_ns_fd": peer_netns, "address": peer_mac, "mtu": mtu})
+            self._ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer_spec)
 
     def set_master(self, name: str, bridge: str | None) -> None:
         index = self._index(name)
@@ -254,11 +254,78 @@ class Netlink:
         with _mapped(f"remove {ip}/{prefixlen} from {name}"):
             self._ipr.addr("del", index=index, address=ip, prefixlen=prefixlen)
 
+    def routes(self, table: int = 254) -> set[tuple[str, str | None, str | None]]:
+        """The IPv4 routes of ``table`` that go through a gateway or out of a device: (destination, gateway, device)."""
+        links = {msg["index"]: msg.get("IFLA_IFNAME") for msg in self._ipr.get_links()}
+        with _mapped(f"list the routes of table {table}"):
+            out = set()
+            for msg in self._ipr.get_routes(family=AF_INET, table=table):
+                if msg["type"] != 1:  # unicast only: not the kernel's local and broadcast routes
+                    continue
+                dst = msg.get("RTA_DST")
+                out.add((f"{dst}/{msg['dst_len']}" if dst else "default", msg.get("RTA_GATEWAY"),
+                         links.get(msg.get("RTA_OIF"))))
+            return out
+
+    def route_set(self, destination: str, gateway: str | None, device: str, table: int = 254) -> None:
+        index = self._index(device)
+        spec: dict[str, object] = {"dst": destination, "oif": index, "table": table}
+        if gateway:
+            spec["gateway"] = gateway
+        else:
+            spec["scope"] = RT_SCOPE_LINK  # on the link: what a gateway of another route is reached by
+        with _mapped(f"route {destination} in table {table}"):
+            self._ipr.route("replace", **spec)
+
+    def route_del(self, destination: str, table: int = 254) -> None:
+        with _mapped(f"remove route {destination} from table {table}"):
+            with contextlib.suppress(NetlinkError):
+                self._ipr.route("del", dst=destination, table=table)
+
+    def rules(self) -> set[tuple[str, int]]:
+        """The policy rules that send a source to a table: (source address, table)."""
+        with _mapped("list the policy rules"):
+            return {(msg.get("FRA_SRC"), msg.get("FRA_TABLE") or msg["table"])
+                    for msg in self._ipr.get_rules(family=AF_INET) if msg.get("FRA_SRC")}
+
+    def rule_add(self, source: str, table: int, priority: int) -> None:
+        with _mapped(f"add a rule from {source}"):
+            self._ipr.rule("add", src=source, src_len=32, table=table, priority=priority)
+
+    def rule_del(self, source: str, table: int) -> None:
+        with _mapped(f"remove the rule from {source}"):
+            with contextlib.suppress(NetlinkError):
+                self._ipr.rule("del", src=source, src_len=32, table=table)
+
     def sysctl(self, key: str, value: str) -> None:
-        """Set a sysctl in this namespace (``key`` and ``value`` are the driver's constants)."""
-        argv = ["sysctl", "-q", "-w", f"{key}={value}"]
-        if self.netns:
-            argv = ["nsenter", f"--net={namespace_path(self.netns)}", *argv]
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise NetworkError(f"sysctl {key} in {self.netns or 'this namespace'}: {proc.stderr.strip()}")
+        """Set a sysctl of this namespace (``key`` and ``value`` are the driver's constants)."""
+        path = "/proc/sys/" + key.replace(".", "/")
+
+        def write() -> None:
+            with open(path, "w") as f:
+                f.write(value)
+
+        try:
+            run_in(self.netns, write)
+        except OSError as exc:
+            raise NetworkError(f"sysctl {key} in {self.netns or 'this namespace'}: {exc.strerror}") from exc
+
+    def announce(self, device: str, ip: str) -> None:
+        """A gratuitous ARP for ``ip`` from ``device``: neighbours on its segment learn where the address now is."""
+        mac = bytes.fromhex(self.links()[device].mac.replace(":", ""))
+        address = socket.inet_aton(ip)
+        # request and reply forms, as arping -U and -A send them: hosts honour one or the other
+        frames = [b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
+                  + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac + address + b"\x00" * 6 + address
+                  for op in (1, 2)]
+
+        def send() -> None:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+                sock.bind((device, ETH_P_ARP))
+                for frame in frames:
+                    sock.send(frame)
+
+        try:
+            run_in(self.netns, send)
+        except OSError as exc:
+            raise NetworkError(f"announce {ip} on {device}: {exc.strerror}") from exc

@@ -16,7 +16,8 @@ from typing import Any
 from ..argcheck import BOOL, CIDR4, IPV4, MAC, UUID, Int, ListOf, Record, nullable
 from .exceptions import BadRequest
 
-__all__ = ["ARGS", "DesiredNetwork", "DesiredState", "LocalPort", "RemotePort", "Subnet", "desired_state"]
+__all__ = ["ARGS", "DesiredNetwork", "DesiredState", "External", "FloatingIp", "LocalPort", "RemotePort", "Subnet",
+           "desired_state"]
 
 #: VXLAN's 24-bit segment id; 0 is not used
 MAX_VNI = (1 << 24) - 1
@@ -30,8 +31,11 @@ _SUBNET = Record({"id": UUID, "vni": Int(1, MAX_VNI), "cidr": CIDR4, "gateway": 
                   "dns_servers": ListOf(IPV4, MAX_DNS)})
 _LOCAL_PORT = Record({"id": UUID, "subnet_id": UUID, "mac": MAC, "ip": IPV4})
 _REMOTE_PORT = Record({"subnet_id": UUID, "mac": MAC, "ip": IPV4, "vtep": IPV4})
-_NETWORK = Record({"id": UUID, "router": BOOL, "subnets": ListOf(_SUBNET, MAX_SUBNETS),
-                   "ports": ListOf(_LOCAL_PORT, MAX_PORTS), "remote_ports": ListOf(_REMOTE_PORT, MAX_PORTS)})
+_EXTERNAL = Record({"cidr": CIDR4, "gateway": IPV4})
+_FLOATING_IP = Record({"address": IPV4, "port_id": UUID})
+_NETWORK = Record({"id": UUID, "router": BOOL, "snat": BOOL, "external": nullable(_EXTERNAL),
+                   "subnets": ListOf(_SUBNET, MAX_SUBNETS), "ports": ListOf(_LOCAL_PORT, MAX_PORTS),
+                   "remote_ports": ListOf(_REMOTE_PORT, MAX_PORTS), "floating_ips": ListOf(_FLOATING_IP, MAX_PORTS)})
 
 ARGS: dict[str, Record] = {
     "net.sync": Record({"scope": nullable(ListOf(UUID, MAX_NETWORKS)), "networks": ListOf(_NETWORK, MAX_NETWORKS)}),
@@ -66,13 +70,32 @@ class RemotePort:
 
 
 @dataclass(frozen=True, slots=True)
+class External:
+    """The external network a router reaches: where its floating IPs live, and their gateway."""
+
+    cidr: ipaddress.IPv4Network
+    gateway: str
+
+
+@dataclass(frozen=True, slots=True)
+class FloatingIp:
+    address: str
+    #: a port on this host
+    port_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredNetwork:
     id: str
-    #: the network has a router: its gateways route between its subnets (and, later, outward)
+    #: the network has a router: its gateways route between its subnets, and outward
     router: bool
+    #: the router SNATs its subnets' egress to the host's external address
+    snat: bool
+    external: External | None
     subnets: tuple[Subnet, ...]
     ports: tuple[LocalPort, ...]
     remote_ports: tuple[RemotePort, ...]
+    floating_ips: tuple[FloatingIp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,4 +139,21 @@ def _network(raw: dict[str, Any], where: str) -> DesiredNetwork:
             raise BadRequest(f"{where}.{name}.subnet_id: not a subnet of this network")
         if ipaddress.IPv4Address(port.ip) not in on.cidr:
             raise BadRequest(f"{where}.{name}.ip: outside its subnet")
-    return DesiredNetwork(raw["id"], raw["router"], subnets, ports, remote)
+    external = (External(ipaddress.IPv4Network(raw["external"]["cidr"]), raw["external"]["gateway"])
+                if raw["external"] is not None else None)
+    if (raw["snat"] or external is not None) and not raw["router"]:
+        raise BadRequest(f"{where}.router: SNAT and an external network need a router")
+    if external is not None and ipaddress.IPv4Address(external.gateway) not in external.cidr:
+        raise BadRequest(f"{where}.external.gateway: outside the external network")
+    local = {p.id for p in ports}
+    floating = tuple(FloatingIp(f["address"], f["port_id"]) for f in raw["floating_ips"])
+    for i, fip in enumerate(floating):
+        if external is None:
+            raise BadRequest(f"{where}.floating_ips[{i}]: a floating IP needs the network's external network")
+        if ipaddress.IPv4Address(fip.address) not in external.cidr:
+            raise BadRequest(f"{where}.floating_ips[{i}].address: outside the external network")
+        if fip.port_id not in local:
+            raise BadRequest(f"{where}.floating_ips[{i}].port_id: not a port on this host")
+    if len({f.address for f in floating}) != len(floating) or len({f.port_id for f in floating}) != len(floating):
+        raise BadRequest(f"{where}.floating_ips: an address or a port is given twice")
+    return DesiredNetwork(raw["id"], raw["router"], raw["snat"], external, subnets, ports, remote, floating)

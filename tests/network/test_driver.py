@@ -19,7 +19,7 @@ from pyroute2 import NetNS
 from backend.network import names
 from backend.network.driver import NetworkDriver, NetworkSettings
 from backend.network.spec import desired_state
-from tests.support.netns import Hypervisor, Instance, Underlay, run_in
+from tests.support.netns import EXTERNAL_BRIDGE, Hypervisor, Instance, Underlay, connect, run_in, serve
 from tests.support.waiting import until
 
 pytestmark = [pytest.mark.root]
@@ -40,8 +40,8 @@ class Cloud:
         self.underlay = underlay
         self.hosts = [underlay.hypervisor() for _ in range(hosts)]
         self.drivers = {h.name: NetworkDriver(NetworkSettings(
-            host=h.name, vtep=h.vtep, state_dir=tmp / h.name, namespace_prefix=f"{h.name}-", netns=h.netns))
-            for h in self.hosts}
+            host=h.name, vtep=h.vtep, state_dir=tmp / h.name, namespace_prefix=f"{h.name}-", netns=h.netns,
+            external_interface=EXTERNAL_BRIDGE)) for h in self.hosts}
         self.networks: dict[str, dict[str, Any]] = {}
         #: port id -> (network id, subnet id, mac, ip, host name)
         self.ports: dict[str, tuple[str, str, str, str, str]] = {}
@@ -50,9 +50,10 @@ class Cloud:
         for driver in self.drivers.values():
             driver.close()
 
-    def network(self, router: bool = True) -> str:
+    def network(self, router: bool = True, snat: bool = False) -> str:
         network_id = str(uuid.uuid4())
-        self.networks[network_id] = {"router": router, "subnets": []}
+        self.networks[network_id] = {"router": router, "snat": snat, "subnets": [], "floating": {},
+                                     "external": self.underlay.external_net if snat else None}
         return network_id
 
     def subnet(self, network_id: str, cidr: str, vni: int, dhcp: bool = True) -> str:
@@ -68,6 +69,11 @@ class Cloud:
         self.ports[port_id] = (network_id, subnet_id, mac, ip, host.name)
         return self.underlay.instance(host, port_id, mac)
 
+    def floating(self, network_id: str, address: str, instance: Instance) -> None:
+        """Associate ``address`` with the port of ``instance`` (moving it from wherever it was)."""
+        port_id = next(pid for pid, p in self.ports.items() if p[2] == instance.mac)
+        self.networks[network_id]["floating"][address] = port_id
+
     def body(self, host: Hypervisor) -> dict[str, Any]:
         """``net.sync`` for ``host``: every network with a port on it, as the frontend builds it."""
         vteps = {h.name: h.vtep for h in self.hosts}
@@ -76,8 +82,12 @@ class Cloud:
             ports = [(pid, p) for pid, p in self.ports.items() if p[0] == network_id]
             if not any(p[4] == host.name for _, p in ports):
                 continue
+            local = {pid for pid, p in ports if p[4] == host.name}
             networks.append({
-                "id": network_id, "router": network["router"], "subnets": network["subnets"],
+                "id": network_id, "router": network["router"], "snat": network["snat"],
+                "external": network["external"], "subnets": network["subnets"],
+                "floating_ips": [{"address": a, "port_id": pid} for a, pid in network["floating"].items()
+                                 if pid in local],
                 "ports": [{"id": pid, "subnet_id": p[1], "mac": p[2], "ip": p[3]} for pid, p in ports
                           if p[4] == host.name],
                 "remote_ports": [{"subnet_id": p[1], "mac": p[2], "ip": p[3], "vtep": vteps[p[4]]} for _, p in ports
@@ -196,9 +206,15 @@ def test_removing_the_last_port_removes_everything_and_dhcp_comes_back_when_kill
     driver = cloud3.drivers[hv1.name]
     pid = int((driver.settings.state_dir / "dhcp/4001/pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    driver.watch_once()
-    new_pid = int(until(lambda: (driver.settings.state_dir / "dhcp/4001/pid").read_text(), 5, "a pid file"))
-    assert new_pid != pid and cloud3.underlay.dhcp(a)["ip"] == "10.0.0.11"
+
+    def restarted() -> int | None:
+        driver.watch_once()  # what the driver's watcher thread does every 2 s
+        path = driver.settings.state_dir / "dhcp/4001/pid"
+        new = int(path.read_text()) if path.exists() else None
+        return new if new != pid else None
+
+    new_pid = until(restarted, 5, "dnsmasq to be restarted")
+    assert cloud3.underlay.dhcp(a)["ip"] == "10.0.0.11"
 
     # A backend restarted: the new driver adopts the running dnsmasq and changes nothing.
     before = {name: msg["index"] for name, msg in _links(hv1.netns).items()}
@@ -215,3 +231,50 @@ def test_removing_the_last_port_removes_everything_and_dhcp_comes_back_when_kill
         assert left == [], f"{host.name} kept {left}"
     assert not [n for n in os.listdir("/run/netns") if "-router-" in n and n.startswith(cloud3.underlay.prefix)]
     assert not os.path.exists(f"/proc/{new_pid}") or "Z" in open(f"/proc/{new_pid}/stat").read().split()[2]
+
+
+def test_egress_leaves_with_the_host_external_address(cloud3: Cloud) -> None:
+    hv1, hv2, _ = cloud3.hosts
+    net = cloud3.network(snat=True)
+    subnet = cloud3.subnet(net, "10.0.0.0/24", vni=5001)
+    a = cloud3.port(net, subnet, "10.0.0.11", hv1)
+    b = cloud3.port(net, subnet, "10.0.0.12", hv2)
+    cloud3.sync()
+    for instance in (a, b):
+        cloud3.underlay.dhcp(instance)
+    server, peers = serve(cloud3.underlay.outside, 8080, b"outside")
+    try:
+        assert connect(a.netns, "203.0.113.1", 8080) == b"outside"
+        assert connect(b.netns, "203.0.113.1", 8080) == b"outside"
+    finally:
+        server.close()
+    # Each instance leaves by its own host: no central router.
+    assert peers == [hv1.external_address, hv2.external_address]
+
+
+def test_a_floating_ip_reaches_its_instance_and_follows_it_to_another_host(cloud3: Cloud) -> None:
+    hv1, hv2, _ = cloud3.hosts
+    net = cloud3.network(snat=True)
+    subnet = cloud3.subnet(net, "10.0.0.0/24", vni=6001)
+    a = cloud3.port(net, subnet, "10.0.0.11", hv1)
+    b = cloud3.port(net, subnet, "10.0.0.12", hv2)
+    cloud3.floating(net, "203.0.113.100", a)
+    cloud3.sync()
+    for instance in (a, b):
+        cloud3.underlay.dhcp(instance)
+    servers = [serve(a.netns, 22, b"a"), serve(b.netns, 22, b"b"), serve(cloud3.underlay.outside, 8080, b"out")]
+    try:
+        assert connect(cloud3.underlay.outside, "203.0.113.100", 22) == b"a"
+        assert connect(a.netns, "203.0.113.1", 8080) == b"out"
+        assert servers[2][1] == ["203.0.113.100"]  # a leaves with its floating IP, not its host's address
+
+        cloud3.floating(net, "203.0.113.100", b)
+        cloud3.sync()
+        until(lambda: connect(cloud3.underlay.outside, "203.0.113.100", 22, timeout=0.5) == b"b", 2.0,
+              "the floating IP to answer from its new host")
+        assert servers[1][1][-1] == "203.0.113.1"  # DNAT keeps the caller's address
+    finally:
+        for server, _ in servers:
+            server.close()
+    with NetNS(names.router_namespace(f"{hv1.name}-", net)) as ns:
+        assert not [m for m in ns.get_addr(label=names.EXTERNAL_LEG)]  # hv1 holds the address no more

@@ -15,7 +15,8 @@ from backend.argcheck import ArgError
 
 NET, SUBNET, PORT = (str(uuid.uuid4()) for _ in range(3))
 BODY: dict[str, Any] = {"scope": None, "networks": [{
-    "id": NET, "router": True,
+    "id": NET, "router": True, "snat": True, "external": {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1"},
+    "floating_ips": [{"address": "203.0.113.100", "port_id": PORT}],
     "subnets": [{"id": SUBNET, "vni": 42, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "dhcp": True,
                  "dns_servers": ["192.0.2.53"]}],
     "ports": [{"id": PORT, "subnet_id": SUBNET, "mac": "52:54:00:00:00:01", "ip": "10.0.0.5"}],
@@ -60,6 +61,10 @@ def test_the_schema_names_the_bad_field(change: dict[str, Any], field: str) -> N
     ({"subnets__0__gateway": "10.0.1.1"}, "subnets[0].gateway: outside its subnet"),
     ({"ports__0__ip": "10.0.1.5"}, "ports[0].ip: outside its subnet"),
     ({"remote_ports__0__subnet_id": str(uuid.uuid4())}, "remote_ports[0].subnet_id: not a subnet of this network"),
+    ({"router": False}, "router: SNAT and an external network need a router"),
+    ({"floating_ips__0__address": "198.51.100.7"}, "floating_ips[0].address: outside the external network"),
+    ({"floating_ips__0__port_id": str(uuid.uuid4())}, "floating_ips[0].port_id: not a port on this host"),
+    ({"external": None, "snat": False}, "floating_ips[0]: a floating IP needs the network's external network"),
 ])
 def test_a_state_that_cannot_be_built_is_refused(change: dict[str, Any], message: str) -> None:
     body = _body(**change)
