@@ -20,7 +20,7 @@ __all__ = ["ops"]
 def ops(driver: NetworkDriver) -> list[Op]:
     def sync(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            return driver.sync(desired_state(args))
+            return driver.sync(desired_state(args, driver.settings.vtep))
         except NetworkError as exc:
             raise OpError(f"net.sync: {exc}", exc.exit_status) from exc
 

@@ -1,10 +1,12 @@
 """What a hypervisor's networks should be: the body of ``net.sync`` (``docs/ops.md``), typed.
 
-The frontend sends a host the desired state of some of its networks (``scope``: their ids) or
-of all of them (``scope`` null).  A network in scope but not in ``networks`` is to be removed
-from the host; networks out of scope are left as they are.  For each network the body carries
-its subnets, the ports bound to instances on this host, and the ports elsewhere (with the
-VTEP of their host), from which this host's FDB and neighbour entries come.
+The frontend sends hosts the desired state of some networks (``scope``: their ids) or of all of
+a host's networks (``scope`` null).  A network in scope but not in ``networks``, or without a
+port on the host, is to be removed from the host; networks out of scope are left as they are.
+For each network the body carries its subnets and every port bound to an instance, with the
+VTEP (underlay address) of the instance's host: a host takes the ports with its own VTEP as
+its own, and the others as where to tunnel their MACs.  So one body serves every host of a
+network, and the frontend multicasts it.
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ MAX_DNS = 8
 
 _SUBNET = Record({"id": UUID, "vni": Int(1, MAX_VNI), "cidr": CIDR4, "gateway": IPV4, "dhcp": BOOL,
                   "dns_servers": ListOf(IPV4, MAX_DNS)})
-_LOCAL_PORT = Record({"id": UUID, "subnet_id": UUID, "mac": MAC, "ip": IPV4})
-_REMOTE_PORT = Record({"subnet_id": UUID, "mac": MAC, "ip": IPV4, "vtep": IPV4})
+_PORT = Record({"id": UUID, "subnet_id": UUID, "mac": MAC, "ip": IPV4, "vtep": IPV4})
 _EXTERNAL = Record({"cidr": CIDR4, "gateway": IPV4})
 _FLOATING_IP = Record({"address": IPV4, "port_id": UUID})
 _NETWORK = Record({"id": UUID, "router": BOOL, "snat": BOOL, "external": nullable(_EXTERNAL),
-                   "subnets": ListOf(_SUBNET, MAX_SUBNETS), "ports": ListOf(_LOCAL_PORT, MAX_PORTS),
-                   "remote_ports": ListOf(_REMOTE_PORT, MAX_PORTS), "floating_ips": ListOf(_FLOATING_IP, MAX_PORTS)})
+                   "subnets": ListOf(_SUBNET, MAX_SUBNETS), "ports": ListOf(_PORT, MAX_PORTS),
+                   "floating_ips": ListOf(_FLOATING_IP, MAX_PORTS)})
 
 ARGS: dict[str, Record] = {
     "net.sync": Record({"scope": nullable(ListOf(UUID, MAX_NETWORKS)), "networks": ListOf(_NETWORK, MAX_NETWORKS)}),
@@ -93,8 +94,11 @@ class DesiredNetwork:
     snat: bool
     external: External | None
     subnets: tuple[Subnet, ...]
+    #: the ports on this host
     ports: tuple[LocalPort, ...]
+    #: the ports on other hosts
     remote_ports: tuple[RemotePort, ...]
+    #: the floating IPs of the ports on this host
     floating_ips: tuple[FloatingIp, ...] = ()
 
 
@@ -105,9 +109,10 @@ class DesiredState:
     networks: tuple[DesiredNetwork, ...]
 
 
-def desired_state(args: dict[str, Any]) -> DesiredState:
-    """The typed state of a checked ``net.sync`` body; a state that cannot be built is a ``BadRequest``."""
-    networks = tuple(_network(n, f"args.networks[{i}]") for i, n in enumerate(args["networks"]))
+def desired_state(args: dict[str, Any], vtep: str) -> DesiredState:
+    """The typed state of a checked ``net.sync`` body for the host whose VTEP is ``vtep``; a state
+    that cannot be built is a ``BadRequest``."""
+    networks = tuple(_network(n, f"args.networks[{i}]", vtep) for i, n in enumerate(args["networks"]))
     scope = frozenset(args["scope"]) if args["scope"] is not None else None
     ids = [n.id for n in networks]
     if len(set(ids)) != len(ids):
@@ -120,7 +125,7 @@ def desired_state(args: dict[str, Any]) -> DesiredState:
     return DesiredState(scope, networks)
 
 
-def _network(raw: dict[str, Any], where: str) -> DesiredNetwork:
+def _network(raw: dict[str, Any], where: str, vtep: str) -> DesiredNetwork:
     subnets = tuple(Subnet(s["id"], s["vni"], ipaddress.IPv4Network(s["cidr"]), s["gateway"], s["dhcp"],
                            tuple(s["dns_servers"])) for s in raw["subnets"])
     by_id = {s.id: s for s in subnets}
@@ -129,31 +134,35 @@ def _network(raw: dict[str, Any], where: str) -> DesiredNetwork:
             raise BadRequest(f"{where}.subnets[{i}].cidr: smaller than /29")
         if ipaddress.IPv4Address(subnet.gateway) not in subnet.cidr:
             raise BadRequest(f"{where}.subnets[{i}].gateway: outside its subnet")
-    ports = tuple(LocalPort(p["id"], p["subnet_id"], p["mac"].lower(), p["ip"]) for p in raw["ports"])
-    remote = tuple(RemotePort(p["subnet_id"], p["mac"].lower(), p["ip"], p["vtep"]) for p in raw["remote_ports"])
-    placed: list[tuple[str, LocalPort | RemotePort]] = [
-        *((f"ports[{i}]", p) for i, p in enumerate(ports)), *((f"remote_ports[{i}]", p) for i, p in enumerate(remote))]
-    for name, port in placed:
-        on = by_id.get(port.subnet_id)
+    for i, port in enumerate(raw["ports"]):
+        on = by_id.get(port["subnet_id"])
         if on is None:
-            raise BadRequest(f"{where}.{name}.subnet_id: not a subnet of this network")
-        if ipaddress.IPv4Address(port.ip) not in on.cidr:
-            raise BadRequest(f"{where}.{name}.ip: outside its subnet")
+            raise BadRequest(f"{where}.ports[{i}].subnet_id: not a subnet of this network")
+        if ipaddress.IPv4Address(port["ip"]) not in on.cidr:
+            raise BadRequest(f"{where}.ports[{i}].ip: outside its subnet")
+    if len({p["id"] for p in raw["ports"]}) != len(raw["ports"]):
+        raise BadRequest(f"{where}.ports: a port is given twice")
+    ports = tuple(LocalPort(p["id"], p["subnet_id"], p["mac"].lower(), p["ip"])
+                  for p in raw["ports"] if p["vtep"] == vtep)
+    remote = tuple(RemotePort(p["subnet_id"], p["mac"].lower(), p["ip"], p["vtep"])
+                   for p in raw["ports"] if p["vtep"] != vtep)
     external = (External(ipaddress.IPv4Network(raw["external"]["cidr"]), raw["external"]["gateway"])
                 if raw["external"] is not None else None)
     if (raw["snat"] or external is not None) and not raw["router"]:
         raise BadRequest(f"{where}.router: SNAT and an external network need a router")
     if external is not None and ipaddress.IPv4Address(external.gateway) not in external.cidr:
         raise BadRequest(f"{where}.external.gateway: outside the external network")
-    local = {p.id for p in ports}
+    known = {p["id"] for p in raw["ports"]}
     floating = tuple(FloatingIp(f["address"], f["port_id"]) for f in raw["floating_ips"])
     for i, fip in enumerate(floating):
         if external is None:
             raise BadRequest(f"{where}.floating_ips[{i}]: a floating IP needs the network's external network")
         if ipaddress.IPv4Address(fip.address) not in external.cidr:
             raise BadRequest(f"{where}.floating_ips[{i}].address: outside the external network")
-        if fip.port_id not in local:
-            raise BadRequest(f"{where}.floating_ips[{i}].port_id: not a port on this host")
+        if fip.port_id not in known:
+            raise BadRequest(f"{where}.floating_ips[{i}].port_id: not a port of this network")
     if len({f.address for f in floating}) != len(floating) or len({f.port_id for f in floating}) != len(floating):
         raise BadRequest(f"{where}.floating_ips: an address or a port is given twice")
-    return DesiredNetwork(raw["id"], raw["router"], raw["snat"], external, subnets, ports, remote, floating)
+    local = {p.id for p in ports}
+    return DesiredNetwork(raw["id"], raw["router"], raw["snat"], external, subnets, ports, remote,
+                          tuple(f for f in floating if f.port_id in local))

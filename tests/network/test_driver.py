@@ -82,21 +82,17 @@ class Cloud:
             ports = [(pid, p) for pid, p in self.ports.items() if p[0] == network_id]
             if not any(p[4] == host.name for _, p in ports):
                 continue
-            local = {pid for pid, p in ports if p[4] == host.name}
             networks.append({
                 "id": network_id, "router": network["router"], "snat": network["snat"],
                 "external": network["external"], "subnets": network["subnets"],
-                "floating_ips": [{"address": a, "port_id": pid} for a, pid in network["floating"].items()
-                                 if pid in local],
-                "ports": [{"id": pid, "subnet_id": p[1], "mac": p[2], "ip": p[3]} for pid, p in ports
-                          if p[4] == host.name],
-                "remote_ports": [{"subnet_id": p[1], "mac": p[2], "ip": p[3], "vtep": vteps[p[4]]} for _, p in ports
-                                 if p[4] != host.name]})
+                "floating_ips": [{"address": a, "port_id": pid} for a, pid in network["floating"].items()],
+                "ports": [{"id": pid, "subnet_id": p[1], "mac": p[2], "ip": p[3], "vtep": vteps[p[4]]}
+                          for pid, p in ports]})
         return {"scope": None, "networks": networks}
 
     def sync(self) -> None:
         for host in self.hosts:
-            self.drivers[host.name].sync(desired_state(self.body(host)))
+            self.drivers[host.name].sync(desired_state(self.body(host), host.vtep))
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ BODY: dict[str, Any] = {"scope": None, "networks": [{
     "floating_ips": [{"address": "203.0.113.100", "port_id": PORT}],
     "subnets": [{"id": SUBNET, "vni": 42, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "dhcp": True,
                  "dns_servers": ["192.0.2.53"]}],
-    "ports": [{"id": PORT, "subnet_id": SUBNET, "mac": "52:54:00:00:00:01", "ip": "10.0.0.5"}],
-    "remote_ports": [{"subnet_id": SUBNET, "mac": "52:54:00:00:00:02", "ip": "10.0.0.6", "vtep": "192.0.2.2"}]}]}
+    "ports": [{"id": PORT, "subnet_id": SUBNET, "mac": "52:54:00:00:00:01", "ip": "10.0.0.5", "vtep": "192.0.2.1"},
+              {"id": str(uuid.uuid4()), "subnet_id": SUBNET, "mac": "52:54:00:00:00:02", "ip": "10.0.0.6",
+               "vtep": "192.0.2.2"}]}]}
+VTEP = "192.0.2.1"
 
 
 def _body(**changes: Any) -> dict[str, Any]:
@@ -36,11 +38,15 @@ def _body(**changes: Any) -> dict[str, Any]:
 
 def test_a_good_body_gives_the_typed_state() -> None:
     ARGS["net.sync"].check(BODY)
-    state = desired_state(BODY)
+    state = desired_state(BODY, VTEP)
     assert state.scope is None
     (network,) = state.networks
     assert network.subnets[0].cidr.prefixlen == 24 and network.ports[0].id == PORT
-    assert network.remote_ports[0].vtep == "192.0.2.2"
+    assert network.remote_ports[0].vtep == "192.0.2.2" and len(network.ports) == 1
+    assert network.floating_ips[0].port_id == PORT
+    # the same body on the other host: the ports swap sides, and the floating IP is not its own
+    other = desired_state(BODY, "192.0.2.2").networks[0]
+    assert other.ports[0].ip == "10.0.0.6" and other.remote_ports[0].vtep == VTEP and not other.floating_ips
 
 
 @pytest.mark.parametrize("change, field", [
@@ -48,7 +54,7 @@ def test_a_good_body_gives_the_typed_state() -> None:
     ({"subnets__0__cidr": "10.0.0.1/24"}, "args.networks[0].subnets[0].cidr"),
     ({"subnets__0__dhcp": 1}, "args.networks[0].subnets[0].dhcp"),
     ({"ports__0__mac": "52:54:00:00:00"}, "args.networks[0].ports[0].mac"),
-    ({"remote_ports__0__vtep": "host2"}, "args.networks[0].remote_ports[0].vtep"),
+    ({"ports__1__vtep": "host2"}, "args.networks[0].ports[1].vtep"),
 ])
 def test_the_schema_names_the_bad_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ArgError) as caught:
@@ -60,26 +66,26 @@ def test_the_schema_names_the_bad_field(change: dict[str, Any], field: str) -> N
     ({"subnets__0__cidr": "10.0.0.0/30"}, "subnets[0].cidr: smaller than /29"),
     ({"subnets__0__gateway": "10.0.1.1"}, "subnets[0].gateway: outside its subnet"),
     ({"ports__0__ip": "10.0.1.5"}, "ports[0].ip: outside its subnet"),
-    ({"remote_ports__0__subnet_id": str(uuid.uuid4())}, "remote_ports[0].subnet_id: not a subnet of this network"),
+    ({"ports__1__subnet_id": str(uuid.uuid4())}, "ports[1].subnet_id: not a subnet of this network"),
     ({"router": False}, "router: SNAT and an external network need a router"),
     ({"floating_ips__0__address": "198.51.100.7"}, "floating_ips[0].address: outside the external network"),
-    ({"floating_ips__0__port_id": str(uuid.uuid4())}, "floating_ips[0].port_id: not a port on this host"),
+    ({"floating_ips__0__port_id": str(uuid.uuid4())}, "floating_ips[0].port_id: not a port of this network"),
     ({"external": None, "snat": False}, "floating_ips[0]: a floating IP needs the network's external network"),
 ])
 def test_a_state_that_cannot_be_built_is_refused(change: dict[str, Any], message: str) -> None:
     body = _body(**change)
     ARGS["net.sync"].check(body)
     with pytest.raises(BadRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
-        desired_state(body)
+        desired_state(body, VTEP)
 
 
 def test_a_vni_given_twice_and_networks_outside_the_scope_are_refused() -> None:
     twice = copy.deepcopy(BODY)
     twice["networks"].append({**copy.deepcopy(BODY["networks"][0]), "id": str(uuid.uuid4())})
     with pytest.raises(BadRequest, match="a VNI is given to two subnets"):
-        desired_state(twice)
+        desired_state(twice, VTEP)
     with pytest.raises(BadRequest, match="outside args.scope"):
-        desired_state({**BODY, "scope": [str(uuid.uuid4())]})
+        desired_state({**BODY, "scope": [str(uuid.uuid4())]}, VTEP)
 
 
 def test_device_names_fit_and_are_told_apart() -> None:

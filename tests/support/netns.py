@@ -154,9 +154,10 @@ class Underlay:
             vm.link("set", index=vm.link_lookup(ifname="eth0")[0], state="up")
         return Instance(name, mac, tap)
 
-    def dhcp(self, instance: Instance, timeout: float = 20.0) -> dict[str, str]:
-        """Ask for a lease on the instance's eth0 as a guest would (busybox udhcpc); what it got."""
-        proc = run_in(instance.netns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "8", "-T", "1",
+    def dhcp(self, instance: Instance, timeout: float = 60.0) -> dict[str, str]:
+        """Ask for a lease on the instance's eth0 as a guest would (busybox udhcpc); what it got.
+        Patient (30 tries a second apart): a loaded machine may start a dnsmasq late."""
+        proc = run_in(instance.netns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "30", "-T", "1",
                       "-O", "mtu", "-s", str(self._script), timeout=timeout, check=False)
         for line in proc.stdout.splitlines():
             if line.startswith("LEASE "):
