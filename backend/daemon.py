@@ -28,7 +28,8 @@ log = structlog.get_logger("backend")
 def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     registry = OpRegistry(workers=config.workers)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    system.register(registry, zone=config.zone, data_dir=config.data_dir)
+    vtep = config.network.vtep if "backend.network" in config.ops_modules else ""
+    system.register(registry, zone=config.zone, data_dir=config.data_dir, vtep=vtep)
     for module in config.ops_modules:
         registry.load_module(module, config)
     try:

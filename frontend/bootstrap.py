@@ -53,14 +53,24 @@ def bootstrap(db: Database, data_dir: Path, password: str | None = None) -> None
 
 def recover(db: Database, data_dir: Path) -> None:
     """Undo what a killed frontend left half-done outside tasks: uploads cut off mid-stream.
+    Read the virtual sizes of images uploaded before the frontend kept them (migration 0004).
 
     (Tasks need nothing here: the task engine resumes them.)
     """
+    store = ImageStore(data_dir / images.SUBDIR)
     with db.transaction() as session:
         cut = changed(session, update(Image).where(Image.status == "saving").values(status="queued"))
-    parts = ImageStore(data_dir / images.SUBDIR).discard_partial()
+    parts = store.discard_partial()
     if cut or parts:
         log.info("image_uploads_reset", images=cut, partial_files=parts)
+    with db.transaction() as session:
+        for image in session.execute(select(Image).where(Image.status == "active",
+                                                         Image.virtual_size_bytes.is_(None))).scalars():
+            try:
+                image.virtual_size_bytes = store.virtual_size(image.id, image.format)
+            except (OSError, images.Refused) as exc:
+                # Launches from it are then checked by the hypervisor alone, which reads the file too.
+                log.warning("image_size_unknown", image=image.id, error=str(exc))
 
 
 @functools.lru_cache(maxsize=8)

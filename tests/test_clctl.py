@@ -31,6 +31,7 @@ from frontend.bootstrap import bootstrap
 from frontend.db.models import Hypervisor, utcnow
 from frontend.services import Frontend
 from tests.api.conftest import ADMIN_PASSWORD, make_frontend
+from tests.support.qcow2 import fake_qcow2
 
 ENDPOINT = "http://cloud.test:8080"
 
@@ -278,11 +279,12 @@ def test_org_quotas_usage_and_update(admin: str) -> None:
 def test_image_upload(app: FastAPI, admin: str, tmp_path: Path) -> None:
     skip_unless_served(app, admin, "images")
     disk = tmp_path / "tiny.qcow2"
-    disk.write_bytes(b"QFI\xfb" + os.urandom(2 * (1 << 20)))
+    disk.write_bytes(fake_qcow2(virtual_size=3 << 30, length=32) + os.urandom(2 * (1 << 20)))
     result = invoke("image", "create", "tiny", "--format", "qcow2", "--file", str(disk), "--json")
     assert result.exit_code == 0, result.output
     image = json.loads(result.stdout)
     assert image["status"] == "active" and image["size_bytes"] == disk.stat().st_size
+    assert image["min_disk_gb"] == 3
     result = invoke("image", "upload", "tiny", str(disk))
     assert result.exit_code == 1 and "only a queued image takes a file" in result.stderr
 
@@ -592,6 +594,25 @@ def test_image_create_streams_the_file(scripted: Callable[..., ScriptedApi], tmp
     put = fake.requests[1]
     assert put.content == disk.read_bytes() and put.headers["Content-Length"] == str(disk.stat().st_size)
     assert record(result.stdout)["status"] == "active"
+
+
+def test_flavor_and_image_take_one_pair_of_visibility_flags(scripted: Callable[..., ScriptedApi]) -> None:
+    fake = scripted({("POST", "/v1/flavors"): lambda r: httpx.Response(201, json={"id": "f1", **json.loads(r.content)}),
+                     ("POST", "/v1/images"): lambda r: httpx.Response(201, json={"id": "i1", **json.loads(r.content)})})
+    flavor = ["flavor", "create", "small", "--vcpus", "1", "--memory-mb", "64", "--disk-gb", "1"]
+    image = ["image", "create", "img", "--format", "raw"]
+    for flags in ([], ["--public"], ["--private"]):
+        assert invoke(*flavor, *flags).exit_code == 0
+        assert invoke(*image, *flags).exit_code == 0
+    # Flavors are for everyone unless said otherwise, images for their organization.
+    assert [b["public"] for b in fake.bodies("POST", "/v1/flavors")] == [True, True, False]
+    assert [b["public"] for b in fake.bodies("POST", "/v1/images")] == [False, True, False]
+    for command, default in ((flavor[:2], "public"), (image[:2], "private")):
+        shown = invoke(*command, "--help").stdout
+        assert "--public / --private" in shown and f"[default: {default}]" in shown, shown
+    assert invoke(*image, "--min-memory-mb", "512").exit_code == 0
+    assert fake.bodies("POST", "/v1/images")[-1] == {"name": "img", "format": "raw", "public": False,
+                                                      "min_memory_mb": 512}
 
 
 def test_security_group_rules_and_floating_ips(scripted: Callable[..., ScriptedApi]) -> None:

@@ -22,6 +22,7 @@ import pytest
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
 from tests.support.cloudapi import admin_client, running, until
+from tests.support.qcow2 import fake_qcow2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -176,7 +177,8 @@ def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: Loca
     until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
            "both hypervisors with capacity")
     broken = cluster.workdir / "broken.qcow2"
-    broken.write_bytes(b"QFI\xfb" + os.urandom(4092))  # a qcow2 header and garbage: QEMU cannot open it
+    # A qcow2 header the frontend accepts, and garbage after it: QEMU cannot open it.
+    broken.write_bytes(fake_qcow2(length=32) + os.urandom(4064))
     _upload(api, "broken", "qcow2", broken)
     _ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
     accepted = _ok(api.post("/v1/instances", json={"name": "doomed", "flavor": "tiny", "image": "broken"}), 202)

@@ -14,11 +14,12 @@ import pytest
 
 from localcluster import LocalCluster
 from tests.support.cloudapi import admin_client, clctl, clctl_login, running, until
+from tests.support.qcow2 import fake_qcow2
 
 pytestmark = pytest.mark.slow
 
 TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
-QCOW2 = b"QFI\xfb" + bytes(4092)
+QCOW2 = fake_qcow2()
 LAUNCH_SECONDS = 3.0
 
 

@@ -136,6 +136,11 @@ class ComputeDriver:
         if len(spec.volume_ids) > len(_VOLUME_TARGETS):
             raise BadRequest(f"instance {instance_id}: at most {len(_VOLUME_TARGETS)} volumes can be attached")
         image = self._fetch(spec.image)
+        # An overlay smaller than its image would cut off the end of the guest's file system.
+        needed = self._images.virtual_size(spec.image.id, spec.image.format)
+        if spec.disk_gb * GIB < needed:
+            raise BadRequest(f"a disk of {spec.disk_gb} GB is smaller than image {spec.image.id}, whose virtual "
+                             f"size is {needed} bytes")
         boot = None
         if spec.kernel is not None:
             initrd = self._fetch(spec.initrd) if spec.initrd is not None else None

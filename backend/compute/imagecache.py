@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ __all__ = ["ImageCache"]
 log = structlog.get_logger("backend.compute")
 
 QCOW2_MAGIC = b"QFI\xfb"
+#: where a qcow2 header holds the virtual size: a big-endian u64 at byte 24
+_QCOW2_SIZE = struct.Struct(">Q")
+_QCOW2_SIZE_AT = 24
 _CHUNK = 1 << 20
 
 
@@ -61,6 +65,21 @@ class ImageCache:
             if not final.exists():
                 self._download(image_id, url, sha256.lower(), fmt, final)
         return final
+
+    def virtual_size(self, image_id: str, fmt: DiskFormat) -> int:
+        """The size of the disk a cached image is: its qcow2 header's virtual size, or its raw length."""
+        path = self.path(image_id)
+        try:
+            if fmt != "qcow2":
+                return path.stat().st_size
+            with path.open("rb") as f:
+                f.seek(_QCOW2_SIZE_AT)
+                field = f.read(_QCOW2_SIZE.size)
+        except OSError as exc:
+            raise ImageError(f"image {image_id}: cannot read {path}: {exc}") from exc
+        if len(field) < _QCOW2_SIZE.size:
+            raise ImageError(f"image {image_id}: the file ends within its qcow2 header")
+        return int(_QCOW2_SIZE.unpack(field)[0])
 
     def _download(self, image_id: str, url: str, sha256: str, fmt: DiskFormat, final: Path) -> None:
         source = urlsplit(url).netloc  # the link's query is a credential: never log it

@@ -26,7 +26,7 @@ def ping(args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def info(zone: str, data_dir: str, args: dict[str, Any]) -> dict[str, Any]:
+def info(zone: str, data_dir: str, vtep: str, args: dict[str, Any]) -> dict[str, Any]:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(data_dir)
     load1, load5, load15 = os.getloadavg()
@@ -39,11 +39,13 @@ def info(zone: str, data_dir: str, args: dict[str, Any]) -> dict[str, Any]:
         "disk_total": disk.total,
         "disk_free": disk.free,
         "zone": zone,
+        # the underlay address of this host's VXLAN tunnels: where other hosts send its ports' frames
+        "vtep": vtep or None,
         "load": [round(load1, 2), round(load5, 2), round(load15, 2)],
         "uptime_s": int(time.time() - psutil.boot_time()),
     }
 
 
-def register(registry: OpRegistry, zone: str = "", data_dir: str = "/") -> None:
+def register(registry: OpRegistry, zone: str = "", data_dir: str = "/", vtep: str = "") -> None:
     registry.register(Op("ping", ping, PING_ARGS, durable=False, inline=True))
-    registry.register(Op("info", functools.partial(info, zone, data_dir), INFO_ARGS, durable=False))
+    registry.register(Op("info", functools.partial(info, zone, data_dir, vtep), INFO_ARGS, durable=False))

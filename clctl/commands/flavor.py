@@ -27,13 +27,14 @@ def group() -> None:
 @click.option("--vcpus", type=click.IntRange(min=1), required=True)
 @click.option("--memory-mb", type=click.IntRange(min=1), required=True)
 @click.option("--disk-gb", type=click.IntRange(min=1), required=True)
-@click.option("--private", is_flag=True, help="Only for the admin organization.")
+@click.option("--public/--private", default=True, show_default=True,
+              help="Every organization may use it, or only the admins' organization.")
 @json_option
 @click.pass_context
-def create(ctx: click.Context, name: str, vcpus: int, memory_mb: int, disk_gb: int, private: bool) -> None:
+def create(ctx: click.Context, name: str, vcpus: int, memory_mb: int, disk_gb: int, public: bool) -> None:
     """Create a flavor (admin)."""
     client = api(ctx)
-    body = {"name": name, "vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb, "public": not private}
+    body = {"name": name, "vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb, "public": public}
     FLAVOR.finish(ctx, client, client.post(FLAVOR.path(), body))
 
 

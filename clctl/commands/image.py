@@ -55,19 +55,28 @@ def _upload(client: Api, ref: str, path: Path) -> Any:
 @click.argument("name")
 @click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), required=True)
 @click.option("--checksum", metavar="SHA256", help="The file's sha256; the upload is refused if it differs.")
-@click.option("--public", is_flag=True, help="Let every organization use it (admin).")
+@click.option("--public/--private", default=False, show_default=True,
+              help="Every organization may use it (only admins publish), or only yours.")
+@click.option("--min-memory-mb", type=click.IntRange(min=1),
+              help="The least memory it boots with; launches with a flavor of less are refused.")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Upload this file right after registering the image.")
 @wait_option
 @json_option
 @click.pass_context
-def create(ctx: click.Context, name: str, fmt: str, checksum: str | None, public: bool, file: Path | None,
-           wait: bool) -> None:
-    """Register an image, and with --file upload it too."""
+def create(ctx: click.Context, name: str, fmt: str, checksum: str | None, public: bool, min_memory_mb: int | None,
+           file: Path | None, wait: bool) -> None:
+    """Register an image, and with --file upload it too.
+
+    The smallest flavor disk it fits is read from the file at upload (a qcow2 image's virtual
+    size, a raw image's length).
+    """
     client = api(ctx, UPLOAD_TIMEOUT)
     body: dict[str, Any] = {"name": name, "format": fmt, "public": public}
     if checksum is not None:
         body["checksum"] = checksum
+    if min_memory_mb is not None:
+        body["min_memory_mb"] = min_memory_mb
     answer = client.post(IMAGE.path(), body)
     if file is not None:
         image = answer.get("resource") if isinstance(answer.get("task"), dict) else answer

@@ -9,8 +9,8 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "Moment", "Name", "Ref", "ResourceView", "Size", "Text",
-           "UtcTime"]
+__all__ = ["V1", "ErrorView", "IPv4", "Input", "Items", "MemoryMb", "Moment", "Name", "Ref", "ResourceView", "Sha256",
+           "Size", "Text", "UtcTime"]
 
 #: every path of this version of the API starts with it
 V1 = "/v1"
@@ -41,6 +41,22 @@ Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({
 Ref = Annotated[str, AfterValidator(_check_ref), WithJsonSchema({
     "type": "string", "pattern": _NAME_PATTERN, "maxLength": 64, "description": f"an id or a name: {_NAME_RULE}"})]
 Size = Annotated[int, Field(ge=1, le=1 << 20)]
+#: An amount of memory, as a flavor has it and an image may need it.
+MemoryMb = Annotated[int, Field(ge=64, le=16 * 1024 * 1024)]
+
+_SHA256_RULE = "64 hexadecimal characters (sha256)"
+_SHA256 = re.compile("[0-9a-fA-F]{64}")
+
+
+def _check_sha256(value: str) -> str:
+    if not _SHA256.fullmatch(value):
+        raise ValueError(_SHA256_RULE)
+    return value.lower()
+
+
+#: A sha256 digest in hex, of either case; kept in lowercase, as hashlib writes it.
+Sha256 = Annotated[str, AfterValidator(_check_sha256), WithJsonSchema({
+    "type": "string", "pattern": "^" + _SHA256.pattern + "$", "description": _SHA256_RULE})]
 
 
 def _check_text(value: str) -> str:

@@ -16,6 +16,8 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Fore
                         Table, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, synonym
 
+from ..images import disk_gb
+
 __all__ = [
     "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair",
     "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
@@ -193,11 +195,19 @@ class Image(Resource, Base):
     #: sha256 hex of the image file; set at registration or computed at upload
     checksum: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    min_disk_gb: Mapped[int] = mapped_column(Integer, default=0)
+    #: the size of the disk the image is, read from the file at upload (a qcow2 header's, a raw file's length)
+    virtual_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: the least memory the uploader says it boots with; null: no minimum
+    min_memory_mb: Mapped[int | None] = mapped_column(Integer)
     public: Mapped[bool] = mapped_column(Boolean, default=False)
     #: direct kernel boot, optional: ids of kernel and initrd files uploaded like images
     kernel_id: Mapped[str | None] = mapped_column(String(36))
     initrd_id: Mapped[str | None] = mapped_column(String(36))
+
+    @property
+    def min_disk_gb(self) -> int | None:
+        """The smallest flavor disk the image fits on; None until its file is uploaded."""
+        return None if self.virtual_size_bytes is None else disk_gb(self.virtual_size_bytes)
 
 
 class Keypair(Resource, Base):

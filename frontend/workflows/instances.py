@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
 from ..ipam import release_instance_ports
-from ..hostalias import alias
+from ..hostalias import mention
 from ..scheduler import Demand
 from ..tasks import TaskContext, TaskFailed, Workflow
 
@@ -68,7 +68,7 @@ class Launch(_Base):
             if result.ok:
                 ctx.once("activate", lambda s: self._activate(s, iid, result.payload))
                 return
-            reasons.append(f"{alias(task.org_id, host)}: {result.describe()}")
+            reasons.append(f"{mention(host)}: {result.describe()}")
             # Whatever the failure (silence, a backend that died mid-op, a clean-up that itself
             # failed), the host may hold part of it: deleting is idempotent, so always ask.
             ctx.command(f"cleanup.{attempt}", INSTANCE_DELETE, {"instance_id": iid}, [host],
@@ -128,7 +128,7 @@ class Delete(_Base):
         if host is not None:
             result = ctx.command("delete", INSTANCE_DELETE, {"instance_id": iid}, [host], timeout=HOST_OP_TIMEOUT)[host]
             if not result.ok:
-                raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+                raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("forget", lambda s: self._forget(s, iid))
 
     def _forget(self, session: Session, iid: str) -> None:
@@ -164,7 +164,7 @@ class Power(_Base):
             body["timeout_s"] = task.params.get("timeout_s", 60)
         result = ctx.command(self.action, POWER_OPS[self.action], body, [host], timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
-            raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+            raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("settle", lambda s: self._settle(s, iid, result.payload))
 
     def _settle(self, session: Session, iid: str, payload: Any) -> None:
@@ -191,12 +191,12 @@ class Resize(_Base):
                                                                           p["old"]["disk_gb"])
         host_id = instance.hypervisor_id
         if not ctx.once("reserve", lambda s: self.fe.scheduler.reserve(s, host_id, grow)):
-            raise TaskFailed(f"{alias(task.org_id, host)} has no room for the new size; stop other instances there or delete them")
+            raise TaskFailed(f"{mention(host)} has no room for the new size; stop other instances there or delete them")
         body = {"instance_id": iid, "vcpus": p["vcpus"], "memory_mb": p["memory_mb"], "disk_gb": p["disk_gb"]}
         result = ctx.command("resize", INSTANCE_RESIZE, body, [host], timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
             ctx.once("unreserve", lambda s: self.fe.scheduler.release(s, host_id, grow))
-            raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+            raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("apply", lambda s: self._apply(s, iid, p, result.payload))
 
     def _apply(self, session: Session, iid: str, p: dict[str, Any], payload: Any) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ..db.models import Hypervisor, Instance, Task, Volume
 from ..hostops import HOST_OP_TIMEOUT, VOLUME_ATTACH, VOLUME_CREATE, VOLUME_DELETE, VOLUME_DETACH
-from ..hostalias import alias
+from ..hostalias import mention
 from ..scheduler import Demand
 from ..tasks import TaskContext, TaskFailed, Workflow
 
@@ -54,7 +54,7 @@ class Create(_Base):
         result = ctx.command("create", VOLUME_CREATE, {"volume_id": vid, "size_gb": size}, [host],
                              timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
-            raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+            raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("ready", lambda s: setattr(_volume(s, vid), "status", "available"))
 
     def _place(self, session: Session, vid: str, instance_id: str | None, zone_id: str | None) -> str | None:
@@ -92,7 +92,7 @@ class Delete(_Base):
             host = self._host(vid)
             result = ctx.command("delete", VOLUME_DELETE, {"volume_id": vid}, [host], timeout=HOST_OP_TIMEOUT)[host]
             if not result.ok:
-                raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+                raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("forget", lambda s: self._forget(s, vid))
 
     def _forget(self, session: Session, vid: str) -> None:
@@ -114,7 +114,7 @@ class Attach(_Base):
         result = ctx.command("attach", VOLUME_ATTACH, {"volume_id": vid, "instance_id": iid}, [host],
                              timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
-            raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+            raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("attached", lambda s: setattr(_volume(s, vid), "status", "in-use"))
 
     def failed(self, session: Session, task: Task, reason: str) -> None:
@@ -130,7 +130,7 @@ class Detach(_Base):
         result = ctx.command("detach", VOLUME_DETACH, {"volume_id": vid, "instance_id": iid}, [host],
                              timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
-            raise TaskFailed(f"{alias(task.org_id, host)}: {result.describe()}")
+            raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("detached", lambda s: self._detached(s, vid))
 
     def _detached(self, session: Session, vid: str) -> None:

@@ -7,8 +7,9 @@ from urllib.parse import urlsplit
 
 from frontend.services import Frontend
 from tests.api.conftest import Api, error_of
+from tests.support.qcow2 import fake_qcow2
 
-QCOW2 = b"QFI\xfb" + bytes(1020)
+QCOW2 = fake_qcow2(length=1024)
 
 
 def _path(url: str) -> str:

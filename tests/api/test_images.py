@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from sqlalchemy import update
 
 from frontend.api.routes import images as image_routes
+from frontend.bootstrap import recover
 from frontend.db.models import Flavor, Image, Instance
-from frontend.images import QCOW2_MAGIC, ImageStore, Refused, TooLarge
+from frontend.images import GIB, ImageStore, Refused, TooLarge
 from frontend.services import Frontend
 from tests.api.conftest import Api, error_of
+from tests.support.qcow2 import fake_qcow2
 
-QCOW2 = QCOW2_MAGIC + os.urandom(3 * 1024 * 1024)
+VIRTUAL_SIZE = 5 * GIB // 2
+QCOW2 = fake_qcow2(VIRTUAL_SIZE, length=32) + os.urandom(3 * 1024 * 1024)
 
 
 def _files(frontend: Frontend) -> list[str]:
@@ -46,9 +51,10 @@ def _instance(frontend: Frontend, org_id: str, image_id: str) -> str:
 def test_register_upload_download_round_trip(admin: Api, frontend: Frontend) -> None:
     member = admin.tenant("acme", role="member")
     checksum = hashlib.sha256(QCOW2).hexdigest()
-    image = _register(member, "ubuntu", checksum=checksum, min_disk_gb=2)
+    image = _register(member, "ubuntu", checksum=checksum, min_memory_mb=512)
     assert (image["status"], image["format"], image["checksum"], image["size_bytes"]) == ("queued", "qcow2",
                                                                                           checksum, None)
+    assert (image["virtual_size_bytes"], image["min_disk_gb"], image["min_memory_mb"]) == (None, None, 512)
     assert image["public"] is False and image["org_id"] == member.who["org_id"]
     response = member.get("/v1/images/ubuntu/file")
     assert response.status_code == 409 and "queued" in error_of(response)["reason"]
@@ -57,6 +63,8 @@ def test_register_upload_download_round_trip(admin: Api, frontend: Frontend) -> 
     pieces = iter([QCOW2[:1], QCOW2[1:3], QCOW2[3:1000], QCOW2[1000:]])
     active = member.ok("put", "/v1/images/ubuntu/file", content=pieces)
     assert (active["status"], active["checksum"], active["size_bytes"]) == ("active", checksum, len(QCOW2))
+    # The header's 2.5 GiB, not the file's 3 MiB; whole GiB as flavors have them, rounded up.
+    assert (active["virtual_size_bytes"], active["min_disk_gb"]) == (VIRTUAL_SIZE, 3)
     assert _files(frontend) == [image["id"]]
 
     response = member.get(f"/v1/images/{image['id']}/file")
@@ -78,6 +86,7 @@ def test_upload_computes_the_checksum_when_none_was_declared(admin: Api) -> None
     _register(admin, "disk", "raw")
     active = _upload(admin, "disk", data).json()
     assert active["checksum"] == hashlib.sha256(data).hexdigest() and active["size_bytes"] == len(data)
+    assert (active["virtual_size_bytes"], active["min_disk_gb"]) == (len(data), 1)  # a raw disk is its file
     assert admin.get("/v1/images/disk/file").content == data
 
 
@@ -86,6 +95,12 @@ def test_upload_computes_the_checksum_when_none_was_declared(admin: Api) -> None
     ("raw", hashlib.sha256(b"other").hexdigest(), b"raw bytes", "checksum", "not the declared"),
     ("qcow2", None, b"\x00" * 5000, "format", "not a qcow2 image"),
     ("qcow2", None, b"QFI", "format", "not a qcow2 image"),
+    ("qcow2", None, fake_qcow2()[:31], "format", "not a qcow2 image: it ends within the header"),
+    ("qcow2", None, fake_qcow2(version=1), "format", "its header says version 1, not 2 or 3"),
+    ("qcow2", None, fake_qcow2(backing_offset=512), "file", "has a backing file"),
+    ("qcow2", None, fake_qcow2(virtual_size=0), "file", "virtual size is 0 bytes"),
+    ("qcow2", None, fake_qcow2(virtual_size=(64 * 1024 + 1) * GIB), "file", "larger than any flavor's disk"),
+    ("qcow2", None, fake_qcow2(virtual_size=(1 << 64) - 1), "file", "larger than any flavor's disk"),
     ("qcow2", None, b"", "file", "empty"),
     ("raw", None, b"", "file", "empty"),
 ])
@@ -122,8 +137,10 @@ def test_registration_is_validated(admin: Api) -> None:
                         ({"name": "x", "format": "vmdk"}, "format"),
                         ({"name": "x"}, "format"),
                         ({"name": "x", "format": "raw", "checksum": "ab" * 31}, "checksum"),
-                        ({"name": "x", "format": "raw", "checksum": "AB" * 32}, "checksum"),
-                        ({"name": "x", "format": "raw", "min_disk_gb": -1}, "min_disk_gb"),
+                        ({"name": "x", "format": "raw", "checksum": "ag" * 32}, "checksum"),
+                        ({"name": "x", "format": "raw", "min_memory_mb": 63}, "min_memory_mb"),
+                        # the file says how large a disk it needs, not the uploader
+                        ({"name": "x", "format": "raw", "min_disk_gb": 1}, "min_disk_gb"),
                         ({"name": "x", "format": "raw", "size_bytes": 1}, "size_bytes")):
         response = member.post("/v1/images", json=body)
         assert response.status_code == 422 and error_of(response)["field"] == field, (body, response.text)
@@ -134,6 +151,48 @@ def test_registration_is_validated(admin: Api) -> None:
     assert response.status_code == 409 and error_of(response)["field"] == "name"
     # Image names are unique within an organization only.
     _register(admin, "x", "raw")
+
+
+def test_a_malformed_checksum_is_refused_with_what_it_must_be(admin: Api) -> None:
+    for bad in ("ab" * 31, "xyz", "ab" * 32 + "0"):
+        response = admin.post("/v1/images", json={"name": "x", "format": "raw", "checksum": bad})
+        error = error_of(response)
+        assert response.status_code == 422 and error["field"] == "checksum", response.text
+        assert error["message"] == "checksum: 64 hexadecimal characters (sha256)", error
+    # Either case is a sha256 in hex; it is kept as hashlib writes it.
+    image = _register(admin, "x", "raw", checksum="AB" * 32)
+    assert image["checksum"] == "ab" * 32
+
+
+def test_the_minimum_disk_is_read_from_a_real_qcow2(admin: Api, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1537M"], check=True)
+    _register(admin, "real", "qcow2")
+    active = _upload(admin, "real", disk.read_bytes()).json()
+    assert active["status"] == "active", active
+    assert (active["virtual_size_bytes"], active["min_disk_gb"]) == (1537 << 20, 2)
+    assert active["size_bytes"] == disk.stat().st_size < 1 << 20  # an empty qcow2 is small; its disk is not
+    big = tmp_path / "big.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk), str(big)], check=True)
+    _register(admin, "overlay", "qcow2")
+    response = _upload(admin, "overlay", big.read_bytes())
+    assert response.status_code == 422 and "backing file" in error_of(response)["reason"]
+
+
+def test_a_restart_reads_the_virtual_size_of_images_uploaded_before_it_was_kept(admin: Api,
+                                                                                frontend: Frontend) -> None:
+    _register(admin, "q", "qcow2")
+    _register(admin, "r", "raw")
+    _upload(admin, "q", QCOW2)
+    _upload(admin, "r", b"raw bytes")
+    gone = _register(admin, "gone", "raw")
+    _upload(admin, "gone", b"lost file")
+    os.unlink(frontend.data_dir / "images" / gone["id"])
+    with frontend.db.transaction() as session:
+        session.execute(update(Image).values(virtual_size_bytes=None))
+    recover(frontend.db, frontend.data_dir)
+    sizes = {i["name"]: i["virtual_size_bytes"] for i in admin.ok("get", "/v1/images")["items"]}
+    assert sizes == {"q": VIRTUAL_SIZE, "r": len(b"raw bytes"), "gone": None}
 
 
 def test_kernel_and_initrd_must_be_raw_images(admin: Api) -> None:

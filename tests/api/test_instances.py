@@ -18,8 +18,9 @@ from frontend.tasks import Resumer
 from sci import Targets, TreeClosed
 from tests.api.cloud import Cloud, make_cloud
 from tests.api.conftest import Api, error_of
+from tests.support.qcow2 import fake_qcow2
 
-QCOW2 = b"QFI\xfb" + bytes(4092)
+QCOW2 = fake_qcow2()
 
 
 @pytest.fixture
@@ -151,6 +152,73 @@ def test_a_launch_failing_everywhere_fails_with_every_reason(cloud: Cloud) -> No
     events = api.ok("get", "/v1/events", params={"kind": "task.failed"})["items"]
     assert events and events[0]["resource_id"] == instance["id"]
 
+    # Each reader is told of the hosts as everywhere else: a tenant by its organization's aliases,
+    # an operator by the names `hypervisor list` shows.
+    admin = cloud.admin
+    image = admin.ok("post", "/v1/images", 201, json={"name": "ops-image", "format": "qcow2"})
+    admin.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
+    ops = _launch(cloud, admin, "ops-vm", image="ops-image", nics=[])
+    for reader, launch, named in ((api, launched, lambda host: alias(api.who["org_id"], host)),
+                                  (admin, ops, lambda host: host)):
+        instance_id = launch["instance"]["id"]
+        texts = {"task": launch["task"]["error"],
+                 "listed task": reader.ok("get", "/v1/tasks", params={"resource": instance_id})["items"][0]["error"],
+                 "fault": reader.ok("get", f"/v1/instances/{instance_id}")["fault"],
+                 "event": next(e for e in reader.ok("get", "/v1/events", params={"kind": "task.failed"})["items"]
+                               if e["resource_id"] == instance_id)["message"]}
+        for where, text in texts.items():
+            assert all(f"{named(h)}: broken {h}" in text for h in cloud.computes), (where, text)
+            assert "{host" not in text and (reader is api) == ("host-" in text), (where, text)
+
+
+def test_a_flavor_too_small_for_the_image_is_refused_and_leaves_nothing(cloud: Cloud) -> None:
+    api, _ = _setup(cloud)
+    big = api.ok("post", "/v1/images", 201, json={"name": "big", "format": "qcow2", "min_memory_mb": 512})
+    big = api.ok("put", f"/v1/images/{big['id']}/file", content=fake_qcow2(virtual_size=(3 << 30) // 2))
+    assert (big["min_disk_gb"], big["min_memory_mb"]) == (2, 512)
+    admin = cloud.admin
+    admin.ok("post", "/v1/flavors", 201, json={"name": "roomy", "vcpus": 1, "memory_mb": 256, "disk_gb": 2})
+    admin.ok("post", "/v1/flavors", 201, json={"name": "fits", "vcpus": 1, "memory_mb": 512, "disk_gb": 2})
+    for flavor, needs in (("small", "min_disk_gb 2"), ("roomy", "min_memory_mb 512")):
+        response = api.post("/v1/instances", json={"name": "vm", "flavor": flavor, "image": "big",
+                                                   "nics": [{"network": "net"}]})
+        error = error_of(response)
+        assert response.status_code == 422 and error["field"] == "flavor" and needs in error["reason"], error
+        assert f"flavor {flavor!r}" in error["reason"] and "image 'big'" in error["reason"]
+    with cloud.frontend.db.read() as session:
+        assert session.execute(select(func.count()).select_from(Instance)).scalar() == 0
+        assert session.execute(select(func.count()).select_from(Port)).scalar() == 0
+    assert api.ok("get", "/v1/tasks")["items"] == []
+
+    launched = _launch(cloud, api, "vm", flavor="fits", image="big")
+    assert launched["task"]["status"] == "succeeded", launched["task"]
+    assert launched["instance"]["disk_gb"] == 2  # the flavor's disk, which holds the image
+    # A resize below the image's memory is refused like a launch.
+    admin.ok("post", "/v1/flavors", 201, json={"name": "lean", "vcpus": 2, "memory_mb": 256, "disk_gb": 3})
+    response = api.post("/v1/instances/vm/resize", json={"flavor": "lean"})
+    assert response.status_code == 422 and "min_memory_mb 512" in error_of(response)["reason"]
+    assert api.ok("get", "/v1/instances/vm")["status"] == "active"
+
+
+def test_a_volume_on_another_host_is_refused_naming_both_hosts_as_the_reader_sees_them(cloud: Cloud) -> None:
+    tenant, _ = _setup(cloud)
+    admin = cloud.admin
+    image = admin.ok("post", "/v1/images", 201, json={"name": "ops-image", "format": "qcow2"})
+    admin.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
+    for reader, launch, named in ((tenant, {}, lambda host: alias(tenant.who["org_id"], host)),
+                                  (admin, {"image": "ops-image", "nics": []}, lambda host: host)):
+        reader.ok("post", "/v1/server-groups", 201, json={"name": "apart", "policy": "anti-affinity"})
+        web = _launch(cloud, reader, "web", server_group="apart", **launch)["instance"]
+        db = _launch(cloud, reader, "db", server_group="apart", **launch)["instance"]
+        created = reader.ok("post", "/v1/volumes", 202, json={"name": "data", "size_gb": 1, "instance": "web"})
+        assert cloud.wait_task(reader, created["task"]["id"])["status"] == "succeeded"
+        response = reader.post("/v1/volumes/data/attach", json={"instance": "db"})
+        error = error_of(response)
+        assert response.status_code == 409 and error["field"] == "instance", error
+        where = (named(_host_by_db(cloud, web["id"])), named(_host_by_db(cloud, db["id"])))
+        assert f"volume 'data' is on {where[0]} and instance 'db' on {where[1]}" in error["reason"], error
+        assert reader.ok("get", "/v1/volumes/data")["status"] == "available"
+
 
 def test_two_launches_racing_for_the_last_room(cloud: Cloud) -> None:
     hosts = cloud.admin.ok("get", "/v1/hypervisors")["items"]
@@ -277,6 +345,11 @@ def test_reconciliation_records_drift(cloud: Cloud) -> None:
     assert cloud.reconciler.run_once() == 0  # recorded once, not every round
     vanished = api.ok("get", "/v1/events", params={"kind": "drift"})["items"]
     assert [(e["kind"], e["resource_id"]) for e in vanished] == [("drift.vanished", web["id"])]
+    # A tenant reads the host's alias, and finds the events of that host by it.
+    seen_as = alias(api.who["org_id"], web_host)
+    assert vanished[0]["host"] == seen_as
+    assert api.ok("get", "/v1/events", params={"host": seen_as})["items"] == vanished
+    assert api.ok("get", "/v1/events", params={"host": web_host})["items"] == []
     assert api.ok("get", "/v1/instances/web")["power_state"] == "missing"
     assert api.ok("get", "/v1/instances/db")["status"] == "stopped"
     unknown = cloud.admin.ok("get", "/v1/events", params={"kind": "drift.unknown"})["items"]

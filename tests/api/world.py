@@ -15,10 +15,11 @@ from typing import Any
 
 from tests.api.cloud import Cloud
 from tests.api.conftest import ADMIN_PASSWORD, Api
+from tests.support.qcow2 import fake_qcow2
 
 __all__ = ["PUBLIC_KEY", "QCOW2", "World", "seed"]
 
-QCOW2 = b"QFI\xfb" + bytes(4092)
+QCOW2 = fake_qcow2()
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq8oVb0k7nXh1k7JfF6QY3J2m4bGvT3Q0C3bX2m1Bz0 me@host"
 MEMBER_PASSWORD = "password-of-acme"
 

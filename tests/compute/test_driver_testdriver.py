@@ -48,6 +48,7 @@ from backend.compute.spec import ImageFile, InstanceSpec, PortSpec
 from backend.registry import OpRegistry
 from sci import Result, Status
 from service.config import BackendConfig, ComputeSection
+from tests.support.qcow2 import fake_qcow2
 
 URI = "test:///default"
 HOST = "hv-test"
@@ -79,7 +80,7 @@ def hv(tmp_path: Path, libvirt_conn: Any) -> Iterator[Hypervisor]:
 def images(tmp_path: Path) -> Iterator[ImageCache]:
     cache = ImageCache(tmp_path / "images")
     # Already cached: the driver must not download it (its URL leads nowhere).
-    cache.path(IMAGE.id).write_bytes(b"QFI\xfb fake image")
+    cache.path(IMAGE.id).write_bytes(fake_qcow2(virtual_size=2 * GIB, length=32))
     yield cache
     cache.close()
 
@@ -130,6 +131,21 @@ def test_create_builds_every_piece(driver: ComputeDriver, hv: Hypervisor, libvir
                                .storageVolLookupByName(overlay_name(spec.instance_id)).XMLDesc(0))
     assert volume_xml.findtext("backingStore/path") == str(driver._images.path(IMAGE.id))
     assert volume_xml.find("target/format").get("type") == "qcow2"
+
+
+def test_a_disk_smaller_than_its_image_is_refused_before_anything_is_made(
+        driver: ComputeDriver, hv: Hypervisor, images: ImageCache, libvirt_conn: Any) -> None:
+    spec = new_spec(disk_gb=1)  # the cached image's virtual size is 2 GiB
+    with pytest.raises(ComputeError, match=f"a disk of 1 GB is smaller than image {IMAGE.id}, whose virtual size "
+                                           f"is {2 * GIB} bytes") as caught:
+        driver.create(spec)
+    assert caught.value.exit_status == 64
+    assert leftovers(driver, hv, libvirt_conn, spec.instance_id) == []
+    # A raw image is as large as its file.
+    raw = ImageFile(str(uuid.uuid4()), "raw", "3" * 64, "http://127.0.0.1:9/never")
+    images.path(raw.id).write_bytes(b"\0" * 1000)
+    assert images.virtual_size(raw.id, "raw") == 1000
+    assert driver.create(new_spec(disk_gb=1, image=raw)) is PowerState.RUNNING
 
 
 def test_inventory_reports_ours_only(driver: ComputeDriver, hv: Hypervisor) -> None:
@@ -450,11 +466,11 @@ def test_registered_ops(tmp_path: Path, libvirt_conn: Any) -> None:
         assert registry.is_durable("compute.inventory") is False
         assert registry.is_durable("instance.console") is False
 
-        (tmp_path / "images" / IMAGE.id).write_bytes(b"QFI\xfb")
+        (tmp_path / "images" / IMAGE.id).write_bytes(fake_qcow2(virtual_size=GIB, length=32))
         instance_id = str(uuid.uuid4())
         body = {"instance": {
             "instance_id": instance_id, "name": "web", "vcpus": 1, "memory_mb": 128, "disk_gb": 1,
-            "image": {"id": IMAGE.id, "format": "qcow2", "checksum": IMAGE.checksum, "size_bytes": 4,
+            "image": {"id": IMAGE.id, "format": "qcow2", "checksum": IMAGE.checksum, "size_bytes": 32,
                       "url": IMAGE.url},
             "kernel": None, "initrd": None, "ssh_keys": [], "user_data": "",
             "ports": [{"id": str(uuid.uuid4()), "mac": "52:54:00:AA:BB:CC", "ip": "10.0.0.5",

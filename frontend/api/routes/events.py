@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import false, select
 
 from ...db.models import Event
-from ...hostalias import alias
+from ...hostalias import AS_SEEN, alias, seen, shown
 from ..deps import CallerDep, FrontendDep
 from ..lookup import owned
 from ..schemas import V1, Items, Moment, Ref, UtcTime
@@ -24,7 +25,7 @@ class EventView(BaseModel):
     host: str | None
     resource_type: str | None
     resource_id: str | None
-    message: str
+    message: str = Field(description=f"What happened; {AS_SEEN}")
 
 
 @router.get("/events", response_model=Items[EventView],
@@ -40,10 +41,15 @@ def list_events(caller: CallerDep, frontend: FrontendDep,
             # "drift" matches drift.vanished and drift.unknown
             query = query.where((Event.kind == kind) | Event.kind.startswith(kind + "."))
         if host is not None:
-            query = query.where(Event.host == host)
+            if not caller.is_admin:
+                # A tenant knows hosts by their aliases only: the host of its events that the alias names.
+                hosts = session.execute(select(Event.host).distinct().where(Event.org_id == caller.org_id,
+                                                                            Event.host.is_not(None))).scalars()
+                host = next((h for h in hosts if h is not None and alias(caller.org_id, h) == host), None)
+            query = query.where(Event.host == host) if host is not None else query.where(false())
         if since is not None:
             query = query.where(Event.created_at >= since)
         views = [EventView.model_validate(e) for e in session.execute(query).scalars()]
-    if not caller.is_admin:
-        views = [v.model_copy(update={"host": alias(v.org_id, v.host)}) if v.host else v for v in views]
-    return Items(items=views)
+    return Items(items=[v.model_copy(update={"host": seen(v.host, v.org_id, caller.is_admin) if v.host else None,
+                                             "message": shown(v.message, v.org_id, caller.is_admin)})
+                        for v in views])

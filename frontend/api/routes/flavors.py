@@ -9,10 +9,11 @@ from sqlalchemy import func, select
 from ...auth import Role
 from ...db.models import Flavor, Instance
 from ...errors import Conflict
+from ...images import MAX_DISK_GB
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
 from ..refusals import refusals
-from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, MemoryMb, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["flavors"])
 
@@ -20,9 +21,9 @@ router = APIRouter(prefix=V1, tags=["flavors"])
 class FlavorCreate(Input):
     name: Name
     vcpus: int = Field(ge=1, le=512)
-    memory_mb: int = Field(ge=64, le=16 * 1024 * 1024)
-    disk_gb: int = Field(ge=1, le=64 * 1024)
-    public: bool = True
+    memory_mb: MemoryMb
+    disk_gb: int = Field(ge=1, le=MAX_DISK_GB)
+    public: bool = Field(default=True, description="Seen by every organization; false: by the admins' only")
 
 
 class FlavorView(ResourceView):

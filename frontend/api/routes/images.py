@@ -25,11 +25,10 @@ from ...services import Frontend
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned, unique_name
 from ..refusals import refusals
-from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from ..schemas import V1, Input, Items, MemoryMb, Name, Ref, ResourceView, Sha256
 
 router = APIRouter(prefix=V1, tags=["images"])
 
-Checksum = Field(default=None, pattern="^[0-9a-f]{64}$", description="sha256 of the file, 64 lowercase hex digits")
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 #: the upload streams its body to disk under the store's own limit, so the API's body cap lets it through
 UPLOAD_PATH = "/images/{image}/file"
@@ -39,8 +38,9 @@ STREAMED_UPLOAD = ("PUT", V1 + UPLOAD_PATH)
 class ImageCreate(Input):
     name: Name
     format: Literal["qcow2", "raw"]
-    checksum: str | None = Checksum
-    min_disk_gb: int = Field(default=0, ge=0, le=64 * 1024)
+    checksum: Sha256 | None = Field(default=None, description="sha256 of the file; the upload is refused if it differs")
+    min_memory_mb: MemoryMb | None = Field(default=None, description="The least memory it boots with: launches "
+                                                                      "with a flavor of less are refused")
     public: bool = Field(default=False, description="Visible to every organization (admins only)")
     kernel: Ref | None = Field(default=None, description="A raw image (id or name) to boot directly as the kernel")
     initrd: Ref | None = Field(default=None, description="A raw image (id or name) to use as the initrd; needs kernel")
@@ -56,7 +56,11 @@ class ImageView(ResourceView):
     format: str
     checksum: str | None
     size_bytes: int | None
-    min_disk_gb: int
+    virtual_size_bytes: int | None = Field(description="The size of the disk it is, read from the file at upload: "
+                                                       "a qcow2 header's virtual size, or a raw file's length")
+    min_disk_gb: int | None = Field(description="The smallest flavor disk_gb it fits: virtual_size_bytes in GiB, "
+                                                "rounded up; null until uploaded")
+    min_memory_mb: int | None
     public: bool
     kernel_id: str | None
     initrd_id: str | None
@@ -106,7 +110,7 @@ def create_image(body: ImageCreate, caller: CallerDep, frontend: FrontendDep) ->
     with frontend.db.transaction() as session:
         unique_name(session, Image, body.name, "image", org_id=caller.org_id)
         image = Image(org_id=caller.org_id, status="queued", name=body.name, format=body.format,
-                      checksum=body.checksum, min_disk_gb=body.min_disk_gb, public=body.public)
+                      checksum=body.checksum, min_memory_mb=body.min_memory_mb, public=body.public)
         if body.kernel is not None:
             image.kernel_id = _boot_file(session, caller, body.kernel, "kernel")
         if body.initrd is not None:
@@ -168,8 +172,9 @@ def delete_image(image: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
 
 @router.put(UPLOAD_PATH, response_model=ImageView, summary="Upload the file of a queued image",
             description=f"The request body is the file itself, at most {MAX_IMAGE_BYTES} bytes. A qcow2 image must "
-                        "start with the qcow2 magic; with a declared checksum, the file must match it. A refused "
-                        "file is not kept and the image stays queued.",
+                        "start with a qcow2 header (version 2 or 3, no backing file), whose virtual size becomes "
+                        "the image's; a raw image's virtual size is its length. With a declared checksum, the "
+                        "file must match it. A refused file is not kept and the image stays queued.",
             openapi_extra={"requestBody": {"required": True, "content": _BINARY}})
 def upload_image(image: Ref, request: Request, caller: CallerDep, frontend: FrontendDep) -> Image:
     caller.require(Role.member, "uploading an image")
@@ -186,7 +191,7 @@ def upload_image(image: Ref, request: Request, caller: CallerDep, frontend: Fron
             raise Conflict(f"the image is {row.status}; only a queued image takes a file")
         image_id, expected, fmt = row.id, row.checksum, row.format
     try:
-        checksum, size = store.receive(image_id, _request_chunks(request), expected, fmt)
+        received = store.receive(image_id, _request_chunks(request), expected, fmt)
     except BaseException as exc:
         _requeue(frontend, image_id)
         if isinstance(exc, FileTooLarge):
@@ -200,7 +205,8 @@ def upload_image(image: Ref, request: Request, caller: CallerDep, frontend: Fron
             # Deleted while the file was arriving: the file must not outlive it.
             store.remove(image_id)
             raise NotFound("image", image)
-        done.status, done.checksum, done.size_bytes = "active", checksum, size
+        done.status, done.checksum, done.size_bytes = "active", received.checksum, received.size_bytes
+        done.virtual_size_bytes = received.virtual_size_bytes
         session.flush()
         return done
 

@@ -13,6 +13,7 @@ from ... import lifecycle, quotas
 from ...auth import Caller, Role
 from ...db.models import Flavor, Hypervisor, Image, Instance, Keypair, Port, ServerGroup, Volume
 from ...errors import Conflict, Invalid, Unavailable
+from ...hostalias import AS_SEEN, shown
 from ...hostops import INSTANCE_CONSOLE
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
@@ -66,7 +67,7 @@ class InstanceView(ResourceView):
     memory_mb: int
     disk_gb: int
     power_state: str
-    fault: str | None
+    fault: str | None = Field(description=f"Why its last task failed; {AS_SEEN}")
     #: the hypervisor's name; shown to admins only
     hypervisor: str | None
     ports: list[PortBrief]
@@ -85,14 +86,19 @@ def instance_view(session: Session, caller: Caller, instance: Instance) -> Insta
         updated_at=instance.updated_at, name=instance.name, flavor_id=instance.flavor_id, image_id=instance.image_id,
         keypair_id=instance.keypair_id, server_group_id=instance.server_group_id, zone_id=instance.zone_id,
         vcpus=instance.vcpus, memory_mb=instance.memory_mb, disk_gb=instance.disk_gb,
-        power_state=instance.power_state, fault=instance.fault, hypervisor=host,
+        power_state=instance.power_state, fault=shown(instance.fault, instance.org_id, caller.is_admin),
+        hypervisor=host,
         ports=[PortBrief(id=p.id, network_id=p.network_id, subnet_id=p.subnet_id, ip_address=p.ip_address,
                          mac_address=p.mac_address) for p in ports],
         volumes=list(volumes))
 
 
 @router.post("/instances", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[InstanceView],
-             summary="Launch an instance (answers with the launch task)")
+             summary="Launch an instance (answers with the launch task)",
+             description="The flavor must hold the image: its disk_gb at least the image's min_disk_gb and its "
+                         "memory_mb at least the image's min_memory_mb, else the launch is refused (422, field "
+                         "flavor) and nothing is made. The instance's root disk is the flavor's disk_gb, whatever "
+                         "the image's size: cloud-init's growpart grows the image's file system into it.")
 def create_instance(body: InstanceCreate, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     caller.require(Role.member, "launching an instance")
     with frontend.db.transaction() as session:
@@ -100,9 +106,7 @@ def create_instance(body: InstanceCreate, caller: CallerDep, frontend: FrontendD
         image = find(session, Image, body.image, caller, "image", "image", shared=True)
         if image.status != "active":
             raise Invalid(f"image {image.name!r} is {image.status}; upload its file first", "image")
-        if image.min_disk_gb > flavor.disk_gb:
-            raise Invalid(f"image {image.name!r} needs a disk of {image.min_disk_gb} GB; flavor {flavor.name!r} "
-                          f"has {flavor.disk_gb} GB", "flavor")
+        _check_fits(flavor, image)
         keypair = find(session, Keypair, body.keypair, caller, "keypair", "keypair") if body.keypair else None
         group = find(session, ServerGroup, body.server_group, caller, "server group", "server_group") \
             if body.server_group else None
@@ -119,7 +123,8 @@ def create_instance(body: InstanceCreate, caller: CallerDep, frontend: FrontendD
         allocate_instance_ports(session, caller, nics, instance.id)
         task = frontend.tasks.create(session, "instance.create", caller.org_id, caller.user_id, "instance",
                                      instance.id)
-        accepted = Accepted[InstanceView](task=task_view(task), resource=instance_view(session, caller, instance))
+        accepted = Accepted[InstanceView](task=task_view(task, caller),
+                                          resource=instance_view(session, caller, instance))
     frontend.tasks.start(task.id)
     return accepted
 
@@ -154,9 +159,22 @@ def _act(frontend: FrontendDep, caller: Caller, ref: str, action: str, params: d
         extra["from"] = lifecycle.begin(lifecycle.INSTANCE, "instance", instance, action)
         task = frontend.tasks.create(session, kind or f"instance.{action}", caller.org_id, caller.user_id,
                                      "instance", instance.id, extra)
-        accepted = Accepted[InstanceView](task=task_view(task), resource=instance_view(session, caller, instance))
+        accepted = Accepted[InstanceView](task=task_view(task, caller),
+                                          resource=instance_view(session, caller, instance))
     frontend.tasks.start(task.id)
     return accepted
+
+
+def _check_fits(flavor: Flavor, image: Image) -> None:
+    """Refuse a flavor too small for the image: its disk must hold the image's virtual size (the
+    instance's disk is the flavor's, never smaller), its memory the image's declared minimum."""
+    if image.min_disk_gb is not None and flavor.disk_gb < image.min_disk_gb:
+        raise Invalid(f"flavor {flavor.name!r} has a disk of {flavor.disk_gb} GB; image {image.name!r} needs "
+                      f"min_disk_gb {image.min_disk_gb} (its virtual size is {image.virtual_size_bytes} bytes)",
+                      "flavor")
+    if image.min_memory_mb is not None and flavor.memory_mb < image.min_memory_mb:
+        raise Invalid(f"flavor {flavor.name!r} has {flavor.memory_mb} MB of memory; image {image.name!r} needs "
+                      f"min_memory_mb {image.min_memory_mb}", "flavor")
 
 
 def _resize_params(session: Session, caller: Caller, instance: Instance, ref: str) -> dict[str, object]:
@@ -166,6 +184,9 @@ def _resize_params(session: Session, caller: Caller, instance: Instance, ref: st
                       f"{instance.disk_gb} GB", "flavor")
     if flavor.id == instance.flavor_id:
         raise Invalid(f"the instance already has flavor {flavor.name!r}", "flavor")
+    image = session.get(Image, instance.image_id)
+    if image is not None:  # always, as an image in use cannot be deleted
+        _check_fits(flavor, image)
     quotas.check(session, caller.org_id, vcpus=flavor.vcpus - instance.vcpus,
                  memory_mb=flavor.memory_mb - instance.memory_mb)
     return {"flavor_id": flavor.id, "vcpus": flavor.vcpus, "memory_mb": flavor.memory_mb, "disk_gb": flavor.disk_gb,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...auth import Caller
 from ...db.models import Task
-from ...hostalias import alias
+from ...hostalias import AS_SEEN, alias, shown
 from ..deps import CallerDep, FrontendDep
 from ..lookup import get_owned, owned
 from ..schemas import V1, Items, Moment, Ref, ResourceView
@@ -36,7 +36,7 @@ class TaskView(ResourceView):
     kind: str
     resource_type: str
     resource_id: str
-    error: str | None
+    error: str | None = Field(description=f"Why it failed; {AS_SEEN}")
     finished_at: Moment | None
     steps: list[StepView] = []
 
@@ -51,15 +51,16 @@ class Accepted(BaseModel, Generic[V]):
     resource: V | None = None
 
 
-def task_view(task: Task, steps: bool = True, caller: Caller | None = None) -> TaskView:
+def task_view(task: Task, caller: Caller, steps: bool = True) -> TaskView:
     """The task as ``caller`` may see it: tenants get hypervisors' aliases instead of their names."""
     view = TaskView.model_validate(task, from_attributes=True) if steps else TaskView(
         id=task.id, org_id=task.org_id, status=task.status, created_at=task.created_at, updated_at=task.updated_at,
         kind=task.kind, resource_type=task.resource_type, resource_id=task.resource_id, error=task.error,
         finished_at=task.finished_at)
-    if caller is None or caller.is_admin:
-        return view
-    return view.model_copy(update={"steps": [_for_tenant(task.org_id, step) for step in view.steps]})
+    seen_by: dict[str, Any] = {"error": shown(task.error, task.org_id, caller.is_admin)}
+    if not caller.is_admin:
+        seen_by["steps"] = [_for_tenant(task.org_id, step) for step in view.steps]
+    return view.model_copy(update=seen_by)
 
 
 def _for_tenant(org_id: str, step: StepView) -> StepView:
@@ -82,13 +83,13 @@ def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: Ref | None = 
             query = query.where(Task.resource_id == resource)
         if status is not None:
             query = query.where(Task.status == status)
-        return Items(items=[task_view(t, steps=False) for t in session.execute(query).scalars()])
+        return Items(items=[task_view(t, caller, steps=False) for t in session.execute(query).scalars()])
 
 
 @router.get("/tasks/{task_id}", response_model=TaskView, summary="Show a task with its steps and per-host results")
 def show_task(task_id: Ref, caller: CallerDep, frontend: FrontendDep) -> TaskView:
     with frontend.db.read() as session:
-        return task_view(get_owned(session, Task, task_id, caller, "task"), caller=caller)
+        return task_view(get_owned(session, Task, task_id, caller, "task"), caller)
 
 
 __all__ = ["Accepted", "TaskView", "router", "task_view"]

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 
 from ... import lifecycle, quotas
 from ...auth import Caller, Role
-from ...db.models import Instance, Volume
+from ...db.models import Hypervisor, Instance, Volume
 from ...errors import Conflict
+from ...hostalias import AS_SEEN, seen, shown
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
@@ -33,7 +34,12 @@ class VolumeView(ResourceView):
     name: str
     size_gb: int
     instance_id: str | None
-    fault: str | None
+    fault: str | None = Field(description=f"Why its last task failed; {AS_SEEN}")
+
+
+def volume_view(caller: Caller, volume: Volume) -> VolumeView:
+    view = VolumeView.model_validate(volume)
+    return view.model_copy(update={"fault": shown(volume.fault, volume.org_id, caller.is_admin)})
 
 
 @router.post("/volumes", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[VolumeView],
@@ -55,7 +61,7 @@ def create_volume(body: VolumeCreate, caller: CallerDep, frontend: FrontendDep) 
         session.flush()
         task = frontend.tasks.create(session, "volume.create", caller.org_id, caller.user_id, "volume", volume.id,
                                      params)
-        accepted = Accepted[VolumeView](task=task_view(task), resource=VolumeView.model_validate(volume))
+        accepted = Accepted[VolumeView](task=task_view(task, caller), resource=volume_view(caller, volume))
     frontend.tasks.start(task.id)
     return accepted
 
@@ -64,13 +70,13 @@ def create_volume(body: VolumeCreate, caller: CallerDep, frontend: FrontendDep) 
 def list_volumes(caller: CallerDep, frontend: FrontendDep) -> Items[VolumeView]:
     with frontend.db.read() as session:
         rows = session.execute(owned(Volume, caller).order_by(Volume.created_at)).scalars()
-        return Items(items=[VolumeView.model_validate(v) for v in rows])
+        return Items(items=[volume_view(caller, v) for v in rows])
 
 
 @router.get("/volumes/{volume}", response_model=VolumeView, summary="Show a volume by id or name")
-def show_volume(volume: Ref, caller: CallerDep, frontend: FrontendDep) -> Volume:
+def show_volume(volume: Ref, caller: CallerDep, frontend: FrontendDep) -> VolumeView:
     with frontend.db.read() as session:
-        return find(session, Volume, volume, caller, "volume")
+        return volume_view(caller, find(session, Volume, volume, caller, "volume"))
 
 
 def _act(frontend: FrontendDep, caller: Caller, ref: str, action: str,
@@ -90,7 +96,7 @@ def _act(frontend: FrontendDep, caller: Caller, ref: str, action: str,
             volume.instance_id = str(params["instance_id"])
         task = frontend.tasks.create(session, f"volume.{action}", caller.org_id, caller.user_id, "volume", volume.id,
                                      params)
-        accepted = Accepted[VolumeView](task=task_view(task), resource=VolumeView.model_validate(volume))
+        accepted = Accepted[VolumeView](task=task_view(task, caller), resource=volume_view(caller, volume))
     frontend.tasks.start(task.id)
     return accepted
 
@@ -100,9 +106,15 @@ def _attachable(session: Session, caller: Caller, volume: Volume, ref: str) -> I
     if instance.status not in ("active", "stopped"):
         raise Conflict(f"instance {instance.name!r} is {instance.status}; it must be active or stopped", "instance")
     if volume.hypervisor_id != instance.hypervisor_id:
-        raise Conflict("the volume and the instance are on different hypervisors; volumes are local to one: "
-                       "create the volume with instance set to attach it there", "instance")
+        raise Conflict(f"volume {volume.name!r} is on {_where(session, caller, volume)} and instance "
+                       f"{instance.name!r} on {_where(session, caller, instance)}; volumes are local to one "
+                       "hypervisor: create the volume with instance set to attach it there", "instance")
     return instance
+
+
+def _where(session: Session, caller: Caller, row: Volume | Instance) -> str:
+    host = session.get(Hypervisor, row.hypervisor_id) if row.hypervisor_id else None
+    return seen(host.name, row.org_id, caller.is_admin) if host else "no hypervisor"
 
 
 @router.post("/volumes/{volume}/attach", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[VolumeView],
