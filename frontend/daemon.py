@@ -100,6 +100,8 @@ def main(config_path: str | None) -> None:
         retention.stop()
         reconciler.stop()
         hosts.stop()
+        if frontend.host_networks is not None:
+            frontend.host_networks.close()
         frontend.tasks.stop()
         control.stop()
         root.stop()

@@ -62,12 +62,17 @@ class HostMonitor(Periodic):
         tree = self.fe.tree
         if tree is None:
             return
-        self._record_tree_events(tree.drain_events())
+        events = tree.drain_events()
+        self._record_tree_events(events)
         seen = {n.node_id: n.up for n in tree.nodes() if n.role == "backend"}
         came_up = self._record_states(seen)
         if came_up or time.monotonic() - self._facts_checked >= FACTS_CHECK_S:
             self._facts_checked = time.monotonic()
             self._refresh_facts([name for name, up in seen.items() if up])
+        if self.fe.host_networks is not None:
+            # A new session of a backend: it may have missed network changes (or restarted).
+            self.fe.host_networks.rejoined(sorted({e.node_id for e in events if e.role == "backend"
+                                                   and e.kind in ("joined", "returned")}))
 
     def _record_tree_events(self, events: list[TreeEvent]) -> None:
         """Events for reparents, and for agents coming and going (hosts' up and down come from

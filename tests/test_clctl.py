@@ -255,7 +255,10 @@ def test_create_list_show_delete(group: str, app: FastAPI, admin: str, pubkey: P
 
     result = invoke(group, "delete", ref)
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("deleted ") and result.stdout.endswith(f" {ref}\n")
+    if group == "router":  # its hosts are told by a task, which the output names
+        assert "(network.sync) is pending" in result.stdout
+    else:
+        assert result.stdout.startswith("deleted ") and result.stdout.endswith(f" {ref}\n")
     assert name not in [i["name"] for i in json.loads(invoke(group, "list", "--json").stdout)["items"]]
 
 

@@ -95,6 +95,10 @@ class NetworkDriver:
         self._watcher: threading.Thread | None = None
         #: the host forwards and masquerades its routers' egress (set up once, at the first need)
         self._egress_ready = False
+        #: per network, the revision of the last body applied to it (removals included); a full
+        #: sync's revision holds for every network, also those it does not name
+        self._revisions: dict[str, int] = {}
+        self._full_revision = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -140,11 +144,21 @@ class NetworkDriver:
                         raise BadRequest(f"network {w.network.id}: SNAT and floating IPs need an external network, "
                                          "and this host has none (network.external_interface)")
             scope = desired.scope if desired.scope is not None else present | set(wanted)
+            stale = {n for n in scope if max(self._revisions.get(n, 0), self._full_revision) > desired.revision}
+            if stale:
+                # built before what this host already applied: the newer state stands
+                log.info("network_sync_stale", networks=sorted(stale), revision=desired.revision)
+                scope -= stale
+                wanted = {k: v for k, v in wanted.items() if k not in stale}
+            for network_id in scope:
+                self._revisions[network_id] = desired.revision
+            if desired.scope is None and not stale:
+                self._full_revision = desired.revision
             for network_id in sorted(scope & present - set(wanted)):
                 self._remove_network(nl, network_id)
             for w in wanted.values():
                 self._converge_network(nl, w)
-            if desired.scope is None:
+            if desired.scope is None and not stale:
                 self._remove_strays(nl, {s.vni for w in wanted.values() for s in w.subnets}, set(wanted))
             if any(w.network.snat for w in wanted.values()) and not self._egress_ready:
                 self._prepare_egress(nl)
@@ -154,7 +168,7 @@ class NetworkDriver:
                 vni = {s.id: s.vni for s in w.subnets}
                 self._taps[w.network.id] = {tap_name(p.id): (names.bridge(vni[p.subnet_id]), p)
                                             for p in w.network.ports}
-            return {"networks": sorted(wanted)}
+            return {"networks": sorted(wanted), "stale": sorted(stale)}
 
     def _wanted(self, network: DesiredNetwork) -> _Wanted | None:
         if not network.ports:

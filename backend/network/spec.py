@@ -6,7 +6,8 @@ port on the host, is to be removed from the host; networks out of scope are left
 For each network the body carries its subnets and every port bound to an instance, with the
 VTEP (underlay address) of the instance's host: a host takes the ports with its own VTEP as
 its own, and the others as where to tunnel their MACs.  So one body serves every host of a
-network, and the frontend multicasts it.
+network, and the frontend multicasts it.  Bodies carry a revision (when the frontend built
+them): two syncs of a network that cross on the way are applied in the order they were built.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ _NETWORK = Record({"id": UUID, "router": BOOL, "snat": BOOL, "external": nullabl
                    "subnets": ListOf(_SUBNET, MAX_SUBNETS), "ports": ListOf(_PORT, MAX_PORTS),
                    "floating_ips": ListOf(_FLOATING_IP, MAX_PORTS)})
 
+#: a body's revision: when the frontend built it (ns); a host never applies an older one over a newer
+MAX_REVISION = (1 << 63) - 1
+
 ARGS: dict[str, Record] = {
-    "net.sync": Record({"scope": nullable(ListOf(UUID, MAX_NETWORKS)), "networks": ListOf(_NETWORK, MAX_NETWORKS)}),
+    "net.sync": Record({"revision": Int(0, MAX_REVISION), "scope": nullable(ListOf(UUID, MAX_NETWORKS)),
+                        "networks": ListOf(_NETWORK, MAX_NETWORKS)}),
     "net.inventory": Record({}),
 }
 
@@ -107,6 +112,7 @@ class DesiredState:
     #: the networks described; None: every network (a full sync)
     scope: frozenset[str] | None
     networks: tuple[DesiredNetwork, ...]
+    revision: int = 0
 
 
 def desired_state(args: dict[str, Any], vtep: str) -> DesiredState:
@@ -122,7 +128,7 @@ def desired_state(args: dict[str, Any], vtep: str) -> DesiredState:
     vnis = [s.vni for n in networks for s in n.subnets]
     if len(set(vnis)) != len(vnis):
         raise BadRequest("args.networks: a VNI is given to two subnets")
-    return DesiredState(scope, networks)
+    return DesiredState(scope, networks, args["revision"])
 
 
 def _network(raw: dict[str, Any], where: str, vtep: str) -> DesiredNetwork:

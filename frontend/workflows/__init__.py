@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import instances, volumes
+from . import instances, network, volumes
 
 if TYPE_CHECKING:
     from ..services import Frontend
@@ -13,5 +13,6 @@ __all__ = ["register_all"]
 
 
 def register_all(frontend: "Frontend") -> None:
-    for kind, workflow in {**instances.workflows(frontend), **volumes.workflows(frontend)}.items():
+    for kind, workflow in {**instances.workflows(frontend), **volumes.workflows(frontend),
+                           **network.workflows(frontend)}.items():
         frontend.tasks.register(kind, workflow)

@@ -11,8 +11,10 @@ from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
 from ..ipam import release_instance_ports
 from ..hostalias import mention
+from ..netstate import instance_networks
 from ..scheduler import Demand
-from ..tasks import TaskContext, TaskFailed, Workflow
+from ..tasks import HostResult, TaskContext, TaskFailed, Workflow
+from .network import errors, push
 
 if TYPE_CHECKING:
     from ..services import Frontend
@@ -65,17 +67,30 @@ class Launch(_Base):
             host = placed["name"]
             result = ctx.command(f"launch.{attempt}", INSTANCE_CREATE, self._spec(iid), [host],
                                  timeout=settings.launch_timeout_s)[host]
+            networks = self._networks(iid)
             if result.ok:
-                ctx.once("activate", lambda s: self._activate(s, iid, result.payload))
-                return
+                # Its host plugs its ports; its networks' other hosts learn where they are.
+                wired = push(ctx, f"wire.{attempt}", networks).get(host, HostResult("ok")) if networks else None
+                if wired is None or wired.ok or wired.status != "error":
+                    ctx.once("activate", lambda s: self._activate(s, iid, result.payload))
+                    return
+                result = HostResult(wired.status, f"its network: {wired.describe()}", wired.exit_status)
             reasons.append(f"{mention(host)}: {result.describe()}")
             # Whatever the failure (silence, a backend that died mid-op, a clean-up that itself
             # failed), the host may hold part of it: deleting is idempotent, so always ask.
             ctx.command(f"cleanup.{attempt}", INSTANCE_DELETE, {"instance_id": iid}, [host],
                         timeout=CLEANUP_TIMEOUT)
             ctx.once(f"release.{attempt}", lambda s: self._release(s, iid))
+            if networks:
+                push(ctx, f"unwire.{attempt}", networks, [host])  # what the host built of them for it goes
             tried.append(placed["id"])
         raise TaskFailed(f"the launch failed on {len(reasons)} hypervisors: " + "; ".join(reasons))
+
+    def _networks(self, iid: str) -> list[str]:
+        """The networks of the instance's ports, which stay as they are while it is launched: read, not
+        journalled, so the same on a replay."""
+        with self.fe.db.read() as session:
+            return instance_networks(session, iid)
 
     def _place(self, session: Session, iid: str, tried: list[str]) -> dict[str, str] | None:
         instance = _instance(session, iid)
@@ -125,11 +140,18 @@ class Delete(_Base):
     def run(self, ctx: TaskContext, task: Task) -> None:
         iid = task.resource_id
         _, host = self._read(iid)
+        networks: list[str] = ctx.once("networks", lambda s: instance_networks(s, iid))
         if host is not None:
             result = ctx.command("delete", INSTANCE_DELETE, {"instance_id": iid}, [host], timeout=HOST_OP_TIMEOUT)[host]
             if not result.ok:
                 raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("forget", lambda s: self._forget(s, iid))
+        if networks:
+            # Its ports are gone from their networks' hosts, and from its own host with them.
+            failed = errors(push(ctx, "unwire", networks, [host] if host else []))
+            if failed:
+                raise TaskFailed("the instance is deleted, but its network could not be updated on: "
+                                 + "; ".join(failed))
 
     def _forget(self, session: Session, iid: str) -> None:
         instance = _instance(session, iid)

@@ -22,6 +22,7 @@ from frontend.services import Frontend
 from sci import Journal, Leaf, TreeRoot, TreeSettings
 from tests.api.conftest import ADMIN_PASSWORD, Api, make_frontend
 from tests.support.compute_ops import RecordingCompute
+from tests.support.network_ops import RecordingNetwork
 
 SETTINGS = TreeSettings(heartbeat_interval=0.2, reattach_grace=2.0)
 
@@ -35,14 +36,19 @@ class Cloud:
     hosts: HostMonitor
     reconciler: Reconciler
     computes: dict[str, RecordingCompute] = field(default_factory=dict)
+    #: the hosts' network stand-ins, when the cloud was made with networks
+    networks: dict[str, RecordingNetwork] = field(default_factory=dict)
     leaves: dict[str, Leaf] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
 
-    def add_host(self, name: str, zone: str = "") -> RecordingCompute:
+    def add_host(self, name: str, zone: str = "", vtep: str = "") -> RecordingCompute:
         registry = OpRegistry(4)
-        system.register(registry, zone=zone)
+        system.register(registry, zone=zone, vtep=vtep)
         compute = RecordingCompute(name)
         compute.register(registry)
+        if vtep:
+            self.networks[name] = RecordingNetwork(name, vtep)
+            self.networks[name].register(registry)
         leaf = Leaf(name, self.root.endpoint, SETTINGS, registry, Journal(None))
         thread = threading.Thread(target=leaf.run, daemon=True)
         thread.start()
@@ -72,7 +78,9 @@ class Cloud:
         self.root.stop()
 
 
-def make_cloud(db_url: str, data_dir: Path, hosts: int = 3, **scheduler: Any) -> Iterator[Cloud]:
+def make_cloud(db_url: str, data_dir: Path, hosts: int = 3, networks: bool = False,
+               **scheduler: Any) -> Iterator[Cloud]:
+    """``networks``: hosts also run (a stand-in of) the network driver, each with an underlay address."""
     root = TreeRoot("tcp://127.0.0.1:0", SETTINGS).start()
     frontend = make_frontend(db_url, data_dir, tree=root, **scheduler)
     bootstrap(frontend.db, frontend.data_dir, ADMIN_PASSWORD)
@@ -81,7 +89,7 @@ def make_cloud(db_url: str, data_dir: Path, hosts: int = 3, **scheduler: Any) ->
                   Reconciler(frontend, 3600))
     try:
         for i in range(hosts):
-            cloud.add_host(f"hv{i}")
+            cloud.add_host(f"hv{i}", vtep=f"192.0.2.{i + 1}" if networks else "")
         cloud.sync_hosts()
         yield cloud
     finally:

@@ -86,10 +86,10 @@ def test_network_in_use_cannot_be_deleted(admin: Api) -> None:
     _, sub = network(api)
     error = refused(api.delete("/v1/networks/net"), 409, "conflict")
     assert "subnets" in error["reason"]
-    api.ok("post", "/v1/routers", 201, json={"name": "r", "network": "net"})
+    api.ok("post", "/v1/routers", 202, json={"name": "r", "network": "net"})
     api.ok("delete", f"/v1/subnets/{sub['id']}", 204)
     assert "router" in refused(api.delete("/v1/networks/net"), 409, "conflict")["reason"]
-    api.ok("delete", "/v1/routers/r", 204)
+    api.ok("delete", "/v1/routers/r", 202)
     api.ok("delete", "/v1/networks/net", 204)
 
 
@@ -275,15 +275,15 @@ def test_port_show_filter_update_delete(admin: Api) -> None:
 def test_one_router_per_network(admin: Api) -> None:
     api = admin.tenant("acme")
     net, _ = network(api)
-    router = api.ok("post", "/v1/routers", 201, json={"name": "r1", "network": "net"})
+    router = api.ok("post", "/v1/routers", 202, json={"name": "r1", "network": "net"})["resource"]
     assert router["network_id"] == net["id"] and router["snat"] is True
     assert "router already" in refused(api.post("/v1/routers", json={"name": "r2", "network": net["id"]}),
                                        409, "conflict", "network")["reason"]
     assert [r["name"] for r in items(api, "/v1/routers")] == ["r1"]
-    changed = api.ok("patch", "/v1/routers/r1", json={"snat": False, "name": "edge"})
+    changed = api.ok("patch", "/v1/routers/r1", 202, json={"snat": False, "name": "edge"})["resource"]
     assert (changed["name"], changed["snat"]) == ("edge", False)
     assert api.ok("get", f"/v1/routers/{router['id']}")["name"] == "edge"
-    api.ok("delete", "/v1/routers/edge", 204)
+    api.ok("delete", "/v1/routers/edge", 202)
     assert items(api, "/v1/routers") == []
 
 
@@ -306,18 +306,18 @@ def test_floating_ip_allocate_associate_disassociate_release(admin: Api) -> None
     reason = refused(api.patch(f"/v1/floating-ips/{fip['id']}", json={"port": port["id"]}),
                      409, "conflict", "port")["reason"]
     assert "no router" in reason
-    api.ok("post", "/v1/routers", 201, json={"name": "r", "network": "net"})
-    assert api.ok("patch", f"/v1/floating-ips/{fip['id']}", json={"port": port["id"]})["port_id"] == port["id"]
+    api.ok("post", "/v1/routers", 202, json={"name": "r", "network": "net"})
+    assert api.ok("patch", f"/v1/floating-ips/{fip['id']}", 202, json={"port": port["id"]})["resource"]["port_id"] == port["id"]
     assert api.ok("get", "/v1/floating-ips/203.0.113.2")["port_id"] == port["id"]
     refused(api.patch("/v1/floating-ips/203.0.113.3", json={"port": port["id"]}), 409, "conflict", "port")
     refused(api.patch("/v1/floating-ips/203.0.113.3", json={"port": "nope"}), 404, "not_found", "port")
     invalid(api.patch("/v1/floating-ips/203.0.113.3", json={}), "port")
     assert "disassociate" in refused(api.delete("/v1/routers/r"), 409, "conflict")["reason"]
-    assert api.ok("patch", f"/v1/floating-ips/{fip['id']}", json={"port": None})["port_id"] is None
-    api.ok("patch", f"/v1/floating-ips/{fip['id']}", json={"port": port["id"]})
+    assert api.ok("patch", f"/v1/floating-ips/{fip['id']}", 202, json={"port": None})["resource"]["port_id"] is None
+    api.ok("patch", f"/v1/floating-ips/{fip['id']}", 202, json={"port": port["id"]})
     api.ok("delete", f"/v1/ports/{port['id']}", 204)
     assert api.ok("get", f"/v1/floating-ips/{fip['id']}")["port_id"] is None
-    api.ok("delete", f"/v1/floating-ips/{fip['id']}", 204)
+    api.ok("delete", f"/v1/floating-ips/{fip['id']}", 202)
     assert [f["address"] for f in items(api, "/v1/floating-ips")] == ["203.0.113.3"]
     assert "floating IPs" in refused(admin.delete("/v1/subnets/public-sub"), 409, "conflict")["reason"]
 
@@ -353,7 +353,7 @@ def test_tenants_cannot_see_or_touch_each_others_resources(admin: Api) -> None:
     acme = admin.tenant("acme")
     net, sub = network(acme)
     port = acme.ok("post", "/v1/ports", 201, json={"network": "net", "name": "web"})
-    router = acme.ok("post", "/v1/routers", 201, json={"name": "r", "network": "net"})
+    router = acme.ok("post", "/v1/routers", 202, json={"name": "r", "network": "net"})["resource"]
     fip = acme.ok("post", "/v1/floating-ips", 201, json={})
     group = acme.ok("get", "/v1/security-groups/default")
     initech = admin.tenant("initech")
@@ -368,7 +368,7 @@ def test_tenants_cannot_see_or_touch_each_others_resources(admin: Api) -> None:
             refused(initech.delete(f"/v1/{kind}/{ref}"), 404, "not_found")
         assert acme.ok("get", f"/v1/{kind}/{row['id']}") == row, kind
     network(initech)
-    initech.ok("post", "/v1/routers", 201, json={"name": "r", "network": "net"})
+    initech.ok("post", "/v1/routers", 202, json={"name": "r", "network": "net"})
     own = initech.ok("post", "/v1/floating-ips", 201, json={})
     refused(initech.patch(f"/v1/floating-ips/{own['id']}", json={"port": port["id"]}), 404, "not_found", "port")
     refused(initech.patch(f"/v1/floating-ips/{fip['id']}", json={"port": None}), 404, "not_found")
@@ -413,7 +413,7 @@ def test_allocate_and_release_instance_ports(admin: Api, frontend: Frontend) -> 
     api = admin.tenant("acme")
     network(api)
     _, second = network(api, "back", "10.1.0.0/24")
-    api.ok("post", "/v1/routers", 201, json={"name": "r", "network": "net"})
+    api.ok("post", "/v1/routers", 202, json={"name": "r", "network": "net"})
     api.ok("post", "/v1/security-groups", 201, json={"name": "web"})
     kept = api.ok("post", "/v1/ports", 201, json={"network": "net", "name": "kept"})
     vm = _instance(frontend, api, "vm")
@@ -424,7 +424,7 @@ def test_allocate_and_release_instance_ports(admin: Api, frontend: Frontend) -> 
         (kept["ip_address"], False, vm, ["web"])]
     assert {p["id"] for p in items(api, f"/v1/ports?instance={vm}")} == {p["id"] for p in ports}
     fip = api.ok("post", "/v1/floating-ips", 201, json={})
-    api.ok("patch", f"/v1/floating-ips/{fip['id']}", json={"port": ports[0]["id"]})
+    api.ok("patch", f"/v1/floating-ips/{fip['id']}", 202, json={"port": ports[0]["id"]})
     refused(api.delete(f"/v1/ports/{ports[0]['id']}"), 409, "conflict")
 
     other = _instance(frontend, api, "other")

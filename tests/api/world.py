@@ -77,9 +77,9 @@ def seed(cloud: Cloud) -> World:
         "direction": "ingress", "protocol": "tcp", "port_min": 22}), "id")
     world.refs["rule"].append(group["rules"][0]["id"])
     port = world.add("port", member.ok("post", "/v1/ports", 201, json={"name": "p1", "network": "net"}))
-    world.add("router", member.ok("post", "/v1/routers", 201, json={"name": "r1", "network": "net"}))
+    world.add("router", member.ok("post", "/v1/routers", 202, json={"name": "r1", "network": "net"})["resource"])
     fip = world.add("fip", member.ok("post", "/v1/floating-ips", 201, json={}), "id", "address")
-    member.ok("patch", f"/v1/floating-ips/{fip['id']}", json={"port": port["id"]})
+    member.ok("patch", f"/v1/floating-ips/{fip['id']}", 202, json={"port": port["id"]})
     world.add("server_group", member.ok("post", "/v1/server-groups", 201, json={"name": "apart",
                                                                                 "policy": "anti-affinity"}))
     launched = _succeeded(cloud, member, member.ok("post", "/v1/instances", 202, json={

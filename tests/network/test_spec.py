@@ -14,7 +14,7 @@ from backend.network.spec import ARGS, desired_state
 from backend.argcheck import ArgError
 
 NET, SUBNET, PORT = (str(uuid.uuid4()) for _ in range(3))
-BODY: dict[str, Any] = {"scope": None, "networks": [{
+BODY: dict[str, Any] = {"revision": 1, "scope": None, "networks": [{
     "id": NET, "router": True, "snat": True, "external": {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1"},
     "floating_ips": [{"address": "203.0.113.100", "port_id": PORT}],
     "subnets": [{"id": SUBNET, "vni": 42, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "dhcp": True,

@@ -1,4 +1,8 @@
-"""Floating IPs: public addresses from an external network, associated with a port through its router."""
+"""Floating IPs: public addresses from an external network, associated with a port through its router.
+
+Associating, moving, disassociating and releasing one answers with a ``network.sync`` task that
+takes the address off the host that served it and onto the host of its new port.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from ...errors import Conflict, Invalid, NotFound
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
 from ..schemas import V1, Input, Items, Ref, ResourceView
+from .tasks import Accepted, task_view
 
 router = APIRouter(prefix=V1, tags=["floating-ips"])
 
@@ -92,12 +97,28 @@ def show_floating_ip(fip: Ref, caller: CallerDep, frontend: FrontendDep) -> Floa
         return FloatingIpView.model_validate(_get(session, caller, fip))
 
 
-@router.patch("/floating-ips/{fip}", response_model=FloatingIpView,
-              summary="Associate a floating IP with a port (whose network needs a router), or disassociate it")
-def update_floating_ip(fip: Ref, body: FloatingIpUpdate, caller: CallerDep, frontend: FrontendDep) -> FloatingIpView:
+def _synced(frontend: FrontendDep, session: Session, caller: Caller, row: FloatingIp,
+            networks: set[str]) -> Accepted[FloatingIpView]:
+    """The view, with the task that moves the address on the hosts of the networks it left and joined."""
+    task = frontend.tasks.create(session, "network.sync", caller.org_id, caller.user_id, "floating_ip", row.id,
+                                 {"networks": sorted(networks)})
+    return Accepted[FloatingIpView](task=task_view(task, caller), resource=FloatingIpView.model_validate(row))
+
+
+def _port_network(session: Session, port_id: str | None) -> set[str]:
+    port = session.get(Port, port_id) if port_id else None
+    return {port.network_id} if port is not None else set()
+
+
+@router.patch("/floating-ips/{fip}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[FloatingIpView],
+              summary="Associate a floating IP with a port (whose network needs a router), move it to another "
+                      "port, or disassociate it (answers with the task that moves it on the hosts)")
+def update_floating_ip(fip: Ref, body: FloatingIpUpdate, caller: CallerDep,
+                       frontend: FrontendDep) -> Accepted[FloatingIpView]:
     caller.require(Role.member, "associating a floating IP")
     with frontend.db.transaction() as session:
         row = _get(session, caller, fip)
+        networks = _port_network(session, row.port_id)
         if body.port is None:
             row.port_id = None
         else:
@@ -110,14 +131,28 @@ def update_floating_ip(fip: Ref, body: FloatingIpUpdate, caller: CallerDep, fron
                                                                       FloatingIp.id != row.id)).scalar()
             if holder is not None:
                 raise Conflict(f"the port has floating IP {holder} already", "port")
+            # A network's floating IPs leave by one external leg per host, to one gateway.
+            other = session.execute(select(FloatingIp.address).join(Port, Port.id == FloatingIp.port_id)
+                                    .where(Port.network_id == port.network_id, FloatingIp.id != row.id,
+                                           FloatingIp.network_id != row.network_id)).scalar()
+            if other is not None:
+                raise Conflict(f"the port's network has floating IP {other} from another external network; "
+                               "a network's floating IPs come from one external network", "port")
             row.port_id = port.id
+            networks.add(port.network_id)
         session.flush()
-        return FloatingIpView.model_validate(row)
+        accepted = _synced(frontend, session, caller, row, networks)
+    frontend.tasks.start(accepted.task.id)
+    return accepted
 
 
-@router.delete("/floating-ips/{fip}", status_code=status.HTTP_204_NO_CONTENT,
-               summary="Release a floating IP (disassociating it)")
-def delete_floating_ip(fip: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
+@router.delete("/floating-ips/{fip}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[FloatingIpView],
+               summary="Release a floating IP, disassociating it (answers with the task that takes it off its host)")
+def delete_floating_ip(fip: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[FloatingIpView]:
     caller.require(Role.member, "releasing a floating IP")
     with frontend.db.transaction() as session:
-        session.delete(_get(session, caller, fip))
+        row = _get(session, caller, fip)
+        accepted = _synced(frontend, session, caller, row, _port_network(session, row.port_id))
+        session.delete(row)
+    frontend.tasks.start(accepted.task.id)
+    return accepted

@@ -1,17 +1,24 @@
-"""Routers: the distributed router of a network, one per network, which floating IPs go through."""
+"""Routers: the distributed router of a network, one per network, which floating IPs go through.
+
+A router is on every hypervisor that hosts a port of its network: creating, changing or
+deleting one answers with a ``network.sync`` task that pushes the change to those hosts.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, status
 from sqlalchemy import func, select
 
-from ...auth import Role
+from sqlalchemy.orm import Session
+
+from ...auth import Caller, Role
 from ...db.engine import lock
 from ...db.models import FloatingIp, Network, Port, Router
 from ...errors import Conflict, Invalid
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
+from .tasks import Accepted, task_view
 
 router = APIRouter(prefix=V1, tags=["routers"])
 
@@ -33,9 +40,16 @@ class RouterView(ResourceView):
     snat: bool
 
 
-@router.post("/routers", status_code=status.HTTP_201_CREATED, response_model=RouterView,
-             summary="Create the router of a network")
-def create_router(body: RouterCreate, caller: CallerDep, frontend: FrontendDep) -> RouterView:
+def synced(frontend: FrontendDep, session: Session, caller: Caller, row: Router) -> Accepted[RouterView]:
+    """The router's view with the task that pushes its network to the network's hosts."""
+    task = frontend.tasks.create(session, "network.sync", caller.org_id, caller.user_id, "router", row.id,
+                                 {"networks": [row.network_id]})
+    return Accepted[RouterView](task=task_view(task, caller), resource=RouterView.model_validate(row))
+
+
+@router.post("/routers", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[RouterView],
+             summary="Create the router of a network (answers with the task that builds it on the network's hosts)")
+def create_router(body: RouterCreate, caller: CallerDep, frontend: FrontendDep) -> Accepted[RouterView]:
     caller.require(Role.member, "creating a router")
     with frontend.db.transaction() as session:
         network = find(session, Network, body.network, caller, "network", "network")
@@ -47,7 +61,9 @@ def create_router(body: RouterCreate, caller: CallerDep, frontend: FrontendDep) 
         row = Router(org_id=caller.org_id, name=body.name, network_id=network.id, snat=body.snat, status="active")
         session.add(row)
         session.flush()
-        return RouterView.model_validate(row)
+        accepted = synced(frontend, session, caller, row)
+    frontend.tasks.start(accepted.task.id)
+    return accepted
 
 
 @router.get("/routers", response_model=Items[RouterView], summary="List your routers")
@@ -63,20 +79,23 @@ def show_router(router_ref: Ref, caller: CallerDep, frontend: FrontendDep) -> Ro
         return RouterView.model_validate(find(session, Router, router_ref, caller, "router"))
 
 
-@router.patch("/routers/{router_ref}", response_model=RouterView, summary="Rename a router or switch its SNAT")
-def update_router(router_ref: Ref, body: RouterUpdate, caller: CallerDep, frontend: FrontendDep) -> RouterView:
+@router.patch("/routers/{router_ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[RouterView],
+              summary="Rename a router or switch its SNAT (answers with the task that changes it on the hosts)")
+def update_router(router_ref: Ref, body: RouterUpdate, caller: CallerDep, frontend: FrontendDep) -> Accepted[RouterView]:
     caller.require(Role.member, "changing a router")
     with frontend.db.transaction() as session:
         row = find(session, Router, router_ref, caller, "router")
         for field, value in body.model_dump(exclude_none=True).items():
             setattr(row, field, value)
         session.flush()
-        return RouterView.model_validate(row)
+        accepted = synced(frontend, session, caller, row)
+    frontend.tasks.start(accepted.task.id)
+    return accepted
 
 
-@router.delete("/routers/{router_ref}", status_code=status.HTTP_204_NO_CONTENT,
-               summary="Delete a router no floating IP goes through")
-def delete_router(router_ref: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
+@router.delete("/routers/{router_ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[RouterView],
+               summary="Delete a router no floating IP goes through (answers with the task that removes it from the hosts)")
+def delete_router(router_ref: Ref, caller: CallerDep, frontend: FrontendDep) -> Accepted[RouterView]:
     caller.require(Role.member, "deleting a router")
     with frontend.db.transaction() as session:
         row = find(session, Router, router_ref, caller, "router")
@@ -86,4 +105,7 @@ def delete_router(router_ref: Ref, caller: CallerDep, frontend: FrontendDep) -> 
         if fips:
             raise Conflict(f"{fips} floating IPs are associated with ports of this router's network; "
                            "disassociate them first")
+        accepted = synced(frontend, session, caller, row)
         session.delete(row)
+    frontend.tasks.start(accepted.task.id)
+    return accepted

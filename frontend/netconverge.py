@@ -1,0 +1,63 @@
+"""A host that (re)joins the tree is sent its whole network state, and converges on it.
+
+A backend restarted, or cut off while its networks changed, missed syncs (``network.sync``
+tasks do not fail for hosts that are away).  When the tree sees it join or return, it gets a
+full ``net.sync`` (``netstate.full_sync``): it builds what is missing, removes what is no
+longer wanted and leaves the rest, so traffic of ports that did not change is never cut.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any, Callable
+
+import structlog
+from sqlalchemy import select
+
+from sci import CommandHandle, Targets
+
+from .db import Database
+from .db.models import Hypervisor
+from .netstate import NET_SYNC, full_sync
+
+__all__ = ["HostNetworks"]
+
+log = structlog.get_logger("frontend.network")
+
+#: seconds a host has to converge on its whole state
+FULL_SYNC_TIMEOUT = 120.0
+
+Submit = Callable[[str, Any, Targets, float, str | None], CommandHandle]
+
+
+class HostNetworks:
+    def __init__(self, db: Database, submit: Submit) -> None:
+        self.db = db
+        self.submit = submit
+        # Waiting for answers must not hold the host monitor's round.
+        self._waiters = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="netsync")
+
+    def rejoined(self, hosts: list[str]) -> None:
+        """Send each host that runs the network driver its whole state."""
+        if not hosts:
+            return
+        bodies = {}
+        with self.db.read() as session:
+            for host in session.execute(select(Hypervisor).where(Hypervisor.name.in_(hosts))).scalars():
+                if isinstance(host.facts, dict) and host.facts.get("vtep"):
+                    bodies[host.name] = full_sync(session, host.name)
+        for name, body in bodies.items():
+            handle = self.submit(NET_SYNC, body, Targets.to(name), FULL_SYNC_TIMEOUT, None)
+            self._waiters.submit(self._report, name, handle, len(body["networks"]))
+
+    @staticmethod
+    def _report(host: str, handle: CommandHandle, networks: int) -> None:
+        for _, result in handle.results(FULL_SYNC_TIMEOUT + 10):
+            if result.ok:
+                log.info("host_networks_converged", host=host, networks=networks)
+            else:
+                log.warning("host_networks_not_converged", host=host, status=result.status.name,
+                            message=result.message)
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=False, cancel_futures=True)
