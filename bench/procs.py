@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["Fleet", "MemorySampler", "cpu_seconds", "peak_rss_mb", "prepare_child", "run_pids"]
+__all__ = ["Fleet", "MemorySampler", "burn", "cpu_seconds", "peak_rss_mb", "prepare_child", "run_pids"]
 
 _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(["bench.simhosts", "bench.flat"])
@@ -44,6 +44,13 @@ def prepare_child() -> None:
     # Ctrl-C reaches the whole process group; the bench stops its children in order itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
+
+
+def burn() -> None:
+    """Spin on one core until killed: background load that competes with the tree for CPU."""
+    prepare_child()
+    while True:
+        pass
 
 
 def raise_fd_limit() -> None:
@@ -73,6 +80,10 @@ class Fleet:
         self._killed.add(name)
         self.procs[name].kill()
 
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        """SIGSTOP, SIGCONT and the like: a process paused is not a process gone."""
+        os.kill(self.pid(name), sig)
+
     def crashed(self) -> list[str]:
         """Processes that ended without being told to."""
         return [n for n, p in self.procs.items() if p.exitcode is not None and n not in self._killed]
@@ -89,7 +100,8 @@ class Fleet:
         self._killed.update(names)
         procs = [self.procs[n] for n in names]
         for proc in procs:
-            if proc.exitcode is None:
+            if proc.exitcode is None and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped process would keep SIGTERM pending
                 proc.terminate()
         end = time.monotonic() + grace
         killed = []

@@ -12,6 +12,10 @@ Phases, in order, on one machine:
 8. audit: every process's log for nodes declared dead that were alive;
 9. teardown: the simulated backends report how often each command ran on each host.
 
+``--background-load K`` runs K processes that spin on a core each from before the flat star to
+the end, so every phase runs on a machine the tree has to share: slower, but never wrong (no
+false failures, nothing lost or run twice).  Their CPU is left out of the tree's figures.
+
 ``--reference counters-off`` then builds the same tree again with every node's counting off
 and measures idle and broadcasts there too, so the cost of the metrics stands beside the
 figures in the same run.
@@ -42,7 +46,7 @@ from service.logs import setup_logging
 
 from . import phases
 from .flat import FlatStar, run_flat
-from .procs import Fleet, MemorySampler, cpu_seconds, peak_rss_mb, run_pids
+from .procs import Fleet, MemorySampler, burn, cpu_seconds, peak_rss_mb, run_pids
 from .simhosts import run_agent, run_sim
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -70,6 +74,8 @@ class Config:
     run_dir: Path
     #: CURVE on every link, every node's key enrolled beforehand (as the product runs)
     curve: bool = True
+    #: processes spinning on a core each beside the tree for the whole run
+    background_load: int = 0
 
     @property
     def mode(self) -> str:
@@ -114,6 +120,8 @@ class TreeBench:
             "mode": cfg.mode, "rounds": cfg.rounds, "curve": cfg.curve,
             "heartbeat_interval_s": cfg.settings.heartbeat_interval,
             "heartbeat_misses": cfg.settings.heartbeat_misses,
+            "link_heartbeat_interval_s": cfg.settings.link_heartbeat_interval,
+            "link_timeout_s": cfg.settings.link_timeout, "background_load": cfg.background_load,
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "kernel": platform.release(),
             "sci_version": _sci_version(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -124,6 +132,8 @@ class TreeBench:
         started = time.monotonic()
         memory = MemorySampler().start()
         try:
+            for i in range(self.cfg.background_load):
+                self.fleet.spawn(f"burn-{i}", burn)
             try:
                 if full:
                     self.flat_star()
@@ -316,13 +326,16 @@ class TreeBench:
         self.out["idle_cpu_cores_by_role"] = {k: round(v / IDLE_SECONDS, 3) for k, v in spent.items()}
 
     def _cpu_by_role(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
-        """CPU seconds spent between two snapshots, summed by role (bench = root and bench threads)."""
-        role = {self.fleet.pid(n): n.split("-")[0] for n in [*self.agents, *self.sims]}
+        """CPU seconds spent between two snapshots, summed by role (bench = root and bench threads).
+
+        The background load is no part of the tree: its processes are left out.
+        """
+        role = {self.fleet.pid(n): n.split("-")[0] for n in self.fleet.procs}
         role[os.getpid()] = "bench"
         spent: dict[str, float] = {}
         for pid, cpu in after.items():
-            if pid in before:
-                name = role.get(pid, "other")
+            name = role.get(pid, "other")
+            if pid in before and name != "burn":
                 spent[name] = spent.get(name, 0.0) + cpu - before[pid]
         return dict(sorted(spent.items()))
 
@@ -450,24 +463,32 @@ _DEFAULTS = sci.TreeSettings()
 @click.option("--process-per-host", is_flag=True, help="Every backend its own process.")
 @click.option("--heartbeat-interval", type=float, default=_DEFAULTS.heartbeat_interval, show_default=True)
 @click.option("--heartbeat-misses", type=int, default=_DEFAULTS.heartbeat_misses, show_default=True)
+@click.option("--link-heartbeat-interval", type=float, default=_DEFAULTS.link_heartbeat_interval, show_default=True,
+              help="Seconds between ZMTP PINGs on every connection.")
+@click.option("--link-timeout", type=float, default=_DEFAULTS.link_timeout, show_default=True,
+              help="Seconds a connection may stay silent after a PING before libzmq drops it.")
 @click.option("--counters-interval", type=float, default=_DEFAULTS.counters_interval, show_default=True,
               help="Seconds between leaves' counter reports; 0 turns counting off.")
 @click.option("--curve/--no-curve", default=True, show_default=True,
               help="CURVE encryption and authentication on every link, as the product runs.")
+@click.option("--background-load", type=click.IntRange(0), default=0, show_default=True,
+              help="Processes spinning on a core each beside the tree for the whole run.")
 @click.option("--reference", "references", type=click.Choice(sorted(REFERENCES)), multiple=True,
               help="Also build the tree with this change and measure idle and broadcasts on it.")
 def main(hosts: int, json_path: str | None, agents: int | None, fanout: int, rounds: int, sim_procs: int | None,
-         process_per_host: bool, heartbeat_interval: float, heartbeat_misses: int, counters_interval: float,
-         curve: bool, references: tuple[str, ...]) -> None:
+         process_per_host: bool, heartbeat_interval: float, heartbeat_misses: int, link_heartbeat_interval: float,
+         link_timeout: float, counters_interval: float, curve: bool, background_load: int,
+         references: tuple[str, ...]) -> None:
     """Build a tree of HOSTS simulated backends on loopback and measure it."""
     settings = sci.TreeSettings(fanout=fanout, heartbeat_interval=heartbeat_interval,
-                                heartbeat_misses=heartbeat_misses, counters_interval=counters_interval).validate()
+                                heartbeat_misses=heartbeat_misses, link_heartbeat_interval=link_heartbeat_interval,
+                                link_timeout=link_timeout, counters_interval=counters_interval).validate()
     procs = hosts if process_per_host else min(hosts, sim_procs or max(2, math.ceil(hosts / 2500)))
     run_dir = RESULTS_DIR / f"run-{hosts}{'-pph' if process_per_host else ''}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cfg = Config(hosts, agents or default_agents(hosts, fanout), fanout, rounds, procs, process_per_host,
-                 settings, run_dir, curve)
+                 settings, run_dir, curve, background_load)
     cfg.log_dir.mkdir()
     # The root runs here: its warnings (children declared dead) go where the audit reads them.
     log = open(cfg.log_dir / "bench.log", "a", buffering=1)  # noqa: SIM115 - open for the whole run

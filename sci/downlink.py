@@ -2,14 +2,23 @@
 
 Children connect to one ROUTER socket with their node id as routing id.  A HELLO opens a
 session (a number fresh for this process); every later frame from the child must carry it.
-A child declared dead (silent for ``heartbeat_misses`` intervals, or its connection gone
-when we send) loses its session and all routes through it; if it was only slow, its next
-frame is refused with REJECT and it attaches again, bringing its subtree along.  So one
+A child declared dead loses its session and all routes through it; if it was only slow, its
+next frame is refused with REJECT and it attaches again, bringing its subtree along.  So one
 false alarm costs one re-attach of one link and does not spread to the nodes below it.
+
+A child is dead when its connection is gone: libzmq drops it when the child is killed, or
+stopped or cut off (its ZMTP heartbeats stop), and a send to it then fails.  So every dropped
+connection is followed, ``disconnect_grace`` later (time for a live child to reconnect), by
+a probe of every child.  A child whose connection stays up but whose loop sent nothing for
+``heartbeat_misses`` tree heartbeats is dead too (its loop hangs).  Never more children die
+in one heartbeat interval than ``dead_cap`` allows: a parent that finds many gone at
+once is more likely behind itself, and says so (``self_suspect``).
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -22,7 +31,8 @@ from . import proto
 from .counters import Counters, add_into, check_counters
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .reactor import NOBLOCK, NOBLOCK_SNDMORE, Reactor, ZContext, ZSocket, has_input
+from .links import tune_link
+from .reactor import NOBLOCK, NOBLOCK_SNDMORE, Reactor, Timer, ZContext, ZSocket, has_input
 from .routes import RouteChange, RouteTable
 from .security import Security, release_domain, serve_curve
 from .settings import TreeSettings
@@ -38,6 +48,8 @@ _DECLARED_DEAD_KEPT = 4096
 #: Deeper than any tree grows.  A claimed level past it is a peer's lie, and the registrar must
 #: still be able to pack the level + 1 it gives the next node placed under that claim.
 _MAX_LEVEL = 1 << 16
+#: Children that may always be declared dead in one interval, however few there are.
+_DEAD_FLOOR = 2
 
 
 @dataclass(slots=True)
@@ -131,6 +143,12 @@ class Downlink:
         # never matches by chance.
         self._next_session = time.time_ns() // 1000 % (1 << 40)
         self._sock: ZSocket | None = None
+        self._monitor: ZSocket | None = None
+        self._probe_timer: Timer | None = None
+        #: a connection dropped after the pending probe was planned: probe once more after it
+        self._probe_again = False
+        #: when this node declared children dead, within the last heartbeat interval
+        self._recent_deaths: collections.deque[float] = collections.deque()
         self._last_tick = 0.0
         self._stop_ticker: Any = None
         self._log = log.bind(node=node_id)
@@ -138,12 +156,9 @@ class Downlink:
 
     def start(self) -> None:
         sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
+        tune_link(sock, self.settings)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes * 2)
         if self.security is not None:
             serve_curve(sock, self.ctx, self.node_id, self.security, self._peer_allowed)
         sock.bind(self.listen)
@@ -151,6 +166,8 @@ class Downlink:
         self._sock = sock
         self._last_tick = time.monotonic()
         self.reactor.add_reader(sock, self._on_readable)
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.reactor.add_reader(self._monitor, self._on_monitor)
         self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.tick)
 
     @property
@@ -176,6 +193,15 @@ class Downlink:
             release_domain(self.ctx, self.node_id)
         if self._stop_ticker is not None:
             self._stop_ticker()
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        if self._monitor is not None:
+            self.reactor.remove_reader(self._monitor)
+            if self._sock is not None:
+                self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._sock is not None:
             self.reactor.remove_reader(self._sock)
             self._sock.close(linger=0)
@@ -205,7 +231,7 @@ class Downlink:
         if self.send_raw(child_id.encode(), data):
             child.last_tx = time.monotonic()
             return True
-        self.reactor.call_later(0, lambda: self._child_failed(child_id, child.session, "connection gone"))
+        self.reactor.call_later(0, lambda: self._connection_gone(child_id, child.session))
         return False
 
     # Liveness -----------------------------------------------------------------------------
@@ -222,14 +248,73 @@ class Downlink:
         # While frames wait unread, a child's latest heartbeat may be among them: judge no one
         # dead until this node has caught up with its input (bulk traffic must not look like silence).
         backlog = self._sock is not None and has_input(self._sock)
+        silent = []
         for child in list(self.children.values()):
             if forgive:
                 child.last_rx = now
             elif now - child.last_rx > dead_after and not backlog:
-                self._child_failed(child.node_id, child.session, f"no frame for {now - child.last_rx:.1f}s")
+                silent.append(child)
                 continue
             if now - child.last_tx >= interval:
                 self.send(child.node_id, heartbeat)
+        if silent:
+            silent.sort(key=lambda c: c.last_rx)
+            allowed = self._deaths_allowed(len(silent), "silent")
+            for child in silent[:allowed]:
+                self._child_failed(child.node_id, child.session, f"no frame for {now - child.last_rx:.1f}s")
+
+    def _deaths_allowed(self, wanted: int, why: str) -> int:
+        """How many of ``wanted`` children may be declared dead now, under the per-interval cap.
+
+        Many children dying at once is less likely than this node falling behind: its loop
+        (silent children whose connections are up) or its I/O thread (connections its own
+        stall timed out).  Past the cap it says so and leaves the rest to later intervals.
+        """
+        now = time.monotonic()
+        recent = self._recent_deaths
+        while recent and now - recent[0] >= self.settings.heartbeat_interval:
+            recent.popleft()
+        cap = max(_DEAD_FLOOR, math.ceil(self.settings.dead_cap * len(self.children)))
+        allowed = min(wanted, max(0, cap - len(recent)))
+        if allowed < wanted:
+            self.counters.add("self_suspects")
+            self._log.warning("self_suspect", reason=why, dying=wanted, declaring=allowed,
+                              children=len(self.children), cap=cap)
+        recent.extend([now] * allowed)
+        return allowed
+
+    def _connection_gone(self, child_id: str, session: int) -> None:
+        child = self.children.get(child_id)
+        if child is None or child.session != session:
+            return
+        if self._deaths_allowed(1, "connections") == 1:
+            self._child_failed(child_id, session, "connection gone")
+        else:
+            self._probe_soon()  # still gone at the next probe: declared then, if the cap allows
+
+    def _on_monitor(self, sock: ZSocket) -> bool:
+        for i in range(64):
+            if i and not has_input(sock):
+                return False
+            sock.recv_multipart(NOBLOCK)  # only EVENT_DISCONNECTED is asked for; whose, it does not say
+            self._probe_soon()
+        return True
+
+    def _probe_soon(self) -> None:
+        if self._probe_timer is None:
+            self._probe_timer = self.reactor.call_later(self.settings.disconnect_grace, self._probe)
+        else:
+            self._probe_again = True
+
+    def _probe(self) -> None:
+        """Send to every child: a send fails, and declares the child dead, if its connection is still gone."""
+        self._probe_timer = None
+        if self._probe_again:
+            self._probe_again = False
+            self._probe_soon()
+        heartbeat = proto.heartbeat_down()
+        for child_id in list(self.children):
+            self.send(child_id, heartbeat)
 
     def _child_failed(self, child_id: str, session: int, reason: str) -> None:
         child = self.children.get(child_id)

@@ -13,16 +13,30 @@ __all__ = ["TreeSettings"]
 class TreeSettings:
     #: Most children a node is given by the planner (SCI's default).
     fanout: int = 32
-    #: Seconds between heartbeats on a quiet link; any frame counts as one.
+    #: Seconds between the tree's own heartbeats on a quiet link; any frame counts as one.
+    #: They catch a stopped process and one whose loop hangs; a killed process is caught
+    #: sooner, by its dropped connection.
     heartbeat_interval: float = 1.0
-    #: A peer silent for this many intervals is dead.
+    #: A peer silent for this many intervals is dead (stopped, or its loop hung).
     heartbeat_misses: int = 3
+    #: Seconds between ZMTP PINGs on every connection, sent by libzmq's I/O threads, which run
+    #: while Python is busy or descheduled; 0: none.  Off by default: libzmq 4.3.5 aborts a
+    #: process whose heartbeat timer fires on a connection whose write just failed (seen with
+    #: thousands of connections per process, bench.tree at 10,000 hosts), and each PING costs
+    #: as much as a tree heartbeat (docs/protocol.md, "Liveness").
+    link_heartbeat_interval: float = 0.0
+    #: A connection that carried nothing for this long after a PING is dropped by libzmq
+    #: (a killed, stopped or cut-off peer), which ``disconnect_grace`` then turns into a death.
+    link_timeout: float = 1.0
     #: A frame over this many bytes is dropped with a log event.
     max_frame_bytes: int = MAX_FRAME_BYTES
-    #: After the TCP link to a parent drops, how long to wait for it to come back before
-    #: treating the parent as dead without waiting for the heartbeat timeout (a killed
-    #: process refuses the reconnect at once; a network blip usually heals in this time).
+    #: After a connection drops, how long to wait for it to come back before treating the
+    #: peer as dead (a killed process refuses the reconnect; a network blip usually heals).
     disconnect_grace: float = 0.5
+    #: Most children, as a fraction of them (and at least 2), a node declares dead in one
+    #: heartbeat interval.  More at once says more about this node (its loop or its I/O thread
+    #: behind) than about them: it logs ``self_suspect`` and leaves the rest for later intervals.
+    dead_cap: float = 0.25
     #: How long the root waits for a host whose route broke to attach again before its
     #: commands in flight fail as unreachable.
     reattach_grace: float = 5.0
@@ -45,14 +59,25 @@ class TreeSettings:
     def dead_after(self) -> float:
         return self.heartbeat_interval * self.heartbeat_misses
 
+    @property
+    def link_dead_after(self) -> float | None:
+        """Longest a stopped or cut-off peer keeps its connection (the next PING, then its timeout);
+        None without link heartbeats."""
+        return self.link_heartbeat_interval + self.link_timeout if self.link_heartbeat_interval else None
+
     def validate(self) -> "TreeSettings":
         """Raise ValueError naming the field and the reason if a value makes no sense."""
         checks = [
             ("fanout", self.fanout >= 2, "must be at least 2"),
             ("heartbeat_interval", 0.01 <= self.heartbeat_interval <= 60, "must be between 0.01 and 60 seconds"),
             ("heartbeat_misses", 2 <= self.heartbeat_misses <= 100, "must be between 2 and 100"),
+            # libzmq counts these in whole milliseconds.
+            ("link_heartbeat_interval", self.link_heartbeat_interval == 0 or 0.01 <= self.link_heartbeat_interval <= 60,
+             "must be 0 (none) or between 0.01 and 60 seconds"),
+            ("link_timeout", 0.1 <= self.link_timeout <= 600, "must be between 0.1 and 600 seconds"),
             ("max_frame_bytes", 4096 <= self.max_frame_bytes <= 1 << 30, "must be between 4 KiB and 1 GiB"),
             ("disconnect_grace", 0 <= self.disconnect_grace < self.dead_after, "must be below the dead-after time"),
+            ("dead_cap", 0 < self.dead_cap <= 1, "must be above 0 and at most 1"),
             ("reattach_grace", self.reattach_grace >= 0, "must not be negative"),
             ("hop_margin", 0 <= self.hop_margin < 10, "must be between 0 and 10 seconds"),
             ("route_batch_delay", 0 <= self.route_batch_delay <= 1, "must be between 0 and 1 second"),

@@ -7,18 +7,22 @@ Lifecycle (``LinkState``)::
        |   every parent   |   |  parent dead,     |
        +---- failed ------+   +--- REJECT --------+
 
-A parent is dead when it has been silent for ``heartbeat_misses`` intervals, or when its TCP
-connection dropped and did not come back within ``disconnect_grace`` (a killed process
-refuses the reconnect at once, so crashes are handled in well under a second while hangs
-still need the heartbeat timeout).  The child then attaches to the next parent of the
-ordered fallback list the registrar gave it, and asks the registrar again once the list is
-used up.  Frames meant for the parent while no parent is attached wait in an outbox and are
-sent, with the new session, after the next WELCOME.
+A parent is dead when its connection dropped and did not come back within
+``disconnect_grace``: libzmq drops it when the process is killed (the reconnect is refused),
+or cut off (with link heartbeats on, ``link_dead_after``).  A parent that sent nothing for
+``heartbeat_misses`` tree heartbeats is dead too (stopped, or its loop hangs), and so is one
+that sent no WELCOME in that time.  The child then attaches to the next parent of the
+ordered fallback list the registrar gave it, and asks the registrar again once the list is used up.  Attempts after the
+first back off exponentially, with jitter, and every socket a process opens is paced
+(``links.budget_of``), so that a storm of re-attaching nodes neither piles onto one parent
+nor runs a process out of file descriptors.  Frames meant for the parent while no parent is
+attached wait in an outbox and are sent, with the new session, after the next WELCOME.
 """
 
 from __future__ import annotations
 
 import collections
+import random
 import time
 from enum import Enum
 from typing import Callable
@@ -31,7 +35,8 @@ from . import proto
 from .counters import Counters
 from .exceptions import FrameError, IllegalTransition, SciError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .reactor import NOBLOCK, Reactor, ZContext, ZSocket, has_input
+from .links import budget_of, losses_of, tune_link
+from .reactor import NOBLOCK, Reactor, Timer, ZContext, ZSocket, has_input
 from .security import Security, check_key, connect_curve
 from .settings import TreeSettings
 
@@ -42,6 +47,12 @@ log = structlog.get_logger("sci.uplink")
 _OUTBOX_LIMIT = 10_000
 _JOIN_RETRY_MIN = 0.5
 _JOIN_RETRY_MAX = 8.0
+#: Delay before the second attempt in a row that did not end attached; it doubles up to the
+#: maximum, and each delay is drawn between half and all of it.
+_BACKOFF_MIN = 0.1
+_BACKOFF_MAX = 5.0
+_MONITORED = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 class LinkState(Enum):
@@ -120,7 +131,15 @@ class Uplink:
         self.last_tx = 0.0
         self._phase_started = 0.0
         self._join_retry = _JOIN_RETRY_MIN
+        self._join_due = 0.0
+        #: attempts in a row that did not end attached for a heartbeat interval: the backoff
+        self._failures = 0
+        self._attached_at = 0.0
+        #: the next step of the phase, when it waits (backoff, or the socket budget)
+        self._pending: Timer | None = None
+        #: when the connection to the parent went down, while it is down
         self._disconnected_at: float | None = None
+        self._grace_timer: Timer | None = None
         #: set when the parent refused our key during ATTACHING: retry that parent at the next tick
         self._key_refused = False
         self._last_tick = 0.0
@@ -176,6 +195,7 @@ class Uplink:
         if say_bye and self.state is LinkState.ATTACHED:
             self._send_now(proto.bye(self.session))
         self._move(LinkState.STOPPED)
+        self._cancel_pending()
         self._close_socket()
 
     def tick(self) -> None:
@@ -192,25 +212,25 @@ class Uplink:
         self._last_tick = now
         state = self.state
         if state is LinkState.ATTACHED:
-            if now - self.last_rx > self.settings.dead_after and not self._backlog():
+            if now - self.last_rx > self.settings.dead_after and not self._backlog() and self._may_lose():
                 self._parent_failed(f"no frame for {now - self.last_rx:.1f}s")
-                return
-            if self._disconnected_at is not None and now - self._disconnected_at > self.settings.disconnect_grace:
-                self._parent_failed("connection lost")
                 return
             if self._outbox:
                 self._flush_outbox()
             if now - self.last_tx >= self.settings.heartbeat_interval:
                 self._send_now(proto.heartbeat_up(self.session))
+            if self._failures and now - self._attached_at >= self.settings.heartbeat_interval:
+                self._failures = 0
+        elif self._pending is not None:
+            return  # backing off, or waiting for the socket budget: no deadline runs
         elif state is LinkState.ATTACHING:
             if now - self._phase_started > self.settings.dead_after:
                 self._parent_failed("no WELCOME")
             elif self._key_refused:
                 self._retry_attach()
-        elif state is LinkState.JOINING:
-            if now - self._phase_started > self._join_retry:
-                self._join_retry = min(self._join_retry * 2, _JOIN_RETRY_MAX)
-                self._join()
+        elif state is LinkState.JOINING and now >= self._join_due:
+            self._join_retry = min(self._join_retry * 2, _JOIN_RETRY_MAX)
+            self._send_join()
 
     def _backlog(self) -> bool:
         """Unread frames from the parent wait: its silence may be only our lag."""
@@ -223,24 +243,60 @@ class Uplink:
             raise IllegalTransition(f"uplink {self.state.value} -> {new.value}")
         self.state = new
 
+    def _backoff(self) -> float:
+        """The delay before the next attempt: none after one failure, then doubling with jitter."""
+        if self._failures <= 1:
+            return 0.0
+        return min(_BACKOFF_MAX, _BACKOFF_MIN * 2.0 ** (self._failures - 2)) * random.uniform(0.5, 1.0)
+
+    def _later(self, delay: float, step: Callable[[], None]) -> None:
+        """Run the phase's next step after ``delay``; it replaces any step still waiting."""
+        self._cancel_pending()
+
+        def run() -> None:
+            self._pending = None
+            step()
+
+        self._pending = self.reactor.call_later(delay, run)
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
     def _join(self) -> None:
         self._move(LinkState.JOINING)
-        self._open(self.registrar, identity=None, server_key=self.security.root_key if self.security else None)
-        self._phase_started = time.monotonic()
+        self._later(self._backoff(), self._send_join)
+
+    def _send_join(self) -> None:
+        self._join_due = time.monotonic() + self._join_retry * random.uniform(0.75, 1.25)
+        if not self._open(self.registrar, None, self.security.root_key if self.security else None,
+                          self._send_join):
+            return
         self._send_now(proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups))
         self._log.debug("join_sent", registrar=self.registrar)
 
-    def _attach(self, index: int, retry: bool = False) -> None:
+    def _attach(self, index: int, reuse: bool = False) -> None:
+        """Attach to ``parents[index]``: on the socket already open to it if ``reuse``."""
         self._move(LinkState.ATTACHING)
         self.parent_index = index
-        parent_id, endpoint, key = self.parents[index]
-        if not retry:
-            self.attach_count += 1
-            self._phase_started = time.monotonic()
-        self._open(endpoint, identity=self.node_id.encode(), server_key=key)
+        self.attach_count += 1
+        self._later(self._backoff(), lambda: self._hello_phase(reuse))
+
+    def _hello_phase(self, reuse: bool) -> None:
+        # The WELCOME deadline runs from the HELLO, not from the start of the backoff before it.
+        self._phase_started = time.monotonic()
+        self._send_hello(reuse)
+
+    def _send_hello(self, reuse: bool) -> None:
+        parent_id, endpoint, key = self.parents[self.parent_index]
+        if not (reuse and self._sock is not None) and not self._open(
+                endpoint, self.node_id.encode(), key, lambda: self._send_hello(False)):
+            return
         entries = [self.own_entry(), *self.owner.subtree_entries()]
         self._send_now(proto.hello(self.node_id, entries))
-        self._log.info("attach_sent", parent=parent_id, endpoint=endpoint, fallback=index, routes=len(entries))
+        self._log.info("attach_sent", parent=parent_id, endpoint=endpoint, fallback=self.parent_index,
+                       routes=len(entries), reused=reuse)
 
     def _retry_attach(self) -> None:
         """Say HELLO to the same parent again, on a fresh connection, within the same deadline.
@@ -251,7 +307,7 @@ class Uplink:
         giving up on the parent instead would leave the node on a fallback for good.
         """
         self._log.info("attach_retried", parent=self.parents[self.parent_index][0], reason="key refused")
-        self._attach(self.parent_index, retry=True)
+        self._send_hello(reuse=False)
 
     def _parent_failed(self, reason: str) -> None:
         parent = self.parent or "?"
@@ -260,6 +316,8 @@ class Uplink:
         if was_attached:
             self._detached_from(parent)
             self.owner.on_detached(parent, reason)
+        self._failures += 1
+        self._close_socket()
         nxt = self.parent_index + 1
         if nxt < len(self.parents):
             self._attach(nxt)
@@ -268,13 +326,23 @@ class Uplink:
 
     # Sockets ------------------------------------------------------------------------------
 
-    def _open(self, endpoint: str, identity: bytes | None, server_key: str | None) -> None:
+    def _open(self, endpoint: str, identity: bytes | None, server_key: str | None,
+              retry: Callable[[], None]) -> bool:
+        """A fresh socket to ``endpoint``; False if there is none yet (``retry`` runs later)."""
         self._close_socket()
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes * 2)
+        wait = budget_of(self.reactor).take()
+        if wait > 0:
+            self._later(wait, retry)
+            return False
+        try:
+            sock = self.ctx.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:  # out of file descriptors or of libzmq's sockets: wait, do not spin
+            self.counters.add("sockets_refused")
+            self._log.warning("socket_open_failed", endpoint=endpoint[:200], error=str(exc)[:200])
+            self._failures += 1
+            self._later(max(self._backoff(), _BACKOFF_MIN), retry)
+            return False
+        tune_link(sock, self.settings)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if identity is not None:
@@ -285,23 +353,26 @@ class Uplink:
                 # the next parent is tried, rather than talking to an unauthenticated peer.
                 connect_curve(sock, self.security, server_key or "")
             sock.connect(endpoint)
+            monitor = sock.get_monitor_socket(_MONITORED) if identity is not None else None
         except zmq.ZMQError as exc:
-            # No key, or an endpoint ZeroMQ cannot use: no socket, so the phase times out and
-            # the next parent (or the registrar again) is tried.
+            # No key, or an endpoint ZeroMQ cannot use, or no file descriptor for the monitor:
+            # no socket, so the phase times out and the next parent (or the registrar) is tried.
             sock.close(linger=0)
             self._log.warning("connect_failed", endpoint=endpoint[:200], error=str(exc)[:200])
-            return
+            return False
         self._sock = sock
-        self._disconnected_at = None
         self._key_refused = False
         self.reactor.add_reader(sock, self._on_readable)
-        if identity is not None:
-            monitor = sock.get_monitor_socket(
-                zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        if monitor is not None:
             self._monitor = monitor
             self.reactor.add_reader(monitor, self._on_monitor)
+        return True
 
     def _close_socket(self) -> None:
+        self._disconnected_at = None
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
         if self._monitor is not None:
             self.reactor.remove_reader(self._monitor)
             if self._sock is not None:
@@ -337,14 +408,46 @@ class Uplink:
         for i in range(64):
             if i and not has_input(sock):
                 return False
-            event = parse_monitor_message(sock.recv_multipart(NOBLOCK))
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._disconnected_at = time.monotonic()
-            elif event["event"] == zmq.EVENT_CONNECTED:
+            event = parse_monitor_message(sock.recv_multipart(NOBLOCK))["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                # Not EVENT_CONNECTED: a stopped process's kernel still accepts TCP connections.
                 self._disconnected_at = None
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.state is LinkState.ATTACHING:
+            elif event == zmq.EVENT_DISCONNECTED or event == zmq.EVENT_CONNECT_RETRIED:
+                self._link_down()
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.state is LinkState.ATTACHING:
                 self._key_refused = True
         return True
+
+    def _link_down(self) -> None:
+        if self._disconnected_at is None:
+            self._disconnected_at = time.monotonic()
+            if self._grace_timer is None:
+                self._grace_timer = self.reactor.call_later(self.settings.disconnect_grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        """The connection went down ``disconnect_grace`` ago: the parent is dead unless it came back."""
+        self._grace_timer = None
+        if self._monitor is not None and has_input(self._monitor):
+            self._on_monitor(self._monitor)  # a busy loop may not have read that it did
+        since = self._disconnected_at
+        if since is None or self.state not in (LinkState.ATTACHED, LinkState.ATTACHING):
+            return
+        left = since + self.settings.disconnect_grace - time.monotonic()
+        if left > 0 or self._pending is not None or not self._may_lose():
+            # Forgiven after a stall of ours, a HELLO waits, or this process is losing too many
+            # parents at once to believe them all dead: look again later.
+            self._grace_timer = self.reactor.call_later(max(left, self.settings.disconnect_grace),
+                                                        self._grace_over)
+            return
+        self._parent_failed("connection lost")
+
+    def _may_lose(self) -> bool:
+        """Whether this process may give up on one more parent now (see ``links.LOSSES_PER_S``)."""
+        if losses_of(self.reactor).take() == 0:
+            return True
+        self.counters.add("self_suspects")
+        self._log.warning("self_suspect", parent=self.parent, reason="too many parents lost at once")
+        return False
 
     def _on_readable(self, sock: ZSocket) -> bool:
         # The reactor saw input before calling; after that, asking EVENTS is far cheaper than
@@ -417,6 +520,7 @@ class Uplink:
         self.parents = checked
         self._join_retry = _JOIN_RETRY_MIN
         self._log.info("assigned", level=level, parents=[p[0] for p in checked])
+        self._close_socket()
         self._attach(0)
 
     def _on_welcome(self, session: int) -> None:
@@ -424,7 +528,7 @@ class Uplink:
             return
         self._move(LinkState.ATTACHED)
         self.session = session
-        self.last_rx = time.monotonic()
+        self.last_rx = self._attached_at = time.monotonic()
         parent = self.parents[self.parent_index][0]
         self._log.info("attached", parent=parent, session=session, fallback=self.parent_index)
         if self._lost is not None:
@@ -446,6 +550,10 @@ class Uplink:
             self._detached_from(self.parent or "?")
             self.owner.on_detached(self.parent or "?", f"rejected: {text}")
         if code == RejectCode.NO_SESSION:
-            self._attach(self.parent_index)  # the parent is alive; it just forgot us
+            # The parent is alive and the connection fine; it just forgot us.  Say HELLO again
+            # on the same socket, after a backoff: a parent that forgot many children at once
+            # gets their HELLOs spread out instead of in one burst.
+            self._failures = max(self._failures + 1, 2)
+            self._attach(self.parent_index, reuse=True)
         else:
             self._parent_failed(f"refused: {text}")

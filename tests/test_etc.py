@@ -99,8 +99,9 @@ def test_backend_yaml_documented_values() -> None:
 def test_tree_settings_defaults_are_the_documented_ones() -> None:
     """If someone changes a TreeSettings default, the comments in etc/*.yaml need a look too."""
     assert dataclasses.asdict(TreeSettings()) == {
-        "fanout": 32, "heartbeat_interval": 1.0, "heartbeat_misses": 3, "max_frame_bytes": 16 * 1024 * 1024,
-        "disconnect_grace": 0.5, "reattach_grace": 5.0, "hop_margin": 0.05, "route_batch_delay": 0.02,
+        "fanout": 32, "heartbeat_interval": 1.0, "heartbeat_misses": 3, "link_heartbeat_interval": 0.0,
+        "link_timeout": 1.0, "max_frame_bytes": 16 * 1024 * 1024, "disconnect_grace": 0.5, "dead_cap": 0.25,
+        "reattach_grace": 5.0, "hop_margin": 0.05, "route_batch_delay": 0.02,
         "read_batch": 512, "counters_interval": 10.0,
     }
 
