@@ -7,6 +7,12 @@ under the work directory, exactly as the units in etc/ run them on real hosts.
 The API serves TLS with the certificate the frontend generates on its first start
 (``ca_file``); the backends and every client here trust that one certificate.
 
+With ``netlab=True`` each backend is a hypervisor of its own: it runs inside a network
+namespace of a lab (``localcluster/netlab.py``) with the network driver's ``network:``
+section (its VTEP, its external bridge, a namespace prefix of its own), and reaches the
+frontend, its API and the agents, which stay in this machine's namespace, on the lab's
+management address, where they listen instead of loopback.
+
 The tree runs CURVE, as it does by default: before an agent or a backend first starts, an
 enrolment token for it is issued through the API as an admin would, and written to the file
 its ``enrolment_token_file`` names.  Nodes already enrolled (a restart, a second ``make run``)
@@ -22,6 +28,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,8 @@ import yaml
 from frontend.control import request
 from frontend.tlscert import generated_pair
 from service.nodekeys import root_key_path
+
+from .netlab import Hypervisor, NetLab, netns_argv
 
 __all__ = ["LocalCluster", "free_port", "rack_of"]
 
@@ -59,8 +68,12 @@ class LocalCluster:
         api_port: int | None = None,
         env: dict[str, str] | None = None,
         backend_config: dict[str, Any] | None = None,
+        netlab: bool = False,
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.lab = NetLab(self.workdir / "netlab") if netlab else None
+        #: where the frontend, its API and the agents listen: what the backends can reach
+        self.host = self.lab.management_address if self.lab is not None else "127.0.0.1"
         self.agent_names = [f"agent{i}" for i in range(agents)]
         self.backend_names = [f"host{i:03d}" for i in range(backends)]
         self.tree = dict(tree or {})
@@ -68,15 +81,17 @@ class LocalCluster:
         self.log_level = log_level
         self.python = python
         self.port = free_port()
-        self.frontend_endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.frontend_endpoint = f"tcp://{self.host}:{self.port}"
         self.control_socket = str(self.workdir / "frontend.sock")
         self.api_port = api_port or free_port()
-        self.api_url = f"https://127.0.0.1:{self.api_port}"
+        self.api_url = f"https://{self.host}:{self.api_port}"
         #: the frontend's generated (self-signed) certificate: what clients of the API trust
         self.ca_file = str(generated_pair(self.workdir / "frontend").cert)
         self.env = dict(env or {})
         #: extra settings for every backend's config file (e.g. a compute section)
         self.backend_config = dict(backend_config or {})
+        #: each backend's hypervisor, kept across its restarts
+        self.hypervisors: dict[str, Hypervisor] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, Any] = {}
         self._admin_token: str | None = None
@@ -89,7 +104,8 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(body, sort_keys=False))
         return path
 
-    def _spawn(self, name: str, module: str, config: Path) -> None:
+    def _spawn(self, name: str, module: str, config: Path, prefix: Sequence[str] = ()) -> None:
+        """``prefix``: what the daemon's command line runs under (entering a hypervisor's namespace)."""
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "logs" / f"{name}.log", "ab")
         self._logs[name] = log
@@ -97,7 +113,7 @@ class LocalCluster:
         env = dict(os.environ, **self.env,
                    PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.procs[name] = subprocess.Popen(
-            [self.python, "-m", module, "--config", str(config)],
+            [*prefix, self.python, "-m", module, "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=repo,
             start_new_session=True,
         )
@@ -109,7 +125,8 @@ class LocalCluster:
             "control_socket": self.control_socket,
             "log_level": self.log_level,
             "reconcile_interval_s": 5.0,
-            "api": {"host": "127.0.0.1", "port": self.api_port},
+            # The generated certificate names api.host: backends verify the API at that address.
+            "api": {"host": self.host, "port": self.api_port},
             "tree": {"listen": self.frontend_endpoint, **self.tree},
         })
         if os.path.exists(self.control_socket):
@@ -120,7 +137,7 @@ class LocalCluster:
 
     def _api_answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.api_port), timeout=0.5):
+            with socket.create_connection((self.host, self.api_port), timeout=0.5):
                 return True
         except OSError:
             return False
@@ -169,14 +186,23 @@ class LocalCluster:
             "data_dir": str(data_dir),
             **self._enrolment(name, "agent", data_dir, enrol, token),
             "log_level": self.log_level,
-            "tree": {"listen": "tcp://127.0.0.1:0", **self.tree},
+            "tree": {"listen": f"tcp://{self.host}:0", **self.tree},
         })
         self._spawn(name, "agent", config)
 
     def start_backend(self, name: str, enrol: bool = True, token: str | None = None) -> None:
-        """Start backend ``name``, first enrolling it (see ``_enrolment``) if it never was."""
+        """Start backend ``name``, first enrolling it (see ``_enrolment``) if it never was; in a
+        lab, inside its hypervisor's namespace (made at its first start, kept across restarts)."""
         compute = {"frontend_ca_file": self.ca_file, **self.backend_config.get("compute", {})}
         data_dir = self.workdir / "backends" / name
+        network: dict[str, Any] = {}
+        prefix: list[str] = []
+        if self.lab is not None:
+            if name not in self.hypervisors:
+                self.hypervisors[name] = self.lab.hypervisor()
+            hypervisor = self.hypervisors[name]
+            network = {"network": {**self.lab.network_section(hypervisor), **self.backend_config.get("network", {})}}
+            prefix = netns_argv(hypervisor.netns)
         config = self._config(name, {
             "node_id": name,
             "frontend": self.frontend_endpoint,
@@ -190,11 +216,14 @@ class LocalCluster:
             "tree": {k: v for k, v in self.tree.items() if k not in ("fanout",)},
             **self.backend_config,
             "compute": compute,
+            **network,
         })
-        self._spawn(name, "backend", config)
+        self._spawn(name, "backend", config, prefix)
 
     def start(self, timeout: float = 60.0) -> "LocalCluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.lab is not None:
+            self.lab.open()
         self.start_frontend()
         for name in self.agent_names:
             self.start_agent(name)
@@ -231,9 +260,16 @@ class LocalCluster:
         for log in self._logs.values():
             log.close()
         self._logs.clear()
+        if self.lab is not None:
+            self.lab.close()
+            self.hypervisors.clear()
 
     def __enter__(self) -> "LocalCluster":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # __exit__ is not called when __enter__ fails
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -20,19 +20,29 @@ from . import LocalCluster, demo, guest, libvirtd
 @click.option("--backends", default=6, show_default=True, help="Backend processes (hypervisors).")
 @click.option("--workdir", default=".run", show_default=True, type=click.Path(file_okay=False),
               help="Where configs, logs, the database and journals go.")
-@click.option("--api-port", default=8080, show_default=True, help="Where the REST API listens (127.0.0.1).")
+@click.option("--api-port", default=8080, show_default=True,
+              help="Where the REST API listens (127.0.0.1, or the management address).")
 @click.option("--compute/--no-compute", default=None,
               help="Run real guests with libvirt on this machine (default: when running as root with libvirt).")
-def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool | None) -> None:
+@click.option("--netns-hypervisors", is_flag=True,
+              help="Run each backend in a network namespace of its own with the network driver (root only); "
+                   "the frontend and agents listen on the namespaces' management address instead of loopback.")
+def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool | None,
+         netns_hypervisors: bool) -> None:
     """Start a frontend, AGENTS relays and BACKENDS backends on loopback."""
+    if netns_hypervisors and os.geteuid() != 0:
+        raise click.UsageError("--netns-hypervisors needs root (network namespaces)")
     if compute is None:
         compute = os.geteuid() == 0 and libvirtd.qemu_available()
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"ops_modules": []}
     if compute:
         # Every backend shares this machine's libvirtd; each keeps its own pool and domains.
         options = {"ops_modules": ["backend.compute"],
                    "backend_config": {"compute": {"domain_type": "auto", "cmdline": guest.CMDLINE}}}
-    cluster = LocalCluster(Path(workdir), agents=agents, backends=backends, api_port=api_port, **options)
+    if netns_hypervisors:
+        options["ops_modules"].append("backend.network")
+    cluster = LocalCluster(Path(workdir), agents=agents, backends=backends, api_port=api_port,
+                           netlab=netns_hypervisors, **options)
     with contextlib.ExitStack() as cleanup:
         if compute:
             cleanup.enter_context(libvirtd.running())

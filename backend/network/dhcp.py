@@ -124,7 +124,10 @@ class Dnsmasq:
     def _argv(self, server: DhcpServer, directory: Path) -> list[str]:
         return [
             "nsenter", f"--net={namespace_path(server.namespace)}", "--",
-            self.binary, "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts",
+            # No pid file: the default one is shared by every dnsmasq of the machine (namespace
+            # hypervisors run several), and the backend knows its children's pids itself.
+            self.binary, "--keep-in-foreground", "--pid-file=", "--conf-file=/dev/null", "--port=0", "--no-resolv",
+            "--no-hosts",
             "--bind-interfaces", f"--interface={server.interface}", "--except-interface=lo",
             f"--dhcp-range={server.network},static,{server.netmask},{LEASE_TIME}",
             f"--dhcp-hostsfile={directory / 'hosts'}", f"--dhcp-optsfile={directory / 'opts'}",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from ..registry import Op, OpError
 from .driver import NetworkDriver
 from .exceptions import NetworkError
@@ -16,12 +18,15 @@ from .spec import ARGS, desired_state
 
 __all__ = ["ops"]
 
+log = structlog.get_logger("backend.network")
+
 
 def ops(driver: NetworkDriver) -> list[Op]:
     def sync(args: dict[str, Any]) -> dict[str, Any]:
         try:
             return driver.sync(desired_state(args, driver.settings.vtep))
         except NetworkError as exc:
+            log.warning("network_sync_failed", error=str(exc), revision=args.get("revision"))
             raise OpError(f"net.sync: {exc}", exc.exit_status) from exc
 
     def inventory(args: dict[str, Any]) -> dict[str, Any]:
