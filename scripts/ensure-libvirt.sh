@@ -1,15 +1,15 @@
 #!/bin/sh
-# Make sure libvirt with QEMU, dnsmasq (the network driver's DHCP) and what the tiny test guest
-# needs are installed and configured
-# for a machine without systemd, where libvirtd runs as root started by hand
-# (localcluster/libvirtd.py starts virtlogd and libvirtd; this script starts nothing).
+# Make sure libvirt with QEMU, dnsmasq and iptables (the network driver's DHCP and NAT) and
+# what the tiny test guest needs are installed and configured for a machine without systemd,
+# where libvirtd runs as root started by hand (localcluster/libvirtd.py starts virtlogd and
+# libvirtd; this script starts nothing).
 #
 # Idempotent, and costs nothing on a prepared machine: packages are only installed when
 # dpkg-query says they are missing, and the configuration edits are no-ops once made.
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev
-pkg-config gcc python3-dev busybox-static genisoimage dnsmasq-base iproute2 util-linux procps"
+pkg-config gcc python3-dev busybox-static genisoimage dnsmasq-base iproute2 util-linux procps iptables"
 
 missing=""
 for pkg in $PACKAGES; do
