@@ -29,6 +29,9 @@ MIN_PREFIX, MAX_PREFIX = 8, 29
 
 
 def _cidr(text: str) -> str:
+    if ":" in text:
+        raise ValueError(f"{text!r} is IPv6, which tenant networks do not carry yet: give an IPv4 network in "
+                         "CIDR notation, e.g. 10.0.0.0/24")
     try:
         interface = ipaddress.IPv4Interface(text)
     except ValueError:
