@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from .commands import (audit, auth, completion, event, fip, flavor, hypervisor, image, instance, keypair, network, org,
-                       port, router, server_group, sg, subnet, task, tree, user, volume, zone)
+                       port, router, server_group, sg, snapshot, subnet, task, tree, user, volume, zone)
 from .session import ca_file_option, json_option
 
 __all__ = ["PROG", "cli"]
@@ -47,6 +47,6 @@ def cli(endpoint: str | None, token: str | None, ca_file: str | None) -> None:
 
 for command in (auth.login, auth.logout, auth.whoami, org.group, user.group, zone.group, hypervisor.group,
                 flavor.group, image.group, keypair.group, server_group.group, instance.group, volume.group,
-                network.group, subnet.group, port.group, router.group, sg.group, fip.group, task.group, event.group,
+                snapshot.group, network.group, subnet.group, port.group, router.group, sg.group, fip.group, task.group, event.group,
                 audit.group, tree.tree, tree.ping, completion.completion):
     cli.add_command(command)

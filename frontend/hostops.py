@@ -11,11 +11,13 @@ from typing import Any
 from .db.models import Image, Instance, Keypair, Port, Volume
 from .imagelinks import ImageLinks
 
-__all__ = ["HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
-           "VOLUME_ATTACH", "VOLUME_CREATE", "VOLUME_DELETE", "VOLUME_DETACH"]
+__all__ = ["COPY_TIMEOUT", "HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
+           "SNAPSHOT_DELETE", "VOLUME_ATTACH", "VOLUME_CREATE", "VOLUME_DELETE", "VOLUME_DETACH", "VOLUME_SNAPSHOT"]
 
 #: seconds a host may take for an op on an instance or a volume (launches have their own, configured)
 HOST_OP_TIMEOUT = 300.0
+#: seconds a host may take to copy a volume (a snapshot, a volume from one): it copies every byte
+COPY_TIMEOUT = 3600.0
 
 INSTANCE_CREATE = "instance.create"
 INSTANCE_DELETE = "instance.delete"
@@ -27,6 +29,8 @@ VOLUME_CREATE = "volume.create"
 VOLUME_DELETE = "volume.delete"
 VOLUME_ATTACH = "volume.attach"
 VOLUME_DETACH = "volume.detach"
+VOLUME_SNAPSHOT = "volume.snapshot"
+SNAPSHOT_DELETE = "snapshot.delete"
 INVENTORY = "compute.inventory"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import Conflict
 
-__all__ = ["INSTANCE", "VOLUME", "begin"]
+__all__ = ["INSTANCE", "SNAPSHOT", "VOLUME", "begin"]
 
 #: action -> (statuses it may start from, status while it runs)
 INSTANCE = {
@@ -23,6 +23,9 @@ INSTANCE = {
 VOLUME = {
     "attach": (frozenset({"available"}), "attaching"),
     "detach": (frozenset({"in-use"}), "detaching"),
+    "delete": (frozenset({"available", "error"}), "deleting"),
+}
+SNAPSHOT = {
     "delete": (frozenset({"available", "error"}), "deleting"),
 }
 

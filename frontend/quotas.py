@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .db.engine import lock_org
-from .db.models import FloatingIp, Instance, Network, SecurityGroup, Volume
+from .db.models import FloatingIp, Instance, Network, SecurityGroup, Snapshot, Volume
 from .errors import QuotaExceeded
 
 __all__ = ["check"]
@@ -27,6 +27,8 @@ _USAGE: dict[str, tuple[Any, Any]] = {
     "networks": (Network, func.count(Network.id)),
     "floating_ips": (FloatingIp, func.count(FloatingIp.id)),
     "security_groups": (SecurityGroup, func.count(SecurityGroup.id)),
+    "snapshots": (Snapshot, func.count(Snapshot.id)),
+    "snapshot_gb": (Snapshot, func.coalesce(func.sum(Snapshot.size_gb), 0)),
 }
 
 QUOTAS = tuple(_USAGE)

@@ -232,10 +232,12 @@ VALID: dict[str, dict[str, Any]] = {
     "instance.reboot": {"instance_id": ID},
     "instance.resize": {"instance_id": ID, "vcpus": 4, "memory_mb": 1024, "disk_gb": 20},
     "instance.console": {"instance_id": ID, "bytes": 65536},
-    "volume.create": {"volume_id": ID, "size_gb": 5},
+    "volume.create": {"volume_id": ID, "size_gb": 5, "snapshot_id": ID2},
     "volume.delete": {"volume_id": ID},
     "volume.attach": {"volume_id": ID, "instance_id": ID2},
     "volume.detach": {"volume_id": ID, "instance_id": ID2},
+    "volume.snapshot": {"volume_id": ID, "snapshot_id": ID2},
+    "snapshot.delete": {"snapshot_id": ID},
     "compute.inventory": {},
     "test.append": {"path": f"{TMP}/side.log", "line": "abc123", "sleep_before": 0.5, "sleep_after": 1},
 }

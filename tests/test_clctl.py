@@ -560,6 +560,33 @@ def test_actions_and_delete_with_wait(scripted: Callable[..., ScriptedApi]) -> N
     assert record(result.stdout)["kind"] == "instance.delete"  # the task, as there is no instance to show
 
 
+def test_volume_create_from_a_snapshot_and_snapshot_commands(scripted: Callable[..., ScriptedApi]) -> None:
+    volume = {"id": "v-1", "name": "copy", "status": "in-use", "size_gb": 2, "hypervisor": "host-0123456789",
+              "instance_id": "vm-1", "attachment": {"instance_id": "vm-1", "instance": "web1", "device": "vdc"}}
+    snapshot = {"id": "s-1", "name": "monday", "status": "available", "size_gb": 2, "volume_id": "v-0",
+                "consistency": "crash-consistent", "hypervisor": "host-0123456789"}
+    fake = scripted({
+        ("POST", "/v1/volumes"): lambda r: httpx.Response(202, json={"task": task("pending"), "resource": volume}),
+        ("GET", "/v1/volumes"): lambda r: {"items": [volume]},
+        ("POST", "/v1/snapshots"): lambda r: httpx.Response(202, json={"task": task("pending"), "resource": snapshot}),
+        ("GET", "/v1/snapshots"): lambda r: {"items": [snapshot]},
+    })
+    assert invoke("volume", "create", "copy", "--snapshot", "monday", "--instance", "web1").exit_code == 0
+    assert fake.bodies("POST", "/v1/volumes") == [{"name": "copy", "snapshot": "monday", "instance": "web1"}]
+    result = invoke("volume", "create", "empty")
+    assert result.exit_code == 2 and "--size-gb is required unless --snapshot is given" in result.output
+    rows = table_rows(invoke("volume", "list").stdout)
+    assert rows[0][:7] == ["ID", "NAME", "STATUS", "SIZE_GB", "INSTANCE", "DEVICE", "HYPERVISOR"]
+    assert rows[1][:7] == ["v-1", "copy", "in-use", "2", "web1", "vdc", "host-0123456789"]
+
+    assert invoke("snapshot", "create", "monday", "--volume", "data").exit_code == 0
+    assert fake.bodies("POST", "/v1/snapshots") == [{"name": "monday", "volume": "data"}]
+    result = invoke("snapshot", "list", "--volume", "data")
+    assert [r.url.params.get("volume") for r in fake.requests if r.url.path == "/v1/snapshots"][-1] == "data"
+    rows = table_rows(result.stdout)
+    assert rows[1][:6] == ["s-1", "monday", "available", "2", "v-0", "crash-consistent"]
+
+
 def test_task_show_prints_steps_and_hosts(scripted: Callable[..., ScriptedApi]) -> None:
     scripted({("GET", "/v1/tasks/task-1"): lambda r: task("failed", 2, error="qemu-img: disk full"),
               ("GET", "/v1/tasks"): lambda r: {"items": [task("failed", 2, error="boom")]}})

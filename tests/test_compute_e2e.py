@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from backend.compute import domain
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
 from tests.support.cloudapi import admin_client, running, until
@@ -128,10 +129,9 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     _task(api, _ok(api.post("/v1/instances/vm1/reboot"), 202))
     until(lambda: _count(api, "vm1", tiny.READY) >= 3, BOOT_TIMEOUT, "READY after reboot")
 
-    # A volume beside it, attached live: the guest sees vdb appear.
+    # A volume made for it is attached once made, live: the guest sees vdb appear.
     volume = _ok(api.post("/v1/volumes", json={"name": "data", "size_gb": 1, "instance": "vm1"}), 202)
     _task(api, volume)
-    _task(api, _ok(api.post("/v1/volumes/data/attach", json={"instance": "vm1"}), 202))
     until(lambda: _count(api, "vm1", f"{tiny.BLOCK} vdb"), 60, "the guest to see vdb")
     _task(api, _ok(api.post("/v1/volumes/data/detach"), 202))
     until(lambda: _count(api, "vm1", f"{tiny.BLOCK_GONE} vdb"), 60, "the guest to lose vdb")
@@ -192,3 +192,76 @@ def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: Loca
         left = [p for p in (cluster.workdir / "backends" / name).rglob("*") if instance_id in p.name]
         assert not left, left
     assert re.search(r"error|broken|image|qcow2", task["error"], re.I)
+
+
+WRITER = """#!/bin/sh
+(
+    while [ ! -b /dev/vdb ]; do sleep 0.2; done
+    echo "SNAPSHOT-ME-$((6 * 7))" | dd of=/dev/vdb conv=fsync 2>/dev/null
+    echo WROTE-VDB
+    while [ ! -b /dev/vdc ]; do sleep 0.2; done
+    echo "VDC-HOLDS $(head -c 14 /dev/vdc)"
+) &
+"""
+
+
+def test_volumes_follow_their_instance_and_a_snapshot_holds_what_the_guest_wrote(cluster: LocalCluster,
+                                                                                   guest: tiny.Guest) -> None:
+    import libvirt
+
+    api = admin_client(cluster)
+    until(lambda: len([h for h in _ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
+           "both hypervisors with capacity")
+    kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
+    initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
+    _upload(api, "tiny", "qcow2", guest.disk, kernel=kernel["id"], initrd=initrd["id"])
+    _ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
+    _ok(api.post("/v1/server-groups", json={"name": "apart", "policy": "anti-affinity"}), 201)
+    for name, user_data in (("quiet", ""), ("writer", WRITER)):
+        _task(api, _ok(api.post("/v1/instances", json={"name": name, "flavor": "tiny", "image": "tiny",
+                                                       "server_group": "apart", "user_data": user_data}), 202))
+    hosts = {name: _ok(api.get(f"/v1/instances/{name}"))["hypervisor"] for name in ("quiet", "writer")}
+    assert len(set(hosts.values())) == 2
+    for name in hosts:
+        until(lambda: _count(api, name, tiny.READY), BOOT_TIMEOUT, f"{name}'s READY line")
+
+    # Volumes made without an instance are made where they are first attached, whichever host that is.
+    for volume, instance in (("spare", "quiet"), ("data", "writer")):
+        _task(api, _ok(api.post("/v1/volumes", json={"name": volume, "size_gb": 1}), 202))
+        assert _ok(api.get(f"/v1/volumes/{volume}"))["hypervisor"] is None
+        _task(api, _ok(api.post(f"/v1/volumes/{volume}/attach", json={"instance": instance}), 202))
+        shown = _ok(api.get(f"/v1/volumes/{volume}"))
+        assert shown["hypervisor"] == hosts[instance] and shown["attachment"]["instance"] == instance, shown
+        until(lambda: _count(api, instance, f"{tiny.BLOCK} vdb"), 60, f"{instance} to see vdb")
+    until(lambda: _count(api, "writer", "WROTE-VDB"), 60, "the guest's write to vdb")
+
+    # A live snapshot: the tiny guest has no agent, so it is crash-consistent, and the guest is
+    # back on its volume's own file afterwards.
+    snapshot = _ok(api.post("/v1/snapshots", json={"name": "snap", "volume": "data"}), 202)
+    _task(api, snapshot)
+    assert _ok(api.get("/v1/snapshots/snap"))["consistency"] == "crash-consistent"
+    data_id, writer_id = _ok(api.get("/v1/volumes/data"))["id"], _ok(api.get("/v1/instances/writer"))["id"]
+    conn = libvirt.open(libvirtd.URI)
+    try:
+        dom = conn.lookupByUUIDString(writer_id)
+        for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+            sources = [d.path.name for d in domain.parse(dom.XMLDesc(flags)).disks]
+            assert f"vol-{data_id}.qcow2" in sources and not [s for s in sources if s.startswith("snapshot-")]
+    finally:
+        conn.close()
+    backend_dir = cluster.workdir / "backends" / hosts["writer"]
+    assert not [p for p in backend_dir.rglob("snapshot-*")]
+
+    # A volume from the snapshot holds what the guest wrote before it.
+    _task(api, _ok(api.post("/v1/volumes", json={"name": "copy", "snapshot": "snap", "instance": "writer"}), 202))
+    assert _ok(api.get("/v1/volumes/copy"))["status"] == "in-use"
+    until(lambda: _count(api, "writer", "VDC-HOLDS SNAPSHOT-ME-42"), 60, "the guest to read the copy")
+
+    for instance in ("quiet", "writer"):
+        _task(api, _ok(api.delete(f"/v1/instances/{instance}"), 202))
+    for volume in ("spare", "data", "copy"):
+        _task(api, _ok(api.delete(f"/v1/volumes/{volume}"), 202))
+    _task(api, _ok(api.delete("/v1/snapshots/snap"), 202))
+    assert not [p for p in (cluster.workdir / "backends").rglob("*.qcow2") if p.name.startswith(("vol-", "snap-"))]
+    used = {h["name"]: h["used"] for h in _ok(api.get("/v1/hypervisors"))["items"]}
+    assert all(u == {"vcpus": 0, "memory_mb": 0, "disk_gb": 0} for u in used.values()), used

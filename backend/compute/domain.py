@@ -14,13 +14,17 @@ from xml.etree import ElementTree as ET
 
 from ..ports import tap_name
 
-__all__ = ["METADATA_NS", "DirectBoot", "Disk", "DiskFormat", "DomainInfo", "DomainSpec", "DomainType", "Nic",
-           "build", "disk_xml", "parse", "resized", "tap_name"]
+__all__ = ["AGENT_CHANNEL", "METADATA_NS", "DirectBoot", "Disk", "DiskFormat", "DomainInfo", "DomainSpec",
+           "DomainType", "Nic", "build", "disk_snapshot_xml", "disk_xml", "files_used", "moved_disk", "parse",
+           "resized", "tap_name"]
 
 #: the namespace of our ``<metadata>`` element; versioned in case its content ever changes
 METADATA_NS = "https://cloudland.dev/xmlns/instance/1"
 # ElementTree's prefix table is global: registering makes our element print as cloudland:instance.
 ET.register_namespace("cloudland", METADATA_NS)
+
+#: the virtio-serial port QEMU's guest agent listens on (qemu-guest-agent's default)
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 DomainType = Literal["kvm", "qemu"]
 DiskFormat = Literal["qcow2", "raw"]
@@ -82,6 +86,8 @@ class DomainInfo:
     console_log: Path | None
     #: the domain has UEFI variables (never ours, but they must go with the domain)
     has_nvram: bool
+    #: the domain has a guest agent channel (whether an agent answers on it is the guest's business)
+    has_agent: bool = False
 
 
 def build(spec: DomainSpec) -> str:
@@ -130,6 +136,10 @@ def build(spec: DomainSpec) -> str:
     # pvpanic (ISA, as the pc and q35 machines both take it): a guest kernel that panics says
     # so, and libvirt reports the domain crashed instead of running.
     ET.SubElement(devices, "panic", model="isa")
+    # The guest agent's port: where an image runs qemu-guest-agent, a volume snapshot freezes
+    # the guest's file systems first; without one it is crash-consistent (docs/images.md).
+    channel = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -173,6 +183,37 @@ def resized(xml: str, vcpus: int, memory_mb: int) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def disk_snapshot_xml(target: str, overlay: Path, others: tuple[str, ...]) -> str:
+    """A disk-only snapshot of ``target`` into a new qcow2 ``overlay``; the disks ``others`` are left out."""
+    root = ET.Element("domainsnapshot")
+    disks = ET.SubElement(root, "disks")
+    disk = ET.SubElement(disks, "disk", name=target, snapshot="external", type="file")
+    ET.SubElement(disk, "driver", type="qcow2")
+    ET.SubElement(disk, "source", file=str(overlay))
+    for other in others:
+        ET.SubElement(disks, "disk", name=other, snapshot="no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def files_used(xml: str) -> set[Path]:
+    """Every file the domain's disks read: their sources, and the files under them (a live
+    snapshot's overlay sits on the volume's file until it is merged back)."""
+    root = ET.fromstring(xml)
+    return {Path(source.get("file", "")) for source in root.iterfind("devices/disk//source") if source.get("file")}
+
+
+def moved_disk(xml: str, old: Path, new: Path) -> str:
+    """``xml`` (a domain's inactive XML) with the disk on file ``old`` on file ``new``, and no backing chain."""
+    root = ET.fromstring(xml)
+    for element in root.iterfind("devices/disk"):
+        source = element.find("source")
+        if source is not None and source.get("file") == str(old):
+            source.set("file", str(new))
+            for chain in element.findall("backingStore"):
+                element.remove(chain)
+    return ET.tostring(root, encoding="unicode")
+
+
 def metadata_host(element_xml: str) -> str | None:
     """The owning backend named in our metadata element (as libvirt returns it on its own)."""
     try:
@@ -190,7 +231,8 @@ def parse(xml: str) -> DomainInfo:
         vnc_port = int(graphics.get("port", "-1"))
     log = root.find("devices/serial/log")
     console_log = Path(log.get("file", "")) if log is not None and log.get("file") else None
-    return DomainInfo(disks, vnc_port, console_log, root.find("os/nvram") is not None)
+    agent = root.find(f"devices/channel/target[@name='{AGENT_CHANNEL}']")
+    return DomainInfo(disks, vnc_port, console_log, root.find("os/nvram") is not None, agent is not None)
 
 
 def _parse_disk(element: ET.Element) -> Disk | None:

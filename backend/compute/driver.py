@@ -11,12 +11,14 @@ Per instance, on this host:
 - ``inst-<id>.qcow2`` in the ``cloudland`` pool: the root disk, an overlay over the cached image;
 - ``<instances_dir>/<id>/``: ``seed.iso`` (cloud-init NoCloud) and ``console.log`` (serial console).
 
-Volumes are ``vol-<id>.qcow2`` in the pool.  Disks: vda the root, then the volumes from vdb; the
-seed is a CD-ROM on virtio-scsi (sda).
+Volumes are ``vol-<id>.qcow2`` in the pool, and their snapshots ``snap-<id>.qcow2``: full copies
+with no backing file, so that a snapshot, its volume and the volumes made from it are deleted in
+any order.  Disks: vda the root, then the volumes from vdb; the seed is a CD-ROM on virtio-scsi (sda).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import shutil
 import time
@@ -28,13 +30,13 @@ import structlog
 
 from . import domain, seed
 from .domain import DirectBoot, Disk, DomainSpec, DomainType, Nic
-from .exceptions import BadRequest, ComputeError, Conflict, HypervisorError, NotFound
-from .hypervisor import DomainState, Hypervisor
+from .exceptions import BadRequest, ComputeError, Conflict, HypervisorError, NoGuestAgent, NotFound
+from .hypervisor import DomainState, Hypervisor, Volume
 from .imagecache import ImageCache
 from .locks import KeyedLocks
 from .spec import ImageFile, InstanceSpec
 
-__all__ = ["ComputeDriver", "Console", "DriverSettings", "PowerState"]
+__all__ = ["ComputeDriver", "Consistency", "Console", "DriverSettings", "PowerState"]
 
 log = structlog.get_logger("backend.compute")
 
@@ -57,6 +59,17 @@ class PowerState(enum.Enum):
         return cls.SHUTOFF if state is None or state.is_off else cls.RUNNING
 
 
+class Consistency(enum.Enum):
+    """What a volume snapshot holds of a guest's writes (``docs/ops.md``)."""
+
+    #: the guest agent froze the guest's file systems: every write they had accepted is in it
+    FROZEN = "frozen"
+    #: a running guest without an answering agent: what a power cut at that moment would leave
+    CRASH_CONSISTENT = "crash-consistent"
+    #: no guest had the volume open: everything written is in it
+    OFFLINE = "offline"
+
+
 @dataclass(frozen=True, slots=True)
 class DriverSettings:
     instances_dir: Path
@@ -73,6 +86,8 @@ class DriverSettings:
     poll_interval_s: float = 0.25
     #: how long a live detach waits for the guest to let go of the disk
     detach_timeout_s: float = 15.0
+    #: how long merging a live snapshot's overlay back into its volume may take
+    merge_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +106,10 @@ def volume_name(volume_id: str) -> str:
     return f"vol-{volume_id}.qcow2"
 
 
+def snapshot_name(snapshot_id: str) -> str:
+    return f"snap-{snapshot_id}.qcow2"
+
+
 class ComputeDriver:
     def __init__(self, hypervisor: Hypervisor, images: ImageCache, settings: DriverSettings) -> None:
         self._hv = hypervisor
@@ -98,6 +117,7 @@ class ComputeDriver:
         self.settings = settings
         self._instance_locks = KeyedLocks()
         self._volume_locks = KeyedLocks()
+        self._snapshot_locks = KeyedLocks()
 
     def instance_dir(self, instance_id: str) -> Path:
         return self.settings.instances_dir / instance_id
@@ -351,13 +371,142 @@ class ComputeDriver:
 
     # --- volumes -------------------------------------------------------------------------
 
-    def create_volume(self, volume_id: str, size_gb: int) -> None:
+    def create_volume(self, volume_id: str, size_gb: int, snapshot_id: str | None = None) -> None:
+        """An empty volume, or (``snapshot_id``) a copy of a snapshot on this host, grown to ``size_gb``."""
         with self._volume_locks.hold(volume_id):
             if self._hv.volume(volume_name(volume_id)) is not None:
                 log.info("volume_exists", volume=volume_id)
                 return
-            self._hv.create_volume(volume_name(volume_id), size_gb * GIB, "qcow2")
-            log.info("volume_created", volume=volume_id, size_gb=size_gb)
+            if snapshot_id is None:
+                self._hv.create_volume(volume_name(volume_id), size_gb * GIB, "qcow2")
+            else:
+                self._copy_snapshot(volume_id, size_gb, snapshot_id)
+            log.info("volume_created", volume=volume_id, size_gb=size_gb, snapshot=snapshot_id)
+
+    def _copy_snapshot(self, volume_id: str, size_gb: int, snapshot_id: str) -> None:
+        with self._snapshot_locks.hold(snapshot_id):
+            snapshot = self._hv.volume(snapshot_name(snapshot_id))
+            if snapshot is None:
+                raise NotFound(f"snapshot {snapshot_id} is not on this host")
+            if size_gb * GIB < snapshot.capacity_bytes:  # refused before anything is made
+                raise BadRequest(f"volume {volume_id}: {size_gb} GB is smaller than snapshot {snapshot_id} "
+                                 f"({snapshot.capacity_bytes / GIB:g} GB)")
+            self._hv.clone_volume(volume_name(volume_id), snapshot.name)
+        if size_gb * GIB > snapshot.capacity_bytes:
+            try:
+                self._hv.resize_volume(volume_name(volume_id), size_gb * GIB)
+            except ComputeError:
+                self._hv.delete_volume(volume_name(volume_id))
+                raise
+
+    def snapshot_volume(self, volume_id: str, snapshot_id: str) -> Consistency:
+        """Copy the volume as it is now to ``snap-<id>``; a volume a running guest uses is copied live.
+
+        Live: a disk-only snapshot (the guest's file systems frozen by its agent if one answers)
+        sends the guest's writes to an overlay while the volume's file, still, is copied; then
+        the overlay is merged back and dropped.  If anything fails, the copy is removed and the
+        guest is back on its volume alone before the error is raised.
+        """
+        volume = self._hv.volume(volume_name(volume_id))
+        if volume is None:
+            raise NotFound(f"volume {volume_id} is not on this host")
+        users = self._hv.disk_users(volume.path)
+        if len(users) > 1:
+            raise Conflict(f"volume {volume_id} is attached to {', '.join(users)}")
+        with contextlib.ExitStack() as held:
+            # instance before volume, as attach and detach take them: no op waits on another in turn
+            if users:
+                held.enter_context(self._instance_locks.hold(users[0]))
+            held.enter_context(self._volume_locks.hold(volume_id))
+            held.enter_context(self._snapshot_locks.hold(snapshot_id))
+            if self._hv.disk_users(volume.path) != users:
+                raise Conflict(f"volume {volume_id} was attached or detached meanwhile; ask again")
+            # A copy of this id is what a backend killed mid-snapshot left: start afresh.
+            self._hv.delete_volume(snapshot_name(snapshot_id))
+            consistency = Consistency.OFFLINE
+            state = self._state_of_ours(users[0]) if users else None
+            live = None if state is None or state.is_off else self._live_disk(users[0], volume_id, volume)
+            if live is None:
+                self._hv.clone_volume(snapshot_name(snapshot_id), volume.name)
+            else:
+                consistency = self._snapshot_live(users[0], volume_id, live, volume, snapshot_id)
+            log.info("volume_snapshot_taken", volume=volume_id, snapshot=snapshot_id, consistency=consistency.value)
+            return consistency
+
+    def _work_overlay(self, instance_id: str, volume_id: str) -> Path:
+        """Where a running guest's writes to a volume go while the volume is copied: the instance's
+        own directory, so the instance's delete takes it along."""
+        return self.instance_dir(instance_id) / f"snapshot-{volume_id}.qcow2"
+
+    def _live_disk(self, instance_id: str, volume_id: str, volume: Volume) -> Disk | None:
+        """The running guest's disk of the volume; a merge left unfinished (a backend killed in a
+        live snapshot) is finished first."""
+        work = self._work_overlay(instance_id, volume_id)
+        for disk in domain.parse(self._hv.xml(instance_id)).disks:
+            if disk.path == work:
+                self._merge_back(instance_id, disk.target, volume.path, work)
+                return Disk(volume.path, "qcow2", disk.target, serial=disk.serial)
+            if disk.path == volume.path:
+                return disk
+        return None
+
+    def _snapshot_live(self, instance_id: str, volume_id: str, disk: Disk, volume: Volume,
+                       snapshot_id: str) -> Consistency:
+        work = self._work_overlay(instance_id, volume_id)
+        info = domain.parse(self._hv.xml(instance_id))
+        others = tuple(d.target for d in info.disks if d.target != disk.target)
+        _remove_file(work)  # an overlay no disk uses: left by a snapshot that failed half-way
+        consistency = Consistency.CRASH_CONSISTENT
+        try:
+            if info.has_agent:
+                try:
+                    self._hv.snapshot_disk(instance_id, disk.target, work, others, quiesce=True)
+                    consistency = Consistency.FROZEN
+                except NoGuestAgent as exc:
+                    log.info("volume_snapshot_unfrozen", instance=instance_id, reason=str(exc))
+            if consistency is not Consistency.FROZEN:
+                self._hv.snapshot_disk(instance_id, disk.target, work, others, quiesce=False)
+        except ComputeError:
+            _remove_file(work)
+            raise
+        try:
+            self._hv.clone_volume(snapshot_name(snapshot_id), volume.name)
+        except ComputeError as exc:
+            self._merge_after_failure(instance_id, disk.target, volume.path, work, exc)
+            raise
+        try:
+            self._merge_back(instance_id, disk.target, volume.path, work)
+        except ComputeError:
+            self._hv.delete_volume(snapshot_name(snapshot_id))
+            raise
+        return consistency
+
+    def _merge_after_failure(self, instance_id: str, target: str, base: Path, work: Path,
+                             cause: ComputeError) -> None:
+        try:
+            self._merge_back(instance_id, target, base, work)
+        except ComputeError as exc:
+            raise HypervisorError(f"{cause} (and merging the guest's writes back failed: {exc}; the next "
+                                  f"snapshot of the volume finishes it)", cause.exit_status) from exc
+
+    def _merge_back(self, instance_id: str, target: str, base: Path, work: Path) -> None:
+        """Merge the overlay ``work`` under ``target`` back into ``base``, switch the guest to ``base``
+        and remove ``work``."""
+        self._hv.commit_active(instance_id, target)
+        if not self._poll(lambda: self._hv.pivot(instance_id, target), self.settings.merge_timeout_s):
+            self._hv.abort_block_job(instance_id, target)
+            raise HypervisorError(f"merging the writes of instance {instance_id} to {target} back into {base} "
+                                  f"took over {self.settings.merge_timeout_s:g} s; they stay in {work}")
+        # libvirt pointed the definition at the overlay too; a pivot may not point it back
+        inactive = self._hv.xml(instance_id, inactive=True)
+        if any(d.path == work for d in domain.parse(inactive).disks):
+            self._hv.define(domain.moved_disk(inactive, work, base))
+        _remove_file(work)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._snapshot_locks.hold(snapshot_id):
+            if self._hv.delete_volume(snapshot_name(snapshot_id)):
+                log.info("snapshot_deleted", snapshot=snapshot_id)
 
     def delete_volume(self, volume_id: str) -> None:
         with self._volume_locks.hold(volume_id):
@@ -428,3 +577,10 @@ class ComputeDriver:
         """Whether the running guest let go of ``path`` in time (QEMU removes a disk once the guest agrees)."""
         return self._poll(lambda: self._find_disk(instance_id, path, inactive=False) is None,
                           self.settings.detach_timeout_s)
+
+
+def _remove_file(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise HypervisorError(f"remove {path}: {exc}") from exc

@@ -10,6 +10,7 @@ message (which reaches the user in the task's per-host results) and the exit sta
         ├── Conflict          the host's state forbids it now (a volume in use, a name taken)
         ├── ImageError        an image file cannot be fetched or is not what the spec says
         ├── Unsupported       this libvirt driver cannot do it (test:///default lacks some calls)
+        ├── NoGuestAgent      the guest agent did not answer (nothing in the guest was frozen)
         └── HypervisorError   libvirt or QEMU failed: connection, daemon, guest start
 """
 
@@ -19,8 +20,8 @@ import enum
 
 from ..registry import OpError
 
-__all__ = ["BadRequest", "ComputeError", "Conflict", "HypervisorError", "ImageError", "LibvirtCode", "NotFound",
-           "Unsupported", "from_libvirt"]
+__all__ = ["BadRequest", "ComputeError", "Conflict", "HypervisorError", "ImageError", "LibvirtCode", "NoGuestAgent",
+           "NotFound", "Unsupported", "from_libvirt"]
 
 EXIT_FAILED = 1
 EXIT_BAD_REQUEST = 64
@@ -52,6 +53,10 @@ class Unsupported(ComputeError):
     pass
 
 
+class NoGuestAgent(ComputeError):
+    pass
+
+
 class HypervisorError(ComputeError):
     pass
 
@@ -72,6 +77,8 @@ class LibvirtCode(enum.IntEnum):
     NO_DOMAIN_METADATA = 80
     OPERATION_UNSUPPORTED = 84
     STORAGE_VOL_EXIST = 90
+    AGENT_UNRESPONSIVE = 86
+    AGENT_UNSYNCED = 97
     DEVICE_MISSING = 99
 
 
@@ -87,6 +94,9 @@ _KINDS: dict[int, type[ComputeError]] = {
     LibvirtCode.NO_SUPPORT: Unsupported,
     LibvirtCode.OPERATION_UNSUPPORTED: Unsupported,
     LibvirtCode.CONFIG_UNSUPPORTED: Unsupported,
+    # no agent in the guest, or one that does not answer in time
+    LibvirtCode.AGENT_UNRESPONSIVE: NoGuestAgent,
+    LibvirtCode.AGENT_UNSYNCED: NoGuestAgent,
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import libvirt
 import structlog
 
-from .domain import METADATA_NS, Disk, DiskFormat, disk_xml, metadata_host, parse
+from .domain import METADATA_NS, Disk, DiskFormat, disk_snapshot_xml, disk_xml, files_used, metadata_host, parse
 from .exceptions import HypervisorError, NotFound, from_libvirt
 from .storagexml import pool_path, pool_xml, volume_xml
 
@@ -204,7 +204,7 @@ class Hypervisor:
             return str(self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0))
 
     def disk_users(self, path: Path) -> list[str]:
-        """Every domain, ours or not, with ``path`` as a disk now or at its next start."""
+        """Every domain, ours or not, reading ``path`` (as a disk or under one) now or at its next start."""
         users = []
         with _mapped("list domains"):
             for domain in self._connection().listAllDomains(0):
@@ -214,7 +214,7 @@ class Hypervisor:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         continue
                     raise
-                if any(disk.path == path for xml in xmls for disk in parse(xml).disks):
+                if any(path in files_used(xml) for xml in xmls):
                     users.append(str(domain.name()))
         return users
 
@@ -230,6 +230,49 @@ class Hypervisor:
                  | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
         with _mapped(f"detach {disk.target} from domain {name}"):
             self._domain(name).detachDeviceFlags(disk_xml(disk), flags)
+
+    def snapshot_disk(self, name: str, target: str, overlay: Path, others: tuple[str, ...], quiesce: bool) -> None:
+        """Freeze ``target``'s file as it is now: the running guest writes to a new qcow2 ``overlay``
+        over it from here on.  With ``quiesce`` the guest agent freezes the guest's file systems
+        around it (NoGuestAgent when none answers).  No snapshot metadata is kept: the overlay is
+        merged back by ``commit_active``."""
+        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE if quiesce else 0))
+        domain = self._domain(name)
+        with _mapped(f"snapshot disk {target} of domain {name}{' with its file systems frozen' if quiesce else ''}"):
+            domain.snapshotCreateXML(disk_snapshot_xml(target, overlay, others), flags)
+
+    def commit_active(self, name: str, target: str) -> None:
+        """Start merging ``target``'s active layer into the file under it; ``pivot`` ends it."""
+        flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
+        domain = self._domain(name)
+        with _mapped(f"start merging disk {target} of domain {name} back"):
+            domain.blockCommit(target, None, None, 0, flags)
+
+    def pivot(self, name: str, target: str) -> bool:
+        """Switch ``target`` to the file its active commit merged into; False while the merge is not done."""
+        domain = self._domain(name)
+        with _mapped(f"finish merging disk {target} of domain {name}"):
+            info = domain.blockJobInfo(target, 0)
+            if not info:
+                raise HypervisorError(f"disk {target} of domain {name} has no merge under way to finish")
+            if info["cur"] != info["end"]:
+                return False
+            try:
+                domain.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            except libvirt.libvirtError as exc:
+                # caught up a moment ago, behind again now (the guest wrote): not ready yet
+                if exc.get_error_code() in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_BLOCK_COPY_ACTIVE):
+                    return False
+                raise
+        return True
+
+    def abort_block_job(self, name: str, target: str) -> None:
+        """Give up a merge: the guest keeps writing to the active layer."""
+        domain = self._domain(name)
+        with _mapped(f"abandon merging disk {target} of domain {name}"):
+            domain.blockJobAbort(target, 0)
 
     # --- the storage pool ----------------------------------------------------------------
 
@@ -279,6 +322,15 @@ class Hypervisor:
         pool = self._pool()
         with _mapped(f"create volume {name}"):
             return Path(pool.createXML(volume_xml(name, capacity_bytes, fmt), 0).path())
+
+    def clone_volume(self, name: str, source: str) -> Path:
+        """A new qcow2 volume holding a copy of ``source``'s data, with no backing file (libvirt runs
+        ``qemu-img convert``, and removes what it made if that fails)."""
+        pool = self._pool()
+        origin = self._volume(source)
+        with _mapped(f"copy volume {source} to {name}"):
+            capacity = int(origin.info()[1])
+            return Path(pool.createXMLFrom(volume_xml(name, capacity, "qcow2"), origin, 0).path())
 
     def resize_volume(self, name: str, capacity_bytes: int) -> None:
         """Grow the volume to ``capacity_bytes`` (libvirt refuses to shrink without a flag we never pass)."""

@@ -41,7 +41,14 @@ def ops(driver: ComputeDriver) -> list[Op]:
         return {"power_state": state.value}
 
     def volume_create(args: dict[str, Any]) -> dict[str, Any]:
-        driver.create_volume(args["volume_id"], args["size_gb"])
+        driver.create_volume(args["volume_id"], args["size_gb"], args.get("snapshot_id"))
+        return {}
+
+    def volume_snapshot(args: dict[str, Any]) -> dict[str, Any]:
+        return {"consistency": driver.snapshot_volume(args["volume_id"], args["snapshot_id"]).value}
+
+    def snapshot_delete(args: dict[str, Any]) -> dict[str, Any]:
+        driver.delete_snapshot(args["snapshot_id"])
         return {}
 
     def volume_delete(args: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +73,8 @@ def ops(driver: ComputeDriver) -> list[Op]:
     durable = {"instance.create": create, "instance.delete": delete, "instance.start": start,
                "instance.stop": stop, "instance.reboot": reboot, "instance.resize": resize,
                "volume.create": volume_create, "volume.delete": volume_delete,
-               "volume.attach": volume_attach, "volume.detach": volume_detach}
+               "volume.attach": volume_attach, "volume.detach": volume_detach,
+               "volume.snapshot": volume_snapshot, "snapshot.delete": snapshot_delete}
     # Reads: nothing to journal, and a replay must see the host as it is now.
     reads = {"compute.inventory": inventory, "instance.console": console}
     return ([Op(name, handler, ARGS[name], durable=True) for name, handler in durable.items()]

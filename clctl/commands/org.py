@@ -36,7 +36,7 @@ ORG = Resource("organization", "orgs", (
 quota_option = click.option(
     "--quota", "quotas", type=QUOTA, multiple=True, metavar="NAME=N",
     help="A quota, e.g. instances=10 or vcpus=unlimited (repeatable): instances, vcpus, memory_mb, volumes, "
-         "volume_gb, networks, floating_ips, security_groups.")
+         "volume_gb, snapshots, snapshot_gb, networks, floating_ips, security_groups.")
 
 
 @click.group("org")

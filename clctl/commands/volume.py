@@ -1,4 +1,4 @@
-"""``volume``: block storage, attached to one instance at a time."""
+"""``volume``: block storage, attached to one instance at a time; made on the host of the first."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ __all__ = ["group"]
 
 VOLUME = Resource("volume", "volumes", (
     Column("ID", "id"), Column("NAME", "name"), Column("STATUS", "status"), Column("SIZE_GB", "size_gb", right=True),
-    Column("INSTANCE", either("instance", "instance_id")), Column("CREATED", "created_at", when),
+    Column("INSTANCE", either("attachment.instance", "instance_id")), Column("DEVICE", "attachment.device"),
+    Column("HYPERVISOR", "hypervisor"), Column("CREATED", "created_at", when),
 ))
 
 
@@ -25,16 +26,26 @@ def group() -> None:
 
 @group.command()
 @click.argument("name")
-@click.option("--size-gb", type=click.IntRange(min=1), required=True)
-@click.option("--instance", help="Attach it to this instance once it exists (it is made on that host).")
-@click.option("--zone", help="Availability zone to make it in.")
+@click.option("--size-gb", type=click.IntRange(min=1), help="Its size; required unless --snapshot is given "
+                                                             "(from a snapshot: at least its size, the default).")
+@click.option("--instance", help="Attach it to this instance once made (it is made on that instance's hypervisor).")
+@click.option("--snapshot", help="Make it a copy of this snapshot (on the snapshot's hypervisor).")
+@click.option("--zone", help="Attach it only to instances in this availability zone.")
 @wait_option
 @json_option
 @click.pass_context
-def create(ctx: click.Context, name: str, size_gb: int, instance: str | None, zone: str | None, wait: bool) -> None:
-    """Create a volume."""
-    body: dict[str, Any] = {"name": name, "size_gb": size_gb}
-    body.update({k: v for k, v in {"instance": instance, "zone": zone}.items() if v})
+def create(ctx: click.Context, name: str, size_gb: int | None, instance: str | None, snapshot: str | None,
+           zone: str | None, wait: bool) -> None:
+    """Create a volume.
+
+    Without --instance or --snapshot it is on no hypervisor until it is first attached: it is
+    made then, on the instance's hypervisor, and stays there.
+    """
+    if size_gb is None and snapshot is None:
+        raise click.UsageError("--size-gb is required unless --snapshot is given")
+    body: dict[str, Any] = {"name": name}
+    body.update({k: v for k, v in {"size_gb": size_gb, "instance": instance, "snapshot": snapshot,
+                                   "zone": zone}.items() if v})
     client = api(ctx)
     VOLUME.finish(ctx, client, client.post(VOLUME.path(), body), wait)
 
@@ -46,7 +57,7 @@ def create(ctx: click.Context, name: str, size_gb: int, instance: str | None, zo
 @json_option
 @click.pass_context
 def attach(ctx: click.Context, ref: str, instance: str, wait: bool) -> None:
-    """Attach a volume to an instance."""
+    """Attach a volume to an instance (on the volume's hypervisor, if it has one yet)."""
     client = api(ctx)
     VOLUME.finish(ctx, client, client.post(VOLUME.path(ref, "attach"), {"instance": instance}), wait)
 

@@ -29,7 +29,8 @@ Schema = dict[str, Any]
 TAGS = {
     "auth": "Authentication", "organizations": "Organizations", "users": "Users", "zones": "Zones",
     "hypervisors": "Hypervisors", "flavors": "Flavors", "images": "Images", "keypairs": "Keypairs",
-    "server-groups": "Server groups", "instances": "Instances", "volumes": "Volumes", "networks": "Networks",
+    "server-groups": "Server groups", "instances": "Instances", "volumes": "Volumes",
+    "snapshots": "Snapshots", "networks": "Networks",
     "subnets": "Subnets", "ports": "Ports", "routers": "Routers", "floating-ips": "Floating IPs",
     "security-groups": "Security groups", "tasks": "Tasks", "events": "Events", "audit": "Audit log", "tree": "Message tree",
 }

@@ -21,7 +21,7 @@ from ..images import disk_gb
 __all__ = [
     "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair",
     "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
-    "Subnet", "Task", "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
+    "Snapshot", "Subnet", "Task", "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
 ]
 
 
@@ -76,6 +76,8 @@ class Organization(Resource, Base):
     quota_networks: Mapped[int | None] = mapped_column(Integer)
     quota_floating_ips: Mapped[int | None] = mapped_column(Integer)
     quota_security_groups: Mapped[int | None] = mapped_column(Integer)
+    quota_snapshots: Mapped[int | None] = mapped_column(Integer)
+    quota_snapshot_gb: Mapped[int | None] = mapped_column(Integer)
 
     @property
     def org_id(self) -> str:
@@ -255,14 +257,41 @@ class Instance(Resource, Base):
 
 
 class Volume(Resource, Base):
-    """A disk on one hypervisor's storage: creating, available, in-use, error; it outlives instances."""
+    """A disk on one hypervisor's storage: creating, available, in-use, error; it outlives instances.
+
+    A volume made empty has no hypervisor until it is first attached: it is made then, on the
+    instance's host, and stays on that host from then on (it holds data).
+    """
 
     __tablename__ = "volumes"
     org_id: Mapped[str] = org_fk()
     name: Mapped[str] = mapped_column(String(64))
     size_gb: Mapped[int] = mapped_column(Integer)
+    #: None until the volume is made on a host (at its first attach, or from a snapshot)
     hypervisor_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("hypervisors.id"), index=True)
+    #: asked for at create: the volume attaches only to instances on hosts of this zone
+    zone_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("zones.id"))
     instance_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("instances.id"), index=True)
+    #: the device name the host gave at attach (vdb, ...); the guest may name it differently
+    device: Mapped[str | None] = mapped_column(String(16))
+    fault: Mapped[str | None] = mapped_column(Text)
+
+
+class Snapshot(Resource, Base):
+    """A point-in-time copy of a volume, a file of its own on the volume's host: creating, available,
+    deleting, error.  It outlives its volume, and new volumes are made from it on that host."""
+
+    __tablename__ = "snapshots"
+    org_id: Mapped[str] = org_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    #: the volume it was taken of; None once that volume is deleted
+    volume_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("volumes.id"), index=True)
+    hypervisor_id: Mapped[str] = mapped_column(String(36), ForeignKey("hypervisors.id"), index=True)
+    #: the volume's size when it was taken: what a new volume from it is at least
+    size_gb: Mapped[int] = mapped_column(Integer)
+    #: frozen (the guest agent froze its file systems), crash-consistent (a running guest without
+    #: an agent: what a power cut would leave), offline (no guest was writing); None until taken
+    consistency: Mapped[str | None] = mapped_column(String(24))
     fault: Mapped[str | None] = mapped_column(Text)
 
 

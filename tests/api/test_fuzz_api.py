@@ -55,13 +55,14 @@ PARAMETER_KINDS = {
     "instance": "instance", "keypair": "keypair", "network": "network", "org_id": "org", "port": "port",
     "router_ref": "router", "rule_id": "rule", "subnet": "subnet", "task_id": "task", "user_id": "user",
     "volume": "volume", "zone_id": "zone", "resource": "instance", "user": "user", "name": "hypervisor",
+    "snapshot": "snapshot",
 }
 BODY_KINDS = {
     "flavor": "flavor", "image": "image", "kernel": "image", "initrd": "image", "keypair": "keypair",
     "network": "network", "subnet": "subnet", "port": "port", "security_groups": "security_group",
     "remote_group": "security_group", "server_group": "server_group", "zone": "zone", "instance": "instance",
     "org": "org", "hosts": "hypervisor", "username": "user", "password": "password", "public_key": "public_key",
-    "cidr": "cidr", "ip": "ip",
+    "cidr": "cidr", "ip": "ip", "volume": "volume", "snapshot": "snapshot",
 }
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]

@@ -80,6 +80,7 @@ CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "POST /v1/instances/{instance}/resize": ("member", "/v1/instances/vm/resize", {"flavor": "large"}),
     "POST /v1/volumes": ("member", "/v1/volumes", {"name": "vol2", "size_gb": 1, "instance": "vm", "zone": "spare"}),
     "POST /v1/volumes/{volume}/attach": ("member", "/v1/volumes/vol/attach", {"instance": "vm"}),
+    "POST /v1/snapshots": ("member", "/v1/snapshots", {"name": "snap2", "volume": "vol"}),
     "POST /v1/images": ("member", "/v1/images", {"name": "img2", "format": "raw", "kernel": "queued",
                                                  "initrd": "queued"}),
     "PATCH /v1/images/{image}": ("member", "/v1/images/queued", {"name": "queued"}),

@@ -1,4 +1,4 @@
-"""Instances and volumes through the API, on a small in-process cloud with a real tree."""
+"""Instances through the API, on a small in-process cloud with a real tree (volumes: ``test_volumes.py``)."""
 
 from __future__ import annotations
 
@@ -201,26 +201,6 @@ def test_a_flavor_too_small_for_the_image_is_refused_and_leaves_nothing(cloud: C
     assert api.ok("get", "/v1/instances/vm")["status"] == "active"
 
 
-def test_a_volume_on_another_host_is_refused_naming_both_hosts_as_the_reader_sees_them(cloud: Cloud) -> None:
-    tenant, _ = _setup(cloud)
-    admin = cloud.admin
-    image = admin.ok("post", "/v1/images", 201, json={"name": "ops-image", "format": "qcow2"})
-    admin.ok("put", f"/v1/images/{image['id']}/file", content=QCOW2)
-    for reader, launch, named in ((tenant, {}, lambda host: alias(tenant.who["org_id"], host)),
-                                  (admin, {"image": "ops-image", "nics": []}, lambda host: host)):
-        reader.ok("post", "/v1/server-groups", 201, json={"name": "apart", "policy": "anti-affinity"})
-        web = _launch(cloud, reader, "web", server_group="apart", **launch)["instance"]
-        db = _launch(cloud, reader, "db", server_group="apart", **launch)["instance"]
-        created = reader.ok("post", "/v1/volumes", 202, json={"name": "data", "size_gb": 1, "instance": "web"})
-        assert cloud.wait_task(reader, created["task"]["id"])["status"] == "succeeded"
-        response = reader.post("/v1/volumes/data/attach", json={"instance": "db"})
-        error = error_of(response)
-        assert response.status_code == 409 and error["field"] == "instance", error
-        where = (named(_host_by_db(cloud, web["id"])), named(_host_by_db(cloud, db["id"])))
-        assert f"volume 'data' is on {where[0]} and instance 'db' on {where[1]}" in error["reason"], error
-        assert reader.ok("get", "/v1/volumes/data")["status"] == "available"
-
-
 def test_two_launches_racing_for_the_last_room(cloud: Cloud) -> None:
     hosts = cloud.admin.ok("get", "/v1/hypervisors")["items"]
     for host in hosts[1:]:
@@ -311,27 +291,6 @@ def test_tenants_cannot_touch_each_others_instances(cloud: Cloud) -> None:
     task_id = api.ok("get", "/v1/tasks")["items"][0]["id"]
     assert other.get(f"/v1/tasks/{task_id}").status_code == 404
     assert api.ok("get", "/v1/instances/web")["status"] == "active"
-
-
-def test_volumes_live_beside_their_instance(cloud: Cloud) -> None:
-    api, _ = _setup(cloud)
-    web = _launch(cloud, api, "web")["instance"]
-    host = _host_by_db(cloud, web["id"])
-    created = api.ok("post", "/v1/volumes", 202, json={"name": "data", "size_gb": 2, "instance": "web"})
-    assert cloud.wait_task(api, created["task"]["id"])["status"] == "succeeded"
-    volume = api.ok("get", "/v1/volumes/data")
-    assert volume["status"] == "available" and volume["id"] in cloud.computes[host].volumes
-    attach = api.ok("post", "/v1/volumes/data/attach", 202, json={"instance": "web"})
-    assert cloud.wait_task(api, attach["task"]["id"])["status"] == "succeeded"
-    assert api.ok("get", "/v1/volumes/data")["status"] == "in-use"
-    assert api.ok("get", "/v1/instances/web")["volumes"] == [volume["id"]]
-    response = api.delete("/v1/volumes/data")
-    assert response.status_code == 409 and "in-use" in error_of(response)["reason"]
-    detach = api.ok("post", "/v1/volumes/data/detach", 202)
-    assert cloud.wait_task(api, detach["task"]["id"])["status"] == "succeeded"
-    deleted = api.ok("delete", "/v1/volumes/data", 202)
-    assert cloud.wait_task(api, deleted["task"]["id"])["status"] == "succeeded"
-    assert api.ok("get", "/v1/volumes")["items"] == [] and cloud.computes[host].volumes == {}
 
 
 def test_reconciliation_records_drift(cloud: Cloud) -> None:

@@ -4,8 +4,8 @@ kind: the API fuzzer (``test_fuzz_api.py``) and the injection tests (``test_inje
 The admin owns the zone, the flavors, a public image and an external network with a subnet; a
 member of organization ``acme`` owns the rest (a keypair, network ``net`` with a subnet, a port,
 a router and a floating IP on it, network ``bare`` with nothing, a security group with a rule,
-a server group, a queued image, and instance ``vm`` with volume ``vol`` beside it, both made
-through their tasks on the cloud's recording hosts).
+a server group, a queued image, and instance ``vm`` with volume ``vol`` attached and its snapshot
+``snap``, all made through their tasks on the cloud's recording hosts).
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def seed(cloud: Cloud) -> World:
         "name": "vm", "flavor": "small", "image": "tiny", "keypair": "key", "nics": [{"network": "net"}]}))
     created = _succeeded(cloud, member, member.ok("post", "/v1/volumes", 202, json={
         "name": "vol", "size_gb": 1, "instance": "vm"}))
+    snapshot = _succeeded(cloud, member, member.ok("post", "/v1/snapshots", 202, json={
+        "name": "snap", "volume": "vol"}))
     world.add("instance", launched["resource"])
     world.add("volume", created["resource"])
-    world.refs["task"] = [launched["task"]["id"], created["task"]["id"]]
+    world.add("snapshot", snapshot["resource"])
+    world.refs["task"] = [launched["task"]["id"], created["task"]["id"], snapshot["task"]["id"]]
     return world

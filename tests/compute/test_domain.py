@@ -167,3 +167,22 @@ def test_volume_and_pool_xml() -> None:
     pool = storagexml.pool_xml("cloudland", Path("/var/lib/cloudland/pool"))
     assert ET.fromstring(pool).get("type") == "dir"
     assert storagexml.pool_path(pool) == Path("/var/lib/cloudland/pool")
+
+
+def test_files_used_include_what_lies_under_a_disk() -> None:
+    """A live snapshot's overlay sits on the volume's file: the volume is still in use."""
+    xml = """<domain><devices>
+      <disk type='file' device='disk'><source file='/i/snapshot-v.qcow2'/><target dev='vdb'/>
+        <backingStore type='file'><format type='qcow2'/><source file='/pool/vol-v.qcow2'/></backingStore></disk>
+      <disk type='file' device='cdrom'><source file='/i/seed.iso'/><target dev='sda'/></disk>
+    </devices></domain>"""
+    assert domain.files_used(xml) == {Path("/i/snapshot-v.qcow2"), Path("/pool/vol-v.qcow2"), Path("/i/seed.iso")}
+    moved = domain.moved_disk(xml, Path("/i/snapshot-v.qcow2"), Path("/pool/vol-v.qcow2"))
+    assert domain.files_used(moved) == {Path("/pool/vol-v.qcow2"), Path("/i/seed.iso")}
+
+
+def test_disk_snapshot_leaves_the_other_disks_out() -> None:
+    root = ET.fromstring(domain.disk_snapshot_xml("vdb", Path("/i/o.qcow2"), ("vda", "sda")))
+    assert [(d.get("name"), d.get("snapshot")) for d in root.iterfind("disks/disk")] == [
+        ("vdb", "external"), ("vda", "no"), ("sda", "no")]
+    assert root.find("disks/disk/source").get("file") == "/i/o.qcow2"

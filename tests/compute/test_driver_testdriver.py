@@ -10,7 +10,9 @@ What the test driver cannot do, and so is covered by the real-guest tests on qem
   and a grow that fails must still restart the instance);
 - virDomainAttachDeviceFlags/DetachDeviceFlags: live (and config) attach and detach of a
   volume (here: the paths that need no such call: replays, refusals, volumes attached at create);
-- a guest that ignores ACPI: its shutdown is instant here (forced power-off is simulated).
+- a guest that ignores ACPI: its shutdown is instant here (forced power-off is simulated);
+- disk-only snapshots and block commits: a live volume snapshot (here: that its failure leaves
+  no copy behind and the guest on its volume; copies of volumes no running guest uses).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import pytest
 from backend.compute import domain, register
 from backend.compute.driver import (
     ComputeDriver,
+    Consistency,
     DriverSettings,
     PowerState,
     overlay_name,
+    snapshot_name,
     volume_name,
 )
 from backend.compute.exceptions import (
@@ -359,6 +363,60 @@ def test_volumes(driver: ComputeDriver, hv: Hypervisor) -> None:
     driver.delete_volume(volume_id)  # absent: success
 
 
+def test_snapshots_of_volumes_no_guest_runs_on(driver: ComputeDriver, hv: Hypervisor, libvirt_conn: Any) -> None:
+    volume_id, snapshot_id, copy_id = (str(uuid.uuid4()) for _ in range(3))
+    driver.create_volume(volume_id, 2)
+    assert driver.snapshot_volume(volume_id, snapshot_id) is Consistency.OFFLINE
+    snapshot = hv.volume(snapshot_name(snapshot_id))
+    assert snapshot is not None and snapshot.capacity_bytes == 2 * GIB
+    pool = libvirt_conn.storagePoolLookupByName(POOL)
+    # a copy of its own: no backing file ties it to its volume
+    assert ET.fromstring(pool.storageVolLookupByName(snapshot.name).XMLDesc(0)).find("backingStore/path") is None
+    assert driver.snapshot_volume(volume_id, snapshot_id) is Consistency.OFFLINE  # again: a fresh copy
+
+    # Volumes from it: at least its size, a copy too; a replay does nothing more.
+    with pytest.raises(BadRequest, match="smaller than snapshot"):
+        driver.create_volume(copy_id, 1, snapshot_id)
+    assert hv.volume(volume_name(copy_id)) is None
+    driver.create_volume(copy_id, 2, snapshot_id)
+    driver.create_volume(copy_id, 2, snapshot_id)
+    assert hv.volume(volume_name(copy_id)) is not None
+    with pytest.raises(NotFound, match="is not on this host"):
+        driver.create_volume(str(uuid.uuid4()), 2, str(uuid.uuid4()))
+
+    # Volume, snapshot and copy go in any order; deleting is idempotent.
+    driver.delete_volume(volume_id)
+    driver.delete_snapshot(snapshot_id)
+    driver.delete_snapshot(snapshot_id)
+    assert hv.volume(snapshot_name(snapshot_id)) is None and hv.volume(volume_name(copy_id)) is not None
+    with pytest.raises(NotFound, match=f"volume {volume_id} is not on this host"):
+        driver.snapshot_volume(volume_id, snapshot_id)
+
+    # Attached to a stopped instance: nothing writes, so a plain copy.
+    spec = new_spec(volume_ids=(copy_id,))
+    driver.create(spec)
+    driver.stop(spec.instance_id)
+    assert driver.snapshot_volume(copy_id, snapshot_id) is Consistency.OFFLINE
+
+
+def test_a_live_snapshot_that_fails_leaves_no_copy_and_the_guest_on_its_volume(
+        driver: ComputeDriver, hv: Hypervisor) -> None:
+    """The test driver has no disk-only snapshots: the live path fails at its first call."""
+    volume_id, snapshot_id = str(uuid.uuid4()), str(uuid.uuid4())
+    driver.create_volume(volume_id, 1)
+    spec = new_spec(volume_ids=(volume_id,))
+    driver.create(spec)
+    assert domain.parse(hv.xml(spec.instance_id)).has_agent
+    with pytest.raises(ComputeError, match=f"snapshot disk vdb of domain {spec.instance_id}"):
+        driver.snapshot_volume(volume_id, snapshot_id)
+    assert hv.volume(snapshot_name(snapshot_id)) is None
+    assert not (driver.instance_dir(spec.instance_id) / f"snapshot-{volume_id}.qcow2").exists()
+    volume = hv.volume(volume_name(volume_id))
+    assert volume is not None
+    assert [d.target for d in domain.parse(hv.xml(spec.instance_id)).disks if d.path == volume.path] == ["vdb"]
+    assert hv.state(spec.instance_id) is DomainState.RUNNING
+
+
 def test_volumes_attached_at_create(driver: ComputeDriver, hv: Hypervisor) -> None:
     """Attached from the start (the spec's ``volumes``): in the definition, no hotplug needed."""
     volume_ids = (str(uuid.uuid4()), str(uuid.uuid4()))
@@ -461,7 +519,8 @@ def test_registered_ops(tmp_path: Path, libvirt_conn: Any) -> None:
     register(registry, config)
     try:
         durable = ["instance.create", "instance.delete", "instance.start", "instance.stop", "instance.reboot",
-                   "instance.resize", "volume.create", "volume.delete", "volume.attach", "volume.detach"]
+                   "instance.resize", "volume.create", "volume.delete", "volume.attach", "volume.detach",
+                   "volume.snapshot", "snapshot.delete"]
         assert all(registry.is_durable(op) for op in durable)
         assert registry.is_durable("compute.inventory") is False
         assert registry.is_durable("instance.console") is False
@@ -493,5 +552,15 @@ def test_registered_ops(tmp_path: Path, libvirt_conn: Any) -> None:
 
         assert run(registry, "instance.delete", {"instance_id": instance_id}).payload == {}
         assert run(registry, "compute.inventory", {}).payload == {"instances": []}
+
+        volume_id, snapshot_id, copy_id = (str(uuid.uuid4()) for _ in range(3))
+        assert run(registry, "volume.create", {"volume_id": volume_id, "size_gb": 1}).payload == {}
+        assert run(registry, "volume.snapshot", {"volume_id": volume_id, "snapshot_id": snapshot_id}).payload == {
+            "consistency": "offline"}
+        assert run(registry, "volume.create", {"volume_id": copy_id, "size_gb": 1,
+                                               "snapshot_id": snapshot_id}).payload == {}
+        assert run(registry, "snapshot.delete", {"snapshot_id": snapshot_id}).payload == {}
+        bad = run(registry, "volume.snapshot", {"volume_id": volume_id, "snapshot_id": "monday"})
+        assert (bad.status, bad.exit_status) == (Status.ERROR, 64) and "args.snapshot_id" in bad.message
     finally:
         registry.close()

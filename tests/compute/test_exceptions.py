@@ -11,6 +11,7 @@ from backend.compute.exceptions import (
     Conflict,
     HypervisorError,
     LibvirtCode,
+    NoGuestAgent,
     NotFound,
     Unsupported,
     from_libvirt,
@@ -26,6 +27,7 @@ def test_copied_codes_are_libvirts(code: LibvirtCode) -> None:
 @pytest.mark.parametrize(("code", "kind"), [
     (libvirt.VIR_ERR_NO_DOMAIN, NotFound), (libvirt.VIR_ERR_NO_STORAGE_VOL, NotFound),
     (libvirt.VIR_ERR_OPERATION_INVALID, Conflict), (libvirt.VIR_ERR_NO_SUPPORT, Unsupported),
+    (libvirt.VIR_ERR_AGENT_UNRESPONSIVE, NoGuestAgent),
     (libvirt.VIR_ERR_INTERNAL_ERROR, HypervisorError), (libvirt.VIR_ERR_SYSTEM_ERROR, HypervisorError),
     (123456, HypervisorError),  # a code libvirt may add one day still maps
 ])

@@ -27,6 +27,9 @@ class RecordingCompute:
         self.log_path = log_path
         self.instances: dict[str, str] = {}  # id -> power state
         self.volumes: dict[str, str | None] = {}  # id -> instance it is attached to
+        self.snapshots: dict[str, str] = {}  # id -> the volume it was taken of
+        #: the consistency volume.snapshot answers
+        self.consistency = "offline"
         #: op -> message: that op fails on this host with the message
         self.fail: dict[str, str] = {}
         #: seconds instance.create takes
@@ -65,16 +68,31 @@ class RecordingCompute:
         def handler(args: dict[str, Any]) -> dict[str, Any]:
             self._record(op, args)
             if op == "volume.create":
+                snapshot = args.get("snapshot_id")
+                if snapshot is not None and snapshot not in self.snapshots:
+                    raise OpError(f"snapshot {snapshot} is not on {self.host}", 1)
                 self.volumes[args["volume_id"]] = None
             elif op == "volume.delete":
                 self.volumes.pop(args["volume_id"], None)
+            elif args["volume_id"] not in self.volumes:
+                raise OpError(f"volume {args['volume_id']} is not on {self.host}", 1)
             elif op == "volume.attach":
+                if args["instance_id"] not in self.instances:
+                    raise OpError(f"no instance {args['instance_id']} on {self.host}", 2)
                 self.volumes[args["volume_id"]] = args["instance_id"]
                 return {"device": "vdb"}
+            elif op == "volume.snapshot":
+                self.snapshots[args["snapshot_id"]] = args["volume_id"]
+                return {"consistency": self.consistency}
             else:
                 self.volumes[args["volume_id"]] = None
             return {}
         return handler
+
+    def delete_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._record("snapshot.delete", args)
+        self.snapshots.pop(args["snapshot_id"], None)
+        return {}
 
     def console(self, args: dict[str, Any]) -> dict[str, Any]:
         if args["instance_id"] not in self.instances:
@@ -91,8 +109,9 @@ class RecordingCompute:
         for op, state in (("instance.start", "running"), ("instance.stop", "shutoff"),
                           ("instance.reboot", "running"), ("instance.resize", "running")):
             registry.register(Op(op, self.power(op, state), ARGS[op], durable=True))
-        for op in ("volume.create", "volume.delete", "volume.attach", "volume.detach"):
+        for op in ("volume.create", "volume.delete", "volume.attach", "volume.detach", "volume.snapshot"):
             registry.register(Op(op, self.volume(op), ARGS[op], durable=True))
+        registry.register(Op("snapshot.delete", self.delete_snapshot, ARGS["snapshot.delete"], durable=True))
         registry.register(Op("compute.inventory", self.inventory, ARGS["compute.inventory"], durable=False))
         registry.register(Op("instance.console", self.console, ARGS["instance.console"], durable=False))
 

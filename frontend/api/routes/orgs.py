@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 from ...auth import Role
 from ...bootstrap import ADMIN_ORG
 from ...db.models import (Event, FloatingIp, Image, Instance, Keypair, Network, Organization, Port, Router,
-                          SecurityGroup, SecurityGroupRule, ServerGroup, Subnet, Task, TaskStep, Token, User, Volume)
+                          SecurityGroup, SecurityGroupRule, ServerGroup, Snapshot, Subnet, Task, TaskStep, Token, User,
+                          Volume)
 from ...errors import Conflict
 from ...quotas import QUOTAS, usage
 from ..deps import CallerDep, FrontendDep
@@ -20,7 +21,7 @@ from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 router = APIRouter(prefix=V1, tags=["organizations"])
 
 #: what an organization must have deleted before it can go (its default security group aside)
-_CONTENTS = ((Instance, "instances"), (Volume, "volumes"), (FloatingIp, "floating IPs"), (Port, "ports"),
+_CONTENTS = ((Instance, "instances"), (Snapshot, "snapshots"), (Volume, "volumes"), (FloatingIp, "floating IPs"), (Port, "ports"),
              (Router, "routers"), (Subnet, "subnets"), (Network, "networks"), (Image, "images"),
              (Keypair, "keypairs"), (ServerGroup, "server groups"), (User, "users"))
 
@@ -36,6 +37,8 @@ class Quotas(Input):
     networks: int | None = Quota
     floating_ips: int | None = Quota
     security_groups: int | None = Quota
+    snapshots: int | None = Quota
+    snapshot_gb: int | None = Quota
 
 
 class OrgCreate(Input):
