@@ -30,7 +30,6 @@ OUTDIR (``/var/tmp/cloudland-cloud-image`` for the tests) and keyed by the recip
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,9 +38,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .guest import locked
 
 __all__ = ["DEFAULT_USER", "CloudImage", "build"]
 
@@ -101,7 +101,7 @@ class CloudImage:
 def build(outdir: Path | str) -> CloudImage:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out / ".lock"):
+    with locked(out / ".lock"):
         key = _recipe_key()
         manifest_path = out / "manifest.json"
         image = out / IMAGE_NAME
@@ -251,13 +251,6 @@ def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 if __name__ == "__main__":

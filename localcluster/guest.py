@@ -261,7 +261,7 @@ def build(outdir: Path | str) -> Guest:
     """Build (or reuse) the guest in ``outdir``; see the module docstring."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out / ".lock"):
+    with locked(out / ".lock"):
         deb = _kernel_deb(out)
         key = _inputs_key(deb)
         guest = _reuse(out, key)
@@ -550,7 +550,8 @@ def _file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (made if missing): one build of a cache at a time."""
     with path.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield

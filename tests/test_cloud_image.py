@@ -14,13 +14,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
 
 from localcluster import LocalCluster, cloudimage, libvirtd
-from tests.support.cloudapi import admin_client, running, until
+from tests.support.cloudapi import admin_client, ok, running, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -48,26 +48,21 @@ def cluster(tmp_path: Path, image: cloudimage.CloudImage) -> Iterator[LocalClust
         libvirtd.purge_under(c.workdir)
 
 
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
-    return response.json() if response.content else None
-
-
 def _console(api: httpx.Client, instance: str) -> str:
-    return str(_ok(api.get(f"/v1/instances/{instance}/console", params={"bytes": 1 << 20}))["log"])
+    return str(ok(api.get(f"/v1/instances/{instance}/console", params={"bytes": 1 << 20}))["log"])
 
 
 def test_a_stock_debian_cloud_image_is_configured_by_cloud_init(cluster: LocalCluster,
                                                                  image: cloudimage.CloudImage) -> None:
     api = admin_client(cluster)
-    until(lambda: any(h["facts"] for h in _ok(api.get("/v1/hypervisors"))["items"]), 60, "a hypervisor with capacity")
-    uploaded = _ok(api.post("/v1/images", json={"name": "debian-12", "format": "qcow2"}), 201)
+    until(lambda: any(h["facts"] for h in ok(api.get("/v1/hypervisors"))["items"]), 60, "a hypervisor with capacity")
+    uploaded = ok(api.post("/v1/images", json={"name": "debian-12", "format": "qcow2"}), 201)
     with image.path.open("rb") as f:
-        _ok(api.put(f"/v1/images/{uploaded['id']}/file", content=f))
-    _ok(api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 512, "disk_gb": FLAVOR_DISK_GB}), 201)
+        ok(api.put(f"/v1/images/{uploaded['id']}/file", content=f))
+    ok(api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 512, "disk_gb": FLAVOR_DISK_GB}), 201)
     blob = b"".join(len(p).to_bytes(4, "big") + p for p in (b"ssh-ed25519", os.urandom(32)))
     key_b64 = base64.b64encode(blob).decode()
-    _ok(api.post("/v1/keypairs", json={"name": "ops", "public_key": f"ssh-ed25519 {key_b64} ops@test"}), 201)
+    ok(api.post("/v1/keypairs", json={"name": "ops", "public_key": f"ssh-ed25519 {key_b64} ops@test"}), 201)
 
     # The marker proves runcmd ran; it also reports what cloud-init did to the default user
     # and the disk, as the guest itself sees them.
@@ -76,11 +71,11 @@ def test_a_stock_debian_cloud_image_is_configured_by_cloud_init(cluster: LocalCl
         f"echo {MARKER} host=$(hostname) user=$(id -un {image.default_user}) "
         f"key=$(cut -d' ' -f2 /home/{image.default_user}/.ssh/authorized_keys) "
         "root_mb=$(df -BM --output=size / | tail -n 1 | tr -dc 0-9)"]]})
-    accepted = _ok(api.post("/v1/instances", json={"name": "deb_1", "flavor": "small", "image": "debian-12",
+    accepted = ok(api.post("/v1/instances", json={"name": "deb_1", "flavor": "small", "image": "debian-12",
                                                    "keypair": "ops", "user_data": user_data}), 202)
     task_id = accepted["task"]["id"]
     task = until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
-        _ok(api.get(f"/v1/tasks/{task_id}"))), 300, f"task {task_id}")
+        ok(api.get(f"/v1/tasks/{task_id}"))), 300, f"task {task_id}")
     assert task["status"] == "succeeded", json.dumps(task, indent=1)[-3000:]
 
     finished = re.compile(r"Cloud-init v\. \S+ finished .* Datasource DataSourceNoCloud \[seed=/dev/sr0\]")
@@ -98,7 +93,7 @@ def test_a_stock_debian_cloud_image_is_configured_by_cloud_init(cluster: LocalCl
     fingerprint = ":".join(f"{b:02x}" for b in hashlib.sha256(blob).digest())
     assert re.search(rf"Authorized keys from /home/{image.default_user}/.ssh/authorized_keys", log)
     assert fingerprint in log
-    vm = _ok(api.get("/v1/instances/deb_1"))
+    vm = ok(api.get("/v1/instances/deb_1"))
     assert (vm["status"], vm["power_state"]) == ("active", "running")
 
-    _ok(api.delete("/v1/instances/deb_1"), 202)
+    ok(api.delete("/v1/instances/deb_1"), 202)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 
@@ -15,7 +15,7 @@ from localcluster import LocalCluster
 from tests.support.leftovers import no_new_processes
 from tests.support.waiting import until
 
-__all__ = ["admin_client", "clctl", "clctl_login", "running", "until"]
+__all__ = ["admin_client", "clctl", "clctl_login", "ok", "running", "until"]
 
 
 @contextlib.contextmanager
@@ -27,6 +27,12 @@ def running(cluster: LocalCluster) -> Iterator[LocalCluster]:
             yield cluster
         finally:
             cluster.stop()
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    """The JSON body of ``response``, which must have ``status`` (else the call and the body in the failure)."""
+    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
+    return response.json() if response.content else None
 
 
 def admin_client(cluster: LocalCluster, timeout: float = 60.0) -> httpx.Client:
