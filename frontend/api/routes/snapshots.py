@@ -13,6 +13,7 @@ from ...hostalias import AS_SEEN, seen, shown
 from ...scheduler import Demand
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, get_owned, owned
+from ..refusals import refusals
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 from .tasks import Accepted, task_view
 
@@ -82,7 +83,8 @@ def create_snapshot(body: SnapshotCreate, caller: CallerDep, frontend: FrontendD
     return accepted
 
 
-@router.get("/snapshots", response_model=Items[SnapshotView], summary="List snapshots")
+@router.get("/snapshots", response_model=Items[SnapshotView], summary="List snapshots",
+            responses=refusals(404))
 def list_snapshots(caller: CallerDep, frontend: FrontendDep,
                    volume: Ref | None = Query(default=None, description="only those of this volume")) -> Items[SnapshotView]:
     with frontend.db.read() as session:
