@@ -31,7 +31,7 @@ from . import proto
 from .counters import Counters, add_into, check_counters
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .links import tune_link
+from .links import close_link, tune_link
 from .reactor import NOBLOCK, NOBLOCK_SNDMORE, Reactor, Timer, ZContext, ZSocket, has_input
 from .routes import RouteChange, RouteTable
 from .security import Security, release_domain, serve_curve
@@ -196,16 +196,8 @@ class Downlink:
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None
-        if self._monitor is not None:
-            self.reactor.remove_reader(self._monitor)
-            if self._sock is not None:
-                self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._monitor = None
-        if self._sock is not None:
-            self.reactor.remove_reader(self._sock)
-            self._sock.close(linger=0)
-            self._sock = None
+        close_link(self.reactor, self._sock, self._monitor)
+        self._sock = self._monitor = None
 
     # Sending ------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import zmq
 from .reactor import Reactor, ZSocket
 from .settings import TreeSettings
 
-__all__ = ["Budget", "budget_of", "losses_of", "tune_link"]
+__all__ = ["Budget", "budget_of", "close_link", "losses_of", "tune_link"]
 
 #: New uplink sockets one process (one reactor) may open per second, and at once.  A process
 #: simulating thousands of hosts that all re-attach together would otherwise open sockets
@@ -48,6 +48,19 @@ def tune_link(sock: ZSocket, settings: TreeSettings) -> None:
         # a scan of every timer of the I/O thread (thousands in a process that simulates hosts).
         sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(settings.link_heartbeat_interval))
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(settings.link_timeout))
+
+
+def close_link(reactor: Reactor, sock: ZSocket | None, monitor: ZSocket | None) -> None:
+    """Stop reading ``sock`` and its ``monitor`` and close both at once (LINGER 0): a link's
+    end never leaks a file descriptor, whichever path closes it."""
+    if monitor is not None:
+        reactor.remove_reader(monitor)
+        if sock is not None:
+            sock.disable_monitor()
+        monitor.close(linger=0)
+    if sock is not None:
+        reactor.remove_reader(sock)
+        sock.close(linger=0)
 
 
 class Budget:

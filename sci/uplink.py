@@ -35,7 +35,7 @@ from . import proto
 from .counters import Counters
 from .exceptions import FrameError, IllegalTransition, SciError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .links import budget_of, losses_of, tune_link
+from .links import budget_of, close_link, losses_of, tune_link
 from .reactor import NOBLOCK, Reactor, Timer, ZContext, ZSocket, has_input
 from .security import Security, check_key, connect_curve
 from .settings import TreeSettings
@@ -373,16 +373,8 @@ class Uplink:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
-        if self._monitor is not None:
-            self.reactor.remove_reader(self._monitor)
-            if self._sock is not None:
-                self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._monitor = None
-        if self._sock is not None:
-            self.reactor.remove_reader(self._sock)
-            self._sock.close(linger=0)
-            self._sock = None
+        close_link(self.reactor, self._sock, self._monitor)
+        self._sock = self._monitor = None
 
     def _send_now(self, data: bytes) -> bool:
         sock = self._sock

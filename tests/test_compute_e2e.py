@@ -65,6 +65,18 @@ def _upload(api: httpx.Client, name: str, fmt: str, path: Path, **extra: Any) ->
     return dict(image)
 
 
+def _offer_tiny(cluster: LocalCluster, guest: tiny.Guest) -> httpx.Client:
+    """An admin client of a cloud whose two hosts are up, offering the tiny guest as image and flavor ``tiny``."""
+    api = admin_client(cluster)
+    until(lambda: len([h for h in ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
+          "both hypervisors with capacity")
+    kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
+    initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
+    _upload(api, "tiny", "qcow2", guest.disk, kernel=kernel["id"], initrd=initrd["id"])
+    ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
+    return api
+
+
 def _keypair(api: httpx.Client) -> tuple[str, str]:
     """A fresh ed25519 public key and the fingerprint OpenSSH prints for it."""
     blob = b"".join(len(p).to_bytes(4, "big") + p for p in (b"ssh-ed25519", os.urandom(32)))
@@ -86,13 +98,7 @@ def _count(api: httpx.Client, instance: str, line: str) -> int:
 def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalCluster, guest: tiny.Guest) -> None:
     import libvirt
 
-    api = admin_client(cluster)
-    until(lambda: len([h for h in ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
-           "both hypervisors with capacity")
-    kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
-    initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
-    _upload(api, "tiny", "qcow2", guest.disk, kernel=kernel["id"], initrd=initrd["id"])
-    ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
+    api = _offer_tiny(cluster, guest)
     ok(api.post("/v1/flavors", json={"name": "tiny2", "vcpus": 2, "memory_mb": 192, "disk_gb": 2}), 201)
     keypair, fingerprint = _keypair(api)
 
@@ -204,13 +210,7 @@ def test_volumes_follow_their_instance_and_a_snapshot_holds_what_the_guest_wrote
                                                                                    guest: tiny.Guest) -> None:
     import libvirt
 
-    api = admin_client(cluster)
-    until(lambda: len([h for h in ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
-           "both hypervisors with capacity")
-    kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
-    initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
-    _upload(api, "tiny", "qcow2", guest.disk, kernel=kernel["id"], initrd=initrd["id"])
-    ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
+    api = _offer_tiny(cluster, guest)
     ok(api.post("/v1/server-groups", json={"name": "apart", "policy": "anti-affinity"}), 201)
     for name, user_data in (("quiet", ""), ("writer", WRITER)):
         _task(api, ok(api.post("/v1/instances", json={"name": name, "flavor": "tiny", "image": "tiny",
