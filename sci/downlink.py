@@ -190,7 +190,7 @@ class Downlink:
 
     def close(self) -> None:
         if self.security is not None:
-            release_domain(self.ctx, self.node_id)
+            release_domain(self.ctx, self.node_id, self._peer_allowed)
         if self._stop_ticker is not None:
             self._stop_ticker()
         if self._probe_timer is not None:

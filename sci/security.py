@@ -202,11 +202,15 @@ def serve_curve(sock: Any, ctx: Any, domain: str, security: Security, allow: Cal
     sock.setsockopt(zmq.CURVE_PUBLICKEY, security.keypair.public.encode("ascii"))
 
 
-def release_domain(ctx: Any, domain: str) -> None:
+def release_domain(ctx: Any, domain: str, allow: Callable[[str], bool]) -> None:
+    """Forget ``domain``'s policy, unless a newer node of the same name has since replaced it."""
     with _auth_lock:
         auth = _authenticators.get(id(ctx))
-    if auth is not None:
-        auth.credentials_providers.pop(domain, None)
+        if auth is None:
+            return
+        policy = auth.credentials_providers.get(domain)
+        if isinstance(policy, _Policy) and policy.allow == allow:
+            del auth.credentials_providers[domain]
 
 
 def connect_curve(sock: Any, security: Security, server_key: str) -> None:

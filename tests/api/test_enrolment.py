@@ -51,7 +51,7 @@ class SecureCloud:
     def enrol(self, name: str, token: str, role: Role = Role.BACKEND, keys: KeyPair | None = None) -> Security:
         """What a new node does at its first start; raises SecurityError with the root's reason."""
         security = Security(keys or KeyPair.generate(), EnrolmentToken.parse(token).root_key)
-        enrol(self.root.endpoint, name, role, token, security, timeout=5)
+        enrol(self.root.endpoint, name, role, token, security)
         return security
 
     def leaf(self, name: str, security: Security) -> Leaf:
