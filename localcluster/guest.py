@@ -32,9 +32,10 @@ What ``/init`` does, all reported on the serial console one line each:
    of ``ssh_authorized_keys`` in a ``#cloud-config`` user-data;
 4. starts busybox ``acpid`` (an ACPI power-button press, libvirt's graceful shutdown, runs
    ``poweroff -f``, printing ``CLOUDLAND-GUEST-POWEROFF``) and, for each ethN (eth0 for one
-   virtio NIC), ``udhcpc`` in the background (``CLOUDLAND-GUEST-IP eth0 <ip>/<prefix>`` when
-   it gets a lease, possibly after READY; no network or no DHCP server is fine; with an
-   address it answers ping);
+   virtio NIC), ``udhcpc`` in the background, asking for the MTU too; with a lease it applies
+   address, MTU and default route and prints ``CLOUDLAND-GUEST-IP eth0 <ip>/<prefix>
+   router=<gateway> mtu=<mtu>``, possibly after READY (no network or no DHCP server is fine;
+   with an address it answers ping);
 5. prints ``CLOUDLAND-GUEST-READY hostname=<h> instance=<id> key=<SHA256:...>`` (the key's
    OpenSSH fingerprint, empty without a key);
 6. runs user-data if it is a script (``#!...``), its output on the console;
@@ -193,7 +194,7 @@ acpid -l /var/log/acpid.log
 for path in /sys/class/net/eth*; do
     [ -e "$path" ] || continue
     ip link set "${path##*/}" up
-    udhcpc -f -i "${path##*/}" -s /etc/udhcpc.script >/dev/null 2>&1 &
+    udhcpc -f -O mtu -i "${path##*/}" -s /etc/udhcpc.script >/dev/null 2>&1 &
 done
 
 echo "CLOUDLAND-GUEST-READY hostname=$host instance=$instance key=$fp"
@@ -244,13 +245,14 @@ deconfig)
 bound|renew)
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     for r in $router; do
         ip route replace default via "$r" dev "$interface"
         break
     done
     : >/etc/resolv.conf
     for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
-    echo "CLOUDLAND-GUEST-IP $interface $ip/${mask:-24}" >/dev/console
+    echo "CLOUDLAND-GUEST-IP $interface $ip/${mask:-24} router=${router%% *} mtu=$mtu" >/dev/console
     ;;
 esac
 exit 0

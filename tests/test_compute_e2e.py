@@ -22,7 +22,7 @@ import pytest
 from backend.compute import domain
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
-from tests.support.cloudapi import admin_client, ok, running, until
+from tests.support.cloudapi import admin_client, console, console_count, finished, offer_tiny, ok, running, until, upload
 from tests.support.qcow2 import fake_qcow2
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -50,33 +50,6 @@ def cluster(tmp_path: Path, guest: tiny.Guest) -> Iterator[LocalCluster]:
         libvirtd.purge_under(c.workdir)
 
 
-def _task(api: httpx.Client, accepted: dict[str, Any], timeout: float = 180.0) -> dict[str, Any]:
-    task_id = accepted["task"]["id"]
-    task = until(lambda: (lambda t: t if t["status"] in ("succeeded", "failed") else None)(
-        ok(api.get(f"/v1/tasks/{task_id}"))), timeout, f"task {task_id}")
-    assert task["status"] == "succeeded", json.dumps(task, indent=1)[-3000:]
-    return dict(task)
-
-
-def _upload(api: httpx.Client, name: str, fmt: str, path: Path, **extra: Any) -> dict[str, Any]:
-    image = ok(api.post("/v1/images", json={"name": name, "format": fmt, **extra}), 201)
-    with path.open("rb") as f:
-        ok(api.put(f"/v1/images/{image['id']}/file", content=f.read()))
-    return dict(image)
-
-
-def _offer_tiny(cluster: LocalCluster, guest: tiny.Guest) -> httpx.Client:
-    """An admin client of a cloud whose two hosts are up, offering the tiny guest as image and flavor ``tiny``."""
-    api = admin_client(cluster)
-    until(lambda: len([h for h in ok(api.get("/v1/hypervisors"))["items"] if h["facts"]]) == 2, 60,
-          "both hypervisors with capacity")
-    kernel = _upload(api, "tiny-kernel", "raw", guest.kernel)
-    initrd = _upload(api, "tiny-initrd", "raw", guest.initrd)
-    _upload(api, "tiny", "qcow2", guest.disk, kernel=kernel["id"], initrd=initrd["id"])
-    ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
-    return api
-
-
 def _keypair(api: httpx.Client) -> tuple[str, str]:
     """A fresh ed25519 public key and the fingerprint OpenSSH prints for it."""
     blob = b"".join(len(p).to_bytes(4, "big") + p for p in (b"ssh-ed25519", os.urandom(32)))
@@ -87,18 +60,10 @@ def _keypair(api: httpx.Client) -> tuple[str, str]:
     return key["name"], fingerprint
 
 
-def _console(api: httpx.Client, instance: str) -> str:
-    return str(ok(api.get(f"/v1/instances/{instance}/console"))["log"])
-
-
-def _count(api: httpx.Client, instance: str, line: str) -> int:
-    return sum(1 for text in _console(api, instance).splitlines() if text.startswith(line))
-
-
 def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalCluster, guest: tiny.Guest) -> None:
     import libvirt
 
-    api = _offer_tiny(cluster, guest)
+    api = offer_tiny(cluster, guest)
     ok(api.post("/v1/flavors", json={"name": "tiny2", "vcpus": 2, "memory_mb": 192, "disk_gb": 2}), 201)
     keypair, fingerprint = _keypair(api)
 
@@ -106,12 +71,12 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     accepted = ok(api.post("/v1/instances", json={"name": "vm1", "flavor": "tiny", "image": "tiny",
                                                    "keypair": keypair, "user_data": user_data}), 202)
     instance_id = accepted["resource"]["id"]
-    _task(api, accepted)
-    ready = until(lambda: _count(api, "vm1", tiny.READY), BOOT_TIMEOUT, "the guest's READY line")
+    finished(api, accepted)
+    ready = until(lambda: console_count(api, "vm1", tiny.READY), BOOT_TIMEOUT, "the guest's READY line")
     assert ready == 1
-    line = next(t for t in _console(api, "vm1").splitlines() if t.startswith(tiny.READY))
+    line = next(t for t in console(api, "vm1").splitlines() if t.startswith(tiny.READY))
     assert f"hostname=vm1 instance={instance_id} key={fingerprint}" in line, line
-    until(lambda: _count(api, "vm1", "USER-DATA-RAN-42"), 30, "the user data script's output")
+    until(lambda: console_count(api, "vm1", "USER-DATA-RAN-42"), 30, "the user data script's output")
     vm = ok(api.get("/v1/instances/vm1"))
     assert (vm["status"], vm["power_state"]) == ("active", "running")
     host = vm["hypervisor"]
@@ -123,29 +88,29 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     until(lambda: ok(api.get(f"/v1/hypervisors/{host}"))["heartbeat_age_s"] is not None, 30, f"{host} back")
 
     # Power: stop gracefully (the guest's acpid powers it off), start, reboot.
-    _task(api, ok(api.post("/v1/instances/vm1/stop", json={"timeout_s": 30}), 202))
+    finished(api, ok(api.post("/v1/instances/vm1/stop", json={"timeout_s": 30}), 202))
     assert ok(api.get("/v1/instances/vm1"))["power_state"] == "shutoff"
-    _task(api, ok(api.post("/v1/instances/vm1/start"), 202))
-    until(lambda: _count(api, "vm1", tiny.READY) >= 2, BOOT_TIMEOUT, "READY after start")
-    _task(api, ok(api.post("/v1/instances/vm1/reboot"), 202))
-    until(lambda: _count(api, "vm1", tiny.READY) >= 3, BOOT_TIMEOUT, "READY after reboot")
+    finished(api, ok(api.post("/v1/instances/vm1/start"), 202))
+    until(lambda: console_count(api, "vm1", tiny.READY) >= 2, BOOT_TIMEOUT, "READY after start")
+    finished(api, ok(api.post("/v1/instances/vm1/reboot"), 202))
+    until(lambda: console_count(api, "vm1", tiny.READY) >= 3, BOOT_TIMEOUT, "READY after reboot")
 
     # A volume made for it is attached once made, live: the guest sees vdb appear.
     volume = ok(api.post("/v1/volumes", json={"name": "data", "size_gb": 1, "instance": "vm1"}), 202)
-    _task(api, volume)
-    until(lambda: _count(api, "vm1", f"{tiny.BLOCK} vdb"), 60, "the guest to see vdb")
-    _task(api, ok(api.post("/v1/volumes/data/detach"), 202))
-    until(lambda: _count(api, "vm1", f"{tiny.BLOCK_GONE} vdb"), 60, "the guest to lose vdb")
+    finished(api, volume)
+    until(lambda: console_count(api, "vm1", f"{tiny.BLOCK} vdb"), 60, "the guest to see vdb")
+    finished(api, ok(api.post("/v1/volumes/data/detach"), 202))
+    until(lambda: console_count(api, "vm1", f"{tiny.BLOCK_GONE} vdb"), 60, "the guest to lose vdb")
 
     # Cold resize to a bigger flavor: the host stops it, changes it and starts it again.
-    _task(api, ok(api.post("/v1/instances/vm1/resize", json={"flavor": "tiny2"}), 202))
+    finished(api, ok(api.post("/v1/instances/vm1/resize", json={"flavor": "tiny2"}), 202))
     vm = ok(api.get("/v1/instances/vm1"))
     assert (vm["vcpus"], vm["memory_mb"], vm["disk_gb"], vm["status"]) == (2, 192, 2, "active")
     conn = libvirt.open(libvirtd.URI)
     try:
         dom = conn.lookupByUUIDString(instance_id)
         assert dom.info()[3] == 2 and dom.info()[1] == 192 * 1024
-        until(lambda: _count(api, "vm1", tiny.READY) >= 4, BOOT_TIMEOUT, "READY after resize")
+        until(lambda: console_count(api, "vm1", tiny.READY) >= 4, BOOT_TIMEOUT, "READY after resize")
 
         # Pulled from under the cloud's feet: reconciliation reports it, and delete still cleans up.
         dom.destroy()
@@ -158,7 +123,7 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
         assert ok(api.get("/v1/instances/vm1"))["power_state"] == "missing"
 
         # Delete: no domain, no files of its own; the volume is kept.
-        _task(api, ok(api.delete("/v1/instances/vm1"), 202))
+        finished(api, ok(api.delete("/v1/instances/vm1"), 202))
         assert api.get("/v1/instances/vm1").status_code == 404
         with pytest.raises(libvirt.libvirtError):
             conn.lookupByUUIDString(instance_id)
@@ -167,7 +132,7 @@ def test_an_instance_lives_its_whole_life_on_a_real_hypervisor(cluster: LocalClu
     leftovers = [p for p in backend_dir.rglob("*") if instance_id in p.name]
     assert not leftovers, leftovers
     assert ok(api.get("/v1/volumes/data"))["status"] == "available"
-    _task(api, ok(api.delete("/v1/volumes/data"), 202))
+    finished(api, ok(api.delete("/v1/volumes/data"), 202))
     assert not [p for p in backend_dir.rglob("*") if volume["resource"]["id"] in p.name]
     used = {h["name"]: h["used"] for h in ok(api.get("/v1/hypervisors"))["items"]}
     assert all(u == {"vcpus": 0, "memory_mb": 0, "disk_gb": 0} for u in used.values()), used
@@ -180,7 +145,7 @@ def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: Loca
     broken = cluster.workdir / "broken.qcow2"
     # A qcow2 header the frontend accepts, and garbage after it: QEMU cannot open it.
     broken.write_bytes(fake_qcow2(length=32) + os.urandom(4064))
-    _upload(api, "broken", "qcow2", broken)
+    upload(api, "broken", "qcow2", broken)
     ok(api.post("/v1/flavors", json={"name": "tiny", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}), 201)
     accepted = ok(api.post("/v1/instances", json={"name": "doomed", "flavor": "tiny", "image": "broken"}), 202)
     task_id = accepted["task"]["id"]
@@ -210,30 +175,30 @@ def test_volumes_follow_their_instance_and_a_snapshot_holds_what_the_guest_wrote
                                                                                    guest: tiny.Guest) -> None:
     import libvirt
 
-    api = _offer_tiny(cluster, guest)
+    api = offer_tiny(cluster, guest)
     ok(api.post("/v1/server-groups", json={"name": "apart", "policy": "anti-affinity"}), 201)
     for name, user_data in (("quiet", ""), ("writer", WRITER)):
-        _task(api, ok(api.post("/v1/instances", json={"name": name, "flavor": "tiny", "image": "tiny",
+        finished(api, ok(api.post("/v1/instances", json={"name": name, "flavor": "tiny", "image": "tiny",
                                                        "server_group": "apart", "user_data": user_data}), 202))
     hosts = {name: ok(api.get(f"/v1/instances/{name}"))["hypervisor"] for name in ("quiet", "writer")}
     assert len(set(hosts.values())) == 2
     for name in hosts:
-        until(lambda: _count(api, name, tiny.READY), BOOT_TIMEOUT, f"{name}'s READY line")
+        until(lambda: console_count(api, name, tiny.READY), BOOT_TIMEOUT, f"{name}'s READY line")
 
     # Volumes made without an instance are made where they are first attached, whichever host that is.
     for volume, instance in (("spare", "quiet"), ("data", "writer")):
-        _task(api, ok(api.post("/v1/volumes", json={"name": volume, "size_gb": 1}), 202))
+        finished(api, ok(api.post("/v1/volumes", json={"name": volume, "size_gb": 1}), 202))
         assert ok(api.get(f"/v1/volumes/{volume}"))["hypervisor"] is None
-        _task(api, ok(api.post(f"/v1/volumes/{volume}/attach", json={"instance": instance}), 202))
+        finished(api, ok(api.post(f"/v1/volumes/{volume}/attach", json={"instance": instance}), 202))
         shown = ok(api.get(f"/v1/volumes/{volume}"))
         assert shown["hypervisor"] == hosts[instance] and shown["attachment"]["instance"] == instance, shown
-        until(lambda: _count(api, instance, f"{tiny.BLOCK} vdb"), 60, f"{instance} to see vdb")
-    until(lambda: _count(api, "writer", "WROTE-VDB"), 60, "the guest's write to vdb")
+        until(lambda: console_count(api, instance, f"{tiny.BLOCK} vdb"), 60, f"{instance} to see vdb")
+    until(lambda: console_count(api, "writer", "WROTE-VDB"), 60, "the guest's write to vdb")
 
     # A live snapshot: the tiny guest has no agent, so it is crash-consistent, and the guest is
     # back on its volume's own file afterwards.
     snapshot = ok(api.post("/v1/snapshots", json={"name": "snap", "volume": "data"}), 202)
-    _task(api, snapshot)
+    finished(api, snapshot)
     assert ok(api.get("/v1/snapshots/snap"))["consistency"] == "crash-consistent"
     data_id, writer_id = ok(api.get("/v1/volumes/data"))["id"], ok(api.get("/v1/instances/writer"))["id"]
     conn = libvirt.open(libvirtd.URI)
@@ -248,15 +213,15 @@ def test_volumes_follow_their_instance_and_a_snapshot_holds_what_the_guest_wrote
     assert not [p for p in backend_dir.rglob("snapshot-*")]
 
     # A volume from the snapshot holds what the guest wrote before it.
-    _task(api, ok(api.post("/v1/volumes", json={"name": "copy", "snapshot": "snap", "instance": "writer"}), 202))
+    finished(api, ok(api.post("/v1/volumes", json={"name": "copy", "snapshot": "snap", "instance": "writer"}), 202))
     assert ok(api.get("/v1/volumes/copy"))["status"] == "in-use"
-    until(lambda: _count(api, "writer", "VDC-HOLDS SNAPSHOT-ME-42"), 60, "the guest to read the copy")
+    until(lambda: console_count(api, "writer", "VDC-HOLDS SNAPSHOT-ME-42"), 60, "the guest to read the copy")
 
     for instance in ("quiet", "writer"):
-        _task(api, ok(api.delete(f"/v1/instances/{instance}"), 202))
+        finished(api, ok(api.delete(f"/v1/instances/{instance}"), 202))
     for volume in ("spare", "data", "copy"):
-        _task(api, ok(api.delete(f"/v1/volumes/{volume}"), 202))
-    _task(api, ok(api.delete("/v1/snapshots/snap"), 202))
+        finished(api, ok(api.delete(f"/v1/volumes/{volume}"), 202))
+    finished(api, ok(api.delete("/v1/snapshots/snap"), 202))
     assert not [p for p in (cluster.workdir / "backends").rglob("*.qcow2") if p.name.startswith(("vol-", "snap-"))]
     used = {h["name"]: h["used"] for h in ok(api.get("/v1/hypervisors"))["items"]}
     assert all(u == {"vcpus": 0, "memory_mb": 0, "disk_gb": 0} for u in used.values()), used

@@ -18,9 +18,10 @@ libiptc's handles are cached per table by python-iptables, process-wide: every u
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import iptc
 
@@ -97,31 +98,50 @@ def _masquerade(source: str, out: str) -> Callable[[Any], None]:
     return fill
 
 
+@contextlib.contextmanager
+def _nat_table(namespace: str | None) -> Iterator[Any]:
+    """The nat table of the namespace this thread is in, for one change.
+
+    python-iptables keeps one table object per table name, process-wide, and a rule's target
+    is looked up in every table it holds.  So every table gets a fresh handle of this namespace
+    first (not one of the last namespace used), and every handle is closed after: a handle holds
+    a socket of its namespace, which would keep a deleted router namespace alive, and its
+    veths with it."""
+    tables: list[Any] = []
+    try:
+        try:
+            for name in iptc.Table.ALL:
+                if iptc.is_table_available(name):
+                    table = iptc.Table(name, autocommit=False)
+                    tables.append(table)
+                    table.refresh()
+            yield iptc.Table(iptc.Table.NAT, autocommit=False)
+        finally:
+            for table in tables:
+                table.close()
+    except iptc.IPTCError as exc:
+        raise NetworkError(f"nat rules in {namespace or 'this namespace'}: {exc}") from exc
+
+
 def _rebuild(namespace: str | None, chains: dict[str, str], rules: list[tuple[str, Callable[[Any], None]]]) -> None:
     """Make the nat table's ``chains`` (each jumped to from its built-in chain) hold exactly ``rules``."""
 
     def work() -> None:
-        with _LOCK:
-            try:
-                table = iptc.Table(iptc.Table.NAT, autocommit=False)
-                table.refresh()  # a handle of this namespace, not the cached one of another
-                for name, builtin in chains.items():
-                    if table.is_chain(name):
-                        iptc.Chain(table, name).flush()
-                    else:
-                        table.create_chain(name)
-                    hook = iptc.Chain(table, builtin)
-                    if not any(r.target.name == name for r in hook.rules):
-                        jump = iptc.Rule()
-                        jump.create_target(name)
-                        hook.insert_rule(jump)
-                for name, fill in rules:
-                    rule = iptc.Rule()
-                    fill(rule)
-                    iptc.Chain(table, name).append_rule(rule)
-                table.commit()
-                table.refresh()
-            except iptc.IPTCError as exc:
-                raise NetworkError(f"nat rules in {namespace or 'this namespace'}: {exc}") from exc
+        with _LOCK, _nat_table(namespace) as table:
+            for name, builtin in chains.items():
+                if table.is_chain(name):
+                    iptc.Chain(table, name).flush()
+                else:
+                    table.create_chain(name)
+                hook = iptc.Chain(table, builtin)
+                if not any(r.target.name == name for r in hook.rules):
+                    jump = iptc.Rule()
+                    jump.create_target(name)
+                    hook.insert_rule(jump)
+            for name, fill in rules:
+                rule = iptc.Rule()
+                fill(rule)
+                iptc.Chain(table, name).append_rule(rule)
+            table.commit()
 
     run_in(namespace, work)

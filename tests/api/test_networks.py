@@ -258,7 +258,7 @@ def test_port_show_filter_update_delete(admin: Api) -> None:
     assert port["security_groups"] == [default["id"]]
     api.ok("post", "/v1/ports", 201, json={"network": "other"})
     assert [p["id"] for p in items(api, "/v1/ports?network=net")] == [port["id"]]
-    assert items(api, "/v1/ports?instance=nope") == []
+    refused(api.get("/v1/ports?instance=nope"), 404, "not_found", "instance")
     assert api.ok("get", "/v1/ports/web")["id"] == port["id"]
     web = api.ok("post", "/v1/security-groups", 201, json={"name": "web"})
     ssh = api.ok("post", "/v1/security-groups", 201, json={"name": "ssh"})
@@ -424,6 +424,7 @@ def test_allocate_and_release_instance_ports(admin: Api, frontend: Frontend) -> 
         ("10.0.0.3", True, vm, ["default"]), ("10.1.0.9", True, vm, ["default"]),
         (kept["ip_address"], False, vm, ["web"])]
     assert {p["id"] for p in items(api, f"/v1/ports?instance={vm}")} == {p["id"] for p in ports}
+    assert items(api, "/v1/ports?instance=vm") == items(api, f"/v1/ports?instance={vm}")  # by name too
     fip = api.ok("post", "/v1/floating-ips", 201, json={})
     api.ok("patch", f"/v1/floating-ips/{fip['id']}", 202, json={"port": ports[0]["id"]})
     refused(api.delete(f"/v1/ports/{ports[0]['id']}"), 409, "conflict")

@@ -280,3 +280,11 @@ def test_a_floating_ip_reaches_its_instance_and_follows_it_to_another_host(cloud
             server.close()
     with NetNS(names.router_namespace(f"{hv1.name}-", net)) as ns:
         assert not [m for m in ns.get_addr(label=names.EXTERNAL_LEG)]  # hv1 holds the address no more
+
+    # The last port gone, nothing of the router stays: its namespace and the host ends of its
+    # transit and external veths (a handle kept open in the namespace would keep them alive).
+    cloud3.ports.clear()
+    cloud3.sync()
+    for host in (hv1, hv2):
+        left = [n for n in _links(host.netns) if names.OWNED.match(n) or names.OWNED_PER_NETWORK.match(n)]
+        assert left == [], f"{host.name} kept {left}"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import selectinload
 
 from ... import ipam
 from ...auth import Role
-from ...db.models import FloatingIp, Network, Port, SecurityGroup
+from ...db.models import FloatingIp, Instance, Network, Port, SecurityGroup
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
@@ -79,7 +79,8 @@ def list_ports(caller: CallerDep, frontend: FrontendDep, network: Ref | None = N
         if network is not None:
             query = query.where(Port.network_id == find(session, Network, network, caller, "network", "network").id)
         if instance is not None:
-            query = query.where(Port.instance_id == instance)
+            query = query.where(Port.instance_id == find(session, Instance, instance, caller, "instance",
+                                                         "instance").id)
         rows = session.execute(query.order_by(Port.created_at, Port.id)).scalars()
         return Items(items=[PortView.model_validate(p) for p in rows])
 

@@ -1,0 +1,262 @@
+"""Tenant networks through the whole stack, with real guests: API -> frontend -> tree -> backends
+in namespace hypervisors (``localcluster/netlab.py``) -> the network driver and libvirt.
+
+Three hypervisors, each a network namespace on a lab underlay with a real backend process inside
+running the compute and network drivers; libvirtd in this machine's namespace makes the guests'
+taps, which the network drivers take into their hypervisors.  The guests are the tiny TCG guest
+(``localcluster/guest.py``): it asks DHCP for its address, gateway and MTU and reports the lease on
+its serial console, runs a user-data script, and answers ping.  The outside is the lab's
+namespace on the external network (203.0.113.1).
+
+Only the API is used to change the cloud; the kernel (pyroute2, tcpdump in a namespace, /proc)
+is only looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from pyroute2 import NetNS, netns
+
+from backend.network import names
+from backend.ports import tap_name
+from localcluster import LocalCluster, libvirtd
+from localcluster import guest as tiny
+from localcluster.netlab import netns_argv, run_in
+from tests.support.cloudapi import console, console_count, finished, offer_tiny, ok, running, tenant_client, until
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+CACHE = Path("/var/tmp/cloudland-guest")
+TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
+BOOT_TIMEOUT = 120.0
+#: the lab's underlay MTU (a veth's 1500) less VXLAN's 50 bytes
+TENANT_MTU = 1450
+OUTSIDE = "203.0.113.1"
+
+
+@pytest.fixture(scope="module")
+def guest(libvirt_daemons: None) -> tiny.Guest:
+    return tiny.build(CACHE)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, guest: tiny.Guest) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", agents=1, backends=3, tree=TREE,
+                     ops_modules=["backend.compute", "backend.network"], netlab=True,
+                     backend_config={"compute": {"domain_type": "qemu", "stop_timeout_s": 10.0,
+                                                 "cmdline": tiny.CMDLINE}})
+    try:
+        with running(c):
+            yield c
+    finally:
+        libvirtd.purge_under(c.workdir)
+
+
+def _lease(api: httpx.Client, instance: str) -> str | None:
+    """The guest's ``CLOUDLAND-GUEST-IP`` line, once it has a lease."""
+    return next((line for line in console(api, instance).splitlines() if line.startswith(tiny.IP)), None)
+
+
+def _port_of(api: httpx.Client, instance: str) -> dict[str, Any]:
+    ports = ok(api.get(f"/v1/instances/{instance}"))["ports"]
+    assert len(ports) == 1, ports
+    return dict(ports[0])
+
+
+def _pings(*targets: str, keep_pinging: str | None = None, neighbour: bool = False) -> str:
+    """User data that pings each target until it answers (or a minute passes), printing ``ANSWERS
+    <ip>`` (and with ``neighbour`` its ARP entry, ``NEIGHBOUR <ip> ... lladdr <mac>``), then pings
+    ``keep_pinging`` forever in the background."""
+    lines = ["#!/bin/sh"]
+    for ip in targets:
+        lines += [f"n=0; until ping -c 1 -W 1 {ip} >/dev/null 2>&1; do n=$((n + 1)); [ $n -lt 120 ] || break; "
+                  "sleep 0.5; done",
+                  f"ping -c 1 -W 1 {ip} >/dev/null 2>&1 && echo 'ANSWERS {ip}'"]
+        if neighbour:
+            lines.append(f"echo \"NEIGHBOUR $(ip neigh show {ip})\"")
+    if keep_pinging:
+        lines.append(f"while :; do ping -c 1 -W 1 {keep_pinging} >/dev/null 2>&1; sleep 0.1; done &")
+    return "\n".join(lines) + "\n"
+
+
+def _ping(namespace: str, ip: str) -> bool:
+    return run_in(namespace, "ping", "-c", "1", "-W", "1", ip, check=False).returncode == 0
+
+
+def _vxlan_packets(namespace: str, seconds: int = 3) -> list[str]:
+    """VXLAN packets seen on the hypervisor's underlay link in ``seconds``."""
+    proc = subprocess.run([*netns_argv(namespace), "timeout", str(seconds), "tcpdump", "-l", "-nn", "-e", "-i", "ul0",
+                           "udp", "port", "4789"], capture_output=True, text=True, timeout=seconds + 30, check=False)
+    assert "listening on ul0" in proc.stderr, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _links(namespace: str) -> dict[str, int]:
+    with NetNS(namespace) as ns:
+        return {str(m.get("IFLA_IFNAME")): int(m["index"]) for m in ns.get_links()}
+
+
+def _fixed_ips_on_external_leg(namespace: str) -> set[str]:
+    with NetNS(namespace) as ns:
+        return {str(m.get("IFA_ADDRESS")) for m in ns.get_addr(label=names.EXTERNAL_LEG)}
+
+
+def _processes_in(namespace: str) -> list[int]:
+    inode = os.stat(f"/run/netns/{namespace}").st_ino
+    pids = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == inode:
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def _tenant_leftovers(namespace: str, backend_pid: int) -> list[str]:
+    """What the network driver built on a hypervisor and should have removed with the last port."""
+    left = [f"link {n}" for n in _links(namespace)
+            if names.OWNED.match(n) or names.OWNED_PER_NETWORK.match(n) or n.startswith("tap")]
+    with NetNS(namespace) as ns:
+        left += [f"fdb {m.get('NDA_LLADDR')} on {m['ifindex']}" for m in ns.fdb("dump")
+                 if m.get("NDA_DST") is not None]
+    left += [f"namespace {n}" for n in netns.listnetns() if n.startswith(f"{namespace}-router-")]
+    left += [f"process {pid}" for pid in _processes_in(namespace) if pid != backend_pid]
+    return left
+
+
+def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cluster: LocalCluster,
+                                                                               guest: tiny.Guest) -> None:
+    lab = cluster.lab
+    assert lab is not None
+    api = offer_tiny(cluster, guest, public=True)
+    hv = {name: cluster.hypervisors[name] for name in cluster.backend_names}
+
+    # The operator's external network (the lab's 203.0.113.0/24), a tenant network with a router
+    # doing SNAT, and a server group that puts the two guests on different hypervisors.
+    ok(api.post("/v1/networks", json={"name": "public", "external": True}), 201)
+    ok(api.post("/v1/subnets", json={"name": "public-v4", "network": "public", "cidr": "203.0.113.0/24",
+                                      "gateway": OUTSIDE, "dhcp": False}), 201)
+    ok(api.post("/v1/networks", json={"name": "blue"}), 201)
+    ok(api.post("/v1/subnets", json={"name": "blue-a", "network": "blue", "cidr": "10.0.0.0/24"}), 201)
+    finished(api, ok(api.post("/v1/routers", json={"name": "blue-r", "network": "blue", "snat": True}), 202))
+    ok(api.post("/v1/server-groups", json={"name": "spread", "policy": "anti-affinity"}), 201)
+
+    launch = {"flavor": "tiny", "image": "tiny", "server_group": "spread", "nics": [{"subnet": "blue-a"}]}
+    finished(api, ok(api.post("/v1/instances", json={"name": "vm-a", **launch}), 202))
+    ip_a = _port_of(api, "vm-a")["ip_address"]
+    # vm-b pings vm-a, then the outside, then keeps pinging vm-a (traffic to capture).
+    script = _pings(ip_a, OUTSIDE, keep_pinging=ip_a)
+    finished(api, ok(api.post("/v1/instances", json={"name": "vm-b", "user_data": script, **launch}), 202))
+    ip_b = _port_of(api, "vm-b")["ip_address"]
+    host_a = ok(api.get("/v1/instances/vm-a"))["hypervisor"]
+    host_b = ok(api.get("/v1/instances/vm-b"))["hypervisor"]
+    assert host_a != host_b
+    (host_c,) = set(hv) - {host_a, host_b}
+
+    # Each guest's DHCP lease: its port's address, the subnet's gateway and the tenant MTU.
+    for name, ip in (("vm-a", ip_a), ("vm-b", ip_b)):
+        lease = until(lambda: _lease(api, name), BOOT_TIMEOUT, f"{name}'s DHCP lease")
+        assert lease == f"{tiny.IP} eth0 {ip}/24 router=10.0.0.1 mtu={TENANT_MTU}", lease
+    # Guest to guest across hypervisors, then out through vm-b's own host's SNAT.
+    until(lambda: console_count(api, "vm-b", f"ANSWERS {ip_a}"), 90, "vm-b's ping of vm-a")
+    until(lambda: console_count(api, "vm-b", f"ANSWERS {OUTSIDE}"), 60, "vm-b's ping of the outside")
+
+    # The hypervisor with no port of the network has nothing of it and sees none of its packets,
+    # while the two that host its ports carry them (the same capture on one of them).
+    assert not [n for n in _links(hv[host_c].netns) if names.vni_of(n) is not None]
+    assert _vxlan_packets(hv[host_a].netns)
+    assert _vxlan_packets(hv[host_c].netns) == []
+
+    # A floating IP reaches vm-a from the outside, then vm-b once moved to it.
+    fip = ok(api.post("/v1/floating-ips", json={}), 201)
+    address = fip["address"]
+    finished(api, ok(api.patch(f"/v1/floating-ips/{fip['id']}", json={"port": _port_of(api, "vm-a")["id"]}), 202))
+    until(lambda: _ping(lab.outside, address), 10, f"{address} to answer from vm-a")
+    network_id = _network_id(api, "blue")
+    router_ns = {h: names.router_namespace(hv[h].namespace_prefix, network_id) for h in hv}
+    assert address in _fixed_ips_on_external_leg(router_ns[host_a])
+    finished(api, ok(api.patch(f"/v1/floating-ips/{fip['id']}", json={"port": _port_of(api, "vm-b")["id"]}), 202))
+    until(lambda: _ping(lab.outside, address), 10, f"{address} to answer from vm-b")
+    assert address in _fixed_ips_on_external_leg(router_ns[host_b])
+    assert address not in _fixed_ips_on_external_leg(router_ns[host_a])
+
+    # vm-b's backend dies (kill -9); the floating IP moves back to vm-a while it is down: a task
+    # that succeeds for the host that is up.  Restarted, the backend converges (it drops the
+    # address) without touching what did not change on it: same devices, same router namespace.
+    before = _links(hv[host_b].netns)
+    router_inode = os.stat(f"/run/netns/{router_ns[host_b]}").st_ino
+    cluster.kill(host_b)
+    until(lambda: ok(api.get(f"/v1/hypervisors/{host_b}"))["tree_state"] == "down", 30, f"{host_b} seen down")
+    finished(api, ok(api.patch(f"/v1/floating-ips/{fip['id']}", json={"port": _port_of(api, "vm-a")["id"]}), 202))
+    assert address in _fixed_ips_on_external_leg(router_ns[host_a])
+    cluster.start_backend(host_b)
+    until(lambda: address not in _fixed_ips_on_external_leg(router_ns[host_b]), 60,
+          f"{host_b} to drop {address} after its restart")
+    # (its external leg goes with its last floating IP: that is the change)
+    unchanged = {n: i for n, i in before.items() if n != names.external_leg(network_id)}
+    assert {n: i for n, i in _links(hv[host_b].netns).items() if n in unchanged} == unchanged
+    assert os.stat(f"/run/netns/{router_ns[host_b]}").st_ino == router_inode
+    until(lambda: _ping(lab.outside, address), 10, f"{address} to answer from vm-a again")
+    assert console_count(api, "vm-b", tiny.IP) == 1  # the guest never lost its lease or link
+
+    # Another tenant with the same CIDR on the same two hypervisors (the third disabled a while):
+    # its t1 gets vm-a's address, and t2's ping of that address reaches t1 and never vm-a.
+    ok(api.patch(f"/v1/hypervisors/{host_c}", json={"enabled": False}))
+    acme = tenant_client(cluster, api, "acme")
+    ok(acme.post("/v1/networks", json={"name": "blue"}), 201)
+    ok(acme.post("/v1/subnets", json={"name": "blue-a", "network": "blue", "cidr": "10.0.0.0/24"}), 201)
+    ok(acme.post("/v1/server-groups", json={"name": "spread", "policy": "anti-affinity"}), 201)
+    finished(acme, ok(acme.post("/v1/instances", json={"name": "t1", **launch}), 202))
+    t1 = _port_of(acme, "t1")
+    assert t1["ip_address"] == ip_a
+    finished(acme, ok(acme.post("/v1/instances", json={"name": "t2", "user_data": _pings(ip_a, neighbour=True),
+                                                        **launch}), 202))
+    # (a tenant sees hypervisors under aliases of its own: where their taps are tells)
+    taps = {tap_name(_port_of(acme, t)["id"]): t for t in ("t1", "t2")}
+    placed = {h: [taps[n] for n in _links(hv[h].netns) if n in taps] for h in hv}
+    assert placed[host_c] == [] and sorted(placed[host_a] + placed[host_b]) == ["t1", "t2"], placed
+    ok(api.patch(f"/v1/hypervisors/{host_c}", json={"enabled": True}))
+    neighbour = until(lambda: next((line for line in console(acme, "t2").splitlines()
+                                    if line.startswith(f"NEIGHBOUR {ip_a} ")), None), BOOT_TIMEOUT,
+                      "t2's ping of t1")
+    assert f"lladdr {t1['mac_address']}" in neighbour, neighbour
+
+    # A second subnet of the network: vm-c on it, on the third hypervisor, reaches vm-a through
+    # its own host's router.
+    ok(api.post("/v1/subnets", json={"name": "blue-b", "network": "blue", "cidr": "10.0.1.0/24"}), 201)
+    finished(api, ok(api.post("/v1/instances", json={
+        "name": "vm-c", **launch, "nics": [{"subnet": "blue-b"}], "user_data": _pings(ip_a)}), 202))
+    assert ok(api.get("/v1/instances/vm-c"))["hypervisor"] == host_c
+    lease = until(lambda: _lease(api, "vm-c"), BOOT_TIMEOUT, "vm-c's DHCP lease")
+    assert lease == f"{tiny.IP} eth0 {_port_of(api, 'vm-c')['ip_address']}/24 router=10.0.1.1 mtu={TENANT_MTU}"
+    until(lambda: console_count(api, "vm-c", f"ANSWERS {ip_a}"), 90, "vm-c's ping of vm-a, across subnets")
+
+    # Everything deleted through the API leaves nothing of either tenant on any hypervisor.
+    for name in ("t1", "t2"):
+        finished(acme, ok(acme.delete(f"/v1/instances/{name}"), 202))
+    ok(acme.delete("/v1/subnets/blue-a"), 204)
+    ok(acme.delete("/v1/networks/blue"), 204)
+    finished(api, ok(api.delete(f"/v1/floating-ips/{fip['id']}"), 202))
+    for name in ("vm-a", "vm-b", "vm-c"):
+        finished(api, ok(api.delete(f"/v1/instances/{name}"), 202))
+    finished(api, ok(api.delete("/v1/routers/blue-r"), 202))
+    for name in ("blue-a", "blue-b"):
+        ok(api.delete(f"/v1/subnets/{name}"), 204)
+    ok(api.delete("/v1/networks/blue"), 204)
+    for name, h in hv.items():
+        pid = cluster.procs[name].pid
+        try:
+            until(lambda: not _tenant_leftovers(h.netns, pid), 30, f"{name} to remove everything of the network")
+        except AssertionError:
+            raise AssertionError(f"{name} kept {_tenant_leftovers(h.netns, pid)}") from None
+
+
+def _network_id(api: httpx.Client, name: str) -> str:
+    return str(ok(api.get(f"/v1/networks/{name}"))["id"])
