@@ -8,19 +8,25 @@ VTEP (underlay address) of the instance's host: a host takes the ports with its 
 its own, and the others as where to tunnel their MACs.  So one body serves every host of a
 network, and the frontend multicasts it.  Bodies carry a revision (when the frontend built
 them): two syncs of a network that cross on the way are applied in the order they were built.
+
+Each port names its security groups; the body describes those groups (their rules), and gives
+the member addresses of each group a rule names as remote.  A host firewalls its own ports
+with them (``firewall.py``); a group's description in a newer body replaces an older one.  A
+port that names no groups at all (the field left out, not an empty list) is not firewalled.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..argcheck import BOOL, CIDR4, IPV4, MAC, UUID, Int, ListOf, Record, nullable
+from ..argcheck import BOOL, CIDR4, IPV4, MAC, UUID, Int, ListOf, OneOf, Record, nullable, optional
 from .exceptions import BadRequest
+from .firewall_state import ICMP, TCP, UDP, Rule
 
-__all__ = ["ARGS", "DesiredNetwork", "DesiredState", "External", "FloatingIp", "LocalPort", "RemotePort", "Subnet",
-           "desired_state"]
+__all__ = ["ARGS", "DesiredNetwork", "DesiredState", "External", "FloatingIp", "Group", "LocalPort", "RemotePort",
+           "Subnet", "desired_state"]
 
 #: VXLAN's 24-bit segment id; 0 is not used
 MAX_VNI = (1 << 24) - 1
@@ -29,10 +35,20 @@ MAX_NETWORKS = 4096
 MAX_SUBNETS = 64
 MAX_PORTS = 65536
 MAX_DNS = 8
+MAX_GROUPS_PER_PORT = 16
+MAX_GROUPS = 4096
+MAX_RULES = 1024
 
 _SUBNET = Record({"id": UUID, "vni": Int(1, MAX_VNI), "cidr": CIDR4, "gateway": IPV4, "dhcp": BOOL,
                   "dns_servers": ListOf(IPV4, MAX_DNS)})
-_PORT = Record({"id": UUID, "subnet_id": UUID, "mac": MAC, "ip": IPV4, "vtep": IPV4})
+_PORT = Record({"id": UUID, "subnet_id": UUID, "mac": MAC, "ip": IPV4, "vtep": IPV4,
+                "security_groups": optional(ListOf(UUID, MAX_GROUPS_PER_PORT))})
+_RULE = Record({"direction": OneOf(("ingress", "egress")), "protocol": nullable(Int(0, 255)),
+                "port_min": nullable(Int(1, 65535)), "port_max": nullable(Int(1, 65535)),
+                "icmp_type": nullable(Int(0, 255)), "icmp_code": nullable(Int(0, 255)),
+                "remote_cidr": nullable(CIDR4), "remote_group": nullable(UUID)})
+#: a security group: its rules, and its members' addresses when a rule of the body names it as remote
+_GROUP = Record({"id": UUID, "rules": ListOf(_RULE, MAX_RULES), "members": nullable(ListOf(IPV4, MAX_PORTS))})
 _EXTERNAL = Record({"cidr": CIDR4, "gateway": IPV4})
 _FLOATING_IP = Record({"address": IPV4, "port_id": UUID})
 _NETWORK = Record({"id": UUID, "router": BOOL, "snat": BOOL, "external": nullable(_EXTERNAL),
@@ -44,7 +60,8 @@ MAX_REVISION = (1 << 63) - 1
 
 ARGS: dict[str, Record] = {
     "net.sync": Record({"revision": Int(0, MAX_REVISION), "scope": nullable(ListOf(UUID, MAX_NETWORKS)),
-                        "networks": ListOf(_NETWORK, MAX_NETWORKS)}),
+                        "networks": ListOf(_NETWORK, MAX_NETWORKS),
+                        "security_groups": optional(ListOf(_GROUP, MAX_GROUPS))}),
     "net.inventory": Record({}),
 }
 
@@ -65,6 +82,17 @@ class LocalPort:
     subnet_id: str
     mac: str
     ip: str
+    #: its security groups' ids: what its firewall allows (``DesiredState.groups``); None (none
+    #: sent): the port is not firewalled
+    security_groups: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: str
+    rules: tuple[Rule, ...]
+    #: its members' addresses, if a rule of the body names it as remote; else None (not sent)
+    members: frozenset[str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +141,8 @@ class DesiredState:
     scope: frozenset[str] | None
     networks: tuple[DesiredNetwork, ...]
     revision: int = 0
+    #: the security groups of the body's ports (and those their rules name as remote), by id
+    groups: dict[str, Group] = field(default_factory=dict)
 
 
 def desired_state(args: dict[str, Any], vtep: str) -> DesiredState:
@@ -128,7 +158,46 @@ def desired_state(args: dict[str, Any], vtep: str) -> DesiredState:
     vnis = [s.vni for n in networks for s in n.subnets]
     if len(set(vnis)) != len(vnis):
         raise BadRequest("args.networks: a VNI is given to two subnets")
-    return DesiredState(scope, networks, args["revision"])
+    described = args.get("security_groups", [])
+    groups = {g.id: g for g in (_group(g, f"args.security_groups[{i}]") for i, g in enumerate(described))}
+    if len(groups) != len(described):
+        raise BadRequest("args.security_groups: a group is described twice")
+    for n, network in enumerate(networks):
+        for port in network.ports:
+            for group_id in port.security_groups or ():
+                if group_id not in groups:
+                    raise BadRequest(f"args.networks[{n}]: port {port.id} names security group {group_id}, "
+                                     "which args.security_groups does not describe")
+    for group in groups.values():
+        for rule in group.rules:
+            if rule.remote_group is not None and (rule.remote_group not in groups
+                                                  or groups[rule.remote_group].members is None):
+                raise BadRequest(f"args.security_groups: group {group.id} names remote group {rule.remote_group}, "
+                                 "whose members args.security_groups does not give")
+    return DesiredState(scope, networks, args["revision"], groups)
+
+
+def _group(raw: dict[str, Any], where: str) -> Group:
+    rules = []
+    for i, r in enumerate(raw["rules"]):
+        here = f"{where}.rules[{i}]"
+        ports, icmp = (r["port_min"], r["port_max"]), (r["icmp_type"], r["icmp_code"])
+        if ports != (None, None):
+            if r["protocol"] not in (TCP, UDP):
+                raise BadRequest(f"{here}.port_min: ports are for tcp and udp only")
+            if None in ports or ports[0] > ports[1]:
+                raise BadRequest(f"{here}.port_max: not a range from port_min")
+        if icmp != (None, None):
+            if r["protocol"] != ICMP:
+                raise BadRequest(f"{here}.icmp_type: ICMP types are for icmp only")
+            if icmp[0] is None:
+                raise BadRequest(f"{here}.icmp_code: a code needs its type")
+        if r["remote_cidr"] is not None and r["remote_group"] is not None:
+            raise BadRequest(f"{here}.remote_group: a remote CIDR or a remote group, not both")
+        rules.append(Rule(r["direction"], r["protocol"], r["port_min"], r["port_max"], r["icmp_type"],
+                          r["icmp_code"], r["remote_cidr"], r["remote_group"]))
+    members = frozenset(raw["members"]) if raw["members"] is not None else None
+    return Group(raw["id"], tuple(rules), members)
 
 
 def _network(raw: dict[str, Any], where: str, vtep: str) -> DesiredNetwork:
@@ -148,7 +217,8 @@ def _network(raw: dict[str, Any], where: str, vtep: str) -> DesiredNetwork:
             raise BadRequest(f"{where}.ports[{i}].ip: outside its subnet")
     if len({p["id"] for p in raw["ports"]}) != len(raw["ports"]):
         raise BadRequest(f"{where}.ports: a port is given twice")
-    ports = tuple(LocalPort(p["id"], p["subnet_id"], p["mac"].lower(), p["ip"])
+    ports = tuple(LocalPort(p["id"], p["subnet_id"], p["mac"].lower(), p["ip"],
+                            tuple(p["security_groups"]) if "security_groups" in p else None)
                   for p in raw["ports"] if p["vtep"] == vtep)
     remote = tuple(RemotePort(p["subnet_id"], p["mac"].lower(), p["ip"], p["vtep"])
                    for p in raw["ports"] if p["vtep"] != vtep)

@@ -391,9 +391,12 @@ class SecurityGroupRule(Resource, Base):
     security_group_id: Mapped[str] = mapped_column(String(36), ForeignKey("security_groups.id", ondelete="CASCADE"),
                                                    index=True)
     direction: Mapped[str] = mapped_column(String(8))
+    #: tcp, udp, icmp, any, or an IP protocol number (as text)
     protocol: Mapped[str] = mapped_column(String(8))
     port_min: Mapped[int | None] = mapped_column(Integer)
     port_max: Mapped[int | None] = mapped_column(Integer)
+    icmp_type: Mapped[int | None] = mapped_column(Integer)
+    icmp_code: Mapped[int | None] = mapped_column(Integer)
     remote_cidr: Mapped[str | None] = mapped_column(String(43))
     remote_group_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("security_groups.id"))
     group: Mapped[SecurityGroup] = relationship(back_populates="rules", foreign_keys=[security_group_id])

@@ -11,7 +11,7 @@ from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
 from ..ipam import release_instance_ports
 from ..hostalias import mention
-from ..netstate import instance_networks
+from ..netstate import group_audience, instance_groups, instance_networks
 from ..scheduler import Demand
 from ..tasks import HostResult, TaskContext, TaskFailed, Workflow
 from .network import errors, push
@@ -73,6 +73,7 @@ class Launch(_Base):
                 wired = push(ctx, f"wire.{attempt}", networks).get(host, HostResult("ok")) if networks else None
                 if wired is None or wired.ok or wired.status != "error":
                     ctx.once("activate", lambda s: self._activate(s, iid, result.payload))
+                    _push_members(ctx, ctx.once("groups", lambda s: instance_groups(s, iid)))
                     return
                 result = HostResult(wired.status, f"its network: {wired.describe()}", wired.exit_status)
             reasons.append(f"{mention(host)}: {result.describe()}")
@@ -134,6 +135,14 @@ class Launch(_Base):
             instance.status, instance.fault = "error", reason
 
 
+def _push_members(ctx: TaskContext, groups: list[str]) -> None:
+    """The hosts whose ports' rules name these groups as remote learn the groups' members anew (an
+    instance's ports joined or left them).  A host that fails it catches up at its next sync."""
+    networks, hosts = ctx.once("members.plan", lambda s: group_audience(s, members_of=groups))
+    if hosts:
+        push(ctx, "members", networks, only=hosts)
+
+
 class Delete(_Base):
     """Delete on the host (if it ever got one), then forget it: capacity, ports, volume attachments."""
 
@@ -141,11 +150,13 @@ class Delete(_Base):
         iid = task.resource_id
         _, host = self._read(iid)
         networks: list[str] = ctx.once("networks", lambda s: instance_networks(s, iid))
+        groups: list[str] = ctx.once("groups", lambda s: instance_groups(s, iid))
         if host is not None:
             result = ctx.command("delete", INSTANCE_DELETE, {"instance_id": iid}, [host], timeout=HOST_OP_TIMEOUT)[host]
             if not result.ok:
                 raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("forget", lambda s: self._forget(s, iid))
+        _push_members(ctx, groups)
         if networks:
             # Its ports are gone from their networks' hosts, and from its own host with them.
             failed = errors(push(ctx, "unwire", networks, [host] if host else []))

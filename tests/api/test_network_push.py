@@ -149,3 +149,39 @@ def test_a_host_that_rejoins_gets_its_whole_state(cloud: Cloud) -> None:
     cloud.frontend.host_networks.rejoined([vm["hypervisor"]])
     until(lambda: net in host.networks, 10, "the host to get its networks back")
     assert host.bodies[-1]["scope"] is None
+
+
+def test_a_group_change_reaches_the_hosts_of_its_ports_and_of_the_ports_naming_it(cloud: Cloud) -> None:
+    api = _tenant(cloud)
+    app = api.ok("post", "/v1/security-groups", 201, json={"name": "app"})
+    ops = api.ok("post", "/v1/security-groups", 201, json={"name": "ops"})
+    web = _launch(cloud, api, "web", security_groups=["app"], server_group=None)
+    db = _launch(cloud, api, "db")
+    if web["hypervisor"] == db["hypervisor"]:
+        pytest.skip("the scheduler put both on one host")  # spread by free memory: it does not
+    idle = next(h for h in cloud.networks if h not in (web["hypervisor"], db["hypervisor"]))
+    net = api.ok("get", "/v1/networks/net")["id"]
+    web_ip, db_ip = web["ports"][0]["ip_address"], db["ports"][0]["ip_address"]
+    assert cloud.networks[web["hypervisor"]].networks[net]["port_groups"] == {web_ip: [app["id"]]}
+
+    def received() -> dict[str, int]:
+        return {h: len(n.bodies) for h, n in cloud.networks.items()}
+
+    # A rule of app naming ops: only web's host hears of it, with ops' members (none yet).
+    before = received()
+    api.ok("post", "/v1/security-groups/app/rules", 201, json={"direction": "ingress", "protocol": "tcp",
+                                                               "port_min": 5432, "remote_group": "ops"})
+    web_host = cloud.networks[web["hypervisor"]]
+    until(lambda: web_host.groups.get(app["id"], (0, 0, None))[1] == 2, 10, "app's new rule on web's host")
+    assert web_host.groups[ops["id"]][2] == []
+    assert received()[db["hypervisor"]] == before[db["hypervisor"]]
+    assert received()[idle] == before[idle]
+
+    # db's port joins ops: db's host firewalls it so, and web's host learns ops' new member.
+    port = db["ports"][0]["id"]
+    api.ok("patch", f"/v1/ports/{port}", json={"security_groups": ["default", "ops"]})
+    until(lambda: web_host.groups[ops["id"]][2] == [db_ip], 10, "ops' new member on web's host")
+    db_host = cloud.networks[db["hypervisor"]]
+    until(lambda: sorted(db_host.networks[net]["port_groups"][db_ip]) ==
+          sorted([ops["id"], api.ok("get", "/v1/security-groups/default")["id"]]), 10, "db's groups on its host")
+    assert received()[idle] == before[idle]

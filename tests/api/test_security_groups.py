@@ -72,6 +72,12 @@ def test_rules_add_and_remove(admin: Api) -> None:
     ({"direction": "ingress", "remote_cidr": "everywhere"}, "remote_cidr"),
     ({"direction": "ingress", "remote_cidr": "10.0.0.0/8", "remote_group": "web"}, "remote_group"),
     ({"direction": "ingress", "ports": [22]}, "ports"),
+    ({"direction": "ingress", "protocol": 256}, "protocol"),
+    ({"direction": "ingress", "protocol": -1}, "protocol"),
+    ({"direction": "ingress", "protocol": "6"}, "protocol"),
+    ({"direction": "ingress", "protocol": "tcp", "icmp_type": 8}, "icmp_type"),
+    ({"direction": "ingress", "protocol": "icmp", "icmp_code": 0}, "icmp_code"),
+    ({"direction": "ingress", "protocol": "icmp", "icmp_type": 256}, "icmp_type"),
 ])
 def test_bad_rules_are_refused(admin: Api, rule: dict[str, Any], field: str) -> None:
     api = admin.tenant("acme")
@@ -169,3 +175,19 @@ def test_a_description_is_free_text_but_nothing_a_database_cannot_hold(admin: Ap
         invalid(api.patch("/v1/security-groups/web", content=json.dumps({"description": bad}),
                           headers={"Content-Type": "application/json"}), "description")
     assert api.ok("get", "/v1/security-groups/web")["description"] == "front ends"
+
+
+def test_protocols_by_number_and_icmp_types(admin: Api) -> None:
+    api = admin.tenant("acme")
+    api.ok("post", "/v1/security-groups", 201, json={"name": "web"})
+    tcp = api.ok("post", "/v1/security-groups/web/rules", 201, json={"direction": "ingress", "protocol": 6,
+                                                                      "port_min": 22})
+    gre = api.ok("post", "/v1/security-groups/web/rules", 201, json={"direction": "ingress", "protocol": 47})
+    echo = api.ok("post", "/v1/security-groups/web/rules", 201, json={"direction": "ingress", "protocol": "icmp",
+                                                                       "icmp_type": 8, "icmp_code": 0})
+    assert (tcp["protocol"], tcp["port_min"], tcp["port_max"]) == ("tcp", 22, 22)
+    assert gre["protocol"] == "47"
+    assert (echo["protocol"], echo["icmp_type"], echo["icmp_code"]) == ("icmp", 8, 0)
+    # the same rule by name or by number is the same rule
+    refused(api.post("/v1/security-groups/web/rules", json={"direction": "ingress", "protocol": "tcp",
+                                                            "port_min": 22}), 409, "conflict")

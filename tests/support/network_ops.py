@@ -3,8 +3,9 @@
 What a hypervisor does with a network is the network driver's business, tested on real kernels
 (``tests/network``).  This stand-in checks each body exactly as a host does (the schema, then
 ``desired_state`` for its own VTEP), and keeps what the host would now carry: per network,
-its own ports, the remote (MAC, VTEP) pairs and its floating IPs, applying bodies in the order
-of their revisions as the driver does.
+its own ports (with their security groups), the remote (MAC, VTEP) pairs and its floating
+IPs, and the newest description of each security group it heard of (its rules, and its members
+when sent), applying bodies in the order of their revisions as the driver does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RecordingNetwork:
         #: a message: net.sync fails on this host with it
         self.fail: str | None = None
         self._revisions: dict[str, int] = {}
+        #: group id -> (revision, number of rules, members or None)
+        self.groups: dict[str, tuple[int, int, list[str] | None]] = {}
         self._lock = threading.Lock()
 
     def register(self, registry: OpRegistry) -> None:
@@ -57,7 +60,13 @@ class RecordingNetwork:
                 self.networks[network_id] = {
                     "router": network.router, "snat": network.snat,
                     "ports": sorted(p.ip for p in network.ports),
+                    "port_groups": {p.ip: sorted(p.security_groups or ()) for p in network.ports},
                     "remote": sorted((p.mac, p.vtep) for p in network.remote_ports),
                     "floating": sorted((f.address, f.port_id) for f in network.floating_ips),
                     "vnis": sorted(s.vni for s in network.subnets)}
+            for group in state.groups.values():
+                known = self.groups.get(group.id)
+                if known is None or known[0] <= state.revision:
+                    members = sorted(group.members) if group.members is not None else (known[2] if known else None)
+                    self.groups[group.id] = (state.revision, len(group.rules), members)
             return {"networks": sorted(self.networks)}

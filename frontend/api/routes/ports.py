@@ -9,10 +9,10 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy import update
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
-from ... import ipam
-from ...auth import Role
+from ... import ipam, netstate
+from ...auth import Caller, Role
 from ...db.models import FloatingIp, Instance, Network, Port, SecurityGroup
 from ...errors import Conflict
 from ..deps import CallerDep, FrontendDep
@@ -98,10 +98,32 @@ def update_port(port: Ref, body: PortUpdate, caller: CallerDep, frontend: Fronte
         row = find(session, Port, port, caller, "port")
         if body.name is not None:
             row.name = body.name
+        task = None
         if body.security_groups is not None:
+            before = {g.id for g in row.security_groups}
             row.security_groups = resolve_security_groups(session, caller, body.security_groups)
+            session.flush()
+            task = _push_groups(frontend, session, caller, row, before | {g.id for g in row.security_groups})
         session.flush()
-        return PortView.model_validate(row)
+        view = PortView.model_validate(row)
+    if task is not None:
+        frontend.tasks.start(task)
+    return view
+
+
+def _push_groups(frontend: FrontendDep, session: Session, caller: Caller, port: Port, groups: set[str]) -> str | None:
+    """A ``network.sync`` task (to start once committed) for a port whose groups changed: its own
+    host rebuilds its firewall, and the hosts of ports whose rules name its groups as remote
+    update those groups' members; None if none of them is on a host."""
+    networks, hosts = netstate.group_audience(session, members_of=groups)
+    own = netstate.port_host(session, port.id)
+    if own is not None:
+        networks, hosts = sorted({*networks, port.network_id}), sorted({*hosts, own})
+    if not hosts:
+        return None
+    task = frontend.tasks.create(session, "network.sync", caller.org_id, caller.user_id, "port", port.id,
+                                 {"networks": networks, "only": hosts})
+    return task.id
 
 
 @router.delete("/ports/{port}", status_code=status.HTTP_204_NO_CONTENT,

@@ -10,11 +10,12 @@ import ipaddress
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, status
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from ... import ipam, quotas
-from ...auth import Role
+from ... import ipam, netstate, quotas
+from ...auth import Caller, Role
 from ...db.models import SecurityGroup, SecurityGroupRule, port_security_groups
 from ...errors import Conflict, NotFound
 from ..deps import CallerDep, FrontendDep
@@ -43,14 +44,41 @@ class GroupUpdate(Input):
     description: Text | None = Field(default=None, max_length=255)
 
 
+#: protocol numbers the API names (a rule given by number is stored by name)
+_NAMED = {1: "icmp", 6: "tcp", 17: "udp"}
+
+
+def _protocol(value: object) -> str:
+    """A protocol's name, or its number as text (a number the API names becomes that name)."""
+    if value in ("tcp", "udp", "icmp", "any"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return _NAMED.get(value, str(value))
+    raise ValueError("must be tcp, udp, icmp, any, or an IP protocol number from 0 to 255")
+
+
 class RuleCreate(Input):
     direction: Literal["ingress", "egress"]
-    protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
+    protocol: Annotated[str, BeforeValidator(_protocol)] = Field(
+        default="any", description="tcp, udp, icmp, any, or an IP protocol number (0-255)",
+        json_schema_extra={"anyOf": [{"enum": ["tcp", "udp", "icmp", "any"]}, {"type": "integer", "minimum": 0,
+                                                                              "maximum": 255}]})
     port_min: int | None = Field(default=None, ge=1, le=65535, description="tcp and udp only")
     port_max: int | None = Field(default=None, ge=1, le=65535, description="default: port_min")
+    icmp_type: int | None = Field(default=None, ge=0, le=255, description="icmp only; default: every type")
+    icmp_code: int | None = Field(default=None, ge=0, le=255, description="icmp only, with icmp_type; default: every code")
     remote_cidr: Annotated[str, AfterValidator(_network)] | None = Field(
         default=None, description=f"where the traffic comes from or goes to; default {ANYWHERE}")
     remote_group: Ref | None = Field(default=None, description="instead of remote_cidr: the members of this group")
+
+    @field_validator("icmp_type", "icmp_code")
+    @classmethod
+    def _icmp_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("protocol") != "icmp":
+            raise ValueError("ICMP types and codes can only be given for icmp")
+        if info.field_name == "icmp_code" and value is not None and info.data.get("icmp_type") is None:
+            raise ValueError("a code needs its icmp_type")
+        return value
 
     @field_validator("port_min", "port_max")
     @classmethod
@@ -87,6 +115,8 @@ class RuleView(ResourceView):
     protocol: str
     port_min: int | None
     port_max: int | None
+    icmp_type: int | None
+    icmp_code: int | None
     remote_cidr: str | None
     remote_group_id: str | None
 
@@ -100,6 +130,17 @@ class GroupView(ResourceView):
     @classmethod
     def _ordered(cls, rules: list[SecurityGroupRule]) -> list[SecurityGroupRule]:
         return sorted(rules, key=lambda r: (r.created_at, r.id))
+
+
+def push_rules(frontend: FrontendDep, session: Session, caller: Caller, group_id: str) -> str | None:
+    """A ``network.sync`` task (to start once committed) that takes the group's new rules to the
+    hosts of its ports, and only to them; None if no port of it is on a host."""
+    networks, hosts = netstate.group_audience(session, rules_of=[group_id])
+    if not hosts:
+        return None
+    task = frontend.tasks.create(session, "network.sync", caller.org_id, caller.user_id, "security_group", group_id,
+                                 {"networks": networks, "only": hosts})
+    return task.id
 
 
 @router.post("/security-groups", status_code=status.HTTP_201_CREATED, response_model=GroupView,
@@ -163,7 +204,9 @@ def delete_group(group: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
 
 
 @router.post("/security-groups/{group}/rules", status_code=status.HTTP_201_CREATED, response_model=RuleView,
-             summary="Add a rule to a security group")
+             summary="Add a rule to a security group",
+             description="The hosts of the group's ports get the new rules through a network.sync task (see "
+                         "GET /v1/tasks); an established flow the rules no longer allow ends there.")
 def create_rule(group: Ref, body: RuleCreate, caller: CallerDep, frontend: FrontendDep) -> RuleView:
     caller.require(Role.member, "changing a security group")
     with frontend.db.transaction() as session:
@@ -171,19 +214,27 @@ def create_rule(group: Ref, body: RuleCreate, caller: CallerDep, frontend: Front
         remote = find(session, SecurityGroup, body.remote_group, caller, "security group", "remote_group") \
             if body.remote_group is not None else None
         rule = SecurityGroupRule(org_id=caller.org_id, status="active", direction=body.direction,
-                                 protocol=body.protocol, port_min=body.port_min, port_max=body.port_max,
+                                 protocol=str(body.protocol), port_min=body.port_min, port_max=body.port_max,
+                                 icmp_type=body.icmp_type, icmp_code=body.icmp_code,
                                  remote_cidr=None if remote else (body.remote_cidr or ANYWHERE),
                                  remote_group_id=remote.id if remote else None)
-        fields = ("direction", "protocol", "port_min", "port_max", "remote_cidr", "remote_group_id")
+        fields = ("direction", "protocol", "port_min", "port_max", "icmp_type", "icmp_code", "remote_cidr",
+                  "remote_group_id")
         if any(all(getattr(r, f) == getattr(rule, f) for f in fields) for r in row.rules):
             raise Conflict(f"security group {row.name!r} has this rule already")
         row.rules.append(rule)
         session.flush()
-        return RuleView.model_validate(rule)
+        task = push_rules(frontend, session, caller, row.id)
+        view = RuleView.model_validate(rule)
+    if task is not None:
+        frontend.tasks.start(task)
+    return view
 
 
 @router.delete("/security-groups/{group}/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT,
-               summary="Remove a rule from a security group")
+               summary="Remove a rule from a security group",
+               description="The hosts of the group's ports drop the rule through a network.sync task (see "
+                           "GET /v1/tasks), and end the established flows it allowed.")
 def delete_rule(group: Ref, rule_id: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     caller.require(Role.member, "changing a security group")
     with frontend.db.transaction() as session:
@@ -192,3 +243,7 @@ def delete_rule(group: Ref, rule_id: Ref, caller: CallerDep, frontend: FrontendD
         if rule is None:
             raise NotFound("rule", rule_id)
         row.rules.remove(rule)
+        session.flush()
+        task = push_rules(frontend, session, caller, row.id)
+    if task is not None:
+        frontend.tasks.start(task)
