@@ -305,6 +305,12 @@ def test_security_group_rules(app: FastAPI, admin: str) -> None:
     assert next(r for r in table_rows(invoke("sg", "list").stdout) if r[1] == "web")[-1] == str(before + 1)
     result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "icmp", "--port", "22")
     assert result.exit_code == 1 and "port_min" in result.stderr  # the API's refusal, naming its field
+    result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "1", "--icmp-type", "8")
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.stdout)[1][1:] == ["ingress", "icmp", "8", "0.0.0.0/0"]
+    result = invoke("sg", "rule-add", "web", "--direction", "ingress", "--protocol", "300")
+    assert result.exit_code == 2 and "IP protocol number" in result.stderr
+    assert invoke("sg", "rule-delete", "web", table_rows(invoke("sg", "show", "web").stdout)[-1][0]).exit_code == 0
     assert invoke("sg", "rule-delete", "web", rule[0]).exit_code == 0
     assert len(json.loads(invoke("sg", "show", "web", "--json").stdout)["rules"]) == before
 

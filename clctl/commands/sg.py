@@ -16,14 +16,28 @@ __all__ = ["group"]
 
 
 def _ports(rule: dict[str, Any]) -> str:
+    if rule.get("icmp_type") is not None:
+        code = rule.get("icmp_code")
+        return f"{rule['icmp_type']}" + (f"/{code}" if code is not None else "")  # type/code
     low, high = rule.get("port_min"), rule.get("port_max")
     if low is None:
         return "any"
     return str(low) if high in (None, low) else f"{low}-{high}"
 
 
+class _Protocol(click.ParamType):
+    name = "protocol"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | int:
+        if value in ("tcp", "udp", "icmp", "any"):
+            return str(value)
+        if isinstance(value, str) and value.isdigit() and int(value) <= 255:
+            return int(value)
+        self.fail("tcp, udp, icmp, any, or an IP protocol number from 0 to 255", param, ctx)
+
+
 RULE_COLUMNS = (
-    Column("RULE", "id"), Column("DIRECTION", "direction"), Column("PROTOCOL", "protocol"), Column("PORTS", _ports),
+    Column("RULE", "id"), Column("DIRECTION", "direction"), Column("PROTOCOL", "protocol"), Column("PORTS/TYPE", _ports),
     Column("REMOTE", either("remote_cidr", "remote_group", "remote_group_id")),
 )
 
@@ -54,16 +68,19 @@ def create(ctx: click.Context, name: str, description: str, wait: bool) -> None:
 @group.command("rule-add")
 @SG.argument("sg")
 @click.option("--direction", type=click.Choice(["ingress", "egress"]), required=True)
-@click.option("--protocol", type=click.Choice(["tcp", "udp", "icmp", "any"]), required=True)
+@click.option("--protocol", type=_Protocol(), required=True, metavar="tcp|udp|icmp|any|NUMBER")
 @click.option("--port", type=click.IntRange(1, 65535), help="One port.")
 @click.option("--ports", type=PORT_RANGE, metavar="LOW-HIGH", help="A range of ports, e.g. 1000-2000.")
+@click.option("--icmp-type", type=click.IntRange(0, 255), help="ICMP only: one type (8: echo request).")
+@click.option("--icmp-code", type=click.IntRange(0, 255), help="ICMP only, with --icmp-type: one code.")
 @click.option("--remote-cidr", metavar="CIDR", help="Only from (ingress) or to (egress) these addresses.")
 @click.option("--remote-group", metavar="SG", help="Only from or to the ports of this security group.")
 @wait_option
 @json_option
 @click.pass_context
-def rule_add(ctx: click.Context, sg: str, direction: str, protocol: str, port: int | None,
-             ports: tuple[int, int] | None, remote_cidr: str | None, remote_group: str | None, wait: bool) -> None:
+def rule_add(ctx: click.Context, sg: str, direction: str, protocol: str | int, port: int | None,
+             ports: tuple[int, int] | None, icmp_type: int | None, icmp_code: int | None, remote_cidr: str | None,
+             remote_group: str | None, wait: bool) -> None:
     """Add a rule: let traffic of this protocol and ports in or out."""
     if port is not None and ports is not None:
         raise click.UsageError("give --port or --ports, not both")
@@ -74,6 +91,10 @@ def rule_add(ctx: click.Context, sg: str, direction: str, protocol: str, port: i
         body["port_min"] = body["port_max"] = port
     elif ports is not None:
         body["port_min"], body["port_max"] = ports
+    if icmp_type is not None:
+        body["icmp_type"] = icmp_type
+    if icmp_code is not None:
+        body["icmp_code"] = icmp_code
     if remote_cidr is not None:
         body["remote_cidr"] = remote_cidr
     if remote_group is not None:

@@ -191,3 +191,16 @@ def test_protocols_by_number_and_icmp_types(admin: Api) -> None:
     # the same rule by name or by number is the same rule
     refused(api.post("/v1/security-groups/web/rules", json={"direction": "ingress", "protocol": "tcp",
                                                             "port_min": 22}), 409, "conflict")
+
+
+def test_a_group_holds_a_bounded_number_of_rules(admin: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from frontend.api.routes import security_groups
+
+    monkeypatch.setattr(security_groups, "MAX_RULES_PER_GROUP", 2)
+    api = admin.tenant("acme")
+    api.ok("post", "/v1/security-groups", 201, json={"name": "web"})  # with its egress rule
+    api.ok("post", "/v1/security-groups/web/rules", 201, json={"direction": "ingress", "protocol": "tcp",
+                                                               "port_min": 22})
+    refused = api.post("/v1/security-groups/web/rules", json={"direction": "ingress", "protocol": "tcp",
+                                                              "port_min": 80})
+    assert refused.status_code == 409 and "the most a group may hold" in refused.json()["error"]["reason"]

@@ -25,6 +25,8 @@ from ..schemas import V1, Input, Items, Name, Ref, ResourceView, Text
 router = APIRouter(prefix=V1, tags=["security-groups"])
 
 ANYWHERE = "0.0.0.0/0"
+#: the rules one group may hold: every one is a line in the chains of each port in the group
+MAX_RULES_PER_GROUP = 200
 
 
 def _network(text: str) -> str:
@@ -222,6 +224,8 @@ def create_rule(group: Ref, body: RuleCreate, caller: CallerDep, frontend: Front
                   "remote_group_id")
         if any(all(getattr(r, f) == getattr(rule, f) for f in fields) for r in row.rules):
             raise Conflict(f"security group {row.name!r} has this rule already")
+        if len(row.rules) >= MAX_RULES_PER_GROUP:
+            raise Conflict(f"security group {row.name!r} holds {len(row.rules)} rules, the most a group may hold")
         row.rules.append(rule)
         session.flush()
         task = push_rules(frontend, session, caller, row.id)
