@@ -24,16 +24,19 @@ from . import LocalCluster, demo, guest, libvirtd
               help="Where the REST API listens (127.0.0.1, or the management address).")
 @click.option("--compute/--no-compute", default=None,
               help="Run real guests with libvirt on this machine (default: when running as root with libvirt).")
-@click.option("--netns-hypervisors", is_flag=True,
-              help="Run each backend in a network namespace of its own with the network driver (root only); "
-                   "the frontend and agents listen on the namespaces' management address instead of loopback.")
+@click.option("--netns-hypervisors/--no-netns-hypervisors", default=None,
+              help="Run each backend in a network namespace of its own with the network driver, so guests "
+                   "get tenant networks; the frontend and agents listen on the namespaces' management address "
+                   "instead of loopback (default: with compute).")
 def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool | None,
-         netns_hypervisors: bool) -> None:
+         netns_hypervisors: bool | None) -> None:
     """Start a frontend, AGENTS relays and BACKENDS backends on loopback."""
     if netns_hypervisors and os.geteuid() != 0:
         raise click.UsageError("--netns-hypervisors needs root (network namespaces)")
     if compute is None:
         compute = os.geteuid() == 0 and libvirtd.qemu_available()
+    if netns_hypervisors is None:
+        netns_hypervisors = compute
     options: dict[str, Any] = {"ops_modules": []}
     if compute:
         # Every backend shares this machine's libvirtd; each keeps its own pool and domains.
@@ -49,11 +52,11 @@ def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool 
             # Guests go down with the cloud, and are found shut off at its next start.
             cleanup.callback(libvirtd.power_off_under, cluster.workdir)
         cleanup.callback(cluster.stop)
-        _serve(cluster, agents, backends, compute)
+        _serve(cluster, agents, backends, compute, netns_hypervisors)
     click.echo("stopped")
 
 
-def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool) -> None:
+def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, networks: bool) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -63,19 +66,33 @@ def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool) -> 
         if compute:
             click.echo(f"offering the tiny guest as image {demo.IMAGE!r} with flavor {demo.FLAVOR!r} ...")
             demo.offer_tiny_guest(cluster, guest.build(cluster.workdir / "guest"))
+        if networks:
+            click.echo(f"offering network {demo.NETWORK!r} with a router to {demo.EXTERNAL!r} ...")
+            demo.offer_network(cluster)
     except Exception as exc:
         click.echo(f"could not start the cloud: {exc}", err=True)
         sys.exit(1)
-    click.echo(_instructions(cluster, compute))
+    click.echo(_instructions(cluster, compute, networks))
     while not stop.wait(1.0):
         if cluster.procs["frontend"].poll() is not None:
             click.echo("the frontend exited; stopping", err=True)
             return
 
 
-def _instructions(cluster: LocalCluster, compute: bool) -> str:
+def _instructions(cluster: LocalCluster, compute: bool, networks: bool) -> str:
     clctl = os.path.relpath(Path(sys.executable).parent / "clctl")
-    if compute:
+    if compute and networks and cluster.lab is not None:
+        outside = cluster.lab.outside
+        launch = f"""    {clctl} instance create demo --flavor {demo.FLAVOR} --image {demo.IMAGE} --nic network={demo.NETWORK} --wait
+    {clctl} instance console demo     # its hostname, and its DHCP lease on {demo.NETWORK}
+    {clctl} fip create                # an address of {demo.EXTERNAL}; then: {clctl} fip associate <address> <port id>
+    ip netns exec {outside} ping <address>    # from the lab's outside, through the floating IP
+
+Each backend is a hypervisor in a network namespace of its own ({cluster.lab.prefix}hv*), joined to
+the others by an underlay bridge; guests (QEMU through libvirt) get tenant networks there (VXLAN,
+a router on every hypervisor, DHCP, SNAT to the lab's outside namespace {outside}).  Stopping
+the cloud powers the guests off and removes the namespaces."""
+    elif compute:
         launch = f"""    {clctl} instance create demo --flavor {demo.FLAVOR} --image {demo.IMAGE} --wait
     {clctl} instance console demo     # the guest reports its hostname on its serial console
 
