@@ -52,7 +52,7 @@ from pyroute2 import IPRoute, NetNS, netns
 from backend.ports import tap_name
 from service.files import write_atomic
 
-__all__ = ["EXTERNAL_BRIDGE", "Hypervisor", "Instance", "NetLab", "netns_argv", "run_in"]
+__all__ = ["EXTERNAL_BRIDGE", "Hypervisor", "Instance", "NetLab", "netns_argv", "purge", "run_in"]
 
 log = structlog.get_logger("localcluster.netlab")
 
@@ -296,6 +296,17 @@ class NetLab:
 
 
 # --- state and teardown --------------------------------------------------------------------------
+
+def purge(workdir: Path) -> bool:
+    """Remove the lab recorded in ``workdir`` unless its process still runs; whether there was one."""
+    state = _read_state(Path(workdir) / STATE_FILE)
+    owner = state.get("owner")
+    if not state.get("token") or (isinstance(owner, list) and owner and _process_identity(owner[0]) == owner):
+        return False
+    _remove(state)
+    (REGISTRY / f"{state['token']}.json").unlink(missing_ok=True)
+    return True
+
 
 def _new_token() -> str:
     taken = netns.listnetns()

@@ -1,4 +1,5 @@
-"""``python -m localcluster.purge DIR``: remove the libvirt domains and pools of a local cloud in DIR.
+"""``python -m localcluster.purge DIR``: remove the libvirt domains and pools of a local cloud in DIR,
+and its namespace hypervisors if it was killed before it could remove them.
 
 ``make clean`` runs it before deleting ``.run``, so no definition outlives the files it names.
 """
@@ -9,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import libvirtd
+from . import libvirtd, netlab
 
 
 def main(argv: list[str]) -> int:
@@ -17,7 +18,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m localcluster.purge DIR", file=sys.stderr)
         return 2
     path = Path(argv[0])
-    if not path.exists() or not libvirtd.qemu_available() or os.geteuid() != 0:
+    if not path.exists() or os.geteuid() != 0:
+        return 0
+    if netlab.purge(path / "netlab"):
+        print(f"removed the namespace hypervisors of {path}")
+    if not libvirtd.qemu_available():
         return 0
     # Definitions outlive libvirtd (make run stops the one it started): start it to remove them.
     with libvirtd.running():

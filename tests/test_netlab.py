@@ -96,6 +96,32 @@ def test_the_next_lab_removes_what_a_killed_one_left(tmp_path: Path) -> None:
     assert not _alive(made["pid"])
 
 
+@pytest.mark.slow  # a second Python process
+def test_purging_a_killed_clouds_directory_removes_its_lab(tmp_path: Path) -> None:
+    """What ``make clean`` does after a ``make run`` killed with SIGKILL."""
+    repo = Path(__file__).resolve().parent.parent
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_LAB, str(workdir / "netlab"), str(uuid.uuid4())],
+                            cwd=repo, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        try:
+            made = _made(proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        assert [n for n in netns.listnetns() if n.startswith(made["prefix"])]
+        purged = subprocess.run([sys.executable, "-m", "localcluster.purge", str(workdir)], cwd=repo, text=True,
+                                capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert purged.returncode == 0, purged.stderr
+    finally:
+        with NetLab(tmp_path / "next"):
+            pass
+    assert "removed the namespace hypervisors" in purged.stdout
+    assert not [n for n in netns.listnetns() if n.startswith(made["prefix"])]
+    assert not set(made["links"]) & _links()
+    assert not _alive(made["pid"])
+
+
 def test_the_next_lab_in_a_directory_takes_its_underlay_again(tmp_path: Path) -> None:
     with NetLab(tmp_path) as first:
         pass
