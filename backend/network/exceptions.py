@@ -8,7 +8,8 @@
     ├── LinkExists            the kernel already has a link of that name
     ├── LinkNotFound          no such link (or namespace) where it was looked for
     ├── KernelUnsupported     the kernel lacks a kind or feature (a module not loaded)
-    └── DhcpError             dnsmasq would not start or stay up
+    ├── DhcpError             dnsmasq would not start or stay up
+    └── FirewallError         iptables, an ipset or conntrack refused a change of the firewall
 
 Handlers turn a ``NetworkError`` into an ``OpError`` with its ``exit_status``.
 """
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["BadRequest", "DhcpError", "KernelUnsupported", "LinkExists", "LinkNotFound", "NetworkError",
-           "from_errno"]
+__all__ = ["BadRequest", "DhcpError", "FirewallError", "KernelUnsupported", "LinkExists", "LinkNotFound",
+           "NetworkError", "from_errno"]
 
 
 class NetworkError(Exception):
@@ -42,6 +43,10 @@ class KernelUnsupported(NetworkError):
 
 
 class DhcpError(NetworkError):
+    pass
+
+
+class FirewallError(NetworkError):
     pass
 
 

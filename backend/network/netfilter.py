@@ -1,4 +1,5 @@
-"""The network driver's only iptables module: NAT in router namespaces and the host's egress.
+"""The network driver's NAT (in router namespaces and the host's egress), and the one way in to
+python-iptables for every table (``fresh_tables``; the port firewall, ``firewall.py``, uses it too).
 
 python-iptables (libiptc, the legacy backend) in the namespace the rules belong to
 (``namespaces.run_in``).  Every chain is the driver's own and is rebuilt whole in one commit
@@ -13,7 +14,7 @@ moves is never answered by both, nor by neither for longer than the commit.
   range out of the external interface, to the host's own address there.
 
 libiptc's handles are cached per table by python-iptables, process-wide: every use holds
-``_LOCK`` and re-opens the table in the namespace it runs in.
+``_LOCK`` and re-opens the table in the namespace it runs in (``fresh_tables``).
 """
 
 from __future__ import annotations
@@ -99,26 +100,34 @@ def _masquerade(source: str, out: str) -> Callable[[Any], None]:
 
 
 @contextlib.contextmanager
-def _nat_table(namespace: str | None) -> Iterator[Any]:
-    """The nat table of the namespace this thread is in, for one change.
+def fresh_tables() -> Iterator[dict[str, Any]]:
+    """Every iptables table of the namespace this thread is in, by name, for one change (under ``_LOCK``).
 
     python-iptables keeps one table object per table name, process-wide, and a rule's target
     is looked up in every table it holds.  So every table gets a fresh handle of this namespace
     first (not one of the last namespace used), and every handle is closed after: a handle holds
     a socket of its namespace, which would keep a deleted router namespace alive, and its
     veths with it."""
-    tables: list[Any] = []
-    try:
+    with _LOCK:
+        tables: dict[str, Any] = {}
         try:
             for name in iptc.Table.ALL:
                 if iptc.is_table_available(name):
                     table = iptc.Table(name, autocommit=False)
-                    tables.append(table)
+                    tables[name] = table
                     table.refresh()
-            yield iptc.Table(iptc.Table.NAT, autocommit=False)
+            yield tables
         finally:
-            for table in tables:
+            for table in tables.values():
                 table.close()
+
+
+@contextlib.contextmanager
+def _nat_table(namespace: str | None) -> Iterator[Any]:
+    """The nat table of the namespace this thread is in, for one change."""
+    try:
+        with fresh_tables():
+            yield iptc.Table(iptc.Table.NAT, autocommit=False)
     except iptc.IPTCError as exc:
         raise NetworkError(f"nat rules in {namespace or 'this namespace'}: {exc}") from exc
 
@@ -127,7 +136,7 @@ def _rebuild(namespace: str | None, chains: dict[str, str], rules: list[tuple[st
     """Make the nat table's ``chains`` (each jumped to from its built-in chain) hold exactly ``rules``."""
 
     def work() -> None:
-        with _LOCK, _nat_table(namespace) as table:
+        with _nat_table(namespace) as table:
             for name, builtin in chains.items():
                 if table.is_chain(name):
                     iptc.Chain(table, name).flush()
