@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import click
 
-__all__ = ["DURATION", "NIC", "PORT_RANGE", "QUOTA", "SINCE", "read_password"]
+__all__ = ["DURATION", "NIC", "PORT_RANGE", "PROTOCOL", "QUOTA", "SINCE", "read_password"]
 
 
 class Nic(click.ParamType):
@@ -51,6 +51,22 @@ class Quota(click.ParamType):
         if not amount.isdigit():
             self.fail(f"{value!r}: the amount must be a whole number or 'unlimited'", param, ctx)
         return key, int(amount)
+
+
+class Protocol(click.ParamType):
+    """``tcp``, ``udp``, ``icmp``, ``any``, or an IP protocol number (an int)."""
+
+    name = "protocol"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | int:
+        if value in ("tcp", "udp", "icmp", "any"):
+            return str(value)
+        if isinstance(value, str) and value.isdigit() and int(value) <= 255:
+            return int(value)
+        self.fail("tcp, udp, icmp, any, or an IP protocol number from 0 to 255", param, ctx)
+
+
+PROTOCOL = Protocol()
 
 
 class PortRange(click.ParamType):

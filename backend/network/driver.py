@@ -29,8 +29,10 @@ from ..ports import tap_name
 from . import names
 from .dhcp import DhcpServer, Dnsmasq
 from .exceptions import BadRequest, LinkNotFound, NetworkError
+from .firewall import Firewall
 from .netfilter import HostEgress, RouterNat, apply_host_egress, apply_router_nat
 from .netlink import Link, Netlink, create_namespace, namespaces, remove_namespace
+from .security import PortSecurity
 from .spec import DesiredNetwork, DesiredState, LocalPort, Subnet
 
 __all__ = ["NetworkDriver", "NetworkSettings", "VXLAN_OVERHEAD"]
@@ -99,6 +101,7 @@ class NetworkDriver:
         #: sync's revision holds for every network, also those it does not name
         self._revisions: dict[str, int] = {}
         self._full_revision = 0
+        self._security = PortSecurity(settings.state_dir, lambda: Firewall(settings.netns))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -168,6 +171,8 @@ class NetworkDriver:
                 vni = {s.id: s.vni for s in w.subnets}
                 self._taps[w.network.id] = {tap_name(p.id): (names.bridge(vni[p.subnet_id]), p)
                                             for p in w.network.ports}
+            self._security.learn(desired)
+            self._security.apply(self._taps, full=desired.scope is None and not stale)
             return {"networks": sorted(wanted), "stale": sorted(stale)}
 
     def _wanted(self, network: DesiredNetwork) -> _Wanted | None:

@@ -228,6 +228,11 @@ class Firewall:
                 return self._converge_ports(tables["filter"], ports)
 
     def _converge_zones(self, raw: Any, zones: Mapping[str, int]) -> None:
+        if not zones:
+            if _remove_chain(raw, ZONE_CHAIN, "PREROUTING"):
+                raw.commit()
+                log.info("conntrack_zones_removed", netns=self._where)
+            return
         wanted = [_new_rule("CT", in_interface=bridge, target_params={"zone": str(zone)})
                   for bridge, zone in sorted(zones.items())]
         changed = _ensure_chain(raw, ZONE_CHAIN, "PREROUTING")
@@ -242,6 +247,9 @@ class Firewall:
             log.info("conntrack_zones_applied", zones=dict(sorted(zones.items())), netns=self._where)
 
     def _converge_ports(self, table: Any, ports: dict[str, PortFirewall]) -> set[str]:
+        if not ports:
+            self._remove_all(table)
+            return set()
         changed = _ensure_chain(table, FORWARD_CHAIN, "FORWARD")
         fw = iptc.Chain(table, FORWARD_CHAIN)
         ours = {chain.name for chain in table.chains if PORT_CHAIN.match(chain.name)}
@@ -290,6 +298,19 @@ class Firewall:
             log.info("port_firewall_removed", port=removed[0].port_id if removed else None, chains=chain_id,
                      netns=self._where)
         return rebuilt
+
+    def _remove_all(self, table: Any) -> None:
+        """No port firewalled here: no chain of ours stays in the filter table (the last port of a
+        host that leaves takes the firewall with it, as its bridge and namespace go)."""
+        stale = sorted(chain.name for chain in table.chains if PORT_CHAIN.match(chain.name))
+        changed = _remove_chain(table, FORWARD_CHAIN, "FORWARD")
+        for name in stale:
+            iptc.Chain(table, name).flush()
+            table.delete_chain(name)
+        if changed or stale:
+            table.commit()
+            self._written = {}
+            log.info("port_firewall_removed_all", chains=len(stale), netns=self._where)
 
     def _holds(self, table: Any, ours: set[str], chain_id: str, generation: str, port: PortFirewall) -> bool:
         """Whether the chains of ``generation`` enforce ``port`` as it is now."""
@@ -456,6 +477,18 @@ def _ensure_chain(table: Any, name: str, builtin: str) -> bool:
     for rule in jumps:
         hook.delete_rule(rule)
     hook.insert_rule(_new_rule(name))
+    return True
+
+
+def _remove_chain(table: Any, name: str, builtin: str) -> bool:
+    """``name`` and ``builtin``'s jumps to it gone (uncommitted); whether there was anything."""
+    if not table.is_chain(name):
+        return False
+    hook = iptc.Chain(table, builtin)
+    for rule in [rule for rule in hook.rules if rule.target.name == name]:
+        hook.delete_rule(rule)
+    iptc.Chain(table, name).flush()
+    table.delete_chain(name)
     return True
 
 

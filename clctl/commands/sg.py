@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..output import Column, either, print_table
-from ..params import PORT_RANGE
+from ..params import PORT_RANGE, PROTOCOL
 from ..resource import Resource
 from ..session import api, json_mode, json_option, wait_option
 from ..tasks import finish
@@ -23,17 +23,6 @@ def _ports(rule: dict[str, Any]) -> str:
     if low is None:
         return "any"
     return str(low) if high in (None, low) else f"{low}-{high}"
-
-
-class _Protocol(click.ParamType):
-    name = "protocol"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | int:
-        if value in ("tcp", "udp", "icmp", "any"):
-            return str(value)
-        if isinstance(value, str) and value.isdigit() and int(value) <= 255:
-            return int(value)
-        self.fail("tcp, udp, icmp, any, or an IP protocol number from 0 to 255", param, ctx)
 
 
 RULE_COLUMNS = (
@@ -68,7 +57,7 @@ def create(ctx: click.Context, name: str, description: str, wait: bool) -> None:
 @group.command("rule-add")
 @SG.argument("sg")
 @click.option("--direction", type=click.Choice(["ingress", "egress"]), required=True)
-@click.option("--protocol", type=_Protocol(), required=True, metavar="tcp|udp|icmp|any|NUMBER")
+@click.option("--protocol", type=PROTOCOL, required=True, metavar="tcp|udp|icmp|any|NUMBER")
 @click.option("--port", type=click.IntRange(1, 65535), help="One port.")
 @click.option("--ports", type=PORT_RANGE, metavar="LOW-HIGH", help="A range of ports, e.g. 1000-2000.")
 @click.option("--icmp-type", type=click.IntRange(0, 255), help="ICMP only: one type (8: echo request).")

@@ -539,6 +539,11 @@ def test_ports_and_groups_gone_from_the_state_leave_nothing(lab: Lab, conns: lis
     assert _set_name(group) not in _kernel(lab.hv1)
     assert _reply(conns, lab.c3, lab.s.ip) == b"red:x"
 
+    # No port firewalled (the host's last one gone): nothing of ours stays, not even empty chains.
+    lab.firewall.apply(FirewallState())
+    kernel = _kernel(lab.hv1)
+    assert not re.search(r"\bcl(-fw|-zone|[io][ab][0-9a-f]{11}|g[0-9a-f]{20})\b", kernel), kernel
+
 
 def test_ports_whose_ids_name_the_same_chains_are_refused(lab: Lab) -> None:
     twin = replace(lab.c3.port(), port_id=lab.c1.port_id[:12] + "ffff-ffff-ffffffffffff")
