@@ -28,6 +28,7 @@ from backend.ports import tap_name
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
 from localcluster.netlab import netns_argv, run_in
+from tests.support.netns import connect
 from tests.support.cloudapi import console, console_count, finished, offer_tiny, ok, running, tenant_client, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -147,8 +148,13 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
     ok(api.post("/v1/subnets", json={"name": "blue-a", "network": "blue", "cidr": "10.0.0.0/24"}), 201)
     finished(api, ok(api.post("/v1/routers", json={"name": "blue-r", "network": "blue", "snat": True}), 202))
     ok(api.post("/v1/server-groups", json={"name": "spread", "policy": "anti-affinity"}), 201)
+    # Ports are firewalled: the default group lets in only its own members; the outside may ping.
+    ok(api.post("/v1/security-groups", json={"name": "pingable"}), 201)
+    ok(api.post("/v1/security-groups/pingable/rules", json={"direction": "ingress", "protocol": "icmp",
+                                                            "icmp_type": 8}), 201)
 
-    launch = {"flavor": "tiny", "image": "tiny", "server_group": "spread", "nics": [{"subnet": "blue-a"}]}
+    launch = {"flavor": "tiny", "image": "tiny", "server_group": "spread", "nics": [{"subnet": "blue-a"}],
+              "security_groups": ["default", "pingable"]}
     finished(api, ok(api.post("/v1/instances", json={"name": "vm-a", **launch}), 202))
     ip_a = _port_of(api, "vm-a")["ip_address"]
     # vm-b pings vm-a, then the outside, then keeps pinging vm-a (traffic to capture).
@@ -213,6 +219,7 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
     ok(acme.post("/v1/networks", json={"name": "blue"}), 201)
     ok(acme.post("/v1/subnets", json={"name": "blue-a", "network": "blue", "cidr": "10.0.0.0/24"}), 201)
     ok(acme.post("/v1/server-groups", json={"name": "spread", "policy": "anti-affinity"}), 201)
+    launch["security_groups"] = ["default"]
     finished(acme, ok(acme.post("/v1/instances", json={"name": "t1", **launch}), 202))
     t1 = _port_of(acme, "t1")
     assert t1["ip_address"] == ip_a
@@ -232,7 +239,7 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
     # its own host's router.
     ok(api.post("/v1/subnets", json={"name": "blue-b", "network": "blue", "cidr": "10.0.1.0/24"}), 201)
     finished(api, ok(api.post("/v1/instances", json={
-        "name": "vm-c", **launch, "nics": [{"subnet": "blue-b"}], "user_data": _pings(ip_a)}), 202))
+        "name": "vm-c", **launch, "nics": [{"subnet": "blue-b"}], "user_data": _pings(ip_a)}), 202))  # default group
     assert ok(api.get("/v1/instances/vm-c"))["hypervisor"] == host_c
     lease = until(lambda: _lease(api, "vm-c"), BOOT_TIMEOUT, "vm-c's DHCP lease")
     assert lease == f"{tiny.IP} eth0 {_port_of(api, 'vm-c')['ip_address']}/24 router=10.0.1.1 mtu={TENANT_MTU}"
@@ -260,3 +267,75 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
 
 def _network_id(api: httpx.Client, name: str) -> str:
     return str(ok(api.get(f"/v1/networks/{name}"))["id"])
+
+
+def _tries(api: httpx.Client, instance: str) -> list[str]:
+    """What each of the guest's connection attempts read (``TRY <reply or nothing>``), in order."""
+    return [line[4:] for line in console(api, instance).splitlines() if line.startswith("TRY ")]
+
+
+def _answered_after(api: httpx.Client, instance: str, seen: int, reply: str, answered: bool) -> bool:
+    """Whether three attempts after the first ``seen`` all got ``reply`` (or, not ``answered``, none did)."""
+    recent = _tries(api, instance)[seen:]
+    return len(recent) >= 3 and all((t == reply) == answered for t in recent[-3:])
+
+
+def test_security_groups_created_through_the_api_are_enforced_on_the_hypervisors(cluster: LocalCluster,
+                                                                                 guest: tiny.Guest) -> None:
+    lab = cluster.lab
+    assert lab is not None
+    api = offer_tiny(cluster, guest)
+    ok(api.post("/v1/networks", json={"name": "public", "external": True}), 201)
+    ok(api.post("/v1/subnets", json={"name": "public-v4", "network": "public", "cidr": "203.0.113.0/24",
+                                      "gateway": OUTSIDE, "dhcp": False}), 201)
+    ok(api.post("/v1/networks", json={"name": "blue"}), 201)
+    ok(api.post("/v1/subnets", json={"name": "blue-a", "network": "blue", "cidr": "10.0.0.0/24"}), 201)
+    finished(api, ok(api.post("/v1/routers", json={"name": "blue-r", "network": "blue", "snat": True}), 202))
+    ok(api.post("/v1/server-groups", json={"name": "spread", "policy": "anti-affinity"}), 201)
+    # web lets in TCP 22 from the external network only; quiet lets nothing in.
+    ok(api.post("/v1/security-groups", json={"name": "web"}), 201)
+    from_outside = ok(api.post("/v1/security-groups/web/rules", json={
+        "direction": "ingress", "protocol": "tcp", "port_min": 22, "remote_cidr": "203.0.113.0/24"}), 201)
+    ok(api.post("/v1/security-groups", json={"name": "quiet"}), 201)
+
+    # vm-a serves TCP 22 (busybox nc); vm-b, in the default group, tries it every second.
+    serve = """#!/bin/sh
+printf '#!/bin/sh\\necho hello-from-a\\n' >/run/hello
+chmod 755 /run/hello
+nc -ll -p 22 -e /run/hello &
+"""
+    launch = {"flavor": "tiny", "image": "tiny", "server_group": "spread", "nics": [{"subnet": "blue-a"}]}
+    finished(api, ok(api.post("/v1/instances", json={"name": "vm-a", "user_data": serve,
+                                                      "security_groups": ["web"], **launch}), 202))
+    ip_a = _port_of(api, "vm-a")["ip_address"]
+    knock = f"""#!/bin/sh
+while :; do
+    r=$(nc -w 1 {ip_a} 22 </dev/null 2>/dev/null)
+    echo "TRY ${{r:-nothing}}"
+    sleep 1
+done &
+"""
+    finished(api, ok(api.post("/v1/instances", json={"name": "vm-b", "user_data": knock, **launch}), 202))
+    for name in ("vm-a", "vm-b"):
+        until(lambda: _lease(api, name), BOOT_TIMEOUT, f"{name}'s DHCP lease")
+
+    # From the outside, through a floating IP: the CIDR lets it in.  vm-b is not in it.
+    fip = ok(api.post("/v1/floating-ips", json={}), 201)
+    finished(api, ok(api.patch(f"/v1/floating-ips/{fip['id']}", json={"port": _port_of(api, "vm-a")["id"]}), 202))
+    until(lambda: connect(lab.outside, fip["address"], 22) == b"hello-from-a\n", 60, "the outside's connection")
+    until(lambda: _answered_after(api, "vm-b", 0, "hello-from-a", False), 60, "vm-b's refused tries")
+
+    # web lets in the default group's members: vm-b gets through, within a few tries.
+    seen = len(_tries(api, "vm-b"))
+    ok(api.post("/v1/security-groups/web/rules", json={"direction": "ingress", "protocol": "tcp", "port_min": 22,
+                                                       "remote_group": "default"}), 201)
+    until(lambda: _answered_after(api, "vm-b", seen, "hello-from-a", True), 30, "vm-b let in by its group")
+
+    # vm-b's port leaves the default group: the hosts of web's ports drop it from the set.
+    seen = len(_tries(api, "vm-b"))
+    ok(api.patch(f"/v1/ports/{_port_of(api, 'vm-b')['id']}", json={"security_groups": ["quiet"]}))
+    until(lambda: _answered_after(api, "vm-b", seen, "hello-from-a", False), 30, "vm-b shut out again")
+
+    # The CIDR rule removed: the outside is shut out too.
+    ok(api.delete(f"/v1/security-groups/web/rules/{from_outside['id']}"), 204)
+    until(lambda: connect(lab.outside, fip["address"], 22, timeout=0.5) is None, 30, "the outside shut out")

@@ -44,12 +44,14 @@ class NicSpec(BaseModel):
 
 def resolve_security_groups(session: Session, caller: Caller, refs: list[str] | None,
                             field: str = "security_groups") -> list[SecurityGroup]:
-    """The caller's groups named by ``refs``, or the default group when ``refs`` is None."""
+    """The caller's groups named by ``refs``, or the default group when ``refs`` is None (named,
+    the default group is made on this first need too)."""
     if refs is None:
         return [default_security_group(session, caller.org_id)]
     groups: dict[str, SecurityGroup] = {}
     for i, ref in enumerate(refs):
-        group = find(session, SecurityGroup, ref, caller, "security group", f"{field}[{i}]")
+        group = (default_security_group(session, caller.org_id) if ref == DEFAULT_GROUP
+                 else find(session, SecurityGroup, ref, caller, "security group", f"{field}[{i}]"))
         groups[group.id] = group
     return list(groups.values())
 

@@ -485,3 +485,10 @@ def test_address_helpers(admin: Api, frontend: Frontend) -> None:
             ipam.claim_ip(session, subnet, "10.0.0.7")
         first = int(ipam.new_mac(session).split(":")[0], 16)
         assert first & 0b10 and not first & 0b01  # locally administered, unicast
+
+
+def test_naming_the_default_group_before_its_first_use_makes_it(admin: Api) -> None:
+    api = admin.tenant("acme")
+    network(api)
+    port = api.ok("post", "/v1/ports", 201, json={"network": "net", "security_groups": ["default"]})
+    assert port["security_groups"] == [api.ok("get", "/v1/security-groups/default")["id"]]
