@@ -493,7 +493,7 @@ class SgBench:
             for variant in ("rules", "none"):
                 host.firewall.apply(firewalled if variant == "rules" else FirewallState())
                 samples[variant].append(self._iperf(vms[client.id].netns, server.ip))
-        out: dict[str, Any] = {"rules": len(rules), "seconds": cfg.seconds, "rounds": cfg.rounds}
+        out: dict[str, Any] = {"rule_count": len(rules), "seconds": cfg.seconds, "rounds": cfg.rounds}
         for variant, results in samples.items():
             out[variant] = {"gbps": _r(_median([r["gbps"] for r in results])),
                             "cpu_s_per_gb": _r(_median([r["cpu_s_per_gb"] for r in results
@@ -593,7 +593,7 @@ def format_table(out: dict[str, Any]) -> str:
         lines.append(f"\nthroughput: iperf3 {t.get('seconds')} s x {t.get('rounds')} rounds, one hypervisor")
         if "error" in t:
             lines.append(f"  error: {t['error']}")
-        for variant, label in (("rules", f"{t.get('rules')} rules"), ("none", "no firewall")):
+        for variant, label in (("rules", f"{t.get('rule_count')} rules"), ("none", "no firewall")):
             data = t.get(variant) or {}
             lines.append(f"  {label:<14}{_fmt(data.get('gbps'), ' Gbit/s'):>16}"
                          f"{_fmt(data.get('cpu_s_per_gb'), ' CPU s/GB'):>18}")
