@@ -75,7 +75,7 @@ def test_launch_power_resize_delete(cloud: Cloud) -> None:
     assert cloud.computes[host].instances == {instance["id"]: "running"}
     steps = launched["task"]["steps"]
     # its network goes to no host here: these hosts run no network driver (tests/api/test_network_push.py)
-    assert [s["name"] for s in steps] == ["place.0", "launch.0", "wire.0.plan", "activate"]
+    assert [s["name"] for s in steps] == ["place.0", "launch.0", "wire.0.plan", "activate", "groups", "members.plan"]
     assert steps[1]["result"][alias(api.who["org_id"], host)]["status"] == "ok"
     assert not any(name in json.dumps(launched["task"]) for name in cloud.computes)  # tenants see aliases only
 
@@ -346,7 +346,7 @@ def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: 
     frontend.tasks.start = engine_start  # type: ignore[method-assign]
     assert frontend.tasks.resume() == 1
     task = cloud.wait_task(api, task_id)
-    assert task["status"] == "succeeded" and [s["name"] for s in task["steps"]] == ["place.0", "launch.0", "activate"]
+    assert task["status"] == "succeeded" and [s["name"] for s in task["steps"]] == ["place.0", "launch.0", "activate", "groups", "members.plan"]
     assert cloud.computes["hv2"].instances == {}  # answered from the host's journal: not run again
     assert api.ok("get", "/v1/instances/web")["status"] == "active"
 
