@@ -10,9 +10,12 @@ A child is dead when its connection is gone: libzmq drops it when the child is k
 stopped or cut off (its ZMTP heartbeats stop), and a send to it then fails.  So every dropped
 connection is followed, ``disconnect_grace`` later (time for a live child to reconnect), by
 a probe of every child.  A child whose connection stays up but whose loop sent nothing for
-``heartbeat_misses`` tree heartbeats is dead too (its loop hangs).  Never more children die
-in one heartbeat interval than ``dead_cap`` allows: a parent that finds many gone at
-once is more likely behind itself, and says so (``self_suspect``).
+``heartbeat_misses`` tree heartbeats is dead too (stopped, or its loop hangs), unless most
+children fell silent with it (then this parent, or the machine, is behind: only a silence
+past ``silence_limit`` counts).  Never more children die in one heartbeat interval than
+``dead_cap`` allows: a parent that finds many gone at once is more likely behind itself, and
+says so (``self_suspect``).  Heartbeats down go every ``down_interval``, less often than the
+children's up.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from . import proto
 from .counters import Counters, add_into, check_counters
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .links import close_link, tune_link
+from .links import QUORUM, close_link, tune_link
 from .reactor import NOBLOCK, NOBLOCK_SNDMORE, Reactor, Timer, ZContext, ZSocket, has_input
 from .routes import RouteChange, RouteTable
 from .security import Security, release_domain, serve_curve
@@ -149,6 +152,8 @@ class Downlink:
         self._probe_again = False
         #: when this node declared children dead, within the last heartbeat interval
         self._recent_deaths: collections.deque[float] = collections.deque()
+        #: most children were silent at the last tick (logged once per spell)
+        self._suspecting = False
         self._last_tick = 0.0
         self._stop_ticker: Any = None
         self._log = log.bind(node=node_id)
@@ -235,7 +240,7 @@ class Downlink:
             self._log.info("downlink_stall_forgiven", stalled_s=round(now - self._last_tick, 3))
         self._last_tick = now
         dead_after = self.settings.dead_after
-        interval = self.settings.heartbeat_interval
+        interval = self.settings.down_interval
         heartbeat = proto.heartbeat_down()
         # While frames wait unread, a child's latest heartbeat may be among them: judge no one
         # dead until this node has caught up with its input (bulk traffic must not look like silence).
@@ -249,11 +254,32 @@ class Downlink:
                 continue
             if now - child.last_tx >= interval:
                 self.send(child.node_id, heartbeat)
+        silent = self._beyond_doubt(silent, now)
         if silent:
             silent.sort(key=lambda c: c.last_rx)
             allowed = self._deaths_allowed(len(silent), "silent")
             for child in silent[:allowed]:
                 self._child_failed(child.node_id, child.session, f"no frame for {now - child.last_rx:.1f}s")
+
+    def _beyond_doubt(self, silent: list[Child], now: float) -> list[Child]:
+        """The silent children whose silence proves their death.
+
+        A child's silence is evidence only against children that are heard: when most of at
+        least ``QUORUM`` children fell silent together, the likelier cause is that this node
+        cannot hear them in time (its I/O thread starved, frames still in the kernel) or that
+        the machine under them is, not that they all stopped at once.  Then only a silence
+        past ``silence_limit`` (a loop that hangs) counts, and ``self_suspect`` says why.
+        """
+        suspect = len(self.children) >= QUORUM and 2 * len(silent) > len(self.children)
+        if suspect and not self._suspecting:
+            self.counters.add("self_suspects")
+            self._log.warning("self_suspect", reason="most children silent", silent=len(silent),
+                              children=len(self.children))
+        self._suspecting = suspect
+        if not suspect:
+            return silent
+        limit = self.settings.silence_limit
+        return [child for child in silent if now - child.last_rx > limit]
 
     def _deaths_allowed(self, wanted: int, why: str) -> int:
         """How many of ``wanted`` children may be declared dead now, under the per-interval cap.

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import time
 import weakref
+from typing import Protocol
 
+import structlog
 import zmq
 
 from .reactor import Reactor, ZSocket
 from .settings import TreeSettings
 
-__all__ = ["Budget", "budget_of", "close_link", "losses_of", "tune_link"]
+__all__ = ["Budget", "Listener", "QUORUM", "Silences", "budget_of", "close_link", "losses_of", "silences_of",
+           "tune_link"]
+
+log = structlog.get_logger("sci.links")
 
 #: New uplink sockets one process (one reactor) may open per second, and at once.  A process
 #: simulating thousands of hosts that all re-attach together would otherwise open sockets
@@ -30,6 +35,12 @@ OPENS_BURST = 500.0
 #: and a mass re-attach would only spread the overload.
 LOSSES_PER_S = 16.0
 LOSSES_BURST = 64.0
+#: Fewest peers a node must hear from before their silences are weighed together: with fewer,
+#: one silent peer is as likely the others' lag as its own death.
+QUORUM = 4
+#: How long a count of silent uplinks is reused: every uplink of a process asks in the same
+#: tick, and thousands of them must not each count thousands.
+_RECOUNT_S = 0.05
 
 
 def _ms(seconds: float) -> int:
@@ -101,3 +112,45 @@ def losses_of(reactor: Reactor) -> Budget:
     if budget is None:
         budget = _losses[reactor] = Budget(LOSSES_PER_S, LOSSES_BURST)
     return budget
+
+
+class Listener(Protocol):
+    #: when the link last carried a frame from the peer (monotonic seconds)
+    last_rx: float
+
+
+class Silences:
+    """The attached uplinks one reactor serves, to weigh one parent's silence against the others'.
+
+    When most of a process's parents fell silent at once, the likelier cause is the process
+    itself (its loop or its I/O thread starved of CPU) than that they all stopped together.
+    """
+
+    def __init__(self) -> None:
+        self.members: set[Listener] = set()
+        self._counted_at = -1.0
+        self._most = False
+
+    def most_silent(self, now: float, after: float) -> bool:
+        """Whether more than half of at least ``QUORUM`` members heard nothing for ``after`` seconds."""
+        if len(self.members) < QUORUM:
+            return False
+        if now - self._counted_at >= _RECOUNT_S:
+            self._counted_at = now
+            silent = sum(now - m.last_rx > after for m in self.members)
+            most = 2 * silent > len(self.members)
+            if most and not self._most:
+                log.warning("self_suspect", reason="most parents silent", silent=silent, links=len(self.members))
+            self._most = most
+        return self._most
+
+
+_silences: weakref.WeakKeyDictionary[Reactor, Silences] = weakref.WeakKeyDictionary()
+
+
+def silences_of(reactor: Reactor) -> Silences:
+    """The attached uplinks served by ``reactor``."""
+    silences = _silences.get(reactor)
+    if silences is None:
+        silences = _silences[reactor] = Silences()
+    return silences

@@ -8,16 +8,19 @@ from .proto import MAX_FRAME_BYTES
 
 __all__ = ["TreeSettings"]
 
+#: A parent's heartbeats go down this many times less often than its children's go up.
+_DOWN_RATIO = 3
+
 
 @dataclass(frozen=True, slots=True)
 class TreeSettings:
     #: Most children a node is given by the planner (SCI's default).
     fanout: int = 32
-    #: Seconds between the tree's own heartbeats on a quiet link; any frame counts as one.
-    #: They catch a stopped process and one whose loop hangs; a killed process is caught
-    #: sooner, by its dropped connection.
+    #: Seconds between a child's heartbeats up a quiet link; any frame counts as one.  They
+    #: catch a stopped child and one whose loop hangs; a killed process is caught sooner, by
+    #: its dropped connection.  Parents send theirs down less often (``down_interval``).
     heartbeat_interval: float = 1.0
-    #: A peer silent for this many intervals is dead (stopped, or its loop hung).
+    #: A child silent for this many intervals is dead (stopped, or its loop hung).
     heartbeat_misses: int = 3
     #: Seconds between ZMTP PINGs on every connection, sent by libzmq's I/O threads, which run
     #: while Python is busy or descheduled; 0: none.  Off by default: libzmq 4.3.5 aborts a
@@ -57,7 +60,30 @@ class TreeSettings:
 
     @property
     def dead_after(self) -> float:
+        """Silence after which a parent declares a child dead."""
         return self.heartbeat_interval * self.heartbeat_misses
+
+    @property
+    def down_interval(self) -> float:
+        """Seconds between a parent's heartbeats down a quiet link.
+
+        Only a child must be found dead within ``dead_after``: a parent's own parent does that.
+        Its children need only move off it eventually (a killed parent they see at once, by
+        the dropped connection), so heartbeats down, a third of all frames at rest otherwise,
+        go a third as often, and each child waits longer before leaving (``parent_dead_after``).
+        """
+        return self.heartbeat_interval * _DOWN_RATIO
+
+    @property
+    def parent_dead_after(self) -> float:
+        """Silence after which a child gives its parent up: two heartbeats down missed."""
+        return max(self.dead_after, self.down_interval * 2)
+
+    @property
+    def silence_limit(self) -> float:
+        """Longest silence forgiven while most peers of a node are silent at once (a loop that
+        hangs is still found within 15 s at the default settings)."""
+        return self.dead_after * 4
 
     @property
     def link_dead_after(self) -> float | None:

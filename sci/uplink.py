@@ -10,8 +10,9 @@ Lifecycle (``LinkState``)::
 A parent is dead when its connection dropped and did not come back within
 ``disconnect_grace``: libzmq drops it when the process is killed (the reconnect is refused),
 or cut off (with link heartbeats on, ``link_dead_after``).  A parent that sent nothing for
-``heartbeat_misses`` tree heartbeats is dead too (stopped, or its loop hangs), and so is one
-that sent no WELCOME in that time.  The child then attaches to the next parent of the
+``parent_dead_after`` (two of its heartbeats down) is dead too (stopped, or its loop hangs),
+unless most parents of this process fell silent with it (``links.Silences``: this process is
+the one behind), and so is one that sent no WELCOME in that time.  The child then attaches to the next parent of the
 ordered fallback list the registrar gave it, and asks the registrar again once the list is used up.  Attempts after the
 first back off exponentially, with jitter, and every socket a process opens is paced
 (``links.budget_of``), so that a storm of re-attaching nodes neither piles onto one parent
@@ -35,7 +36,7 @@ from . import proto
 from .counters import Counters
 from .exceptions import FrameError, IllegalTransition, SciError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
-from .links import budget_of, close_link, losses_of, tune_link
+from .links import budget_of, close_link, losses_of, silences_of, tune_link
 from .reactor import NOBLOCK, Reactor, Timer, ZContext, ZSocket, has_input
 from .security import Security, check_key, connect_curve
 from .settings import TreeSettings
@@ -151,6 +152,8 @@ class Uplink:
         #: the parent this node lost and when, until it is attached again
         self._lost: tuple[str, float] | None = None
         self._log = log.bind(node=node_id)
+        #: read on every tick of every uplink (thousands in a process simulating hosts)
+        self._parent_dead_after = settings.parent_dead_after
 
     # Public -------------------------------------------------------------------------------
 
@@ -212,8 +215,10 @@ class Uplink:
         self._last_tick = now
         state = self.state
         if state is LinkState.ATTACHED:
-            if now - self.last_rx > self.settings.dead_after and not self._backlog() and self._may_lose():
-                self._parent_failed(f"no frame for {now - self.last_rx:.1f}s")
+            silence = now - self.last_rx
+            if (silence > self._parent_dead_after and not self._backlog() and self._may_judge(now, silence)
+                    and self._may_lose()):
+                self._parent_failed(f"no frame for {silence:.1f}s")
                 return
             if self._outbox:
                 self._flush_outbox()
@@ -224,13 +229,25 @@ class Uplink:
         elif self._pending is not None:
             return  # backing off, or waiting for the socket budget: no deadline runs
         elif state is LinkState.ATTACHING:
-            if now - self._phase_started > self.settings.dead_after:
+            # As long as a silent parent is given: a loaded parent's CURVE handshake and WELCOME
+            # may lag, and giving up on it starts the same attempt over at the next one.
+            if now - self._phase_started > self.settings.parent_dead_after:
                 self._parent_failed("no WELCOME")
             elif self._key_refused:
                 self._retry_attach()
         elif state is LinkState.JOINING and now >= self._join_due:
             self._join_retry = min(self._join_retry * 2, _JOIN_RETRY_MAX)
             self._send_join()
+
+    def _may_judge(self, now: float, silence: float) -> bool:
+        """Whether a silence says more about the parent than about this process.
+
+        Not while most uplinks of this process hear nothing either (``links.Silences``): that
+        is this process starved, or the machine, and leaving every parent at once would only
+        add a storm of re-attaches to it.  A silence past ``silence_limit`` counts regardless.
+        """
+        return (silence > self.settings.silence_limit
+                or not silences_of(self.reactor).most_silent(now, self.settings.parent_dead_after))
 
     def _backlog(self) -> bool:
         """Unread frames from the parent wait: its silence may be only our lag."""
@@ -241,6 +258,10 @@ class Uplink:
     def _move(self, new: LinkState) -> None:
         if new not in _TRANSITIONS[self.state]:
             raise IllegalTransition(f"uplink {self.state.value} -> {new.value}")
+        if new is LinkState.ATTACHED:
+            silences_of(self.reactor).members.add(self)
+        elif self.state is LinkState.ATTACHED:
+            silences_of(self.reactor).members.discard(self)
         self.state = new
 
     def _backoff(self) -> float:
