@@ -11,7 +11,7 @@ from typing import Any
 from .db.models import Image, Instance, Keypair, Port, Volume
 from .imagelinks import ImageLinks
 
-__all__ = ["COPY_TIMEOUT", "HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
+__all__ = ["COPY_TIMEOUT", "HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_IMAGE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
            "SNAPSHOT_DELETE", "VOLUME_ATTACH", "VOLUME_CREATE", "VOLUME_DELETE", "VOLUME_DETACH", "VOLUME_SNAPSHOT"]
 
 #: seconds a host may take for an op on an instance or a volume (launches have their own, configured)
@@ -23,6 +23,7 @@ INSTANCE_CREATE = "instance.create"
 INSTANCE_DELETE = "instance.delete"
 INSTANCE_RESIZE = "instance.resize"
 INSTANCE_CONSOLE = "instance.console"
+INSTANCE_IMAGE = "instance.image"
 #: action -> op; each answers the power state the instance ends in
 POWER_OPS = {"start": "instance.start", "stop": "instance.stop", "reboot": "instance.reboot"}
 VOLUME_CREATE = "volume.create"

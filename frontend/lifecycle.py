@@ -18,6 +18,7 @@ INSTANCE = {
     "stop": (frozenset({"active"}), "stopping"),
     "reboot": (frozenset({"active"}), "rebooting"),
     "resize": (frozenset({"active", "stopped"}), "resizing"),
+    "image": (frozenset({"stopped"}), "imaging"),
     "delete": (frozenset({"active", "stopped", "error"}), "deleting"),
 }
 VOLUME = {

@@ -232,6 +232,7 @@ VALID: dict[str, dict[str, Any]] = {
     "instance.reboot": {"instance_id": ID},
     "instance.resize": {"instance_id": ID, "vcpus": 4, "memory_mb": 1024, "disk_gb": 20},
     "instance.console": {"instance_id": ID, "bytes": 65536},
+    "instance.image": {"instance_id": ID, "image_id": ID2, "url": IMAGE_FILE["url"]},
     "volume.create": {"volume_id": ID, "size_gb": 5, "snapshot_id": ID2},
     "volume.delete": {"volume_id": ID},
     "volume.attach": {"volume_id": ID, "instance_id": ID2},

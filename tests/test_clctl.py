@@ -566,6 +566,22 @@ def test_actions_and_delete_with_wait(scripted: Callable[..., ScriptedApi]) -> N
     assert record(result.stdout)["kind"] == "instance.delete"  # the task, as there is no instance to show
 
 
+def test_instance_image_follows_its_task_then_shows_the_image(scripted: Callable[..., ScriptedApi]) -> None:
+    image = {"id": "img-1", "name": "web-img", "status": "queued", "format": "qcow2", "source_instance_id": "vm-1"}
+    done = {**task("succeeded"), "kind": "image.create", "resource_type": "image", "resource_id": "img-1"}
+    fake = scripted({
+        ("POST", "/v1/instances/web1/image"): lambda r: httpx.Response(202, json={"task": task("pending"),
+                                                                                   "resource": image}),
+        ("GET", "/v1/tasks/task-1"): lambda r: done,
+        ("GET", "/v1/images/img-1"): lambda r: {**image, "status": "active"},
+    })
+    result = invoke("instance", "image", "web1", "web-img", "--wait")
+    assert result.exit_code == 0, result.output
+    assert fake.bodies("POST", "/v1/instances/web1/image") == [{"name": "web-img"}]
+    assert record(result.stdout)["status"] == "active" and record(result.stdout)["source_instance_id"] == "vm-1"
+    assert "Stop the instance first" in invoke("instance", "image", "--help").output
+
+
 def test_volume_create_from_a_snapshot_and_snapshot_commands(scripted: Callable[..., ScriptedApi]) -> None:
     volume = {"id": "v-1", "name": "copy", "status": "in-use", "size_gb": 2, "hypervisor": "host-0123456789",
               "instance_id": "vm-1", "attachment": {"instance_id": "vm-1", "instance": "web1", "device": "vdc"}}

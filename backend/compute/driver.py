@@ -9,7 +9,9 @@ Per instance, on this host:
 
 - the domain, named by the instance id and carrying our metadata element;
 - ``inst-<id>.qcow2`` in the ``cloudland`` pool: the root disk, an overlay over the cached image;
-- ``<instances_dir>/<id>/``: ``seed.iso`` (cloud-init NoCloud) and ``console.log`` (serial console).
+- ``<instances_dir>/<id>/``: ``seed.iso`` (cloud-init NoCloud) and ``console.log`` (serial console);
+  while an image is made of it, ``image-<image id>.qcow2``, its flattened root disk on its way to the
+  frontend.
 
 Volumes are ``vol-<id>.qcow2`` in the pool, and their snapshots ``snap-<id>.qcow2``: full copies
 with no backing file, so that a snapshot, its volume and the volumes made from it are deleted in
@@ -28,11 +30,11 @@ from typing import Callable
 
 import structlog
 
-from . import domain, seed
+from . import domain, qemuimg, seed
 from .domain import DirectBoot, Disk, DomainSpec, DomainType, Nic
 from .exceptions import BadRequest, ComputeError, Conflict, HypervisorError, NoGuestAgent, NotFound
 from .hypervisor import DomainState, Hypervisor, Volume
-from .imagecache import ImageCache
+from .imagecache import ImageCache, Sent
 from .locks import KeyedLocks
 from .spec import ImageFile, InstanceSpec
 
@@ -88,6 +90,9 @@ class DriverSettings:
     detach_timeout_s: float = 15.0
     #: how long merging a live snapshot's overlay back into its volume may take
     merge_timeout_s: float = 600.0
+    #: how long flattening a root disk into an image may take (half what the frontend waits for the
+    #: whole op: the upload gets the rest)
+    flatten_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +343,36 @@ class ComputeDriver:
                 raise
             log.info("instance_resized", instance=instance_id, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
             return PowerState.of(self._hv.state(instance_id))
+
+    def make_image(self, instance_id: str, image_id: str, url: str) -> Sent:
+        """Flatten the stopped instance's root disk into a self-contained qcow2 and send it to ``url``,
+        a signed upload link to the file of ``image_id``.
+
+        The instance stays locked throughout, so nothing starts it while its disk is read.  The
+        flattened copy is in the instance's directory (its delete would take it along) and is
+        removed whether or not it was sent.
+        """
+        with self._instance_locks.hold(instance_id):
+            state = self._state_of_ours(instance_id)
+            if not state.is_off:
+                raise Conflict(f"instance {instance_id} is {state.value}; stop it first: an image is made only of a "
+                               "stopped instance's disk")
+            overlay = self._hv.volume(overlay_name(instance_id))
+            if overlay is None:
+                raise NotFound(f"instance {instance_id} has no root disk on this host")
+            copy = self.instance_dir(instance_id) / f"image-{image_id}.qcow2"
+            started = time.monotonic()
+            try:
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                qemuimg.flatten(overlay.path, copy, self.settings.flatten_timeout_s)
+                sent = self._images.upload(image_id, copy, url)
+            except OSError as exc:
+                raise HypervisorError(f"make room for the image in {copy.parent}: {exc}") from exc
+            finally:
+                copy.unlink(missing_ok=True)
+            log.info("instance_image_made", instance=instance_id, image=image_id, bytes=sent.size_bytes,
+                     seconds=round(time.monotonic() - started, 3))
+            return sent
 
     def inventory(self) -> dict[str, PowerState]:
         """Every instance on this host (our domains only), running or not."""

@@ -1,9 +1,11 @@
-"""Image files cached on this hypervisor, one per image at ``<root>/<image id>``, fetched once.
+"""Image files cached on this hypervisor, one per image at ``<root>/<image id>``, fetched once; and
+images made here (from an instance's disk) sent to the frontend.
 
 Instances' root disks are qcow2 overlays over these files, so many instances share one
 download.  A file is fetched from the frontend over the spec's signed link into a temporary
 file, hashed as it streams, and renamed into place only once its sha256 is the spec's: a
-cached file is always a whole, verified one, and is never fetched again.
+cached file is always a whole, verified one, and is never fetched again.  An image made here
+streams to the frontend over a signed upload link, hashed as it goes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import ssl
 import struct
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,7 +28,7 @@ from .domain import DiskFormat
 from .exceptions import ImageError
 from .locks import KeyedLocks
 
-__all__ = ["ImageCache"]
+__all__ = ["ImageCache", "Sent"]
 
 log = structlog.get_logger("backend.compute")
 
@@ -33,6 +37,16 @@ QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_SIZE = struct.Struct(">Q")
 _QCOW2_SIZE_AT = 24
 _CHUNK = 1 << 20
+#: the frontend checks and syncs a whole upload before it answers
+_UPLOAD_READ_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What an upload sent."""
+
+    checksum: str
+    size_bytes: int
 
 
 class ImageCache:
@@ -81,6 +95,43 @@ class ImageCache:
             raise ImageError(f"image {image_id}: the file ends within its qcow2 header")
         return int(_QCOW2_SIZE.unpack(field)[0])
 
+    def upload(self, image_id: str, path: Path, url: str) -> Sent:
+        """Send the file at ``path`` to ``url``, a signed upload link to the file of ``image_id``.
+
+        Raises ``ImageError`` naming the image if it cannot be sent or the frontend refuses it (with
+        the frontend's reason).
+        """
+        source = urlsplit(url).netloc  # the link's query is a credential: never log it
+        started = time.monotonic()
+        digest = hashlib.sha256()
+        sent = 0
+
+        def chunks(f: BinaryIO) -> Iterator[bytes]:
+            nonlocal sent
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                sent += len(chunk)
+                yield chunk
+
+        try:
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                response = self._client.put(
+                    url, content=chunks(f), timeout=httpx.Timeout(self._client.timeout.connect,
+                                                                  read=_UPLOAD_READ_TIMEOUT_S),
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+        except httpx.HTTPError as exc:
+            trust = "; set compute.frontend_ca_file to the frontend's CA certificate" if _untrusted(exc) else ""
+            raise ImageError(f"image {image_id}: cannot upload it to {source}: {exc}{trust}") from exc
+        except OSError as exc:
+            raise ImageError(f"image {image_id}: cannot read {path}: {exc}") from exc
+        if response.status_code != 200:
+            raise ImageError(f"image {image_id}: {source} refused the upload: {response.status_code} "
+                             f"{_reason(response)}")
+        log.info("image_uploaded", image=image_id, source=source, bytes=sent,
+                 seconds=round(time.monotonic() - started, 3))
+        return Sent(digest.hexdigest(), sent)
+
     def _download(self, image_id: str, url: str, sha256: str, fmt: DiskFormat, final: Path) -> None:
         source = urlsplit(url).netloc  # the link's query is a credential: never log it
         started = time.monotonic()
@@ -122,6 +173,14 @@ class ImageCache:
             raise
         log.info("image_downloaded", image=image_id, source=source, bytes=size,
                  seconds=round(time.monotonic() - started, 3))
+
+
+def _reason(response: httpx.Response) -> str:
+    """The frontend's error message, or the HTTP reason phrase for an answer that is not its error shape."""
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase
 
 
 def _untrusted(exc: BaseException) -> bool:

@@ -40,6 +40,10 @@ def ops(driver: ComputeDriver) -> list[Op]:
         state = driver.resize(args["instance_id"], args["vcpus"], args["memory_mb"], args["disk_gb"])
         return {"power_state": state.value}
 
+    def image(args: dict[str, Any]) -> dict[str, Any]:
+        sent = driver.make_image(args["instance_id"], args["image_id"], args["url"])
+        return {"checksum": sent.checksum, "size_bytes": sent.size_bytes}
+
     def volume_create(args: dict[str, Any]) -> dict[str, Any]:
         driver.create_volume(args["volume_id"], args["size_gb"], args.get("snapshot_id"))
         return {}
@@ -71,7 +75,7 @@ def ops(driver: ComputeDriver) -> list[Op]:
         return {"log": result.log, "vnc_port": result.vnc_port}
 
     durable = {"instance.create": create, "instance.delete": delete, "instance.start": start,
-               "instance.stop": stop, "instance.reboot": reboot, "instance.resize": resize,
+               "instance.stop": stop, "instance.reboot": reboot, "instance.resize": resize, "instance.image": image,
                "volume.create": volume_create, "volume.delete": volume_delete,
                "volume.attach": volume_attach, "volume.detach": volume_detach,
                "volume.snapshot": volume_snapshot, "snapshot.delete": snapshot_delete}

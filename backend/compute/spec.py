@@ -82,6 +82,8 @@ ARGS: dict[str, Record] = {
     "instance.resize": Record({"instance_id": UUID, "vcpus": Int(1, MAX_VCPUS),
                                "memory_mb": Int(MIN_MEMORY_MB, MAX_MEMORY_MB), "disk_gb": Int(1, MAX_GB)}),
     "instance.console": Record({"instance_id": UUID, "bytes": optional(Int(1, MAX_CONSOLE_BYTES))}),
+    # the link is a signed, expiring upload link to the image's file: a credential
+    "instance.image": Record({"instance_id": UUID, "image_id": UUID, "url": Url()}),
     "volume.create": Record({"volume_id": UUID, "size_gb": Int(1, MAX_GB), "snapshot_id": optional(UUID)}),
     "volume.delete": Record({"volume_id": UUID}),
     "volume.attach": _VOLUME_AND_INSTANCE,

@@ -11,6 +11,7 @@ from ..output import Column, when
 from ..params import NIC
 from ..resource import Resource
 from ..session import api, emit, json_option, wait_option
+from .image import IMAGE
 
 __all__ = ["group"]
 
@@ -28,7 +29,7 @@ INSTANCE = Resource("instance", "instances", (
 
 @click.group("instance")
 def group() -> None:
-    """Instances: create, list, start, stop, reboot, resize and delete them."""
+    """Instances: create, list, start, stop, reboot, resize, image and delete them."""
 
 
 @group.command()
@@ -90,6 +91,25 @@ def resize(ctx: click.Context, ref: str, flavor: str, wait: bool) -> None:
     """Give an instance another flavor."""
     client = api(ctx)
     INSTANCE.finish(ctx, client, client.post(INSTANCE.path(ref, "resize"), {"flavor": flavor}), wait)
+
+
+@group.command("image")
+@INSTANCE.argument()
+@click.argument("name")
+@wait_option
+@json_option
+@click.pass_context
+def image(ctx: click.Context, ref: str, name: str, wait: bool) -> None:
+    """Make image NAME of a stopped instance's disk.
+
+    Stop the instance first ('clctl instance stop'): an active one is refused.  Its hypervisor
+    flattens its root disk into a self-contained qcow2 and sends it to the frontend, which checks
+    and stores it like an uploaded image: a private image of your organization, with the
+    instance's disk size as its minimum disk, launchable on any hypervisor.  If it fails, nothing
+    of the image is kept and the task says why.
+    """
+    client = api(ctx)
+    IMAGE.finish(ctx, client, client.post(INSTANCE.path(ref, "image"), {"name": name}), wait)
 
 
 @group.command()

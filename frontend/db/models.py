@@ -187,7 +187,8 @@ class Flavor(Resource, Base):
 
 
 class Image(Resource, Base):
-    """A disk image: registered (queued), uploaded (saving), then active with its sha256 and size."""
+    """A disk image: registered (queued), uploaded (saving), then active with its sha256 and size.  One made
+    from an instance goes the same way, its file uploaded by the instance's hypervisor."""
 
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("org_id", "name"),)
@@ -205,6 +206,9 @@ class Image(Resource, Base):
     #: direct kernel boot, optional: ids of kernel and initrd files uploaded like images
     kernel_id: Mapped[str | None] = mapped_column(String(36))
     initrd_id: Mapped[str | None] = mapped_column(String(36))
+    #: the instance whose disk it was made from (kept after the instance goes); null for an uploaded
+    #: image.  Such an image's file comes from the instance's hypervisor, never from a user's upload.
+    source_instance_id: Mapped[str | None] = mapped_column(String(36))
 
     @property
     def min_disk_gb(self) -> int | None:

@@ -78,6 +78,7 @@ CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "nics": [{"network": "net", "security_groups": ["web"]}], "security_groups": ["web"],
         "server_group": "apart", "zone": "spare"}),
     "POST /v1/instances/{instance}/resize": ("member", "/v1/instances/vm/resize", {"flavor": "large"}),
+    "POST /v1/instances/{instance}/image": ("member", "/v1/instances/vm/image", {"name": "img2"}),
     "POST /v1/volumes": ("member", "/v1/volumes", {"name": "vol2", "size_gb": 1, "instance": "vm", "zone": "spare"}),
     "POST /v1/volumes/{volume}/attach": ("member", "/v1/volumes/vol/attach", {"instance": "vm"}),
     "POST /v1/snapshots": ("member", "/v1/snapshots", {"name": "snap2", "volume": "vol"}),

@@ -10,15 +10,17 @@ frontend sends in these tests is checked as a hypervisor would check it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backend.compute.spec import ARGS
 from backend.registry import Op, OpError, OpRegistry
+from tests.support.qcow2 import fake_qcow2
 
 
 class RecordingCompute:
@@ -34,6 +36,11 @@ class RecordingCompute:
         self.fail: dict[str, str] = {}
         #: seconds instance.create takes
         self.create_delay = 0.0
+        #: how instance.image sends its file to the frontend: (signed upload link, file) -> (HTTP status,
+        #: answer); None: this host cannot reach the frontend, and the op fails
+        self.upload: Callable[[str, bytes], tuple[int, str]] | None = None
+        #: the file instance.image sends: what the driver's flattened root disk would be
+        self.image_file = fake_qcow2(virtual_size=1 << 30)
         self._lock = threading.Lock()
 
     def _record(self, op: str, args: dict[str, Any]) -> None:
@@ -63,6 +70,20 @@ class RecordingCompute:
             self.instances[args["instance_id"]] = state
             return {"power_state": state}
         return handler
+
+    def image(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._record("instance.image", args)
+        state = self.instances.get(args["instance_id"])
+        if state is None:
+            raise OpError(f"no instance {args['instance_id']} on {self.host}", 2)
+        if state != "shutoff":
+            raise OpError(f"instance {args['instance_id']} is {state}; stop it first", 1)
+        if self.upload is None:
+            raise OpError(f"{self.host} cannot reach the frontend to upload", 1)
+        status, answer = self.upload(args["url"], self.image_file)
+        if status != 200:
+            raise OpError(f"the frontend refused the upload: {status} {answer}", 1)
+        return {"checksum": hashlib.sha256(self.image_file).hexdigest(), "size_bytes": len(self.image_file)}
 
     def volume(self, op: str) -> Any:
         def handler(args: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +127,7 @@ class RecordingCompute:
     def register(self, registry: OpRegistry) -> None:
         registry.register(Op("instance.create", self.create, ARGS["instance.create"], durable=True))
         registry.register(Op("instance.delete", self.delete, ARGS["instance.delete"], durable=True))
+        registry.register(Op("instance.image", self.image, ARGS["instance.image"], durable=True))
         for op, state in (("instance.start", "running"), ("instance.stop", "shutoff"),
                           ("instance.reboot", "running"), ("instance.resize", "running")):
             registry.register(Op(op, self.power(op, state), ARGS[op], durable=True))

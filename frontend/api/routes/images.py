@@ -1,7 +1,9 @@
 """Images: registered first (queued), then their file uploaded (active), then booted from.
 
 Anyone may use their organization's images and the public ones; only admins publish.  The
-file lives in the frontend's image store, where hypervisors fetch it from.
+file lives in the frontend's image store, where hypervisors fetch it from.  An image made from
+an instance (``POST /v1/instances/{instance}/image``) is uploaded by the instance's hypervisor
+over a signed upload link instead of by a user, and checked and stored the same way.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from ...auth import Caller, Role, authenticate
 from ...db.engine import changed
 from ...db.models import Image, Instance, utcnow
 from ...errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthenticated
+from ...imagelinks import UPLOAD
 from ...images import MAX_IMAGE_BYTES, ImageStore, Refused
 from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
-from ..deps import CallerDep, FrontendDep
+from ..deps import CallerDep, FrontendDep, TokenOrLinkDep
 from ..lookup import find, get_owned, owned, unique_name
 from ..refusals import refusals
 from ..schemas import V1, Input, Items, MemoryMb, Name, Ref, ResourceView, Sha256
@@ -64,6 +67,8 @@ class ImageView(ResourceView):
     public: bool
     kernel_id: str | None
     initrd_id: str | None
+    source_instance_id: str | None = Field(description="The instance it was made from (POST "
+                                                       "/v1/instances/{instance}/image); null if uploaded")
 
 
 def _store(frontend: Frontend) -> ImageStore:
@@ -170,20 +175,37 @@ def delete_image(image: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
     _store(frontend).remove(image_id)
 
 
-@router.put(UPLOAD_PATH, response_model=ImageView, summary="Upload the file of a queued image",
+@router.put(UPLOAD_PATH, response_model=ImageView,
+            summary="Upload the file of a queued image (with a token, or a hypervisor's signed upload link)",
             description=f"The request body is the file itself, at most {MAX_IMAGE_BYTES} bytes. A qcow2 image must "
                         "start with a qcow2 header (version 2 or 3, no backing file), whose virtual size becomes "
                         "the image's; a raw image's virtual size is its length. With a declared checksum, the "
-                        "file must match it. A refused file is not kept and the image stays queued.",
-            openapi_extra={"requestBody": {"required": True, "content": _BINARY}})
-def upload_image(image: Ref, request: Request, caller: CallerDep, frontend: FrontendDep) -> Image:
-    caller.require(Role.member, "uploading an image")
+                        "file must match it. A refused file is not kept and the image stays queued. An image "
+                        "made from an instance takes its file from the instance's hypervisor only, over a signed "
+                        "upload link (a download link does not authorize an upload).",
+            openapi_extra={"requestBody": {"required": True, "content": _BINARY}}, responses=refusals(401))
+def upload_image(image: Ref, request: Request, caller: TokenOrLinkDep, frontend: FrontendDep,
+                 expires: int | None = None,
+                 signature: str | None = Query(default=None, pattern="^[0-9a-f]{64}$")) -> Image:
     store = _store(frontend)
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > store.max_bytes:
-        raise TooLarge(f"the file is larger than the limit of {store.max_bytes} bytes")
     with frontend.db.transaction() as session:
-        row = find(session, Image, image, caller, "image")
+        if caller is None and signature is not None and expires is not None:
+            # A hypervisor sending an image made from an instance: the signature is the authority.
+            row = session.get(Image, image)
+            if (row is None or row.source_instance_id is None
+                    or not frontend.image_links.valid(row.id, expires, signature, UPLOAD)):
+                raise Unauthenticated("the upload link is not valid or has expired")
+        else:
+            if caller is None:
+                caller = authenticate(session, None)
+            caller.require(Role.member, "uploading an image")
+            row = find(session, Image, image, caller, "image")
+            if row.source_instance_id is not None:
+                raise Conflict(f"image {row.name!r} is made from instance {row.source_instance_id}; its file comes "
+                               "from the instance's hypervisor, not from an upload")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > store.max_bytes:
+            raise TooLarge(f"the file is larger than the limit of {store.max_bytes} bytes")
         # Conditional, so that of two concurrent uploads only one may write the file.
         claimed = changed(session, update(Image).where(Image.id == row.id, Image.status == "queued")
                           .values(status="saving", updated_at=utcnow()))

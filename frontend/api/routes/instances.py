@@ -1,4 +1,4 @@
-"""Instances: launched, powered, resized and deleted through tasks."""
+"""Instances: launched, powered, resized, imaged and deleted through tasks."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from ...errors import Conflict, Invalid, Unavailable
 from ...hostalias import AS_SEEN, shown
 from ...hostops import INSTANCE_CONSOLE
 from ..deps import CallerDep, FrontendDep
-from ..lookup import find, find_zone, get_owned, owned
+from ..lookup import find, find_zone, get_owned, owned, unique_name
 from ..nics import NicSpec, allocate_instance_ports
 from ..refusals import refusals
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView, Text
+from .images import ImageView
 from .tasks import Accepted, task_view
 
 router = APIRouter(prefix=V1, tags=["instances"])
@@ -42,6 +43,10 @@ class InstanceCreate(Input):
 
 class Resize(Input):
     flavor: Ref
+
+
+class ImageFrom(Input):
+    name: Name = Field(description="The new image's name, unique among your organization's images")
 
 
 class Stop(Input):
@@ -224,6 +229,43 @@ def reboot_instance(instance: Ref, caller: CallerDep, frontend: FrontendDep) -> 
              summary="Resize to another flavor on the same hypervisor (cold: the host stops and restarts it)")
 def resize_instance(instance: Ref, body: Resize, caller: CallerDep, frontend: FrontendDep) -> Accepted[InstanceView]:
     return _act(frontend, caller, instance, "resize", {"flavor": body.flavor})
+
+
+@router.post("/instances/{instance}/image", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted[ImageView],
+             summary="Make an image of a stopped instance's disk (answers with the task and the queued image)",
+             description="The instance must be stopped: an active one is refused (409, field status: stop the "
+                         "instance first), as its disk would change while it is copied. Its hypervisor flattens "
+                         "the instance's root disk into a self-contained qcow2 (no backing file) and uploads it; "
+                         "the file is checked and stored like an uploaded one, its virtual size (the instance's "
+                         "disk_gb) becoming the image's min_disk_gb, and the image goes from queued (saving while "
+                         "the file arrives) to active: a private image of your organization, launchable on any "
+                         "hypervisor. It keeps the kernel, initrd and min_memory_mb of the instance's image. The "
+                         "instance is imaging meanwhile, then stopped again. If the task fails, nothing of the "
+                         "image is kept (its row and any file are removed; the task says why) and the instance is "
+                         "stopped as before, with the reason in its fault.",
+             responses=refusals(409))
+def image_instance(instance: Ref, body: ImageFrom, caller: CallerDep, frontend: FrontendDep) -> Accepted[ImageView]:
+    caller.require(Role.member, "making an image of an instance")
+    with frontend.db.transaction() as session:
+        row = find(session, Instance, instance, caller, "instance")
+        row = get_owned(session, Instance, row.id, caller, "instance", lock=True)
+        if row.status == "active":
+            raise Conflict(f"instance {row.name!r} is active; stop the instance first: an image is made only of a "
+                           "stopped instance's disk", "status")
+        before = lifecycle.begin(lifecycle.INSTANCE, "instance", row, "image")
+        unique_name(session, Image, body.name, "image", org_id=caller.org_id)
+        source = session.get(Image, row.image_id)
+        assert source is not None  # an image in use cannot be deleted
+        image = Image(org_id=caller.org_id, status="queued", name=body.name, format="qcow2", public=False,
+                      min_memory_mb=source.min_memory_mb, kernel_id=source.kernel_id, initrd_id=source.initrd_id,
+                      source_instance_id=row.id)
+        session.add(image)
+        session.flush()
+        task = frontend.tasks.create(session, "image.create", caller.org_id, caller.user_id, "image", image.id,
+                                     {"instance_id": row.id, "from": before})
+        accepted = Accepted[ImageView](task=task_view(task, caller), resource=ImageView.model_validate(image))
+    frontend.tasks.start(task.id)
+    return accepted
 
 
 class ConsoleView(BaseModel):
