@@ -8,7 +8,7 @@ Lifecycle (``LinkState``)::
        +---- failed ------+   +--- REJECT --------+
 
 A parent is dead when its connection dropped and did not come back within
-``disconnect_grace``: libzmq drops it when the process is killed (the reconnect is refused),
+``disconnect_grace``, or at once when the reconnect is refused: libzmq drops it when the process is killed,
 or cut off (with link heartbeats on, ``link_dead_after``).  A parent that sent nothing for
 ``parent_dead_after`` (two of its heartbeats down) is dead too (stopped, or its loop hangs),
 unless most parents of this process fell silent with it (``links.Silences``: this process is
@@ -425,15 +425,26 @@ class Uplink:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 # Not EVENT_CONNECTED: a stopped process's kernel still accepts TCP connections.
                 self._disconnected_at = None
-            elif event == zmq.EVENT_DISCONNECTED or event == zmq.EVENT_CONNECT_RETRIED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 self._link_down()
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                # A reconnect refused: nothing listens at the parent's address any more.  A live
+                # parent too loaded to accept drops the handshake, it does not refuse it, so
+                # there is no use waiting out the grace (a third of the recovery after a kill).
+                self._link_down(refused=True)
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.state is LinkState.ATTACHING:
                 self._key_refused = True
         return True
 
-    def _link_down(self) -> None:
-        if self._disconnected_at is None:
-            self._disconnected_at = time.monotonic()
+    def _link_down(self, refused: bool = False) -> None:
+        now = time.monotonic()
+        if refused:
+            self._disconnected_at = min(self._disconnected_at or now, now - self.settings.disconnect_grace)
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            self._grace_timer = self.reactor.call_later(0, self._grace_over)
+        elif self._disconnected_at is None:
+            self._disconnected_at = now
             if self._grace_timer is None:
                 self._grace_timer = self.reactor.call_later(self.settings.disconnect_grace, self._grace_over)
 
