@@ -225,3 +225,47 @@ def test_volumes_follow_their_instance_and_a_snapshot_holds_what_the_guest_wrote
     assert not [p for p in (cluster.workdir / "backends").rglob("*.qcow2") if p.name.startswith(("vol-", "snap-"))]
     used = {h["name"]: h["used"] for h in ok(api.get("/v1/hypervisors"))["items"]}
     assert all(u == {"vcpus": 0, "memory_mb": 0, "disk_gb": 0} for u in used.values()), used
+
+
+# The tiny guest runs from its initramfs and has no file system on its disk: it writes the marker
+# straight onto the start of vda, which is what an image of the disk must carry.
+WRITE_MARKER = """#!/bin/sh
+echo "IMAGE-ME-$((6 * 7))" | dd of=/dev/vda conv=fsync 2>/dev/null
+echo WROTE-VDA
+"""
+READ_MARKER = """#!/bin/sh
+echo "VDA-HOLDS $(head -c 11 /dev/vda)"
+"""
+
+
+def test_an_image_of_a_stopped_instance_boots_on_another_hypervisor_with_what_its_guest_wrote(
+        cluster: LocalCluster, guest: tiny.Guest) -> None:
+    api = offer_tiny(cluster, guest)
+    ok(api.post("/v1/server-groups", json={"name": "apart", "policy": "anti-affinity"}), 201)
+    finished(api, ok(api.post("/v1/instances", json={"name": "origin", "flavor": "tiny", "image": "tiny",
+                                                   "server_group": "apart", "user_data": WRITE_MARKER}), 202))
+    until(lambda: console_count(api, "origin", "WROTE-VDA"), BOOT_TIMEOUT, "the guest's write to its disk")
+
+    refused = api.post("/v1/instances/origin/image", json={"name": "origin-img"})
+    assert refused.status_code == 409 and "stop the instance first" in refused.json()["error"]["reason"], refused.text
+    finished(api, ok(api.post("/v1/instances/origin/stop", json={"timeout_s": 30}), 202))
+    origin = ok(api.get("/v1/instances/origin"))
+    made = ok(api.post("/v1/instances/origin/image", json={"name": "origin-img"}), 202)
+    finished(api, made, timeout=600)
+    image = ok(api.get("/v1/images/origin-img"))
+    assert (image["status"], image["source_instance_id"], image["virtual_size_bytes"], image["min_disk_gb"]) == (
+        "active", origin["id"], 1 << 30, 1), image
+    assert ok(api.get("/v1/instances/origin"))["status"] == "stopped"
+    # The flattened copy was sent and removed; the frontend's file is a self-contained qcow2.
+    assert not list((cluster.workdir / "backends" / origin["hypervisor"]).rglob(f"image-{image['id']}*"))
+    stored = (cluster.workdir / "frontend" / "images" / image["id"]).read_bytes()[:16]
+    assert stored[:4] == b"QFI\xfb" and stored[8:16] == bytes(8), "a backing file in the stored image"
+
+    finished(api, ok(api.post("/v1/instances", json={"name": "copy", "flavor": "tiny", "image": "origin-img",
+                                                   "server_group": "apart", "user_data": READ_MARKER}), 202))
+    assert ok(api.get("/v1/instances/copy"))["hypervisor"] != origin["hypervisor"]
+    until(lambda: console_count(api, "copy", "VDA-HOLDS IMAGE-ME-42"), BOOT_TIMEOUT, "the copy to read the marker")
+
+    for instance in ("origin", "copy"):
+        finished(api, ok(api.delete(f"/v1/instances/{instance}"), 202))
+    assert api.delete("/v1/images/origin-img").status_code == 204
