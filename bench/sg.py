@@ -362,7 +362,7 @@ class SgBench:
         run_in(scratch, sets)
 
         def append() -> Span:
-            with fresh_tables() as tables:
+            with fresh_tables(["filter"]) as tables:
                 table = tables["filter"]
                 with measured() as span:
                     table.create_chain("bench-ref")
@@ -530,7 +530,7 @@ class SgBench:
 
 def _count_rules(namespace: str) -> int:
     def count() -> int:
-        with fresh_tables() as tables:
+        with fresh_tables(["filter"]) as tables:
             return sum(len(chain.rules) for chain in tables["filter"].chains)
     return run_in(namespace, count)
 

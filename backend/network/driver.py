@@ -93,6 +93,9 @@ class NetworkDriver:
         #: per network, the local ports of the last sync by tap, with their bridge: the watcher
         #: plugs a tap that reappears (libvirt makes a new one at every start of the guest)
         self._taps: dict[str, dict[str, tuple[str, LocalPort]]] = {}
+        #: per tap of a port, the (ifindex, MAC) pin this driver wrote: a sync re-pins only a tap
+        #: made anew (a new index), not every port it holds (one netlink call each, growing with the host)
+        self._pinned: dict[str, tuple[int, str]] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         #: the host forwards and masquerades its routers' egress (set up once, at the first need)
@@ -171,6 +174,8 @@ class NetworkDriver:
                 vni = {s.id: s.vni for s in w.subnets}
                 self._taps[w.network.id] = {tap_name(p.id): (names.bridge(vni[p.subnet_id]), p)
                                             for p in w.network.ports}
+            ours = {tap for ports in self._taps.values() for tap in ports}
+            self._pinned = {tap: pin for tap, pin in self._pinned.items() if tap in ours}
             self._security.learn(desired)
             self._security.apply(self._taps, full=desired.scope is None and not stale)
             return {"networks": sorted(wanted), "stale": sorted(stale)}
@@ -364,7 +369,9 @@ class NetworkDriver:
             log.info("port_plugged", port=port.id, tap=tap, bridge=bridge)
         if not link.up or link.mtu != self.settings.mtu:
             nl.set_up(tap, self.settings.mtu)
-        nl.fdb_pin(tap, port.mac)
+        if self._pinned.get(tap) != (link.index, port.mac):
+            nl.fdb_pin(tap, port.mac)
+            self._pinned[tap] = (link.index, port.mac)
 
     def _converge_forwarding(self, nl: Netlink, network: DesiredNetwork, subnet: Subnet) -> None:
         vxlan = names.vxlan(subnet.vni)

@@ -44,8 +44,12 @@ are compared with what this object last wrote, and at its first apply (a restart
 decoded and compared with what the state asks.  Chains and sets of ours that no port wants are
 removed.  Every handle and socket lives for one apply: there is nothing to close.
 
-Not filtered: IPv6 and ARP (the tenant networks are IPv4; ip6tables and ebtables are not
-touched).  A TCP flow whose entry was deleted may be picked up again mid-stream
+- **IPv6.** The tenant networks are IPv4 and no rule can allow IPv6, so every IPv6 packet to or
+  from a firewalled port is dropped (``bridge-nf-call-ip6tables=1``; ``cl-fw6`` from ip6tables'
+  FORWARD, two physdev rules per port, converged like ``cl-fw``): a guest's router
+  advertisements or IPv6 between guests never pass beside the groups.
+
+Not filtered: ARP (ebtables is not touched).  A TCP flow whose entry was deleted may be picked up again mid-stream
 (``nf_conntrack_tcp_loose``) if its next packet goes the way the rules let a flow start.
 """
 
@@ -79,13 +83,13 @@ __all__ = ["Firewall"]
 
 log = structlog.get_logger("backend.network")
 
-FORWARD_CHAIN, ZONE_CHAIN = "cl-fw", "cl-zone"
+FORWARD_CHAIN, FORWARD6_CHAIN, ZONE_CHAIN = "cl-fw", "cl-fw6", "cl-zone"
 #: a port's chain: its direction (i: to the port, o: from it), generation, the port id's first 11 hex digits
 PORT_CHAIN = re.compile(r"cl([io])([ab])([0-9a-f]{11})\Z")
 #: a remote group's set: the group id's first 20 hex digits (set names hold 31 characters)
 GROUP_SET = re.compile(r"clg[0-9a-f]{20}\Z")
 BRIDGE_SYSCTLS = "/proc/sys/net/bridge"
-BRIDGE_NF_CALL_IPTABLES = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+BRIDGE_NF_CALLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
 DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68
 _NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 
@@ -114,6 +118,11 @@ class Firewall:
         self._lock = threading.Lock()
         #: per port (by its chains' id): the port as its chains enforce it, and their generation
         self._written: dict[str, tuple[PortFirewall, str]] = {}
+        #: what ``cl-fw`` (per port: chain id, generation, tap) and ``cl-fw6`` (the taps) hold as this
+        #: object last wrote them; None: read them from the kernel (decoding a rule is costly, and
+        #: these chains grow with the host's ports)
+        self._jumps_written: tuple[tuple[str, str, str], ...] | None = None
+        self._ipv6_written: tuple[str, ...] | None = None
 
     def apply(self, state: FirewallState) -> None:
         """Make the namespace firewall exactly ``state.ports``, as ``state`` says."""
@@ -125,6 +134,7 @@ class Firewall:
             except BaseException:
                 # The kernel may hold part of the change: compare with the kernel itself next time.
                 self._written.clear()
+                self._jumps_written = self._ipv6_written = None
                 raise
 
     def _apply(self, state: FirewallState, ports: dict[str, PortFirewall], groups: dict[str, str]) -> None:
@@ -151,15 +161,16 @@ class Firewall:
         if not os.path.isdir(BRIDGE_SYSCTLS):
             raise KernelUnsupported(f"firewall in {self._where}: no {BRIDGE_SYSCTLS}, so bridged packets cannot "
                                     "be filtered: the kernel needs br_netfilter (modprobe br_netfilter)")
-        try:
-            with open(BRIDGE_NF_CALL_IPTABLES) as f:
-                if f.read().strip() == "1":
-                    return
-            with open(BRIDGE_NF_CALL_IPTABLES, "w") as f:
-                f.write("1")
-        except OSError as exc:
-            raise FirewallError(f"{BRIDGE_NF_CALL_IPTABLES} in {self._where}: {exc.strerror}") from exc
-        log.info("bridge_netfilter_enabled", netns=self._where)
+        for path in BRIDGE_NF_CALLS:
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+                with open(path, "w") as f:
+                    f.write("1")
+            except OSError as exc:
+                raise FirewallError(f"{path} in {self._where}: {exc.strerror}") from exc
+            log.info("bridge_netfilter_enabled", sysctl=os.path.basename(path), netns=self._where)
 
     # --- ipsets --------------------------------------------------------------------------------
 
@@ -218,14 +229,60 @@ class Firewall:
     # --- iptables ------------------------------------------------------------------------------
 
     def _converge_tables(self, ports: dict[str, PortFirewall], zones: Mapping[str, int]) -> set[str]:
-        """Zones, then port chains; the ids of the ports whose chains were (re)built."""
-        with self._mapped("iptables"), fresh_tables() as tables:
-            if "raw" not in tables:
-                raise KernelUnsupported(f"firewall in {self._where}: the kernel has no raw table (iptable_raw)")
-            with self._mapped(f"raw table ({ZONE_CHAIN})"):
-                self._converge_zones(tables["raw"], zones)
-            with self._mapped(f"filter table ({FORWARD_CHAIN} and the chains of {len(ports)} ports)"):
-                return self._converge_ports(tables["filter"], ports)
+        """Zones, then port chains, then the IPv6 drops; the ids of the ports whose chains were (re)built."""
+        # With nothing to firewall, only the tables the namespace holds are looked at (for our
+        # chains to remove): opening the others would make them, and put every packet through them.
+        needed = ("raw", "filter") if ports or zones else ()
+        with self._mapped("iptables"), fresh_tables(needed) as tables:
+            missing = [name for name in needed if name not in tables]
+            if missing:
+                raise KernelUnsupported(f"firewall in {self._where}: the kernel has no {missing[0]} table "
+                                        f"(iptable_{missing[0]})")
+            if "raw" in tables:
+                with self._mapped(f"raw table ({ZONE_CHAIN})"):
+                    self._converge_zones(tables["raw"], zones)
+            rebuilt = set()
+            if "filter" in tables:
+                with self._mapped(f"filter table ({FORWARD_CHAIN} and the chains of {len(ports)} ports)"):
+                    rebuilt = self._converge_ports(tables["filter"], ports)
+        self._converge_ipv6(ports)
+        return rebuilt
+
+    def _converge_ipv6(self, ports: dict[str, PortFirewall]) -> None:
+        """Every IPv6 packet to or from a firewalled port dropped (``cl-fw6``, jumped to first from
+        ip6tables' FORWARD): the tenant networks are IPv4 and no rule can let IPv6 in, so a
+        guest's router advertisements, or IPv6 between guests, never pass beside the groups."""
+        needed = ("filter",) if ports else ()
+        with self._mapped(f"ip6tables filter table ({FORWARD6_CHAIN})"), \
+                fresh_tables(needed, ipv6=True) as tables:
+            table = tables.get("filter")
+            if table is None:
+                if ports:
+                    raise KernelUnsupported(f"firewall in {self._where}: the kernel has no ip6tables filter table "
+                                            "(ip6table_filter), so the IPv6 of firewalled ports cannot be dropped")
+                return
+            if not ports:
+                self._ipv6_written = None
+                if _remove_chain(table, FORWARD6_CHAIN, "FORWARD"):
+                    table.commit()
+                    log.info("port_ipv6_drop_removed_all", netns=self._where)
+                return
+            changed = _ensure_chain(table, FORWARD6_CHAIN, "FORWARD")
+            taps = tuple(port.tap for _, port in sorted(ports.items()))
+            if taps == self._ipv6_written and not changed:
+                return
+            chain = iptc.Chain(table, FORWARD6_CHAIN)
+            wanted = [_new_rule("DROP", ipv6=True, matches=[("physdev", {side: tap, "physdev_is_bridged": ""})])
+                      for tap in taps for side in ("physdev_in", "physdev_out")]
+            if self._ipv6_written is not None or [_decoded(r) for r in chain.rules] != [_decoded(r) for r in wanted]:
+                chain.flush()
+                for rule in wanted:
+                    chain.append_rule(rule)
+                changed = True
+            if changed:
+                table.commit()
+                log.info("port_ipv6_dropped", ports=len(ports), netns=self._where)
+            self._ipv6_written = taps
 
     def _converge_zones(self, raw: Any, zones: Mapping[str, int]) -> None:
         if not zones:
@@ -274,12 +331,14 @@ class Firewall:
                         chain.append_rule(rule)
             generations[chain_id] = generation
             rebuilt.add(chain_id)
-        wanted_jumps = _jumps(ports, generations)
-        if [_decoded(r) for r in fw.rules] != [_decoded(r) for r in wanted_jumps]:
-            fw.flush()
-            for rule in wanted_jumps:
-                fw.append_rule(rule)
-            changed = True
+        spec = tuple((chain_id, generations[chain_id], ports[chain_id].tap) for chain_id in sorted(ports))
+        if spec != self._jumps_written or changed:
+            wanted_jumps = _jumps(ports, generations)
+            if self._jumps_written is not None or [_decoded(r) for r in fw.rules] != [_decoded(r) for r in wanted_jumps]:
+                fw.flush()
+                for rule in wanted_jumps:
+                    fw.append_rule(rule)
+                changed = True
         wanted_chains = {_chain_name(d, g, chain_id) for chain_id, g in generations.items() for d in "io"}
         stale = sorted(ours - wanted_chains)
         for name in stale:
@@ -288,6 +347,7 @@ class Firewall:
         if rebuilt or stale or changed:
             table.commit()  # one commit: the new chains, the jumps to them, the old chains gone
         written, self._written = self._written, {chain_id: (ports[chain_id], g) for chain_id, g in generations.items()}
+        self._jumps_written = spec
         for chain_id in sorted(rebuilt):
             port = ports[chain_id]
             log.info("port_firewall_applied", port=port.port_id, tap=port.tap, generation=generations[chain_id],
@@ -307,6 +367,7 @@ class Firewall:
         for name in stale:
             iptc.Chain(table, name).flush()
             table.delete_chain(name)
+        self._jumps_written = None
         if changed or stale:
             table.commit()
             self._written = {}
@@ -435,8 +496,8 @@ def _set_name(group_id: str) -> str:
 
 def _new_rule(target: str, *, protocol: int | None = None, src: str | None = None, dst: str | None = None,
               in_interface: str | None = None, matches: Iterable[tuple[str, dict[str, Any]]] = (),
-              target_params: Mapping[str, str] | None = None) -> Any:
-    rule = iptc.Rule()
+              target_params: Mapping[str, str] | None = None, ipv6: bool = False) -> Any:
+    rule = iptc.Rule6() if ipv6 else iptc.Rule()
     if protocol is not None:
         rule.protocol = _NAMES.get(protocol, str(protocol))
     if src is not None:
@@ -458,7 +519,7 @@ def _new_rule(target: str, *, protocol: int | None = None, src: str | None = Non
 def _decoded(rule: Any) -> dict[str, Any]:
     """A rule as iptables-save would print it (less its counters): comparable between a rule built
     here and one read from the kernel."""
-    decoded: dict[str, Any] = iptc.easy.decode_iptc_rule(rule)
+    decoded: dict[str, Any] = iptc.easy.decode_iptc_rule(rule, ipv6=isinstance(rule, iptc.Rule6))
     decoded.pop("counters", None)
     return decoded
 
@@ -476,7 +537,7 @@ def _ensure_chain(table: Any, name: str, builtin: str) -> bool:
         return changed
     for rule in jumps:
         hook.delete_rule(rule)
-    hook.insert_rule(_new_rule(name))
+    hook.insert_rule(_new_rule(name, ipv6=isinstance(table, iptc.Table6)))
     return True
 
 

@@ -14,15 +14,20 @@ moves is never answered by both, nor by neither for longer than the commit.
   range out of the external interface, to the host's own address there.
 
 libiptc's handles are cached per table by python-iptables, process-wide: every use holds
-``_LOCK`` and re-opens the table in the namespace it runs in (``fresh_tables``).
+``_LOCK`` and re-opens the table in the namespace it runs in (``fresh_tables``), and holds the
+host's xtables lock (``/run/xtables.lock``, as ``iptables -w`` does) from its read to its commit,
+so that no other iptables user's change falls between them and is lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import iptc
 
@@ -33,6 +38,10 @@ __all__ = ["HostEgress", "RouterNat", "apply_host_egress", "apply_router_nat"]
 
 PRE, POST, EGRESS = "cl-pre", "cl-post", "cl-egress"
 _LOCK = threading.Lock()
+#: the lock every iptables command takes (iptables -w) before it reads a table to change it: libiptc
+#: replaces a table whole, so a change made between another's read and commit would be lost
+XTABLES_LOCK = "/run/xtables.lock"
+XTABLES_LOCK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,35 +108,89 @@ def _masquerade(source: str, out: str) -> Callable[[Any], None]:
     return fill
 
 
+def loaded_tables(ipv6: bool = False) -> set[str]:
+    """The iptables (``ipv6``: ip6tables) tables this thread's namespace holds.
+
+    The kernel makes a table in a namespace the first time anything opens it, and from then on
+    every packet of the namespace passes through its hooks (the nat table's means conntrack
+    and NAT for every bridged packet too): a table nobody needs must never be opened."""
+    try:
+        # thread-self: /proc/self/net is the namespace of the process's first thread, not this one's
+        with open(f"/proc/thread-self/net/ip{'6' if ipv6 else ''}_tables_names") as f:
+            return {line.strip() for line in f if line.strip()}
+    except FileNotFoundError:  # no ip_tables (ip6_tables) module: no table anywhere
+        return set()
+
+
 @contextlib.contextmanager
-def fresh_tables() -> Iterator[dict[str, Any]]:
-    """Every iptables table of the namespace this thread is in, by name, for one change (under ``_LOCK``).
+def fresh_tables(needed: Iterable[str], ipv6: bool = False) -> Iterator[dict[str, Any]]:
+    """The iptables (``ipv6``: ip6tables) tables of the namespace this thread is in, by name, for
+    one change (under ``_LOCK``): the ``needed`` ones and those the namespace already holds, no other.
 
     python-iptables keeps one table object per table name, process-wide, and a rule's target
-    is looked up in every table it holds.  So every table gets a fresh handle of this namespace
-    first (not one of the last namespace used), and every handle is closed after: a handle holds
-    a socket of its namespace, which would keep a deleted router namespace alive, and its
-    veths with it."""
-    with _LOCK:
+    is looked up in every table it believes available.  So each table used gets a fresh handle
+    of this namespace first (not one of the last namespace used), the others are reported
+    unavailable for the change (looking a target up in them would make them here), and every
+    handle is closed after: a handle holds a socket of its namespace, which would keep a
+    deleted router namespace alive, and its veths with it.  A needed table the kernel lacks is
+    missing from the result."""
+    kind = iptc.Table6 if ipv6 else iptc.Table
+    with _LOCK, _xtables_lock():
+        present = loaded_tables(ipv6) | set(needed)
+        available = kind.existing_table_names
+        known = dict(available)
         tables: dict[str, Any] = {}
         try:
-            for name in iptc.Table.ALL:
-                if iptc.is_table_available(name):
-                    table = iptc.Table(name, autocommit=False)
-                    tables[name] = table
+            for name in kind.ALL:
+                available[name] = False
+            for name in kind.ALL:
+                if name not in present:
+                    continue
+                try:
+                    table = kind(name, autocommit=False)
                     table.refresh()
+                except iptc.IPTCError:
+                    continue  # not in this kernel
+                tables[name] = table
+                available[name] = True
             yield tables
         finally:
             for table in tables.values():
                 table.close()
+            available.clear()
+            available.update(known)
+
+
+@contextlib.contextmanager
+def _xtables_lock() -> Iterator[None]:
+    """The host's xtables lock, as iptables takes it: waited for a while, then a named error."""
+    try:
+        fd = os.open(XTABLES_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise NetworkError(f"open {XTABLES_LOCK}: {exc.strerror}") from exc
+    try:
+        deadline = time.monotonic() + XTABLES_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise NetworkError(f"{XTABLES_LOCK} held by another iptables user for {XTABLES_LOCK_WAIT_S:g} s")
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
 def _nat_table(namespace: str | None) -> Iterator[Any]:
     """The nat table of the namespace this thread is in, for one change."""
     try:
-        with fresh_tables():
-            yield iptc.Table(iptc.Table.NAT, autocommit=False)
+        with fresh_tables([iptc.Table.NAT]) as tables:
+            if iptc.Table.NAT not in tables:
+                raise NetworkError("the kernel has no nat table (iptable_nat)")
+            yield tables[iptc.Table.NAT]
     except iptc.IPTCError as exc:
         raise NetworkError(f"nat rules in {namespace or 'this namespace'}: {exc}") from exc
 
@@ -136,6 +199,8 @@ def _rebuild(namespace: str | None, chains: dict[str, str], rules: list[tuple[st
     """Make the nat table's ``chains`` (each jumped to from its built-in chain) hold exactly ``rules``."""
 
     def work() -> None:
+        if not rules and iptc.Table.NAT not in loaded_tables():
+            return  # nothing to remove, and opening the table would make it
         with _nat_table(namespace) as table:
             for name, builtin in chains.items():
                 if table.is_chain(name):

@@ -23,7 +23,7 @@ import structlog
 from pyroute2 import NetNS, IPRoute, netns as pynetns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .exceptions import NetworkError, from_errno
+from .exceptions import LinkNotFound, NetworkError, from_errno
 from .namespaces import namespace_path, run_in
 
 __all__ = ["Link", "Netlink", "NUD_PERMANENT", "create_namespace", "namespace_path", "namespaces",
@@ -162,10 +162,13 @@ class Netlink:
             self._ipr.link("set", index=index, address=mac)
 
     def delete_link(self, name: str) -> None:
-        with _mapped(f"delete link {name}"):
-            found = self._ipr.link_lookup(ifname=name)
-            if found:
-                self._ipr.link("del", index=found[0])
+        try:
+            with _mapped(f"delete link {name}"):
+                found = self._ipr.link_lookup(ifname=name)
+                if found:
+                    self._ipr.link("del", index=found[0])
+        except LinkNotFound:
+            pass  # gone between the look-up and the delete: a veth whose peer's namespace was just removed
 
     def take_link(self, name: str, source_netns: str) -> bool:
         """Move link ``name`` from ``source_netns`` (a name or a path such as /proc/1/ns/net) into

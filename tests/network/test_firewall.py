@@ -15,6 +15,7 @@ rules let everything out, and only replies (established flows) in.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import socket
@@ -32,7 +33,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
 
 from backend.network import names
 from backend.network.driver import NetworkDriver, NetworkSettings
-from backend.network.exceptions import BadRequest
+from backend.network import netfilter
+from backend.network.exceptions import BadRequest, NetworkError
 from backend.network.firewall import Firewall
 from backend.network.firewall_state import ICMP, TCP, UDP, FirewallState, PortFirewall, Rule
 from backend.network.namespaces import run_in as in_namespace
@@ -330,18 +332,20 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def _ping(vm: Vm, address: str) -> bool:
-    return run_in(vm.netns, "ping", "-c", "1", "-W", "1", address, check=False).returncode == 0
+def _ping(vm: Vm, address: str, ipv6: bool = False) -> bool:
+    family = "-6" if ipv6 else "-4"
+    return run_in(vm.netns, "ping", family, "-c", "1", "-W", "1", address, check=False).returncode == 0
 
 
 def _kernel(hv: Hypervisor) -> str:
-    """The filter and raw tables and the ipsets of ``hv``, as their save commands print them (less
-    the counters and the dates)."""
-    return _saved(hv, ("iptables-save", "-t", "filter"), ("iptables-save", "-t", "raw"), ("ipset", "save"))
+    """The filter and raw tables, ip6tables' filter table and the ipsets of ``hv``, as their save
+    commands print them (less the counters and the dates); python-iptables writes the legacy tables."""
+    return _saved(hv, ("iptables-legacy-save", "-t", "filter"), ("iptables-legacy-save", "-t", "raw"),
+                  ("ip6tables-legacy-save", "-t", "filter"), ("ipset", "save"))
 
 
 def _filter_table(hv: Hypervisor) -> str:
-    return _saved(hv, ("iptables-save", "-t", "filter"))
+    return _saved(hv, ("iptables-legacy-save", "-t", "filter"))
 
 
 def _saved(hv: Hypervisor, *commands: tuple[str, ...]) -> str:
@@ -480,6 +484,26 @@ def test_spoofed_sources_and_rogue_dhcp_servers_are_dropped(lab: Lab, sinks: Sin
     assert dhcp_client.payloads() == {b"unfirewalled"}
 
 
+def test_ipv6_to_and_from_firewalled_ports_is_dropped(lab: Lab) -> None:
+    # Unique local addresses without duplicate detection: reachable at once, on one bridge of hv1.
+    addresses = {lab.s: "fd00::10", lab.c1: "fd00::21"}
+    for vm, address in addresses.items():
+        run_in(vm.netns, "ip", "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad")
+    try:
+        lab.firewall.apply(FirewallState())
+        assert _ping(lab.c1, addresses[lab.s], ipv6=True)  # no port firewalled: IPv6 passes
+
+        # The server lets every IPv4 packet in: IPv6, which no rule can allow, still does not pass.
+        lab.firewall.apply(lab.state(server=(Rule("ingress"),)))
+        assert _ping(lab.c1, lab.s.ip)
+        assert not _ping(lab.c1, addresses[lab.s], ipv6=True)
+        assert not _ping(lab.s, addresses[lab.c1], ipv6=True)
+        assert lab.s.instance.tap in _saved(lab.hv1, ("ip6tables-legacy-save", "-t", "filter"))
+    finally:
+        for vm, address in addresses.items():
+            run_in(vm.netns, "ip", "-6", "addr", "del", f"{address}/64", "dev", "eth0", check=False)
+
+
 def test_tenants_with_the_same_addresses_have_their_own_rules_and_flows(lab: Lab, conns: list[socket.socket]) -> None:
     open_server = (Rule("ingress", TCP, 22, 22),)
     lab.firewall.apply(lab.state(server=open_server))
@@ -542,7 +566,19 @@ def test_ports_and_groups_gone_from_the_state_leave_nothing(lab: Lab, conns: lis
     # No port firewalled (the host's last one gone): nothing of ours stays, not even empty chains.
     lab.firewall.apply(FirewallState())
     kernel = _kernel(lab.hv1)
-    assert not re.search(r"\bcl(-fw|-zone|[io][ab][0-9a-f]{11}|g[0-9a-f]{20})\b", kernel), kernel
+    assert not re.search(r"\bcl(-fw6?|-zone|[io][ab][0-9a-f]{11}|g[0-9a-f]{20})\b", kernel), kernel
+
+
+def test_a_change_waits_for_the_xtables_lock_and_names_it_when_it_stays_held(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netfilter, "XTABLES_LOCK_WAIT_S", 0.3)
+    state = lab.state(server=(Rule("ingress", TCP, 22, 22),))
+    with open(netfilter.XTABLES_LOCK, "a") as held:  # another iptables user, mid-change
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(NetworkError, match="xtables.lock held"):
+            lab.firewall.apply(state)
+    lab.firewall.apply(state)
+    assert _chains_of(lab.s, _filter_table(lab.hv1))
 
 
 def test_ports_whose_ids_name_the_same_chains_are_refused(lab: Lab) -> None:
