@@ -1,5 +1,5 @@
 #!/bin/sh
-# Make sure libvirt with QEMU, dnsmasq and iptables (the network driver's DHCP and NAT) and
+# Make sure libvirt with QEMU, dnsmasq, iptables and nftables (the network driver's DHCP, NAT and firewall) and
 # what the tiny test guest needs are installed and configured for a machine without systemd,
 # where libvirtd runs as root started by hand (localcluster/libvirtd.py starts virtlogd and
 # libvirtd; this script starts nothing).
@@ -9,7 +9,7 @@
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev
-pkg-config gcc python3-dev busybox-static genisoimage dnsmasq-base iproute2 util-linux procps iptables"
+pkg-config gcc python3-dev busybox-static genisoimage dnsmasq-base iproute2 util-linux procps iptables nftables"
 
 missing=""
 for pkg in $PACKAGES; do

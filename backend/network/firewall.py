@@ -49,8 +49,11 @@ removed.  Every handle and socket lives for one apply: there is nothing to close
   FORWARD, two physdev rules per port, converged like ``cl-fw``): a guest's router
   advertisements or IPv6 between guests never pass beside the groups.
 
-Not filtered: ARP (ebtables is not touched).  A TCP flow whose entry was deleted may be picked up again mid-stream
-(``nf_conntrack_tcp_loose``) if its next packet goes the way the rules let a flow start.
+- **Layer 2.** A firewalled port's frames with another source MAC, and its ARP claiming another
+  MAC or IP, are dropped by nftables' bridge family (``portguard.py``): iptables sees no ARP.
+
+A TCP flow whose entry was deleted may be picked up again mid-stream (``nf_conntrack_tcp_loose``)
+if its next packet goes the way the rules let a flow start.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ from .firewall_state import ICMP, TCP, UDP, FirewallState, PortFirewall, Rule
 from .namespaces import run_in
 from .netfilter import fresh_tables
 from .netlink import Netlink
+from .portguard import PortGuard
 
 __all__ = ["Firewall"]
 
@@ -122,6 +126,7 @@ class Firewall:
         #: object last wrote them; None: read them from the kernel (decoding a rule is costly, and
         #: these chains grow with the host's ports)
         self._jumps_written: tuple[tuple[str, str, str], ...] | None = None
+        self._guard = PortGuard(self._where)
         self._ipv6_written: tuple[str, ...] | None = None
 
     def apply(self, state: FirewallState) -> None:
@@ -144,6 +149,7 @@ class Firewall:
         with self._ipset() as ipset:
             changed_sets = self._converge_sets(ipset, sets, groups)
             rebuilt = self._converge_tables(ports, state.zones)
+            self._guard.apply(ports.values())
             self._destroy_stale_sets(ipset, set(sets))
         judged = [port for chain_id, port in sorted(ports.items())
                   if chain_id in rebuilt or any(r.remote_group is not None and _set_name(r.remote_group) in changed_sets

@@ -323,6 +323,20 @@ def _send_icmp(vm: Vm, address: str, icmp_type: int, payload: bytes) -> None:
     in_namespace(vm.netns, send)
 
 
+def _send_arp_request(vm: Vm, claimed_ip: str, target_ip: str) -> None:
+    """An ARP request from ``vm``'s MAC whose sender IP is ``claimed_ip``, broadcast."""
+    mac = bytes.fromhex(vm.instance.mac.replace(":", ""))
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, socket.inet_aton(claimed_ip), b"\0" * 6,
+                      socket.inet_aton(target_ip))
+    frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp
+
+    def send() -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind(("eth0", 0))
+            sock.send(frame)
+    in_namespace(vm.netns, send)
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -341,7 +355,7 @@ def _kernel(hv: Hypervisor) -> str:
     """The filter and raw tables, ip6tables' filter table and the ipsets of ``hv``, as their save
     commands print them (less the counters and the dates); python-iptables writes the legacy tables."""
     return _saved(hv, ("iptables-legacy-save", "-t", "filter"), ("iptables-legacy-save", "-t", "raw"),
-                  ("ip6tables-legacy-save", "-t", "filter"), ("ipset", "save"))
+                  ("ip6tables-legacy-save", "-t", "filter"), ("ipset", "save"), ("nft", "list", "ruleset"))
 
 
 def _filter_table(hv: Hypervisor) -> str:
@@ -504,6 +518,26 @@ def test_ipv6_to_and_from_firewalled_ports_is_dropped(lab: Lab) -> None:
             run_in(vm.netns, "ip", "-6", "addr", "del", f"{address}/64", "dev", "eth0", check=False)
 
 
+def test_arp_claiming_another_ports_address_is_dropped(lab: Lab) -> None:
+    # c1 asks c3 who has c3's address, in the name of the server's: c3 then believes the server
+    # is at c1's MAC (the kernel takes the sender of a request for its own address as a neighbour).
+    def poisoned() -> bool:
+        run_in(lab.c3.netns, "ip", "neigh", "flush", "dev", "eth0")
+        _send_arp_request(lab.c1, claimed_ip=lab.s.ip, target_ip=lab.c3.ip)
+        time.sleep(0.2)
+        return lab.c1.instance.mac in run_in(lab.c3.netns, "ip", "neigh", "show", lab.s.ip).stdout
+
+    try:
+        lab.firewall.apply(FirewallState())
+        assert poisoned()  # nothing firewalled: the claim is believed
+
+        lab.firewall.apply(lab.state(server=(Rule("ingress"),)))
+        assert not poisoned()
+        assert _ping(lab.c3, lab.s.ip)  # genuine ARP still passes
+    finally:
+        run_in(lab.c3.netns, "ip", "neigh", "flush", "dev", "eth0")
+
+
 def test_tenants_with_the_same_addresses_have_their_own_rules_and_flows(lab: Lab, conns: list[socket.socket]) -> None:
     open_server = (Rule("ingress", TCP, 22, 22),)
     lab.firewall.apply(lab.state(server=open_server))
@@ -566,7 +600,7 @@ def test_ports_and_groups_gone_from_the_state_leave_nothing(lab: Lab, conns: lis
     # No port firewalled (the host's last one gone): nothing of ours stays, not even empty chains.
     lab.firewall.apply(FirewallState())
     kernel = _kernel(lab.hv1)
-    assert not re.search(r"\bcl(-fw6?|-zone|[io][ab][0-9a-f]{11}|g[0-9a-f]{20})\b", kernel), kernel
+    assert not re.search(r"\bcl(-fw6?|-zone|[io][ab][0-9a-f]{11}|g[0-9a-f]{20})\b|cloudland|port-guard", kernel), kernel
 
 
 def test_a_change_waits_for_the_xtables_lock_and_names_it_when_it_stays_held(
