@@ -43,6 +43,9 @@ def has_input(sock: ZSocket) -> bool:
 
 log = structlog.get_logger("sci.reactor")
 
+#: Longest one turn of the loop serves sockets before timers get their turn.
+_TURN_S = 0.05
+
 ReadHandler = Callable[[ZSocket], bool]
 """Reads up to a batch from the socket; returns True if it stopped with input still pending."""
 
@@ -174,7 +177,13 @@ class Reactor:
 
     def _serve_ready(self) -> None:
         ready, self._ready = self._ready, {}
-        for fd in ready:
+        # One turn over thousands of busy sockets (a process simulating hosts, in a broadcast)
+        # can take a second; timers wait for the turn's end, and with them every deadline and
+        # every next step of a failover.  So a turn ends after _TURN_S and the sockets it did
+        # not reach are served first in the next.
+        give_back = time.monotonic() + _TURN_S
+        fds = iter(ready)
+        for fd in fds:
             entry = self._readers.get(fd)
             if entry is None:
                 continue
@@ -184,6 +193,11 @@ class Reactor:
                 if self._guarded(handler, sock):
                     self._ready[fd] = None
                 self._serving = -1
+                if time.monotonic() > give_back:
+                    rest = dict.fromkeys(fds)
+                    rest.update(self._ready)
+                    self._ready = rest
+                    break
         # Sends may have swallowed the FD's signal for input that is now queued.
         while self._touched:
             touched, self._touched = self._touched, {}

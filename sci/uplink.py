@@ -271,8 +271,15 @@ class Uplink:
         return min(_BACKOFF_MAX, _BACKOFF_MIN * 2.0 ** (self._failures - 2)) * random.uniform(0.5, 1.0)
 
     def _later(self, delay: float, step: Callable[[], None]) -> None:
-        """Run the phase's next step after ``delay``; it replaces any step still waiting."""
+        """Run the phase's next step after ``delay``; it replaces any step still waiting.
+
+        A step due now runs now: in a process serving thousands of busy links one turn of its
+        loop can take a second, and a failover waiting a turn per step would take several.
+        """
         self._cancel_pending()
+        if delay <= 0:
+            step()
+            return
 
         def run() -> None:
             self._pending = None
