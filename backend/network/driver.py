@@ -420,6 +420,7 @@ class NetworkDriver:
         for vni in vnis:
             self._remove_subnet(nl, vni)
         remove_namespace(namespace)
+        nl.forget_links()  # its veths' ends here went with it
         log.info("router_namespace_removed", network=network_id, namespace=namespace)
 
     def _remove_strays(self, nl: Netlink, wanted_vnis: set[int], wanted_networks: set[str]) -> None:

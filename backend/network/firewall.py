@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -275,15 +276,22 @@ class Firewall:
                 return
             changed = _ensure_chain(table, FORWARD6_CHAIN, "FORWARD")
             taps = tuple(port.tap for _, port in sorted(ports.items()))
-            if taps == self._ipv6_written and not changed:
-                return
             chain = iptc.Chain(table, FORWARD6_CHAIN)
-            wanted = [_new_rule("DROP", ipv6=True, matches=[("physdev", {side: tap, "physdev_is_bridged": ""})])
-                      for tap in taps for side in ("physdev_in", "physdev_out")]
-            if self._ipv6_written is not None or [_decoded(r) for r in chain.rules] != [_decoded(r) for r in wanted]:
-                chain.flush()
-                for rule in wanted:
-                    chain.append_rule(rule)
+            if self._ipv6_written is None or changed:
+                wanted = [rule for tap in taps for rule in _ipv6_drops(tap)]
+                if _rule_set(chain.rules) != _rule_set(wanted):
+                    chain.flush()
+                    for rule in wanted:
+                        chain.append_rule(rule)
+                    changed = True
+            elif taps != self._ipv6_written:
+                before, after = set(self._ipv6_written), set(taps)
+                for tap in sorted(before - after):
+                    for rule in _ipv6_drops(tap):
+                        chain.delete_rule(rule)
+                for tap in sorted(after - before):
+                    for rule in _ipv6_drops(tap):
+                        chain.append_rule(rule)
                 changed = True
             if changed:
                 table.commit()
@@ -316,7 +324,9 @@ class Firewall:
         changed = _ensure_chain(table, FORWARD_CHAIN, "FORWARD")
         fw = iptc.Chain(table, FORWARD_CHAIN)
         ours = {chain.name for chain in table.chains if PORT_CHAIN.match(chain.name)}
-        jumped = _jumped_generations(fw)
+        # What this object wrote is what the chain holds (reading it back is costly: it grows with the host)
+        jumped = {cid: g for cid, g, _ in self._jumps_written} if self._jumps_written is not None and not changed \
+            else _jumped_generations(fw)
         generations: dict[str, str] = {}
         rebuilt: set[str] = set()
         for chain_id, port in sorted(ports.items()):
@@ -338,13 +348,24 @@ class Firewall:
             generations[chain_id] = generation
             rebuilt.add(chain_id)
         spec = tuple((chain_id, generations[chain_id], ports[chain_id].tap) for chain_id in sorted(ports))
-        if spec != self._jumps_written or changed:
-            wanted_jumps = _jumps(ports, generations)
-            if self._jumps_written is not None or [_decoded(r) for r in fw.rules] != [_decoded(r) for r in wanted_jumps]:
+        if self._jumps_written is None or changed:
+            wanted_jumps = [rule for jump in spec for rule in _port_jumps(*jump)]
+            if _rule_set(fw.rules) != _rule_set(wanted_jumps):
                 fw.flush()
                 for rule in wanted_jumps:
                     fw.append_rule(rule)
                 changed = True
+        elif spec != self._jumps_written:
+            # Only the jumps of ports that came, went or moved to new chains: a host's other
+            # ports cost nothing (the order of cl-fw's jumps does not matter: one tap each).
+            before, after = set(self._jumps_written), set(spec)
+            for jump in sorted(before - after):
+                for rule in _port_jumps(*jump):
+                    fw.delete_rule(rule)
+            for jump in sorted(after - before):
+                for rule in _port_jumps(*jump):
+                    fw.append_rule(rule)
+            changed = True
         wanted_chains = {_chain_name(d, g, chain_id) for chain_id, g in generations.items() for d in "io"}
         stale = sorted(ours - wanted_chains)
         for name in stale:
@@ -569,15 +590,22 @@ def _jumped_generations(fw: Any) -> dict[str, str]:
     return out
 
 
-def _jumps(ports: dict[str, PortFirewall], generations: dict[str, str]) -> list[Any]:
-    out = []
-    for chain_id, port in sorted(ports.items()):
-        generation = generations[chain_id]
-        out.append(_new_rule(_chain_name("o", generation, chain_id),
-                             matches=[("physdev", {"physdev_in": port.tap, "physdev_is_bridged": ""})]))
-        out.append(_new_rule(_chain_name("i", generation, chain_id),
-                             matches=[("physdev", {"physdev_out": port.tap, "physdev_is_bridged": ""})]))
-    return out
+def _port_jumps(chain_id: str, generation: str, tap: str) -> list[Any]:
+    """``cl-fw``'s two jumps for one port: what comes from its tap, what goes to it."""
+    return [_new_rule(_chain_name("o", generation, chain_id),
+                      matches=[("physdev", {"physdev_in": tap, "physdev_is_bridged": ""})]),
+            _new_rule(_chain_name("i", generation, chain_id),
+                      matches=[("physdev", {"physdev_out": tap, "physdev_is_bridged": ""})])]
+
+
+def _ipv6_drops(tap: str) -> list[Any]:
+    return [_new_rule("DROP", ipv6=True, matches=[("physdev", {side: tap, "physdev_is_bridged": ""})])
+            for side in ("physdev_in", "physdev_out")]
+
+
+def _rule_set(rules: Iterable[Any]) -> list[str]:
+    """Rules as a sorted list: for chains whose order does not matter."""
+    return sorted(json.dumps(_decoded(rule), sort_keys=True) for rule in rules)
 
 
 def _ingress(port: PortFirewall) -> list[Any]:

@@ -85,6 +85,8 @@ class Netlink:
         self.netns = netns
         with _mapped(f"open netlink in {netns or 'this namespace'}"):
             self._ipr: Any = NetNS(netns) if netns else IPRoute()
+        #: the last dump of links, until this handle changes one (``forget_links``)
+        self._links: dict[str, Link] | None = None
 
     def close(self) -> None:
         self._ipr.close()
@@ -98,6 +100,20 @@ class Netlink:
     # --- links ------------------------------------------------------------------------------
 
     def links(self) -> dict[str, Link]:
+        """The namespace's links by name (a copy the caller may change).
+
+        A dump is decoded once and kept until this handle changes a link, so the several reads
+        of one sync cost one dump (decoding grows with the host's ports).  A handle lives for one
+        change: links others make meanwhile are the next handle's."""
+        if self._links is None:
+            self._links = self._dump_links()
+        return dict(self._links)
+
+    def forget_links(self) -> None:
+        """Links changed other than through this handle (a namespace removed with its veths)."""
+        self._links = None
+
+    def _dump_links(self) -> dict[str, Link]:
         with _mapped("list links"):
             raw = list(self._ipr.get_links())
         names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in raw}
@@ -124,12 +140,14 @@ class Netlink:
         return int(found[0])
 
     def add_bridge(self, name: str, mtu: int) -> None:
+        self._links = None
         with _mapped(f"create bridge {name}"):
             # No STP (a bridge per segment has no loops) and no forwarding delay: a port
             # forwards as soon as it is plugged.
             self._ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0, mtu=mtu)
 
     def add_vxlan(self, name: str, vni: int, local: str, port: int, mtu: int) -> None:
+        self._links = None
         with _mapped(f"create vxlan {name}"):
             # learning off: forwarding comes from the FDB the frontend pushes, never from flooding;
             # proxy on: the device answers ARP from its permanent neighbours instead of sending it.
@@ -137,6 +155,7 @@ class Netlink:
                            vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
 
     def add_veth(self, name: str, peer: str, peer_netns: str, mtu: int, peer_mac: str | None = None) -> None:
+        self._links = None
         peer_spec: dict[str, object] = {"ifname": peer, "net_ns_fd": peer_netns, "mtu": mtu}
         if peer_mac is not None:
             peer_spec["address"] = peer_mac
@@ -144,11 +163,13 @@ class Netlink:
             self._ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer_spec)
 
     def set_master(self, name: str, bridge: str | None) -> None:
+        self._links = None
         index = self._index(name)
         with _mapped(f"plug {name} into {bridge}" if bridge else f"unplug {name}"):
             self._ipr.link("set", index=index, master=self._index(bridge) if bridge else 0)
 
     def set_up(self, name: str, mtu: int | None = None) -> None:
+        self._links = None
         index = self._index(name)
         with _mapped(f"bring {name} up"):
             if mtu is None:
@@ -157,11 +178,13 @@ class Netlink:
                 self._ipr.link("set", index=index, state="up", mtu=mtu)
 
     def set_mac(self, name: str, mac: str) -> None:
+        self._links = None
         index = self._index(name)
         with _mapped(f"set the MAC of {name}"):
             self._ipr.link("set", index=index, address=mac)
 
     def delete_link(self, name: str) -> None:
+        self._links = None
         try:
             with _mapped(f"delete link {name}"):
                 found = self._ipr.link_lookup(ifname=name)
@@ -173,6 +196,7 @@ class Netlink:
     def take_link(self, name: str, source_netns: str) -> bool:
         """Move link ``name`` from ``source_netns`` (a name or a path such as /proc/1/ns/net) into
         this namespace; False if it is not there."""
+        self._links = None
         with _mapped(f"move {name} from {source_netns}"):
             source = NetNS(source_netns)
             try:
