@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
 
-from sci import Targets, TreeEvent
+from sci import Targets, TreeEvent, TreeRoot
 
 from .bootstrap import admin_org_id
+from .db import Database
 from .db.models import Event, Hypervisor, Zone, utcnow
+from .netconverge import HostNetworks
 from .periodic import Periodic
-
-if TYPE_CHECKING:
-    from .services import Frontend
+from .tasks import Submit
 
 __all__ = ["HostMonitor"]
 
@@ -44,10 +44,14 @@ GB = 1 << 30
 class HostMonitor(Periodic):
     name = "hosts"
 
-    def __init__(self, frontend: "Frontend", interval: float = 2.0, facts_every: float = 600.0,
-                 startup_grace: float = 30.0) -> None:
+    def __init__(self, db: Database, tree: TreeRoot, submit: Submit, host_networks: HostNetworks | None,
+                 interval: float = 2.0, facts_every: float = 600.0, startup_grace: float = 30.0) -> None:
         super().__init__(interval)
-        self.fe = frontend
+        self.db = db
+        self.tree = tree
+        #: commands go through the frontend's counted submit, not the root's own
+        self.submit = submit
+        self.host_networks = host_networks
         self.facts_every = dt.timedelta(seconds=facts_every)
         # After a frontend restart hosts take a few heartbeats to find it again; until then a
         # host missing from the tree is not yet a host that is down.
@@ -59,9 +63,7 @@ class HostMonitor(Periodic):
         self._facts_checked = 0.0
 
     def run_once(self) -> None:
-        tree = self.fe.tree
-        if tree is None:
-            return
+        tree = self.tree
         events = tree.drain_events()
         self._record_tree_events(events)
         seen = {n.node_id: n.up for n in tree.nodes() if n.role == "backend"}
@@ -69,9 +71,9 @@ class HostMonitor(Periodic):
         if came_up or time.monotonic() - self._facts_checked >= FACTS_CHECK_S:
             self._facts_checked = time.monotonic()
             self._refresh_facts([name for name, up in seen.items() if up])
-        if self.fe.host_networks is not None:
+        if self.host_networks is not None:
             # A new session of a backend: it may have missed network changes (or restarted).
-            self.fe.host_networks.rejoined(sorted({e.node_id for e in events if e.role == "backend"
+            self.host_networks.rejoined(sorted({e.node_id for e in events if e.role == "backend"
                                                    and e.kind in ("joined", "returned")}))
 
     def _record_tree_events(self, events: list[TreeEvent]) -> None:
@@ -89,8 +91,8 @@ class HostMonitor(Periodic):
                 rows.append(("agent.up", e.node_id, f"agent {e.node_id} is attached under {e.parent}"))
         if not rows:
             return
-        admin = admin_org_id(self.fe.db)
-        with self.fe.db.transaction() as session:
+        admin = admin_org_id(self.db)
+        with self.db.transaction() as session:
             for kind, node, message in rows:
                 session.add(Event(org_id=admin, kind=kind, host=node, resource_type="tree_node", message=message))
         log.info("tree_events_recorded", count=len(rows))
@@ -98,7 +100,7 @@ class HostMonitor(Periodic):
     def _record_states(self, seen: dict[str, bool]) -> bool:
         """Write what changed (and, every LAST_SEEN_S, who is still up); whether any host came up."""
         if self._known is None:
-            with self.fe.db.read() as session:
+            with self.db.read() as session:
                 self._known = {name: status for name, status in
                                session.execute(select(Hypervisor.name, Hypervisor.status)).all()}
         in_grace = time.monotonic() < self._grace_until
@@ -119,8 +121,8 @@ class HostMonitor(Periodic):
 
     def _write_states(self, changed: dict[str, str], alive: list[str]) -> None:
         now = utcnow()
-        admin = admin_org_id(self.fe.db)
-        with self.fe.db.transaction() as session:
+        admin = admin_org_id(self.db)
+        with self.db.transaction() as session:
             rows = {h.name: h for h in session.execute(select(Hypervisor).where(Hypervisor.name.in_(changed)))
                     .scalars()} if changed else {}
             for name, state in changed.items():
@@ -148,18 +150,18 @@ class HostMonitor(Periodic):
         log.info("host_state_changed", host=host.name, state=state)
 
     def _refresh_facts(self, up: list[str]) -> None:
-        if not up or self.fe.tree is None:
+        if not up:
             return
         stale_before = utcnow() - self.facts_every
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             stale = list(session.execute(
                 select(Hypervisor.name).where(Hypervisor.name.in_(up),
                                               (Hypervisor.facts_at.is_(None)) | (Hypervisor.facts_at < stale_before))
             ).scalars())
         if not stale:
             return
-        table = self.fe.submit("info", {}, Targets.to(*stale), 10.0).wait(20.0)
-        with self.fe.db.transaction() as session:
+        table = self.submit("info", {}, Targets.to(*stale), 10.0, None).wait(20.0)
+        with self.db.transaction() as session:
             for name, result in table.items():
                 if not result.ok or not isinstance(result.payload, dict):
                     log.info("host_facts_missing", host=name, status=result.status.name, message=result.message)

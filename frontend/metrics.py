@@ -10,7 +10,7 @@ Each frontend has its own registry: several in one process (the tests) do not mi
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -18,16 +18,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from sci import CommandHandle
+from sci import CommandHandle, TreeRoot
+from service.config import SchedulerSection
 from service.counter_metrics import counter_families
 
+from .db import Database
 from .db.models import Hypervisor, Task, Zone
 from .hosts import TREE_VIEW_MAX_AGE_S
+from .tasks import TaskEngine
 
-if TYPE_CHECKING:
-    from .services import Frontend
-
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "StateCollector"]
 
 log = structlog.get_logger("frontend.metrics")
 
@@ -37,7 +37,7 @@ HEARTBEAT_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    def __init__(self, frontend: "Frontend") -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.api_requests = Counter("cloudland_api_requests", "API requests by route and status",
                                     ["method", "route", "status"], registry=self.registry)
@@ -50,7 +50,6 @@ class Metrics:
                                          ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.host_results = Counter("cloudland_command_host_results", "Per-host results of commands",
                                     ["op", "status"], registry=self.registry)
-        self.registry.register(StateCollector(frontend))
 
     def watch(self, handle: CommandHandle) -> CommandHandle:
         """Count ``handle``'s command and its hosts' results once it ends (in the tree's thread: cheap)."""
@@ -77,8 +76,11 @@ class Metrics:
 class StateCollector(Collector):
     """Gauges read at scrape time from the database and the tree."""
 
-    def __init__(self, frontend: "Frontend") -> None:
-        self.fe = frontend
+    def __init__(self, db: Database, ratios: SchedulerSection, tasks: TaskEngine, tree: TreeRoot | None) -> None:
+        self.db = db
+        self.ratios = ratios
+        self.tasks = tasks
+        self.tree = tree
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -87,12 +89,12 @@ class StateCollector(Collector):
             log.warning("metrics_database_unavailable", exc_info=True)
         yield from self._from_tree()
         running = GaugeMetricFamily("cloudland_tasks_in_flight", "Tasks this frontend is running now")
-        running.add_metric([], self.fe.tasks.in_flight)
+        running.add_metric([], self.tasks.in_flight)
         yield running
 
     def _from_database(self) -> Iterator[Metric]:
-        ratios = self.fe.config.scheduler
-        with self.fe.db.read() as session:
+        ratios = self.ratios
+        with self.db.read() as session:
             tasks = session.execute(select(Task.status, func.count()).group_by(Task.status)).all()
             hosts = session.execute(select(Hypervisor.status, func.count()).group_by(Hypervisor.status)).all()
             zones = session.execute(
@@ -121,7 +123,7 @@ class StateCollector(Collector):
         yield capacity
 
     def _from_tree(self) -> Iterator[Metric]:
-        tree = self.fe.tree
+        tree = self.tree
         if tree is None:
             return
         stats = tree.stats

@@ -9,7 +9,6 @@ longer wanted and leaves the rest, so traffic of ports that did not change is ne
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Callable
 
 import structlog
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from sci import CommandHandle, Targets
 from .db import Database
 from .db.models import Hypervisor
 from .netstate import NET_SYNC, full_sync
+from .tasks import Submit
 
 __all__ = ["HostNetworks"]
 
@@ -26,8 +26,6 @@ log = structlog.get_logger("frontend.network")
 
 #: seconds a host has to converge on its whole state
 FULL_SYNC_TIMEOUT = 120.0
-
-Submit = Callable[[str, Any, Targets, float, str | None], CommandHandle]
 
 
 class HostNetworks:

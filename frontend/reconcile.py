@@ -14,7 +14,7 @@ A drift is recorded once when it appears, not every round while it lasts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datetime as dt
 
@@ -25,12 +25,11 @@ from sci import Targets
 from sci.leaf import EXIT_UNKNOWN_OP
 
 from .bootstrap import admin_org_id
+from .db import Database
 from .db.models import Event, Hypervisor, Instance, utcnow
 from .hostops import INVENTORY
 from .periodic import Periodic
-
-if TYPE_CHECKING:
-    from .services import Frontend
+from .tasks import Submit
 
 __all__ = ["Reconciler"]
 
@@ -43,21 +42,20 @@ STATUS_OF_POWER = {"running": "active", "shutoff": "stopped"}
 class Reconciler(Periodic):
     name = "reconcile"
 
-    def __init__(self, frontend: "Frontend", interval: float) -> None:
+    def __init__(self, db: Database, submit: Submit, interval: float) -> None:
         super().__init__(interval)
-        self.fe = frontend
+        self.db = db
+        self.submit = submit
         self._open: set[tuple[str, str, str]] = set()  # (kind, host, instance id) drifts already recorded
 
     def run_once(self) -> int:
         """One round; returns how many new drifts it recorded."""
-        if self.fe.tree is None:
-            return 0
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             hosts = dict(session.execute(select(Hypervisor.name, Hypervisor.id).where(Hypervisor.status == "up")).all())
         if not hosts:
             return 0
         asked_at = utcnow()
-        table = self.fe.submit(INVENTORY, {}, Targets.to(*hosts), 30.0).wait(40.0)
+        table = self.submit(INVENTORY, {}, Targets.to(*hosts), 30.0, None).wait(40.0)
         reports: dict[str, dict[str, str]] = {}
         for host, result in table.items():
             if result.ok and isinstance(result.payload, dict):
@@ -68,10 +66,10 @@ class Reconciler(Periodic):
         return self._compare(hosts, reports, asked_at)
 
     def _compare(self, hosts: dict[str, str], reports: dict[str, dict[str, str]], asked_at: dt.datetime) -> int:
-        admin = admin_org_id(self.fe.db)
+        admin = admin_org_id(self.db)
         still_open: set[tuple[str, str, str]] = set()
         new = 0
-        with self.fe.db.transaction() as session:
+        with self.db.transaction() as session:
             by_id = {i.id: i for i in session.execute(
                 select(Instance).where(Instance.hypervisor_id.in_([hosts[h] for h in reports]))).scalars()}
             for host, reported in reports.items():

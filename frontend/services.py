@@ -14,7 +14,7 @@ from . import images
 from .api.ratelimit import RateLimits
 from .db import Database
 from .imagelinks import ImageLinks
-from .metrics import Metrics
+from .metrics import Metrics, StateCollector
 from .netconverge import HostNetworks
 from .scheduler import Scheduler
 from .tasks import TaskEngine
@@ -39,7 +39,7 @@ class Frontend:
     host_networks: HostNetworks | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self)
+        self.metrics = Metrics()
         self.rate_limits = RateLimits.from_config(self.config.api)
         self.scheduler = Scheduler(self.config.scheduler)
         # A link must outlive the longest launch that may need it, retries on other hosts included.
@@ -47,7 +47,8 @@ class Frontend:
         self.image_links = ImageLinks.load(self.data_dir, self.config.api.url, ttl)
         self.tasks = TaskEngine(self.db, self.submit if self.tree is not None else None)
         self.host_networks = HostNetworks(self.db, self.submit) if self.tree is not None else None
-        register_all(self)
+        self.metrics.registry.register(StateCollector(self.db, self.config.scheduler, self.tasks, self.tree))
+        register_all(self.tasks, self.db, self.scheduler, self.image_links, self.images_dir)
 
     def submit(self, op: str, args: Any, targets: Targets, timeout: float, cmd_id: str | None = None) -> CommandHandle:
         """Send a command through the tree, counted in the metrics: every command the frontend itself sends

@@ -31,11 +31,12 @@ from .db import Database
 from .db.models import Event, Task, TaskStep, utcnow
 from .periodic import Periodic
 
-__all__ = ["HostResult", "Resumer", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
+__all__ = ["HostResult", "Resumer", "Submit", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
 
 log = structlog.get_logger("frontend.tasks")
 
 T = TypeVar("T")
+#: how commands reach the tree: (op, args, targets, timeout, command id or None for a fresh one)
 Submit = Callable[[str, Any, Targets, float, str | None], CommandHandle]
 
 ACTIVE = ("pending", "running")

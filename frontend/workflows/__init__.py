@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+from ..db import Database
+from ..imagelinks import ImageLinks
 from ..images import ImageStore
+from ..scheduler import Scheduler
+from ..tasks import TaskEngine
 from . import images, instances, network, volumes
-
-if TYPE_CHECKING:
-    from ..services import Frontend
 
 __all__ = ["register_all"]
 
 
-def register_all(frontend: "Frontend") -> None:
-    store = ImageStore(frontend.images_dir)
-    for kind, workflow in {**instances.workflows(frontend), **volumes.workflows(frontend),
-                           **network.workflows(frontend),
-                           **images.workflows(frontend.db, frontend.image_links, store)}.items():
-        frontend.tasks.register(kind, workflow)
+def register_all(engine: TaskEngine, db: Database, scheduler: Scheduler, links: ImageLinks, images_dir: Path) -> None:
+    for kind, workflow in {**instances.workflows(db, scheduler, links), **volumes.workflows(db, scheduler),
+                           **network.workflows(),
+                           **images.workflows(db, links, ImageStore(images_dir))}.items():
+        engine.register(kind, workflow)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..db import Database
 from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
+from ..imagelinks import ImageLinks
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
 from ..ipam import release_instance_ports
 from ..hostalias import mention
 from ..netstate import group_audience, instance_groups, instance_networks
-from ..scheduler import Demand
+from ..scheduler import Demand, Scheduler
 from ..tasks import HostResult, TaskContext, TaskFailed, Workflow
 from .network import errors, push
-
-if TYPE_CHECKING:
-    from ..services import Frontend
 
 __all__ = ["workflows"]
 
@@ -42,11 +41,12 @@ def _host_name(session: Session, instance: Instance) -> str | None:
 
 
 class _Base:
-    def __init__(self, frontend: "Frontend") -> None:
-        self.fe = frontend
+    def __init__(self, db: Database, scheduler: Scheduler) -> None:
+        self.db = db
+        self.scheduler = scheduler
 
     def _read(self, instance_id: str) -> tuple[Instance, str | None]:
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             instance = _instance(session, instance_id)
             return instance, _host_name(session, instance)
 
@@ -54,9 +54,14 @@ class _Base:
 class Launch(_Base):
     """Place the instance, build it on the host; if the host fails, release it and try another."""
 
+    def __init__(self, db: Database, scheduler: Scheduler, links: ImageLinks) -> None:
+        super().__init__(db, scheduler)
+        #: hosts fetch the instance's image through a signed link
+        self.links = links
+
     def run(self, ctx: TaskContext, task: Task) -> None:
         iid = task.resource_id
-        settings = self.fe.config.scheduler
+        settings = self.scheduler.settings
         tried: list[str] = []
         reasons: list[str] = []
         for attempt in range(settings.max_attempts):
@@ -90,12 +95,12 @@ class Launch(_Base):
     def _networks(self, iid: str) -> list[str]:
         """The networks of the instance's ports, which stay as they are while it is launched: read, not
         journalled, so the same on a replay."""
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             return instance_networks(session, iid)
 
     def _place(self, session: Session, iid: str, tried: list[str]) -> dict[str, str] | None:
         instance = _instance(session, iid)
-        host = self.fe.scheduler.place(session, Demand.of(instance), instance.zone_id, instance.server_group_id,
+        host = self.scheduler.place(session, Demand.of(instance), instance.zone_id, instance.server_group_id,
                                        frozenset(tried), member_id=instance.id)
         if host is None:
             return None
@@ -103,7 +108,7 @@ class Launch(_Base):
         return {"id": host.id, "name": host.name}
 
     def _spec(self, iid: str) -> dict[str, Any]:
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             instance = _instance(session, iid)
             image = session.get(Image, instance.image_id)
             if image is None:
@@ -115,7 +120,7 @@ class Launch(_Base):
                          .scalars())
             volumes = list(session.execute(select(Volume).where(Volume.instance_id == iid)).scalars())
             return {"instance": instance_spec(instance, image, kernel, initrd, keypair, ports, volumes,
-                                              self.fe.image_links)}
+                                              self.links)}
 
     def _activate(self, session: Session, iid: str, payload: Any) -> None:
         instance = _instance(session, iid)
@@ -125,7 +130,7 @@ class Launch(_Base):
     def _release(self, session: Session, iid: str) -> None:
         instance = _instance(session, iid)
         if instance.hypervisor_id is not None:
-            self.fe.scheduler.release(session, instance.hypervisor_id, Demand.of(instance))
+            self.scheduler.release(session, instance.hypervisor_id, Demand.of(instance))
             instance.hypervisor_id = None
 
     def failed(self, session: Session, task: Task, reason: str) -> None:
@@ -167,7 +172,7 @@ class Delete(_Base):
     def _forget(self, session: Session, iid: str) -> None:
         instance = _instance(session, iid)
         if instance.hypervisor_id is not None:
-            self.fe.scheduler.release(session, instance.hypervisor_id, Demand.of(instance))
+            self.scheduler.release(session, instance.hypervisor_id, Demand.of(instance))
         release_instance_ports(session, iid)
         for volume in session.execute(select(Volume).where(Volume.instance_id == iid)).scalars():
             volume.instance_id, volume.status = None, "available"
@@ -183,8 +188,8 @@ class Delete(_Base):
 class Power(_Base):
     """start, stop or reboot: one op on the instance's host."""
 
-    def __init__(self, frontend: "Frontend", action: str) -> None:
-        super().__init__(frontend)
+    def __init__(self, db: Database, scheduler: Scheduler, action: str) -> None:
+        super().__init__(db, scheduler)
         self.action = action
 
     def run(self, ctx: TaskContext, task: Task) -> None:
@@ -223,12 +228,12 @@ class Resize(_Base):
         grow = Demand(p["vcpus"], p["memory_mb"], p["disk_gb"]) - Demand(p["old"]["vcpus"], p["old"]["memory_mb"],
                                                                           p["old"]["disk_gb"])
         host_id = instance.hypervisor_id
-        if not ctx.once("reserve", lambda s: self.fe.scheduler.reserve(s, host_id, grow)):
+        if not ctx.once("reserve", lambda s: self.scheduler.reserve(s, host_id, grow)):
             raise TaskFailed(f"{mention(host)} has no room for the new size; stop other instances there or delete them")
         body = {"instance_id": iid, "vcpus": p["vcpus"], "memory_mb": p["memory_mb"], "disk_gb": p["disk_gb"]}
         result = ctx.command("resize", INSTANCE_RESIZE, body, [host], timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
-            ctx.once("unreserve", lambda s: self.fe.scheduler.release(s, host_id, grow))
+            ctx.once("unreserve", lambda s: self.scheduler.release(s, host_id, grow))
             raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("apply", lambda s: self._apply(s, iid, p, result.payload))
 
@@ -246,9 +251,10 @@ class Resize(_Base):
             instance.status, instance.fault = task.params.get("from", "error"), f"resize failed: {reason}"
 
 
-def workflows(frontend: "Frontend") -> dict[str, Workflow]:
-    flows: dict[str, Workflow] = {"instance.create": Launch(frontend), "instance.delete": Delete(frontend),
-                                  "instance.resize": Resize(frontend)}
+def workflows(db: Database, scheduler: Scheduler, links: ImageLinks) -> dict[str, Workflow]:
+    flows: dict[str, Workflow] = {"instance.create": Launch(db, scheduler, links),
+                                  "instance.delete": Delete(db, scheduler),
+                                  "instance.resize": Resize(db, scheduler)}
     for action in POWER_OPS:
-        flows[f"instance.{action}"] = Power(frontend, action)
+        flows[f"instance.{action}"] = Power(db, scheduler, action)
     return flows

@@ -10,7 +10,7 @@ comes back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,9 +19,6 @@ from ..hostalias import mention
 from ..hostops import HOST_OP_TIMEOUT
 from ..netstate import NET_SYNC, sync
 from ..tasks import HostResult, TaskContext, TaskFailed, Workflow
-
-if TYPE_CHECKING:
-    from ..services import Frontend
 
 __all__ = ["errors", "push", "workflows"]
 
@@ -48,9 +45,6 @@ def errors(results: dict[str, HostResult]) -> list[str]:
 
 
 class NetworkSync:
-    def __init__(self, frontend: "Frontend") -> None:
-        self.fe = frontend
-
     def run(self, ctx: TaskContext, task: Task) -> None:
         only = task.params.get("only")
         failed = errors(push(ctx, "sync", list(task.params.get("networks", [])), list(task.params.get("hosts", [])),
@@ -62,5 +56,5 @@ class NetworkSync:
         """Nothing to mark: the state is what the user asked for; the hosts catch up at the next sync."""
 
 
-def workflows(frontend: "Frontend") -> dict[str, Workflow]:
-    return {"network.sync": NetworkSync(frontend)}
+def workflows() -> dict[str, Workflow]:
+    return {"network.sync": NetworkSync()}

@@ -12,20 +12,18 @@ that asks for them until they are deleted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from ..db import Database
 from ..db.models import Hypervisor, Instance, Snapshot, Task, Volume
 from ..hostalias import mention
 from ..hostops import (COPY_TIMEOUT, HOST_OP_TIMEOUT, SNAPSHOT_DELETE, VOLUME_ATTACH, VOLUME_CREATE, VOLUME_DELETE,
                        VOLUME_DETACH, VOLUME_SNAPSHOT)
-from ..scheduler import Demand
+from ..scheduler import Demand, Scheduler
 from ..tasks import HostResult, TaskContext, TaskFailed, Workflow
-
-if TYPE_CHECKING:
-    from ..services import Frontend
 
 __all__ = ["workflows"]
 
@@ -55,11 +53,12 @@ def _host_name(session: Session, host_id: str | None, what: str) -> str:
 
 
 class _Base:
-    def __init__(self, frontend: "Frontend") -> None:
-        self.fe = frontend
+    def __init__(self, db: Database, scheduler: Scheduler) -> None:
+        self.db = db
+        self.scheduler = scheduler
 
     def _host(self, volume_id: str) -> str:
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             return _host_name(session, _volume(session, volume_id).hypervisor_id, "volume")
 
     @staticmethod
@@ -100,7 +99,7 @@ class _Base:
         if new:
             if volume.zone_id is not None and host.zone_id != volume.zone_id:
                 raise TaskFailed(f"instance {instance.name!r} is in another zone than the volume's")
-            if not self.fe.scheduler.reserve(session, host.id, Demand(disk_gb=volume.size_gb)):
+            if not self.scheduler.reserve(session, host.id, Demand(disk_gb=volume.size_gb)):
                 raise TaskFailed(f"{mention(host.name)} has no room for the volume's {volume.size_gb} GB")
             volume.hypervisor_id = host.id
         elif volume.hypervisor_id != host.id:
@@ -121,7 +120,7 @@ class _Base:
     def _unplace(self, session: Session, vid: str) -> None:
         volume = _volume(session, vid)
         if volume.hypervisor_id is not None:
-            self.fe.scheduler.release(session, volume.hypervisor_id, Demand(disk_gb=volume.size_gb))
+            self.scheduler.release(session, volume.hypervisor_id, Demand(disk_gb=volume.size_gb))
             volume.hypervisor_id = None
 
     def _attached(self, session: Session, vid: str, payload: Any) -> None:
@@ -167,7 +166,7 @@ class Create(_Base):
 class Delete(_Base):
     def run(self, ctx: TaskContext, task: Task) -> None:
         vid = task.resource_id
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             placed = _volume(session, vid).hypervisor_id is not None
         if placed:
             host = self._host(vid)
@@ -179,7 +178,7 @@ class Delete(_Base):
     def _forget(self, session: Session, vid: str) -> None:
         volume = _volume(session, vid)
         if volume.hypervisor_id is not None:
-            self.fe.scheduler.release(session, volume.hypervisor_id, Demand(disk_gb=volume.size_gb))
+            self.scheduler.release(session, volume.hypervisor_id, Demand(disk_gb=volume.size_gb))
         # Snapshots are copies of their own: they outlive the volume they were taken of.
         session.execute(update(Snapshot).where(Snapshot.volume_id == vid).values(volume_id=None)
                         .execution_options(synchronize_session=False))
@@ -219,12 +218,13 @@ class Detach(_Base):
 class TakeSnapshot:
     """Copy the volume on its host; the host says how consistent the copy is."""
 
-    def __init__(self, frontend: "Frontend") -> None:
-        self.fe = frontend
+    def __init__(self, db: Database, scheduler: Scheduler) -> None:
+        self.db = db
+        self.scheduler = scheduler
 
     def run(self, ctx: TaskContext, task: Task) -> None:
         sid, vid = task.resource_id, task.params["volume_id"]
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             host = _host_name(session, _snapshot(session, sid).hypervisor_id, "snapshot")
         result = ctx.command("snapshot", VOLUME_SNAPSHOT, {"volume_id": vid, "snapshot_id": sid}, [host],
                              timeout=COPY_TIMEOUT)[host]
@@ -249,12 +249,13 @@ class TakeSnapshot:
 
 
 class DeleteSnapshot:
-    def __init__(self, frontend: "Frontend") -> None:
-        self.fe = frontend
+    def __init__(self, db: Database, scheduler: Scheduler) -> None:
+        self.db = db
+        self.scheduler = scheduler
 
     def run(self, ctx: TaskContext, task: Task) -> None:
         sid = task.resource_id
-        with self.fe.db.read() as session:
+        with self.db.read() as session:
             host = _host_name(session, _snapshot(session, sid).hypervisor_id, "snapshot")
         result = ctx.command("delete", SNAPSHOT_DELETE, {"snapshot_id": sid}, [host], timeout=HOST_OP_TIMEOUT)[host]
         if not result.ok:
@@ -263,7 +264,7 @@ class DeleteSnapshot:
 
     def _forget(self, session: Session, sid: str) -> None:
         snapshot = _snapshot(session, sid)
-        self.fe.scheduler.release(session, snapshot.hypervisor_id, Demand(disk_gb=snapshot.size_gb))
+        self.scheduler.release(session, snapshot.hypervisor_id, Demand(disk_gb=snapshot.size_gb))
         session.delete(snapshot)
 
     def failed(self, session: Session, task: Task, reason: str) -> None:
@@ -272,7 +273,7 @@ class DeleteSnapshot:
             snapshot.status, snapshot.fault = "error", f"delete failed: {reason}"
 
 
-def workflows(frontend: "Frontend") -> dict[str, Workflow]:
-    return {"volume.create": Create(frontend), "volume.delete": Delete(frontend), "volume.attach": Attach(frontend),
-            "volume.detach": Detach(frontend), "snapshot.create": TakeSnapshot(frontend),
-            "snapshot.delete": DeleteSnapshot(frontend)}
+def workflows(db: Database, scheduler: Scheduler) -> dict[str, Workflow]:
+    return {"volume.create": Create(db, scheduler), "volume.delete": Delete(db, scheduler),
+            "volume.attach": Attach(db, scheduler), "volume.detach": Detach(db, scheduler),
+            "snapshot.create": TakeSnapshot(db, scheduler), "snapshot.delete": DeleteSnapshot(db, scheduler)}

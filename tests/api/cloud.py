@@ -85,8 +85,9 @@ def make_cloud(db_url: str, data_dir: Path, hosts: int = 3, networks: bool = Fal
     frontend = make_frontend(db_url, data_dir, tree=root, **scheduler)
     bootstrap(frontend.db, frontend.data_dir, ADMIN_PASSWORD)
     client = TestClient(create_app(frontend))
-    cloud = Cloud(root, frontend, client, Api(client).login("admin", ADMIN_PASSWORD), HostMonitor(frontend),
-                  Reconciler(frontend, 3600))
+    cloud = Cloud(root, frontend, client, Api(client).login("admin", ADMIN_PASSWORD),
+                  HostMonitor(frontend.db, root, frontend.submit, frontend.host_networks),
+                  Reconciler(frontend.db, frontend.submit, 3600))
     try:
         for i in range(hosts):
             cloud.add_host(f"hv{i}", vtep=f"192.0.2.{i + 1}" if networks else "")
