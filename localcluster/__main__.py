@@ -107,7 +107,10 @@ so instances cannot be launched on them."""
     return f"""
 cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree at
 {cluster.frontend_endpoint}, state and logs in {cluster.workdir}.  The API's certificate is
-self-signed, generated on the first start: {ca_file}.  In another shell:
+self-signed, generated on the first start: {ca_file}.
+
+The web console is at {cluster.api_url}/ui/ (log in as admin with the password in
+{password_file}; the browser must be told to accept the self-signed certificate).  In another shell:
 
     {clctl} login --endpoint {cluster.api_url} --ca-file {ca_file} --username admin --password-stdin < {password_file}
     {clctl} tree

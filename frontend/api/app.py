@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..console import PATH as CONSOLE_PATH, create_console
 from ..errors import ApiError, Conflict, Invalid
 from ..services import Frontend
 from . import health, routes
@@ -121,4 +122,5 @@ def create_app(frontend: Frontend) -> FastAPI:
     for router in routes.ALL:
         app.include_router(router)
     app.include_router(health.router)
+    app.mount(CONSOLE_PATH, create_console(app))
     return app

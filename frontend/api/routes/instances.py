@@ -13,7 +13,7 @@ from ... import lifecycle, quotas
 from ...auth import Caller, Role
 from ...db.models import Flavor, Hypervisor, Image, Instance, Keypair, Port, ServerGroup, Volume
 from ...errors import Conflict, Invalid, Unavailable
-from ...hostalias import AS_SEEN, shown
+from ...hostalias import AS_SEEN, seen, shown
 from ...hostops import INSTANCE_CONSOLE
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned, unique_name
@@ -75,6 +75,7 @@ class InstanceView(ResourceView):
     fault: str | None = Field(description=f"Why its last task failed; {AS_SEEN}")
     #: the hypervisor's name; shown to admins only
     hypervisor: str | None
+    host: str | None = Field(description=f"The hypervisor it is on, if any; {AS_SEEN}")
     ports: list[PortBrief]
     volumes: list[str]
 
@@ -82,17 +83,16 @@ class InstanceView(ResourceView):
 def instance_view(session: Session, caller: Caller, instance: Instance) -> InstanceView:
     ports = session.execute(select(Port).where(Port.instance_id == instance.id).order_by(Port.created_at)).scalars()
     volumes = session.execute(select(Volume.id).where(Volume.instance_id == instance.id)).scalars()
-    host = None
-    if caller.is_admin and instance.hypervisor_id:
-        row = session.get(Hypervisor, instance.hypervisor_id)
-        host = row.name if row else None
+    row = session.get(Hypervisor, instance.hypervisor_id) if instance.hypervisor_id else None
+    host = row.name if row else None
     return InstanceView(
         id=instance.id, org_id=instance.org_id, status=instance.status, created_at=instance.created_at,
         updated_at=instance.updated_at, name=instance.name, flavor_id=instance.flavor_id, image_id=instance.image_id,
         keypair_id=instance.keypair_id, server_group_id=instance.server_group_id, zone_id=instance.zone_id,
         vcpus=instance.vcpus, memory_mb=instance.memory_mb, disk_gb=instance.disk_gb,
         power_state=instance.power_state, fault=shown(instance.fault, instance.org_id, caller.is_admin),
-        hypervisor=host,
+        hypervisor=host if caller.is_admin else None,
+        host=seen(host, instance.org_id, caller.is_admin) if host else None,
         ports=[PortBrief(id=p.id, network_id=p.network_id, subnet_id=p.subnet_id, ip_address=p.ip_address,
                          mac_address=p.mac_address) for p in ports],
         volumes=list(volumes))
@@ -134,10 +134,15 @@ def create_instance(body: InstanceCreate, caller: CallerDep, frontend: FrontendD
     return accepted
 
 
-@router.get("/instances", response_model=Items[InstanceView], summary="List instances")
-def list_instances(caller: CallerDep, frontend: FrontendDep) -> Items[InstanceView]:
+@router.get("/instances", response_model=Items[InstanceView], summary="List instances (oldest first)",
+            description="With limit, one page of them: offset skips that many first.")
+def list_instances(caller: CallerDep, frontend: FrontendDep,
+                   limit: int | None = Query(default=None, ge=1, le=1000, description="default: all of them"),
+                   offset: int = Query(default=0, ge=0)) -> Items[InstanceView]:
     with frontend.db.read() as session:
-        rows = session.execute(owned(Instance, caller).order_by(Instance.created_at)).scalars()
+        # The id breaks ties between instances created in one instant, so that pages neither overlap nor skip.
+        query = owned(Instance, caller).order_by(Instance.created_at, Instance.id).offset(offset).limit(limit)
+        rows = session.execute(query).scalars()
         return Items(items=[instance_view(session, caller, i) for i in rows])
 
 

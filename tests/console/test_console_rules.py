@@ -1,0 +1,222 @@
+"""The console's rules, checked without a browser: cookie flags, CSRF, logout, org isolation and
+roles, error texts and the instance list's speed.  Pages are fetched like a browser would (the
+login form, then cookies), on an in-process cloud with a real tree and recording hosts."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from frontend.api.app import create_app
+from frontend.console import PAGE_SIZE
+from frontend.db.models import Instance
+from frontend.hostalias import alias
+from tests.api.cloud import Cloud, make_cloud
+from tests.api.conftest import Api
+from tests.support.qcow2 import fake_qcow2
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+class Console:
+    """One browser's session of the console, without the browser: cookies kept, forms posted."""
+
+    def __init__(self, app: FastAPI, https: bool = False) -> None:
+        self.client = TestClient(app, base_url="https://testserver" if https else "http://testserver",
+                                 follow_redirects=False)
+
+    def login(self, username: str, password: str) -> Any:
+        form = self.client.get("/ui/login")
+        return self.client.post("/ui/login", data={"csrf": _csrf(form.text), "username": username,
+                                                   "password": password})
+
+    def get(self, path: str) -> Any:
+        return self.client.get(path)
+
+    def post(self, path: str, data: dict[str, str] | None = None, csrf: str | None = None) -> Any:
+        """Post a form, with the CSRF token of a page of this session unless ``csrf`` says otherwise."""
+        token = _csrf(self.get("/ui/keypairs").text) if csrf is None else csrf
+        return self.client.post(path, data={**(data or {}), **({"csrf": token} if token else {})})
+
+
+def _csrf(html: str) -> str:
+    found = CSRF.search(html)
+    assert found, html
+    return found[1]
+
+
+def _reason(html: str) -> str:
+    found = re.search(r'class="reason">([^<]*)<', html)
+    assert found, html
+    return found[1].replace("&#39;", "'")
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    path = tmp_path_factory.mktemp("console")
+    yield from make_cloud(f"sqlite:///{path / 'state.db'}", path / "frontend", hosts=1)
+
+
+@pytest.fixture(scope="module")
+def app(cloud: Cloud) -> FastAPI:
+    return create_app(cloud.frontend)
+
+
+@pytest.fixture(scope="module")
+def acme(cloud: Cloud) -> dict[str, Any]:
+    """Organization acme with a launched instance, its tenant admin's API and a reader of it."""
+    admin = cloud.admin
+    admin.ok("post", "/v1/flavors", 201, json={"name": "small", "vcpus": 1, "memory_mb": 256, "disk_gb": 1})
+    api = admin.tenant("acme")
+    image = api.ok("post", "/v1/images", 201, json={"name": "tiny", "format": "qcow2"})
+    api.ok("put", f"/v1/images/{image['id']}/file", content=fake_qcow2())
+    accepted = api.ok("post", "/v1/instances", 202, json={"name": "web", "flavor": "small", "image": "tiny"})
+    assert cloud.wait_task(api, accepted["task"]["id"])["status"] == "succeeded"
+    admin.ok("post", "/v1/users", 201, json={"name": "acme-reader", "password": "password-of-reader",
+                                             "role": "reader", "org": api.who["org_id"]})
+    return {"api": api, "instance": accepted["resource"], "image": image}
+
+
+@pytest.fixture(scope="module")
+def other(cloud: Cloud) -> Api:
+    return cloud.admin.tenant("other")
+
+
+def test_login_sets_an_httponly_samesite_strict_cookie_secure_over_https(app: FastAPI, acme: dict[str, Any]) -> None:
+    console = Console(app, https=True)
+    answer = console.login("acme-user", "password-of-acme")
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/instances"
+    cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("cloudland_token="))
+    flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "secure", "samesite=strict", "path=/ui"} <= flags
+    assert console.get("/ui/instances").status_code == 200
+
+
+def test_over_plain_http_the_cookie_cannot_be_secure(app: FastAPI, acme: dict[str, Any]) -> None:
+    # A browser never sends a Secure cookie over http: there the console works only without it.
+    answer = Console(app).login("acme-user", "password-of-acme")
+    cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("cloudland_token="))
+    assert "secure" not in cookie.lower() and "httponly" in cookie.lower()
+
+
+def test_a_wrong_password_shows_the_apis_reason(app: FastAPI, acme: dict[str, Any]) -> None:
+    answer = Console(app).login("acme-user", "not-the-password")
+    assert answer.status_code == 401 and "wrong user name or password" in answer.text
+    assert not any(c.startswith("cloudland_token=") for c in answer.headers.get_list("set-cookie"))
+
+
+def test_forms_without_the_sessions_csrf_token_are_refused(app: FastAPI, acme: dict[str, Any]) -> None:
+    console, stranger = Console(app), Console(app)
+    console.login("acme-user", "password-of-acme")
+    stranger.login("acme-user", "password-of-acme")
+    foreign = _csrf(stranger.get("/ui/keypairs").text)  # the same user's, but of another session
+    for token in ("", "forged", foreign):
+        answer = console.post("/ui/networks", {"name": f"net-{len(token)}"}, csrf=token)
+        assert answer.status_code == 403 and "CSRF" in answer.text
+    assert acme["api"].ok("get", "/v1/networks")["items"] == []
+    login = Console(app).client.post("/ui/login", data={"username": "acme-user", "password": "password-of-acme"})
+    assert login.status_code == 403, "a login form must come from the console's own page"
+
+
+def test_logout_revokes_the_token_and_the_back_button_finds_the_login_page(app: FastAPI,
+                                                                           acme: dict[str, Any]) -> None:
+    console = Console(app)
+    console.login("acme-user", "password-of-acme")
+    token = console.client.cookies["cloudland_token"]
+    page = console.get("/ui/instances")
+    assert page.headers["cache-control"] == "no-store", "the back button would show it from the cache"
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    answer = console.post("/ui/logout")
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/login"
+    assert "cloudland_token" not in console.client.cookies
+    assert Api(console.client, token).get("/v1/whoami").status_code == 401
+    # A stale cookie (a browser that kept it) is no better: the token is revoked.
+    console.client.cookies.set("cloudland_token", token, path="/ui")
+    assert console.get("/ui/instances").headers["location"] == "/ui/login"
+
+
+def test_another_organizations_instance_is_not_found(app: FastAPI, acme: dict[str, Any], other: Api) -> None:
+    console = Console(app)
+    console.login("other-user", "password-of-other")
+    ident = acme["instance"]["id"]
+    for path in (f"/ui/instances/{ident}", f"/ui/instances/{ident}/console"):
+        answer = console.get(path)
+        assert answer.status_code == 404 and _reason(answer.text) == f"no instance '{ident}'"
+    assert console.post(f"/ui/instances/{ident}/stop").status_code == 404
+    assert "web" not in console.get("/ui/instances").text
+
+
+def test_a_reader_sees_no_actions_and_a_forged_one_is_refused(app: FastAPI, acme: dict[str, Any]) -> None:
+    console = Console(app)
+    console.login("acme-reader", "password-of-reader")
+    ident = acme["instance"]["id"]
+    page = console.get(f"/ui/instances/{ident}")
+    assert page.status_code == 200 and "web" in page.text
+    assert f"/ui/instances/{ident}/stop" not in page.text and "Delete" not in page.text
+    assert 'action="/ui/networks"' not in console.get("/ui/networks").text
+    answer = console.post(f"/ui/instances/{ident}/stop")
+    assert answer.status_code == 403
+    assert _reason(answer.text) == "stop of an instance needs the member role; you are reader"
+
+
+def test_bad_input_shows_the_apis_field_and_reason(app: FastAPI, acme: dict[str, Any]) -> None:
+    console = Console(app)
+    console.login("acme-user", "password-of-acme")
+    created = console.post("/ui/security-groups", {"name": "web"})
+    assert created.status_code == 303
+    answer = console.post(created.headers["location"] + "/rules",
+                          {"direction": "ingress", "protocol": "tcp", "port_min": "http"})
+    assert answer.status_code == 422
+    assert 'class="field">port_min<' in answer.text and "valid integer" in _reason(answer.text)
+    assert console.get("/ui/instances?page=zero").status_code == 422
+
+
+def test_a_thousand_instances_list_fast_a_page_at_a_time(cloud: Cloud, app: FastAPI, other: Api,
+                                                         acme: dict[str, Any]) -> None:
+    template = acme["instance"]
+    with cloud.frontend.db.transaction() as session:
+        session.add_all(Instance(org_id=other.who["org_id"], name=f"i{n:04}", flavor_id=template["flavor_id"],
+                                 image_id=template["image_id"], vcpus=1, memory_mb=256, disk_gb=1, status="active")
+                        for n in range(1000))
+    console = Console(app)
+    console.login("other-user", "password-of-other")
+    started = time.monotonic()
+    first = console.get("/ui/instances")
+    assert time.monotonic() - started < 1.0
+    assert first.text.count('<td><a href="/ui/instances/') == PAGE_SIZE and "?page=2" in first.text
+    last = console.get(f"/ui/instances?page={1000 // PAGE_SIZE}")
+    assert "i0999" in last.text and "?page=" in last.text and 'rel="next"' not in last.text
+
+
+def test_console_pages_and_their_refusals_are_html_under_ui_only(app: FastAPI) -> None:
+    console = Console(app)
+    missing = console.get("/ui/no-such-page")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert console.get("/ui/login").headers["content-type"].startswith("text/html")
+    assert console.get("/ui/static/console.css").status_code == 200
+    assert console.get("/v1/no-such").json()["error"]["code"] == "not_found"
+
+
+def test_a_failed_launch_shows_each_hosts_reason_on_its_task_page(cloud: Cloud, app: FastAPI,
+                                                                  acme: dict[str, Any]) -> None:
+    console = Console(app)
+    console.login("acme-user", "password-of-acme")
+    cloud.computes["hv0"].fail["instance.create"] = "no room on hv0"
+    try:
+        launched = console.post("/ui/instances", {"name": "doomed", "flavor": "small", "image": "tiny",
+                                                  "user_data": "#cloud-config\n"})
+        assert launched.status_code == 303 and launched.headers["location"].startswith("/ui/tasks/")
+        task_id = launched.headers["location"].rsplit("/", 1)[1]
+        cloud.wait_task(acme["api"], task_id)
+    finally:
+        del cloud.computes["hv0"].fail["instance.create"]
+    page = console.get(launched.headers["location"])
+    assert 'id="task-status">failed<' in page.text and 'http-equiv="refresh"' not in page.text
+    host = alias(acme["api"].who["org_id"], "hv0")
+    assert f"{host}: no room on hv0" in page.text and "hv0:" not in page.text.replace(f"{host}:", "")
