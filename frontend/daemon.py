@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 import click
 import structlog
 import uvicorn
 import zmq
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sci import SecurityError, TreeRoot
@@ -20,38 +18,15 @@ from service.logs import setup_logging
 
 from .api.app import create_app
 from .bootstrap import bootstrap, recover
-from .control import ControlServer
 from .db import Database, upgrade
-from .db.models import Hypervisor
 from .enrolment import root_security
-from .hosts import HostMonitor
-from .reconcile import Reconciler
-from .retention import Retention
+from .leader import LeaderDuties
 from .services import Frontend
-from .tasks import Resumer
 from .tlscert import api_pair
 
 __all__ = ["main"]
 
 log = structlog.get_logger("frontend")
-
-
-def _resume_tasks(frontend: Frontend, root: TreeRoot, resumer: Resumer) -> None:
-    """Resume unfinished tasks once the hosts that were up have found the restarted root.
-
-    Commands re-sent before their hosts attach again would only wait out the root's reattach
-    grace; waiting here first makes a restart after kill -9 finish its tasks cleanly.
-    """
-    settings = frontend.config.tree.settings
-    with frontend.db.read() as session:
-        expected = int(session.execute(select(func.count()).where(Hypervisor.status == "up")).scalar_one())
-    try:
-        root.wait_for_hosts(expected, timeout=settings.heartbeat_interval * settings.heartbeat_misses * 3 + 10)
-    except TimeoutError as exc:
-        log.warning("tasks_resume_partial_tree", reason=str(exc))
-    count = frontend.tasks.resume()
-    log.info("tasks_resume_started", tasks=count)
-    resumer.start()
 
 
 @click.command()
@@ -72,21 +47,12 @@ def main(config_path: str | None) -> None:
         recover(db, Path(config.data_dir))
         root = TreeRoot(config.tree.listen, config.tree.settings, node_id=config.node_id,
                         advertise=config.tree.advertise, security=root_security(config, db))
-        root.start()
-        control = ControlServer(root, config.control_socket)
-        control.start()
+        frontend = Frontend(config, db, root)
+        duties = LeaderDuties(config, db, root, frontend.tasks, frontend.submit)
+        duties.start()
     except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError, SecurityError) as exc:
         click.echo(f"cloudland-frontend: {exc}", err=True)
         sys.exit(2)
-    frontend = Frontend(config, db, root)
-    hosts = HostMonitor(db, root, frontend.submit, frontend.host_networks)
-    reconciler = Reconciler(db, frontend.submit, config.reconcile_interval_s)
-    retention = Retention(db, config.audit_retention_days, config.event_retention_days)
-    hosts.start()
-    reconciler.start()
-    retention.start()
-    resumer = Resumer(frontend.tasks)
-    threading.Thread(target=_resume_tasks, args=(frontend, root, resumer), name="resume", daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(create_app(frontend), host=config.api.host, port=config.api.port,
                                            log_config=None, access_log=False, server_header=False,
                                            ssl_certfile=tls.cert if tls else None,
@@ -96,15 +62,7 @@ def main(config_path: str | None) -> None:
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:
-        resumer.stop()
-        retention.stop()
-        reconciler.stop()
-        hosts.stop()
-        if frontend.host_networks is not None:
-            frontend.host_networks.close()
-        frontend.tasks.stop()
-        control.stop()
-        root.stop()
+        duties.stop()
         db.dispose()
     if not server.started:
         sys.exit(1)

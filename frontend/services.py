@@ -15,7 +15,6 @@ from .api.ratelimit import RateLimits
 from .db import Database
 from .imagelinks import ImageLinks
 from .metrics import Metrics, StateCollector
-from .netconverge import HostNetworks
 from .scheduler import Scheduler
 from .tasks import TaskEngine
 from .workflows import register_all
@@ -35,8 +34,6 @@ class Frontend:
     metrics: Metrics = field(init=False)
     #: in memory, per process: the API's rate limits count calls to this frontend only
     rate_limits: RateLimits = field(init=False)
-    #: sends hosts that (re)join the tree their whole network state; None without a tree
-    host_networks: HostNetworks | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics()
@@ -46,7 +43,6 @@ class Frontend:
         ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)
         self.image_links = ImageLinks.load(self.data_dir, self.config.api.url, ttl)
         self.tasks = TaskEngine(self.db, self.submit if self.tree is not None else None)
-        self.host_networks = HostNetworks(self.db, self.submit) if self.tree is not None else None
         self.metrics.registry.register(StateCollector(self.db, self.config.scheduler, self.tasks, self.tree))
         register_all(self.tasks, self.db, self.scheduler, self.image_links, self.images_dir)
 

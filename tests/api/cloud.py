@@ -17,6 +17,7 @@ from backend.registry import OpRegistry
 from frontend.api.app import create_app
 from frontend.bootstrap import bootstrap
 from frontend.hosts import HostMonitor
+from frontend.netconverge import HostNetworks
 from frontend.reconcile import Reconciler
 from frontend.services import Frontend
 from sci import Journal, Leaf, TreeRoot, TreeSettings
@@ -86,7 +87,7 @@ def make_cloud(db_url: str, data_dir: Path, hosts: int = 3, networks: bool = Fal
     bootstrap(frontend.db, frontend.data_dir, ADMIN_PASSWORD)
     client = TestClient(create_app(frontend))
     cloud = Cloud(root, frontend, client, Api(client).login("admin", ADMIN_PASSWORD),
-                  HostMonitor(frontend.db, root, frontend.submit, frontend.host_networks),
+                  HostMonitor(frontend.db, root, frontend.submit, HostNetworks(frontend.db, frontend.submit)),
                   Reconciler(frontend.db, frontend.submit, 3600))
     try:
         for i in range(hosts):

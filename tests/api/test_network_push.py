@@ -146,7 +146,7 @@ def test_a_host_that_rejoins_gets_its_whole_state(cloud: Cloud) -> None:
     vm = _launch(cloud, api, "vm")
     host = cloud.networks[vm["hypervisor"]]
     host.networks.clear()  # as a backend restarted without its state would be
-    cloud.frontend.host_networks.rejoined([vm["hypervisor"]])
+    cloud.hosts.host_networks.rejoined([vm["hypervisor"]])
     until(lambda: net in host.networks, 10, "the host to get its networks back")
     assert host.bodies[-1]["scope"] is None
 

@@ -36,7 +36,7 @@ def small(db_url: str, tmp_path: Path) -> Iterator[tuple[ThreadTree, Api, HostMo
         for i in range(4):
             tree.host(f"hv{i}")
         tree.root.wait_for_hosts(4, timeout=10)
-        monitor = HostMonitor(frontend.db, tree.root, frontend.submit, frontend.host_networks, startup_grace=0)
+        monitor = HostMonitor(frontend.db, tree.root, frontend.submit, None, startup_grace=0)
         monitor.run_once()
         yield tree, Api(client).login("admin", ADMIN_PASSWORD), monitor
     finally:
