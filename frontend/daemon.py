@@ -1,4 +1,7 @@
-"""cloudland-frontend: the REST API, the state, the task engine and the message tree's root."""
+"""cloudland-frontend: the REST API, the state, the task engine and the message tree's root.
+
+On SQLite one frontend runs and leads.  On PostgreSQL any number may run (``election.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import click
 import structlog
 import uvicorn
 import zmq
+from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sci import SecurityError, TreeRoot
@@ -19,8 +23,10 @@ from service.logs import setup_logging
 from .api.app import create_app
 from .bootstrap import bootstrap, recover
 from .db import Database, upgrade
+from .election import Election
 from .enrolment import root_security
 from .leader import LeaderDuties
+from .leadership import SingleFrontendLock
 from .services import Frontend
 from .tlscert import api_pair
 
@@ -42,14 +48,20 @@ def main(config_path: str | None) -> None:
             log.warning("api_tls_disabled", reason="api.tls is false: tokens and passwords cross the network in "
                                                    "clear unless a TLS proxy on this host is the only way in")
         db = Database(config.database_url)
+        single = SingleFrontendLock(Path(str(make_url(db.url).database))) if db.is_sqlite else None
+        if single is not None:
+            single.acquire()
         upgrade(db)
         bootstrap(db, Path(config.data_dir))
-        recover(db, Path(config.data_dir))
         root = TreeRoot(config.tree.listen, config.tree.settings, node_id=config.node_id,
                         advertise=config.tree.advertise, security=root_security(config, db))
         frontend = Frontend(config, db, root)
         duties = LeaderDuties(config, db, root, frontend.tasks, frontend.submit)
-        duties.start()
+        if single is not None:
+            recover(db, Path(config.data_dir))
+            duties.start()
+            frontend.generation = 0
+            frontend.metrics.leader.set(1)
     except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError, SecurityError) as exc:
         click.echo(f"cloudland-frontend: {exc}", err=True)
         sys.exit(2)
@@ -57,13 +69,29 @@ def main(config_path: str | None) -> None:
                                            log_config=None, access_log=False, server_header=False,
                                            ssl_certfile=tls.cert if tls else None,
                                            ssl_keyfile=tls.key if tls else None))
+
+    def stop_serving() -> None:
+        server.should_exit = True
+
+    election = Election(frontend, duties, stop_serving) if single is None else None
+    if election is not None and not election.wait_elected():
+        election.stop()
+        click.echo(f"cloudland-frontend: {election.ended}", err=True)
+        sys.exit(2)
     log.info("frontend_ready", tree=root.endpoint, control=config.control_socket,
              api=f"{'https' if tls else 'http'}://{config.api.host}:{config.api.port}")
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:
+        if election is not None:
+            election.stop()
         duties.stop()
+        if single is not None:
+            single.release()
         db.dispose()
+    if election is not None and election.ended is not None:
+        click.echo(f"cloudland-frontend: {election.ended}", err=True)
+        sys.exit(1)
     if not server.started:
         sys.exit(1)
 

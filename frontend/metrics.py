@@ -13,7 +13,7 @@ import time
 from typing import Iterator
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -34,6 +34,8 @@ log = structlog.get_logger("frontend.metrics")
 #: seconds: API calls are milliseconds; a broadcast to 10,000 hosts is under a second; launches take minutes
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
 HEARTBEAT_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+#: seconds: a renewal is one statement; past a second it eats into the lease's margin
+RENEW_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -50,6 +52,13 @@ class Metrics:
                                          ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.host_results = Counter("cloudland_command_host_results", "Per-host results of commands",
                                     ["op", "status"], registry=self.registry)
+        self.leader = Gauge("cloudland_frontend_leader", "1 while this frontend leads (runs the tree's root, "
+                            "the tasks and the monitors)", registry=self.registry)
+        self.lease_renew_seconds = Histogram("cloudland_frontend_lease_renew_seconds",
+                                             "Latency of the leadership lease's renewals (PostgreSQL)",
+                                             buckets=RENEW_BUCKETS, registry=self.registry)
+        self.takeovers = Counter("cloudland_frontend_takeovers", "Times this frontend began to lead",
+                                 registry=self.registry)
 
     def watch(self, handle: CommandHandle) -> CommandHandle:
         """Count ``handle``'s command and its hosts' results once it ends (in the tree's thread: cheap)."""

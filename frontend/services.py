@@ -32,6 +32,9 @@ class Frontend:
     image_links: ImageLinks = field(init=False)
     tasks: TaskEngine = field(init=False)
     metrics: Metrics = field(init=False)
+    #: the lease's generation this frontend leads under (0 on SQLite: one frontend, no lease);
+    #: None while it does not lead
+    generation: int | None = field(init=False, default=None)
     #: in memory, per process: the API's rate limits count calls to this frontend only
     rate_limits: RateLimits = field(init=False)
 

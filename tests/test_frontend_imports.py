@@ -10,7 +10,7 @@ from pathlib import Path
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 #: modules that assemble the parts, or serve them over HTTP
-ASSEMBLERS = {"services.py", "daemon.py"}
+ASSEMBLERS = {"services.py", "daemon.py", "election.py"}
 
 
 def _imports_services(path: Path) -> bool:

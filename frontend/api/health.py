@@ -1,7 +1,7 @@
 """Probes and metrics for operators and their tools, outside ``/v1`` and without a token.
 
 ``/healthz`` says the process serves; ``/readyz`` that it can do its job (the database
-answers, the tree's root runs); ``/metrics`` is Prometheus' text format.  They reveal no
+answers, the tree's root runs) and whether it leads, under which generation; ``/metrics`` is Prometheus' text format.  They reveal no
 tenant data; keep the API's address (or a proxy in front) away from untrusted networks.
 """
 
@@ -36,7 +36,8 @@ def readyz(frontend: FrontendDep) -> JSONResponse:
     tree = frontend.tree
     checks["tree"] = "ok" if tree is not None and tree.running else "not running"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+    leader = {"leading": frontend.generation is not None, "generation": frontend.generation}
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks, "leader": leader},
                         status_code=200 if ready else 503)
 
 

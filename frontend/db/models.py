@@ -20,7 +20,7 @@ from ..images import disk_gb
 
 __all__ = [
     "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair",
-    "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
+    "Leadership", "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
     "Snapshot", "Subnet", "Task", "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
 ]
 
@@ -490,3 +490,25 @@ class AuditRecord(Base):
     status: Mapped[int] = mapped_column(Integer)
     #: the error's code (``forbidden``, ``rate_limited``, ...) when the call was refused or failed
     error: Mapped[str | None] = mapped_column(String(32))
+
+
+class Leadership(Base):
+    """Which frontend leads (runs the tree's root, the tasks and the monitors), on PostgreSQL.
+
+    One row, the lease.  Its times are the database's own (``now()`` in the statements of
+    ``frontend/leadership.py``), never a frontend's clock, so frontends whose clocks disagree
+    still agree on whether the lease ran out.  ``generation`` grows by one at every takeover:
+    the fencing token the root puts on its commands.
+    """
+
+    __tablename__ = "leadership"
+    #: always ``leader``: the table holds one lease
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: the frontend holding the lease: its node id, host and process id
+    holder: Mapped[str] = mapped_column(String(255))
+    generation: Mapped[int] = mapped_column(BigInteger)
+    #: when this holder took the lease (its term began)
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    renewed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: past this instant, by the database's clock, any frontend may take the lease
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

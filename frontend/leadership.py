@@ -1,0 +1,253 @@
+"""Which frontend leads: a lease in PostgreSQL, with a fencing generation.
+
+Every frontend runs a ``Leadership`` loop.  Each round it tries, in one statement, to take the
+lease or to extend the one it holds; the database decides with its own clock (``now()``), so
+frontends whose clocks disagree still agree on whether the lease ran out.  A lease taken
+anew (not extended) gets the next generation: the fencing token the leader's commands carry.
+
+A leader must stop leading before anyone else may start.  The database lets a successor in
+only once ``expires_at`` (database time) has passed; the leader gives up locally once
+``lease_s - margin_s`` has passed on its monotonic clock since it *sent* its last successful
+renewal.  The renewal ran on the server after it was sent, so the local deadline falls at
+least ``margin_s`` before the database's, whatever the wall clocks say; the margin absorbs
+the clocks' different rates.  A watchdog thread keeps that deadline even while a renewal
+hangs on a dead connection.
+
+SQLite has no second frontend to elect: ``SingleFrontendLock`` refuses a second one at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fcntl
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+import structlog
+from sqlalchemy import text
+
+from .db import Database
+
+__all__ = ["LEASE_S", "MARGIN_S", "RENEW_S", "Lease", "LeaseView", "Leadership", "SingleFrontendLock", "holder_id"]
+
+log = structlog.get_logger("frontend.leadership")
+
+LEASE_NAME = "leader"
+#: seconds.  After a leader dies a standby takes over within LEASE_S + RENEW_S; a leader that
+#: cannot renew stops MARGIN_S before its lease runs out (room for slow clocks and a slow stop).
+LEASE_S = 4.0
+RENEW_S = 0.5
+MARGIN_S = 1.5
+
+# One statement, so that taking and extending cannot interleave with another frontend's: the
+# row is created by the first frontend ever, extended by its holder while unexpired, and
+# taken by anyone (next generation) once expired.  A holder whose own lease ran out gets a
+# new generation too: it stepped down locally meanwhile, so this is a new term.
+_TAKE_OR_EXTEND = text("""
+INSERT INTO leadership AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
+VALUES (:name, :holder, 1, now(), now(), now() + make_interval(secs => :lease_s))
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder,
+    generation = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
+                      THEN l.generation ELSE l.generation + 1 END,
+    acquired_at = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
+                       THEN l.acquired_at ELSE now() END,
+    renewed_at = now(),
+    expires_at = excluded.expires_at
+WHERE l.holder = excluded.holder OR l.expires_at <= now()
+RETURNING generation
+""")
+
+# A clean stop hands over at once instead of making the successor wait out the lease.
+_RELEASE = text("""
+UPDATE leadership SET expires_at = now()
+WHERE name = :name AND holder = :holder AND generation = :generation AND expires_at > now()
+""")
+
+_READ = text("""
+SELECT holder, generation, acquired_at, expires_at > now() AS live,
+       extract(epoch FROM now() - renewed_at) AS renew_age_s
+FROM leadership WHERE name = :name
+""")
+
+
+def holder_id(node_id: str) -> str:
+    """A name no other frontend, nor a later run of this one, shares: a restart is a new term."""
+    return f"{node_id}@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseView:
+    holder: str
+    generation: int
+    acquired_at: dt.datetime
+    #: whether the lease has not run out, by the database's clock
+    live: bool
+    #: seconds since the holder last renewed, by the database's clock
+    renew_age_s: float
+
+
+class Lease:
+    """The statements on the lease's row (PostgreSQL only)."""
+
+    def __init__(self, db: Database, holder: str, lease_s: float) -> None:
+        if db.is_sqlite:
+            raise ValueError("a leadership lease needs PostgreSQL (database: postgresql+psycopg://...)")
+        self.db = db
+        self.holder = holder
+        self.lease_s = lease_s
+
+    def take_or_extend(self) -> int | None:
+        """The generation this frontend leads under now, or None if another holds a live lease."""
+        with self.db.engine.begin() as conn:
+            row = conn.execute(_TAKE_OR_EXTEND, {"name": LEASE_NAME, "holder": self.holder,
+                                                 "lease_s": self.lease_s}).first()
+        return None if row is None else int(row[0])
+
+    def release(self, generation: int) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(_RELEASE, {"name": LEASE_NAME, "holder": self.holder, "generation": generation})
+
+    def read(self) -> LeaseView | None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(_READ, {"name": LEASE_NAME}).first()
+        if row is None:
+            return None
+        return LeaseView(str(row.holder), int(row.generation), row.acquired_at, bool(row.live),
+                         float(row.renew_age_s))
+
+
+class Leadership:
+    """Keeps the lease and says when this frontend starts and stops leading.
+
+    ``on_lead(generation)`` and ``on_lose(generation)`` run on this object's threads, one at a
+    time; ``on_lose`` must stop everything ``on_lead`` started before it returns.
+    """
+
+    def __init__(self, lease: Lease, on_lead: Callable[[int], None], on_lose: Callable[[int], None],
+                 renew_s: float, margin_s: float, on_renewed: Callable[[float], None] | None = None) -> None:
+        if not 0 < renew_s < lease.lease_s - margin_s or margin_s <= 0:
+            raise ValueError(f"leadership: need 0 < renew_s ({renew_s}) < lease_s ({lease.lease_s}) - margin_s "
+                             f"({margin_s}) and margin_s > 0, or the lease runs out between renewals")
+        self.lease = lease
+        self.on_lead = on_lead
+        self.on_lose = on_lose
+        self.renew_s = renew_s
+        self.margin_s = margin_s
+        #: told each successful renewal's latency in seconds (sent to answered)
+        self.on_renewed = on_renewed
+        #: the generation this frontend leads under; None while it follows
+        self.generation: int | None = None
+        self._deadline = 0.0  # monotonic: lead no longer than this without a renewal
+        self._lock = threading.Lock()  # one change of role at a time
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch_loop, name="lease-watchdog", daemon=True)
+
+    @property
+    def leading(self) -> bool:
+        return self.generation is not None
+
+    def start(self) -> None:
+        self._renewer.start()
+        self._watchdog.start()
+
+    def stop(self) -> None:
+        """Stop leading (handing the lease over at once) and stop trying to."""
+        self._stop.set()
+        self._renewer.join(10)
+        self._watchdog.join(10)
+        with self._lock:
+            generation = self.generation
+            self._step_down("stopping")
+        if generation is not None:
+            try:
+                self.lease.release(generation)
+            except Exception:  # the successor waits out the lease instead
+                log.warning("lease_release_failed", generation=generation, exc_info=True)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                generation = self.lease.take_or_extend()
+            except Exception as exc:  # the database is away: the watchdog ends the term in time
+                log.warning("lease_renew_failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                self._stop.wait(self.renew_s)
+                continue
+            answered = time.monotonic()
+            with self._lock:
+                if self._stop.is_set():
+                    break
+                self._settle(generation, sent, answered)
+            self._stop.wait(max(0.0, self.renew_s - (time.monotonic() - sent)))
+
+    def _settle(self, generation: int | None, sent: float, answered: float) -> None:
+        if generation is None:
+            self._step_down("another frontend holds the lease")
+            return
+        if answered >= sent + self.lease.lease_s - self.margin_s:
+            # The answer came after this renewal's own safe deadline: whatever is left of the lease
+            # cannot be told apart from nothing, so leading on would race a successor.
+            self._step_down("renewal answered after the lease's safe span")
+            return
+        if self.on_renewed is not None:
+            self.on_renewed(answered - sent)
+        self._deadline = sent + self.lease.lease_s - self.margin_s
+        if self.generation != generation:
+            self._step_down("new generation")
+            self.generation = generation
+            log.info("leadership_taken", holder=self.lease.holder, generation=generation)
+            self.on_lead(generation)
+
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self.leading and time.monotonic() >= self._deadline:
+                    self._step_down("no renewal within the lease's safe span")
+                wait = self._deadline - time.monotonic() if self.leading else self.renew_s
+            self._stop.wait(min(max(wait, 0.01), self.renew_s))
+
+    def _step_down(self, reason: str) -> None:
+        generation = self.generation
+        if generation is None:
+            return
+        self.generation = None
+        log.warning("leadership_lost", holder=self.lease.holder, generation=generation, reason=reason)
+        self.on_lose(generation)
+
+
+class SingleFrontendLock:
+    """On SQLite, one frontend per database: a second is refused at start, naming the first."""
+
+    def __init__(self, database_path: Path) -> None:
+        self.database_path = database_path
+        self.path = database_path.with_name(database_path.name + ".frontend.lock")
+        self._file: TextIO | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ValueError(f"database: another frontend ({holder}) already runs on the SQLite database "
+                             f"{self.database_path}; several frontends need PostgreSQL "
+                             "(see docs/ha.md)") from None
+        handle.truncate(0)
+        handle.write(holder_id("frontend"))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,97 @@
+"""The leadership lease on a real PostgreSQL: judged by the database's clock, fenced by a
+generation, and given up by a leader that cannot renew before any successor may take it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from frontend.db import Database, upgrade
+from frontend.leadership import Lease, Leadership, SingleFrontendLock
+from tests.api.conftest import TEMPLATE
+from tests.support.pgserver import PostgresServer
+from tests.support.waiting import until
+
+
+@pytest.fixture
+def db(postgres: PostgresServer) -> Iterator[Database]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    database = Database(postgres.create_database(name, template=TEMPLATE))
+    upgrade(database)
+    yield database
+    database.dispose()
+    postgres.drop_database(name)
+
+
+def test_the_first_takes_the_lease_others_wait_for_it_to_run_out(db: Database) -> None:
+    a, b = Lease(db, "a", lease_s=1.0), Lease(db, "b", lease_s=1.0)
+    assert a.take_or_extend() == 1
+    assert b.take_or_extend() is None
+    assert a.take_or_extend() == 1  # extended, same term
+    view = b.read()
+    assert view is not None and view.holder == "a" and view.live and view.generation == 1
+    assert until(lambda: b.take_or_extend(), 5, "the lease to run out for b") == 2
+    assert a.take_or_extend() is None  # the old holder is fenced off: b leads under generation 2
+
+
+def test_a_released_lease_is_taken_at_once_under_the_next_generation(db: Database) -> None:
+    a, b = Lease(db, "a", lease_s=60.0), Lease(db, "b", lease_s=60.0)
+    assert a.take_or_extend() == 1
+    a.release(1)
+    assert b.take_or_extend() == 2
+    a.release(1)  # a stale release does not free b's lease
+    assert a.take_or_extend() is None
+
+
+def test_sqlite_has_no_lease(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs PostgreSQL"):
+        Lease(Database(f"sqlite:///{tmp_path / 'state.db'}"), "a", 5.0)
+
+
+class HangingLease(Lease):
+    """A lease whose connection stops answering (a partition, a paused server) once told to."""
+
+    hang = threading.Event()
+    answer = threading.Event()
+
+    def take_or_extend(self) -> int | None:
+        if self.hang.is_set():
+            self.answer.wait(30)
+        return super().take_or_extend()
+
+
+def test_a_leader_that_cannot_renew_steps_down_before_a_successor_may_lead(db: Database) -> None:
+    HangingLease.hang.clear()
+    HangingLease.answer.clear()
+    lost_at: list[float] = []
+    leader = Leadership(HangingLease(db, "a", lease_s=2.0), on_lead=lambda g: None,
+                        on_lose=lambda g: lost_at.append(time.monotonic()), renew_s=0.2, margin_s=0.5)
+    leader.start()
+    try:
+        until(lambda: leader.leading, 5, "a to lead")
+        HangingLease.hang.set()
+        successor = Lease(db, "b", lease_s=2.0)
+        generation = until(successor.take_or_extend, 10, "b to take the lease", every=0.02)
+        taken_at = time.monotonic()
+        assert generation == 2
+        assert lost_at and lost_at[0] < taken_at, "the old leader led past the moment the successor took over"
+        assert not leader.leading
+    finally:
+        HangingLease.answer.set()
+        leader.stop()
+
+
+def test_a_second_frontend_on_one_sqlite_database_is_refused(tmp_path: Path) -> None:
+    first, second = SingleFrontendLock(tmp_path / "cloudland.db"), SingleFrontendLock(tmp_path / "cloudland.db")
+    first.acquire()
+    with pytest.raises(ValueError, match=r"another frontend \(frontend@.*\) already runs on the SQLite database "
+                                         r".*cloudland\.db"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()

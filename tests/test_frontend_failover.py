@@ -1,0 +1,153 @@
+"""Standby frontends on one PostgreSQL database, as real processes: the lease elects one, a
+standby takes over when the leader dies or stalls past its lease, and a stalled leader that
+wakes up has stepped down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+from frontend.db import Database
+from frontend.db.models import Event
+from frontend.leadership import LEASE_S, RENEW_S
+from localcluster import free_port
+from tests.support.pgserver import PostgresServer
+from tests.support.waiting import until
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Frontend:
+    name: str
+    api: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def ready(self) -> dict[str, Any] | None:
+        try:
+            return dict(httpx.get(f"{self.api}/readyz", timeout=1.0).json())
+        except httpx.TransportError:
+            return None
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+class Frontends:
+    def __init__(self, workdir: Path, database: str) -> None:
+        self.workdir = workdir
+        self.database = database
+        self.running: dict[str, Frontend] = {}
+
+    def start(self, name: str) -> Frontend:
+        port = free_port()
+        config = {"node_id": name, "data_dir": str(self.workdir / name), "database": self.database,
+                  "control_socket": str(self.workdir / f"{name}.sock"), "log_level": "info",
+                  "api": {"host": "127.0.0.1", "port": port, "tls": False},
+                  "tree": {"listen": f"tcp://127.0.0.1:{free_port()}"}}
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = self.workdir / f"{name}.log"
+        proc = subprocess.Popen([sys.executable, "-m", "frontend", "--config", str(path)], cwd=REPO,
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True)
+        frontend = Frontend(name, f"http://127.0.0.1:{port}", log, proc)
+        self.running[name] = frontend
+        return frontend
+
+    def stop(self) -> None:
+        for frontend in self.running.values():
+            if frontend.proc.poll() is None:
+                os.killpg(frontend.proc.pid, signal.SIGCONT)
+                frontend.proc.terminate()
+        for frontend in self.running.values():
+            try:
+                frontend.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                frontend.proc.kill()
+                frontend.proc.wait(5)
+
+
+@pytest.fixture
+def frontends(tmp_path: Path) -> Iterator[Frontends]:
+    with PostgresServer() as pg:
+        group = Frontends(tmp_path, pg.create_database("cloudland"))
+        try:
+            yield group
+        finally:
+            group.stop()
+
+
+def _leader_events(database: str) -> list[str]:
+    db = Database(database)
+    try:
+        with db.read() as session:
+            return [e.message for e in session.query(Event).filter(Event.kind == "frontend.leader")
+                    .order_by(Event.created_at)]
+    finally:
+        db.dispose()
+
+
+def test_a_standby_takes_over_within_seconds_of_the_leader_being_killed(frontends: Frontends) -> None:
+    a = frontends.start("fa")
+    first = until(a.ready, 60, "fa to lead")
+    assert first["leader"] == {"leading": True, "generation": 1}
+    b = frontends.start("fb")
+    until(lambda: "frontend_standby" in b.log_text(), 60, "fb to wait as a standby")
+    time.sleep(2 * RENEW_S)
+    assert b.ready() is None  # a standby serves nothing yet
+
+    os.killpg(a.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    taken = until(b.ready, 30, "fb to take over", every=0.05)
+    took = time.monotonic() - killed
+    assert taken["leader"] == {"leading": True, "generation": 2}
+    assert taken["checks"] == {"database": "ok", "tree": "ok"}
+    assert took < LEASE_S + RENEW_S + 3.0, f"takeover took {took:.1f}s"
+    assert httpx.get(f"{b.api}/healthz").json() == {"status": "ok"}
+    events = _leader_events(frontends.database)
+    assert [m.split("@")[0] for m in events] == ["fa", "fb"]
+    assert events[-1].endswith("generation 2")
+
+
+def test_a_leader_stalled_past_its_lease_has_stepped_down_when_it_wakes(frontends: Frontends) -> None:
+    a = frontends.start("fa")
+    until(a.ready, 60, "fa to lead")
+    b = frontends.start("fb")
+    until(lambda: "frontend_standby" in b.log_text(), 60, "fb to wait as a standby")
+
+    os.killpg(a.proc.pid, signal.SIGSTOP)
+    taken = until(b.ready, 30, "fb to take over from the stalled fa", every=0.05)
+    assert taken["leader"]["generation"] == 2
+    os.killpg(a.proc.pid, signal.SIGCONT)
+    assert a.proc.wait(20) == 1, "a frontend that lost its lease exits for its supervisor to restart"
+    text = a.log_text()
+    assert "leadership_lost" in text and "leader_duties_stopped" in text
+    assert "lost the lease of generation 1" in text
+    assert b.ready() is not None and b.proc.poll() is None
+
+
+def test_a_second_frontend_on_sqlite_is_refused(tmp_path: Path) -> None:
+    group = Frontends(tmp_path, f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        a = group.start("fa")
+        until(a.ready, 60, "fa to serve")
+        b = group.start("fb")
+        assert b.proc.wait(60) == 2
+        assert "another frontend" in b.log_text() and "several frontends need PostgreSQL" in b.log_text()
+        assert a.ready() is not None
+    finally:
+        group.stop()
