@@ -90,10 +90,11 @@ class Form:
         return {name: value for name in names if (value := self.one(name)) is not None}
 
 
-def _render(template: str, visit: Visit | None, status: int = 200, **context: Any) -> HTMLResponse:
+def _render(template: str, visit: Visit | None, status: int = 200, csrf: str = "", **context: Any) -> HTMLResponse:
+    """The page; ``csrf`` is its forms' token where there is no session (the login form)."""
     html = _templates.get_template(template).render(
         user=visit.user if visit else None, can_change=visit.can_change if visit else False,
-        csrf=visit.csrf if visit else "", csrf_field=CSRF_FIELD, root=PATH, **context)
+        csrf=visit.csrf if visit else csrf, csrf_field=CSRF_FIELD, root=PATH, **context)
     return HTMLResponse(html, status_code=status)
 
 
@@ -110,7 +111,8 @@ def _api_of(request: Request, token: str | None) -> Api:
 
 async def _visit(request: Request) -> AsyncIterator[Visit]:
     token = request.cookies.get(TOKEN_COOKIE)
-    if not token:
+    # A token is URL-safe base64; anything else in the cookie could not even be sent as a header.
+    if not token or not token.isascii() or not token.isprintable():
         raise _LoginNeeded()
     async with _api_of(request, token) as api:
         user = await api.get("/v1/whoami")
@@ -188,6 +190,8 @@ def create_console(api: ASGIApp) -> FastAPI:
     _keypair_pages(console)
     _network_pages(console)
     _security_group_pages(console)
+    _volume_pages(console)
+    _image_pages(console)
     return console
 
 
@@ -211,7 +215,8 @@ def _login_pages(console: FastAPI) -> None:
                 token = await api.post("/v1/tokens", {"username": form.one("username") or "",
                                                       "password": form.raw("password")})
             except Refusal as refusal:
-                log.info("console_login_refused", user=form.one("username"), code=refusal.code)
+                # Not the name tried: it may be a password typed into the wrong field.
+                log.info("console_login_refused", code=refusal.code)
                 return _login_page(request, refusal, refusal.status)
         log.info("console_login", user=form.one("username"), role=token["role"])
         expires = dt.datetime.fromisoformat(token["expires_at"].replace("Z", "+00:00"))
@@ -232,11 +237,9 @@ def _login_pages(console: FastAPI) -> None:
 
 def _login_page(request: Request, refusal: Refusal | None, status: int) -> Response:
     csrf = new_login_csrf()
-    response = _templates.get_template("login.html").render(
-        user=None, can_change=False, csrf=csrf, csrf_field=CSRF_FIELD, root=PATH, refusal=refusal)
-    html = HTMLResponse(response, status_code=status)
-    set_cookie(request, html, LOGIN_COOKIE, csrf, None)
-    return html
+    page = _render("login.html", None, status, csrf=csrf, refusal=refusal)
+    set_cookie(request, page, LOGIN_COOKIE, csrf, None)
+    return page
 
 
 def _instance_pages(console: FastAPI) -> None:
@@ -385,3 +388,36 @@ def _security_group_pages(console: FastAPI) -> None:
     async def delete_rule(group: Ref, rule: Ref, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete(f"/v1/security-groups/{group}/rules/{rule}")
         return _to(f"/security-groups/{group}")
+
+
+def _volume_pages(console: FastAPI) -> None:
+    @console.get("/volumes")
+    async def volumes(visit: VisitDep) -> Response:
+        return _render("volumes.html", visit, volumes=(await visit.api.get("/v1/volumes"))["items"],
+                       instances=(await visit.api.get("/v1/instances"))["items"] if visit.can_change else [])
+
+    @console.post("/volumes")
+    async def create(visit: VisitDep, form: FormDep) -> Response:
+        accepted = await visit.api.post("/v1/volumes", {"name": form.one("name") or "", **form.given("size_gb")})
+        return _to(f"/tasks/{accepted['task']['id']}")
+
+    @console.post("/volumes/{volume}/attach")
+    async def attach(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
+        accepted = await visit.api.post(f"/v1/volumes/{volume}/attach", {"instance": form.one("instance") or ""})
+        return _to(f"/tasks/{accepted['task']['id']}")
+
+    @console.post("/volumes/{volume}/detach")
+    async def detach(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
+        accepted = await visit.api.post(f"/v1/volumes/{volume}/detach")
+        return _to(f"/tasks/{accepted['task']['id']}")
+
+    @console.post("/volumes/{volume}/delete")
+    async def delete(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
+        accepted = await visit.api.delete(f"/v1/volumes/{volume}")
+        return _to(f"/tasks/{accepted['task']['id']}")
+
+
+def _image_pages(console: FastAPI) -> None:
+    @console.get("/images")
+    async def images(visit: VisitDep) -> Response:
+        return _render("images.html", visit, images=(await visit.api.get("/v1/images"))["items"])

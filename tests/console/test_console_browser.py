@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import psutil
 import pytest
 
 from localcluster import LocalCluster
@@ -57,15 +58,21 @@ def cloud(cluster: LocalCluster) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(cluster: LocalCluster) -> Iterator[Any]:
+    """Chromium, closed before the cloud stops (which checks that nothing new is left running)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} is missing: run sh scripts/ensure-test-tools.sh (as root)")
+    before = set(psutil.Process().children(recursive=True))
     with sync_api.sync_playwright() as playwright:
         # Chromium's sandbox refuses to run as root, which the test machines are.
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                              args=["--no-sandbox"] if os.geteuid() == 0 else [])
         yield browser
+        ours = set(psutil.Process().children(recursive=True)) - before
         browser.close()
+    # Chromium's helpers and Playwright's driver exit a moment after close() returns.
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    assert not alive, f"the browser left {alive} running"
 
 
 @pytest.fixture
@@ -125,6 +132,10 @@ def test_the_tenant_journey(page: Any, cloud: dict[str, Any]) -> None:
     sync_api.expect(rule.locator("td").nth(2)).to_have_text("22")
     _shot(page, "security-group")
 
+    page.get_by_role("link", name="Images").click()
+    sync_api.expect(page.get_by_role("row", name="tiny")).to_contain_text("active")
+    _shot(page, "images")
+
     page.get_by_role("link", name="Launch").click()
     page.get_by_label("Name").fill("web1")
     page.get_by_label("Image").select_option(label="tiny")
@@ -148,6 +159,26 @@ def test_the_tenant_journey(page: Any, cloud: dict[str, Any]) -> None:
     page.get_by_role("link", name="Console log").click()
     sync_api.expect(page.locator("#console-log")).to_contain_text(f"console of {instance_id}")
     _shot(page, "console-log")
+
+    page.get_by_role("link", name="Volumes").click()
+    page.get_by_label("Name").fill("data")
+    page.get_by_label("Size (GB)").fill("1")
+    page.get_by_role("button", name="Create volume").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The volumes").click()
+    page.get_by_label("Attach data to").select_option(label="web1")
+    page.get_by_role("button", name="Attach").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The volumes").click()
+    sync_api.expect(page.get_by_role("row", name="data")).to_contain_text("web1")
+    _shot(page, "volumes")
+    page.get_by_role("button", name="Detach volume data").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The volumes").click()
+    page.get_by_role("button", name="Delete volume data").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The volumes").click()
+    sync_api.expect(page.locator("main")).to_contain_text("No volumes.")
 
     page.goto(f"/ui/instances/{instance_id}")
     page.get_by_role("button", name="Stop").click()
