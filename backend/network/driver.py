@@ -96,6 +96,12 @@ class NetworkDriver:
         #: per tap of a port, the (ifindex, MAC) pin this driver wrote: a sync re-pins only a tap
         #: made anew (a new index), not every port it holds (one netlink call each, growing with the host)
         self._pinned: dict[str, tuple[int, str]] = {}
+        #: the networks converged whole or step by step since this driver started, with no
+        #: failure since: a sync scoped to one of them looks only at the ports that changed
+        self._converged: set[str] = set()
+        #: per VXLAN device, the (FDB, neighbour) entries this driver last wrote to it: the
+        #: remote ports' entries are read back from the kernel only on a thorough sync
+        self._forwarding: dict[str, tuple[frozenset[tuple[str, str]], frozenset[tuple[str, str]]]] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         #: the host forwards and masquerades its routers' egress (set up once, at the first need)
@@ -135,7 +141,7 @@ class NetworkDriver:
                 links = nl.links()
                 for tap, (bridge, port) in taps.items():
                     if bridge in links:
-                        self._plug(nl, links, tap, bridge, port)
+                        self._plug(nl, links.get(tap), tap, bridge, port)
 
     # --- sync ----------------------------------------------------------------------------------
 
@@ -158,22 +164,25 @@ class NetworkDriver:
                 wanted = {k: v for k, v in wanted.items() if k not in stale}
             for network_id in scope:
                 self._revisions[network_id] = desired.revision
+            for network_id in scope - set(wanted):
+                self._taps.pop(network_id, None)
+                self._converged.discard(network_id)
             if desired.scope is None and not stale:
                 self._full_revision = desired.revision
             for network_id in sorted(scope & present - set(wanted)):
                 self._remove_network(nl, network_id)
             for w in wanted.values():
-                self._converge_network(nl, w)
+                # A full sync re-reads everything (it is how a host catches up after a restart or
+                # a failure); a scoped one trusts what this driver wrote since, so that adding a
+                # port costs the same on a host with one port or a thousand.
+                thorough = desired.scope is None or w.network.id not in self._converged
+                self._converged.discard(w.network.id)
+                self._converge_network(nl, w, thorough)
+                self._converged.add(w.network.id)
             if desired.scope is None and not stale:
                 self._remove_strays(nl, {s.vni for w in wanted.values() for s in w.subnets}, set(wanted))
             if any(w.network.snat for w in wanted.values()) and not self._egress_ready:
                 self._prepare_egress(nl)
-            for network_id in scope:
-                self._taps.pop(network_id, None)
-            for w in wanted.values():
-                vni = {s.id: s.vni for s in w.subnets}
-                self._taps[w.network.id] = {tap_name(p.id): (names.bridge(vni[p.subnet_id]), p)
-                                            for p in w.network.ports}
             ours = {tap for ports in self._taps.values() for tap in ports}
             self._pinned = {tap: pin for tap, pin in self._pinned.items() if tap in ours}
             self._security.learn(desired)
@@ -187,10 +196,11 @@ class NetworkDriver:
         subnets = [s for s in network.subnets if network.router or s.id in local]
         return _Wanted(network, names.router_namespace(self.settings.namespace_prefix, network.id), subnets)
 
-    def _converge_network(self, nl: Netlink, w: _Wanted) -> None:
+    def _converge_network(self, nl: Netlink, w: _Wanted, thorough: bool) -> None:
         if w.namespace not in namespaces():
             create_namespace(w.namespace)
             log.info("router_namespace_created", network=w.network.id, namespace=w.namespace)
+            thorough = True
         with Netlink(w.namespace) as rnl:
             rlinks = rnl.links()
             if not rlinks["lo"].up:
@@ -200,31 +210,47 @@ class NetworkDriver:
                 vni = _leg_vni(name)
                 if vni is not None and vni not in wanted_vnis:
                     self._remove_subnet(nl, vni)
-            links = nl.links()
             for subnet in w.subnets:
-                self._converge_subnet(nl, links, rnl, rlinks, w.namespace, subnet)
+                self._converge_subnet(nl, rnl, rlinks, w.namespace, subnet)
             rnl.sysctl("net.ipv4.ip_forward", "1" if w.network.router else "0")
             self._converge_outward(nl, rnl, w)
-        links = nl.links()
-        by_id = {s.id: s for s in w.subnets}
-        for port in w.network.ports:
-            subnet = by_id[port.subnet_id]
-            self._plug(nl, links, tap_name(port.id), names.bridge(subnet.vni), port)
-        wanted_taps = {tap_name(p.id) for p in w.network.ports}
-        bridges = {names.bridge(s.vni) for s in w.subnets}
-        for link in links.values():
-            if link.master in bridges and link.name.startswith("tap") and link.name not in wanted_taps:
-                nl.set_master(link.name, None)
-                log.info("port_unplugged", tap=link.name, bridge=link.master)
+        self._converge_ports(nl, w, thorough)
         for subnet in w.subnets:
-            self._converge_forwarding(nl, w.network, subnet)
+            self._converge_forwarding(nl, w.network, subnet, thorough)
             self._converge_dhcp(w, subnet)
 
-    def _converge_subnet(self, nl: Netlink, links: dict[str, Link], rnl: Netlink, rlinks: dict[str, Link],
-                         namespace: str, subnet: Subnet) -> None:
+    def _converge_ports(self, nl: Netlink, w: _Wanted, thorough: bool) -> None:
+        """Each local port's tap in its subnet's bridge, and no other tap in the network's bridges."""
+        by_id = {s.id: s for s in w.subnets}
+        wanted = {tap_name(p.id): (names.bridge(by_id[p.subnet_id].vni), p) for p in w.network.ports}
+        bridges = {names.bridge(s.vni) for s in w.subnets}
+        before = self._taps.get(w.network.id, {})
+        if thorough:
+            links = nl.links()
+            for tap, (bridge, port) in wanted.items():
+                self._plug(nl, links.get(tap), tap, bridge, port)
+            strays = [link for link in links.values()
+                      if link.master in bridges and link.name.startswith("tap") and link.name not in wanted]
+        else:
+            # The ports of the last sync are plugged and pinned (the watcher plugs the taps that
+            # come back): only those that came or changed since are looked up, one by one.
+            for tap, (bridge, port) in wanted.items():
+                if before.get(tap) != (bridge, port) or tap not in self._pinned:
+                    self._plug(nl, nl.link(tap), tap, bridge, port)
+            bridges |= {bridge for bridge, _port in before.values()}
+            strays = [link for tap in sorted(before.keys() - wanted.keys())
+                      if (link := nl.link(tap)) is not None and link.master in bridges]
+        for link in strays:
+            nl.set_master(link.name, None)
+            log.info("port_unplugged", tap=link.name, bridge=link.master)
+        self._taps[w.network.id] = wanted
+
+    def _converge_subnet(self, nl: Netlink, rnl: Netlink, rlinks: dict[str, Link], namespace: str,
+                         subnet: Subnet) -> None:
         s = self.settings
         bridge, vxlan = names.bridge(subnet.vni), names.vxlan(subnet.vni)
         host_leg, router_leg = names.gateway_leg(subnet.vni), names.router_leg(subnet.vni)
+        links = {name: link for name in (bridge, vxlan, host_leg) if (link := nl.link(name)) is not None}
         if bridge not in links:
             nl.add_bridge(bridge, s.mtu)
             log.info("segment_created", vni=subnet.vni, subnet=subnet.id)
@@ -233,6 +259,7 @@ class NetworkDriver:
             nl.delete_link(vxlan)  # made for another VTEP or port: its settings cannot change in place
             del links[vxlan]
         if vxlan not in links:
+            self._forwarding.pop(vxlan, None)
             nl.add_vxlan(vxlan, subnet.vni, s.vtep, s.vxlan_port, s.mtu)
         if links.get(vxlan) is None or links[vxlan].master != bridge:
             nl.set_master(vxlan, bridge)
@@ -262,10 +289,10 @@ class NetworkDriver:
         """The router's ways out: the transit leg for SNATed egress, the external leg for floating IPs."""
         s, network = self.settings, w.network
         transit, external = names.transit_leg(network.id), names.external_leg(network.id)
-        links = nl.links()
+        links = {name: link for name in (transit, external) if (link := nl.link(name)) is not None}
         router_address = ""
         if network.snat:
-            host_address, router_address = self._transit_addresses(nl, links, transit)
+            host_address, router_address = self._transit_addresses(nl, transit in links, transit)
             if transit not in links:
                 nl.add_veth(transit, names.TRANSIT_LEG, w.namespace, s.underlay_mtu)
                 # Forwarding back and forth with the host: its reverse path is the transit leg for
@@ -289,7 +316,8 @@ class NetworkDriver:
             if external not in links:
                 nl.add_veth(external, names.EXTERNAL_LEG, w.namespace, s.underlay_mtu)
                 log.info("router_external_leg_created", network=network.id)
-            if nl.links()[external].master != s.external_interface:
+            leg = nl.link(external)
+            if leg is None or leg.master != s.external_interface:
                 nl.set_master(external, s.external_interface)
             nl.set_up(external)
             rnl.set_up(names.EXTERNAL_LEG)
@@ -330,18 +358,20 @@ class NetworkDriver:
             snat_sources=tuple(str(sub.cidr) for sub in w.subnets) if network.snat else (),
             transit_leg=names.TRANSIT_LEG, transit_address=router_address))
 
-    def _transit_addresses(self, nl: Netlink, links: dict[str, Link], transit: str) -> tuple[str, str]:
+    def _transit_addresses(self, nl: Netlink, made: bool, transit: str) -> tuple[str, str]:
         """The host's and the router's address on a router's transit /30: kept if it has one, else the
         lowest /30 of the transit range that no other router of this host holds."""
         pool = ipaddress.IPv4Network(self.settings.transit_cidr)
+        if made:
+            for address, _prefixlen in nl.addresses(transit):
+                slot = ipaddress.IPv4Network(f"{address}/30", strict=False)
+                if slot.subnet_of(pool):
+                    return str(slot[1]), str(slot[2])
         taken: set[ipaddress.IPv4Network] = set()
-        for name in links:
-            if names.OWNED_PER_NETWORK.match(name) and name.startswith("clt"):
+        for name in nl.links():
+            if names.OWNED_PER_NETWORK.match(name) and name.startswith("clt") and name != transit:
                 for address, _prefixlen in nl.addresses(name):
-                    slot = ipaddress.IPv4Network(f"{address}/30", strict=False)
-                    if name == transit and slot.subnet_of(pool):
-                        return str(slot[1]), str(slot[2])
-                    taken.add(slot)
+                    taken.add(ipaddress.IPv4Network(f"{address}/30", strict=False))
         for slot in pool.subnets(new_prefix=30):
             if slot not in taken:
                 return str(slot[1]), str(slot[2])
@@ -355,13 +385,11 @@ class NetworkDriver:
         self._egress_ready = True
         log.info("host_egress_ready", external=self.settings.external_interface)
 
-    def _plug(self, nl: Netlink, links: dict[str, Link], tap: str, bridge: str, port: LocalPort) -> None:
-        link = links.get(tap)
+    def _plug(self, nl: Netlink, link: Link | None, tap: str, bridge: str, port: LocalPort) -> None:
         if link is None and self.settings.tap_netns:
             if nl.take_link(tap, self.settings.tap_netns):
                 log.info("tap_moved", tap=tap, source=self.settings.tap_netns)
-                links.update(nl.links())
-                link = links.get(tap)
+                link = nl.link(tap)
         if link is None:
             return  # the guest is not running: its tap is plugged when it appears
         if link.master != bridge:
@@ -373,21 +401,25 @@ class NetworkDriver:
             nl.fdb_pin(tap, port.mac)
             self._pinned[tap] = (link.index, port.mac)
 
-    def _converge_forwarding(self, nl: Netlink, network: DesiredNetwork, subnet: Subnet) -> None:
+    def _converge_forwarding(self, nl: Netlink, network: DesiredNetwork, subnet: Subnet, thorough: bool) -> None:
         vxlan = names.vxlan(subnet.vni)
         remote = [p for p in network.remote_ports if p.subnet_id == subnet.id]
         want_fdb = {(p.mac, p.vtep) for p in remote}
-        have_fdb = nl.fdb(vxlan)
+        want_neigh = {(p.ip, p.mac) for p in remote}
+        # Dumping a bridge's FDB reads every local port's entries too: the written ones stand in
+        # unless the sync is thorough (or a change of them failed half-way).
+        written = self._forwarding.pop(vxlan, None)
+        have_fdb, have_neigh = written if written is not None and not thorough else \
+            (nl.fdb(vxlan), nl.neighbours(vxlan))
         for mac, vtep in have_fdb - want_fdb:
             nl.fdb_del(vxlan, mac, vtep)
         for mac, vtep in want_fdb - have_fdb:
             nl.fdb_add(vxlan, mac, vtep)
-        want_neigh = {(p.ip, p.mac) for p in remote}
-        have_neigh = nl.neighbours(vxlan)
         for ip, _mac in have_neigh - want_neigh:
             nl.neighbour_del(vxlan, ip)
         for ip, mac in want_neigh - have_neigh:
             nl.neighbour_set(vxlan, ip, mac)
+        self._forwarding[vxlan] = (frozenset(want_fdb), frozenset(want_neigh))
 
     def _converge_dhcp(self, w: _Wanted, subnet: Subnet) -> None:
         if not subnet.dhcp:
@@ -405,6 +437,7 @@ class NetworkDriver:
     def _remove_subnet(self, nl: Netlink, vni: int) -> None:
         if vni in self._dhcp.servers():
             self._dhcp.remove(vni)
+        self._forwarding.pop(names.vxlan(vni), None)
         # The veth's namespace end goes with its host end; taps in the bridge are let go.
         for name in (names.gateway_leg(vni), names.vxlan(vni), names.bridge(vni)):
             nl.delete_link(name)

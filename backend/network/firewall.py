@@ -129,6 +129,9 @@ class Firewall:
         self._jumps_written: tuple[tuple[str, str, str], ...] | None = None
         self._guard = PortGuard(self._where)
         self._ipv6_written: tuple[str, ...] | None = None
+        #: the remote-group sets and their members as this object last wrote them; None: list
+        #: them from the kernel (a listing grows with every group's members)
+        self._sets_written: dict[str, frozenset[str]] | None = None
 
     def apply(self, state: FirewallState) -> None:
         """Make the namespace firewall exactly ``state.ports``, as ``state`` says."""
@@ -140,7 +143,7 @@ class Firewall:
             except BaseException:
                 # The kernel may hold part of the change: compare with the kernel itself next time.
                 self._written.clear()
-                self._jumps_written = self._ipv6_written = None
+                self._jumps_written = self._ipv6_written = self._sets_written = None
                 raise
 
     def _apply(self, state: FirewallState, ports: dict[str, PortFirewall], groups: dict[str, str]) -> None:
@@ -148,12 +151,16 @@ class Firewall:
             self._enable_bridge_netfilter()
         sets = {name: frozenset(state.members.get(group, frozenset())) for name, group in groups.items()}
         with self._ipset() as ipset:
-            changed_sets = self._converge_sets(ipset, sets, groups)
+            present = self._sets_written if self._sets_written is not None else self._present_sets(ipset)
+            self._sets_written = None
+            shrunk = self._converge_sets(ipset, present, sets, groups)
             rebuilt = self._converge_tables(ports, state.zones)
             self._guard.apply(ports.values())
-            self._destroy_stale_sets(ipset, set(sets))
+            # only once no rule names them: a set in use cannot be destroyed
+            self._destroy_stale_sets(ipset, set(present) - set(sets))
+            self._sets_written = sets
         judged = [port for chain_id, port in sorted(ports.items())
-                  if chain_id in rebuilt or any(r.remote_group is not None and _set_name(r.remote_group) in changed_sets
+                  if chain_id in rebuilt or any(r.remote_group is not None and _set_name(r.remote_group) in shrunk
                                                 for r in port.rules)]
         if judged:
             self._end_flows(judged, state)
@@ -204,10 +211,11 @@ class Firewall:
                     members.add(data.get_attr("IPSET_ATTR_IP_FROM").get_attr("IPSET_ATTR_IPADDR_IPV4"))
         return {name: frozenset(members) for name, members in present.items()}
 
-    def _converge_sets(self, ipset: Any, wanted: dict[str, frozenset[str]], groups: dict[str, str]) -> set[str]:
-        """Make each wanted set hold its members; the names of those whose members changed."""
-        present = self._present_sets(ipset)
-        changed = set()
+    def _converge_sets(self, ipset: Any, present: Mapping[str, frozenset[str]], wanted: dict[str, frozenset[str]],
+                       groups: dict[str, str]) -> set[str]:
+        """Make each wanted set hold its members; the names of those that lost some (a member added
+        only allows more, so the flows of the ports that name a grown set need no judging)."""
+        shrunk = set()
         for name, members in sorted(wanted.items()):
             if name not in present:
                 with self._mapped(f"create ipset {name} of group {groups[name]}"):
@@ -221,14 +229,15 @@ class Firewall:
             for address in removed:
                 with self._mapped(f"remove {address} from ipset {name}"):
                     ipset.delete(name, address, etype="ip")
+            if removed:
+                shrunk.add(name)
             if added or removed:
-                changed.add(name)
                 log.info("remote_group_set_updated", group=groups[name], set=name, added=added, removed=removed,
                          netns=self._where)
-        return changed
+        return shrunk
 
-    def _destroy_stale_sets(self, ipset: Any, wanted: set[str]) -> None:
-        for name in sorted(set(self._present_sets(ipset)) - wanted):
+    def _destroy_stale_sets(self, ipset: Any, stale: set[str]) -> None:
+        for name in sorted(stale):
             with self._mapped(f"destroy ipset {name}"):
                 ipset.destroy(name)
             log.info("remote_group_set_destroyed", set=name, netns=self._where)
@@ -416,10 +425,11 @@ class Firewall:
     def _end_flows(self, ports: list[PortFirewall], state: FirewallState) -> None:
         """Delete the flows of ``ports`` that their rules no longer allow (in each port's zone)."""
         with Netlink() as nl:
-            links = nl.links()
+            # one by one: the ports judged are those that changed, a few of the host's many
+            links = {port.tap: nl.link(port.tap) for port in ports}
         by_zone: dict[int, list[PortFirewall]] = {}
         for port in ports:
-            link = links.get(port.tap)
+            link = links[port.tap]
             if link is None or link.master is None:
                 continue  # the guest is not running, or not plugged in: its port carries no flow
             # A bridge without a zone (none should be) leaves its flows in the default zone, 0.

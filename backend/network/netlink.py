@@ -13,6 +13,7 @@ thread inside the namespace (``namespaces.run_in``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -78,6 +79,17 @@ def remove_namespace(name: str) -> None:
         pynetns.remove(name)
 
 
+def _decoded(msg: Any, master: str | None) -> Link:
+    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    vxlan = None
+    if kind == "vxlan":
+        data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+        vxlan = (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LOCAL"), data.get("IFLA_VXLAN_PORT"),
+                 bool(data.get("IFLA_VXLAN_LEARNING")), bool(data.get("IFLA_VXLAN_PROXY")))
+    return Link(name=msg.get("IFLA_IFNAME"), index=msg["index"], kind=kind, master=master, mtu=msg.get("IFLA_MTU"),
+                mac=msg.get("IFLA_ADDRESS") or "", up=bool(msg["flags"] & 1), vxlan=vxlan)
+
+
 class Netlink:
     """Netlink in one namespace: ``netns`` a name under /run/netns, or None for this process's."""
 
@@ -113,23 +125,31 @@ class Netlink:
         """Links changed other than through this handle (a namespace removed with its veths)."""
         self._links = None
 
+    def link(self, name: str) -> Link | None:
+        """One link by name, or None: asked of the kernel alone, so its cost does not grow with
+        the namespace's links as a dump's does (the last dump, while it holds, answers instead)."""
+        if self._links is not None:
+            return self._links.get(name)
+        with _mapped(f"look up link {name}"):
+            try:
+                msg = self._ipr.link("get", ifname=name)[0]
+            except NetlinkError as exc:
+                if exc.code == errno.ENODEV:
+                    return None
+                raise
+            master = msg.get("IFLA_MASTER")
+            master_name = self._ipr.link("get", index=master)[0].get("IFLA_IFNAME") if master else None
+        return _decoded(msg, master_name)
+
     def _dump_links(self) -> dict[str, Link]:
         with _mapped("list links"):
             raw = list(self._ipr.get_links())
         names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in raw}
         out: dict[str, Link] = {}
         for msg in raw:
-            name = msg.get("IFLA_IFNAME")
-            kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-            vxlan = None
-            if kind == "vxlan":
-                data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-                vxlan = (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LOCAL"), data.get("IFLA_VXLAN_PORT"),
-                         bool(data.get("IFLA_VXLAN_LEARNING")), bool(data.get("IFLA_VXLAN_PROXY")))
             master = msg.get("IFLA_MASTER")
-            out[name] = Link(name=name, index=msg["index"], kind=kind, master=names.get(master) if master else None,
-                             mtu=msg.get("IFLA_MTU"), mac=msg.get("IFLA_ADDRESS") or "",
-                             up=bool(msg["flags"] & 1), vxlan=vxlan)
+            link = _decoded(msg, names.get(master) if master else None)
+            out[link.name] = link
         return out
 
     def _index(self, name: str) -> int:

@@ -75,13 +75,14 @@ class Cloud:
         port_id = next(pid for pid, p in self.ports.items() if p[2] == instance.mac)
         self.networks[network_id]["floating"][address] = port_id
 
-    def body(self, host: Hypervisor) -> dict[str, Any]:
-        """``net.sync`` for ``host``: every network with a port on it, as the frontend builds it."""
+    def body(self, host: Hypervisor, scope: list[str] | None = None) -> dict[str, Any]:
+        """``net.sync`` for ``host``: every network with a port on it (or those of ``scope`` only),
+        as the frontend builds it."""
         vteps = {h.name: h.vtep for h in self.hosts}
         networks = []
         for network_id, network in self.networks.items():
             ports = [(pid, p) for pid, p in self.ports.items() if p[0] == network_id]
-            if not any(p[4] == host.name for _, p in ports):
+            if not any(p[4] == host.name for _, p in ports) or (scope is not None and network_id not in scope):
                 continue
             networks.append({
                 "id": network_id, "router": network["router"], "snat": network["snat"],
@@ -89,11 +90,14 @@ class Cloud:
                 "floating_ips": [{"address": a, "port_id": pid} for a, pid in network["floating"].items()],
                 "ports": [{"id": pid, "subnet_id": p[1], "mac": p[2], "ip": p[3], "vtep": vteps[p[4]]}
                           for pid, p in ports]})
-        return {"revision": time.time_ns(), "scope": None, "networks": networks}
+        return {"revision": time.time_ns(), "scope": scope, "networks": networks}
 
-    def sync(self) -> None:
+    def sync(self, scope: list[str] | None = None) -> None:
         for host in self.hosts:
-            self.drivers[host.name].sync(desired_state(self.body(host), host.vtep))
+            self.drivers[host.name].sync(desired_state(self.body(host, scope), host.vtep))
+
+    def unbind(self, instance: Instance) -> None:
+        del self.ports[next(pid for pid, p in self.ports.items() if p[2] == instance.mac)]
 
 
 @pytest.fixture
@@ -162,6 +166,50 @@ def test_a_second_sync_changes_nothing(cloud3: Cloud) -> None:
     old = {"revision": 1, "scope": [net], "networks": []}
     assert cloud3.drivers[hv1.name].sync(desired_state(old, hv1.vtep))["stale"] == [net]
     assert {name: msg["index"] for name, msg in _links(hv1.netns).items()} == before
+
+
+def test_scoped_syncs_change_only_the_ports_that_came_or_went(cloud3: Cloud) -> None:
+    """What the frontend sends as ports come and go: bodies scoped to one network, which a host
+    applies by the ports that changed since its last sync; a full sync re-reads the kernel."""
+    hv1, hv2, _ = cloud3.hosts
+    net = cloud3.network()
+    subnet = cloud3.subnet(net, "10.0.0.0/24", vni=1003)
+    a = cloud3.port(net, subnet, "10.0.0.11", hv1)
+    cloud3.sync([net])
+    b = cloud3.port(net, subnet, "10.0.0.12", hv1)
+    c = cloud3.port(net, subnet, "10.0.0.13", hv2)
+    cloud3.sync([net])
+    for instance in (a, b, c):
+        cloud3.underlay.dhcp(instance)
+    assert _ping(a, "10.0.0.12") and _ping(a, "10.0.0.13")
+
+    def fdb() -> set[tuple[str, str]]:
+        with NetNS(hv1.netns) as ns:
+            index = ns.link_lookup(ifname=names.vxlan(1003))[0]
+            return {(m.get("NDA_LLADDR"), m.get("NDA_DST")) for m in ns.fdb("dump", ifindex=index)
+                    if m.get("NDA_DST")}
+
+    def master(instance: Instance) -> Any:
+        return _links(hv1.netns)[instance.tap].get("IFLA_MASTER")
+
+    assert fdb() == {(c.mac, hv2.vtep)}
+    before = {name: msg["index"] for name, msg in _links(hv1.netns).items()}
+    cloud3.unbind(b)
+    cloud3.unbind(c)
+    cloud3.sync([net])
+    assert master(b) is None and master(a) is not None
+    assert fdb() == set()
+    assert {name: msg["index"] for name, msg in _links(hv1.netns).items()} == before  # nothing else rebuilt
+    assert _ping(a, "10.0.0.1")
+
+    # An entry lost behind the driver's back comes back with the next full sync.
+    d = cloud3.port(net, subnet, "10.0.0.14", hv2)
+    cloud3.sync([net])
+    assert fdb() == {(d.mac, hv2.vtep)}
+    with NetNS(hv1.netns) as ns:
+        ns.fdb("del", ifindex=ns.link_lookup(ifname=names.vxlan(1003))[0], lladdr=d.mac, dst=hv2.vtep)
+    cloud3.sync()
+    assert fdb() == {(d.mac, hv2.vtep)}
 
 
 def test_tenants_with_the_same_cidr_stay_apart(cloud3: Cloud) -> None:
