@@ -3,19 +3,25 @@
 
 The API answers errors as ``{"error": {"code", "message", "field", "reason"}}``; its message
 already names the field (``vcpus: must be at least 1``), so that is what the user reads.
+
+A cloud may have several frontends (``docs/ha.md``).  A call goes to the endpoint that answered
+last, and moves on to the next one only when it cannot have been acted on: the connection was
+never made (refused, timed out, TLS refused), or a standby answered 503 ``not_leading``.  A
+call that reached a serving frontend is never sent again elsewhere, whatever its answer or
+however it broke off: that could do a change twice.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 import click
 import httpx
 
-__all__ = ["DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "Api", "ClctlError",
-           "http_client", "url"]
+__all__ = ["DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "NOT_LEADING", "Api",
+           "ClctlError", "http_client", "url"]
 
 EXIT_OK = 0
 #: the API refused the request, or a task that was waited for failed
@@ -26,6 +32,9 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+#: the error code of a 503 from a frontend that does not lead and so did nothing with the call
+NOT_LEADING = "not_leading"
 
 
 class ClctlError(click.ClickException):
@@ -61,16 +70,33 @@ def url(*parts: str) -> str:
     return "/v1/" + "/".join(quote(str(p), safe="") for p in parts)
 
 
-class Api:
-    """A client of one endpoint, as one user (``token``); opens its connection on first use."""
+class _Missed(Exception):
+    """The call did not reach a frontend that serves it, so another endpoint may take it."""
 
-    def __init__(self, endpoint: str, token: str | None, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 ca_file: str | None = None) -> None:
-        self.endpoint = endpoint
+
+class Api:
+    """A client of one cloud, as one user (``token``): its endpoints are tried in the order given,
+    starting with the one that answered last; each connection is opened on first use.
+
+    ``on_answered(endpoint)`` is told which endpoint answered a call whenever that is not the
+    one tried first, so that the caller may start there next time.
+    """
+
+    def __init__(self, endpoints: Sequence[str], token: str | None, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 ca_file: str | None = None, on_answered: Callable[[str], None] | None = None) -> None:
+        if not endpoints:
+            raise ValueError("an API client needs at least one endpoint")
+        self.endpoints = list(endpoints)
         self.token = token
         self.timeout = timeout
         self.ca_file = ca_file
-        self._http: httpx.Client | None = None
+        self.on_answered = on_answered
+        self._http: dict[str, httpx.Client] = {}
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint that answered last (the first one before any call)."""
+        return self.endpoints[0]
 
     def __enter__(self) -> Api:
         return self
@@ -79,9 +105,9 @@ class Api:
         self.close()
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        for client in self._http.values():
+            client.close()
+        self._http.clear()
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return self.request("GET", path, params=params)
@@ -96,24 +122,30 @@ class Api:
         return self.request("DELETE", path)
 
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
-                content: Iterable[bytes] | None = None, headers: Mapping[str, str] | None = None,
+                content: Callable[[], Iterable[bytes]] | None = None, headers: Mapping[str, str] | None = None,
                 auth: bool = True) -> Any:
-        """The answer's JSON body (None for an empty one); raises :class:`ClctlError` for anything else."""
+        """The answer's JSON body (None for an empty one); raises :class:`ClctlError` for anything else.
+
+        ``content`` makes a streamed body afresh for each endpoint tried.
+        """
         sent = dict(headers or {})
         if auth:
             if not self.token:
                 raise ClctlError("not logged in: run 'clctl login' (or set CLOUDLAND_TOKEN)", EXIT_UNREACHABLE)
             sent["Authorization"] = f"Bearer {self.token}"
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        if self._http is None:
-            self._http = http_client(self.endpoint, self.timeout, self.ca_file)
-        try:
-            response = self._http.request(method, path, json=json, params=query, content=content, headers=sent)
-        except httpx.TimeoutException:
-            raise ClctlError(f"the API at {self.endpoint} did not answer {method} {path} in time",
-                             EXIT_UNREACHABLE) from None
-        except httpx.TransportError as exc:
-            raise ClctlError(f"cannot reach the API at {self.endpoint}: {self._why(exc)}", EXIT_UNREACHABLE) from None
+        missed: list[tuple[str, str]] = []
+        for endpoint in list(self.endpoints):
+            try:
+                response = self._send(endpoint, method, path, json=json, params=query,
+                                      content=content() if content is not None else None, headers=sent)
+            except _Missed as exc:
+                missed.append((endpoint, str(exc)))
+                continue
+            self._answered(endpoint)
+            break
+        else:
+            raise _unreachable(missed)
         if not response.is_success:
             raise _refusal(method, path, response, auth)
         if not response.content:
@@ -124,18 +156,63 @@ class Api:
             raise ClctlError(f"{method} {path}: the API answered HTTP {response.status_code} with a body that is "
                              "not JSON") from None
 
-    def _why(self, exc: httpx.TransportError) -> str:
+    def _send(self, endpoint: str, method: str, path: str, **request: Any) -> httpx.Response:
+        http = self._http.get(endpoint)
+        if http is None:
+            http = self._http[endpoint] = http_client(endpoint, self.timeout, self.ca_file)
+        try:
+            response = http.request(method, path, **request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+            raise _Missed(self._why(endpoint, exc)) from None
+        except httpx.TimeoutException:
+            raise ClctlError(f"the API at {endpoint} did not answer {method} {path} in time",
+                             EXIT_UNREACHABLE) from None
+        except httpx.TransportError as exc:  # the call may have been acted on: not sent again
+            raise ClctlError(f"cannot reach the API at {endpoint}: {self._why(endpoint, exc)}",
+                             EXIT_UNREACHABLE) from None
+        if response.status_code == 503 and _error_code(response) == NOT_LEADING:
+            raise _Missed("a standby frontend: it does not lead")
+        return response
+
+    def _answered(self, endpoint: str) -> None:
+        if endpoint == self.endpoints[0]:
+            return
+        self.endpoints.remove(endpoint)
+        self.endpoints.insert(0, endpoint)
+        if self.on_answered is not None:
+            self.on_answered(endpoint)
+
+    def _why(self, endpoint: str, exc: httpx.TransportError) -> str:
         untrusted = _certificate_error(exc)
         if untrusted is not None:
             by = f"by {self.ca_file}" if self.ca_file else "by this system's CAs"
             return (f"its TLS certificate is not trusted {by} ({untrusted.verify_message}); pass --ca-file with "
                     "the certificate of the CA that signed it (the frontend's <data_dir>/tls/api.crt for the one it "
                     "generates), to 'clctl login' to keep using it, or set CLOUDLAND_CA_FILE")
+        if isinstance(exc, httpx.ConnectTimeout):
+            return "timed out connecting"
         why = str(exc) or type(exc).__name__
-        if isinstance(exc, httpx.RemoteProtocolError) and self.endpoint.startswith("http://"):
+        if isinstance(exc, httpx.RemoteProtocolError) and endpoint.startswith("http://"):
             # What a TLS-only server does to a plain HTTP request: close the connection unanswered.
             return f"{why} (if the API serves TLS, as it does by default, use https://)"
         return why
+
+
+def _unreachable(missed: list[tuple[str, str]]) -> ClctlError:
+    if len(missed) == 1:
+        endpoint, why = missed[0]
+        return ClctlError(f"cannot reach the API at {endpoint}: {why}", EXIT_UNREACHABLE)
+    tried = "; ".join(f"{endpoint}: {why}" for endpoint, why in missed)
+    return ClctlError(f"cannot reach the API at any of its {len(missed)} endpoints ({tried})", EXIT_UNREACHABLE)
+
+
+def _error_code(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:

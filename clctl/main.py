@@ -19,15 +19,16 @@ PROG = "clctl"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--endpoint", metavar="URL", envvar="CLOUDLAND_ENDPOINT", show_envvar=True,
-              help="The API, e.g. https://controller:8080 [default: the one saved by 'clctl login', else "
+@click.option("--endpoint", "endpoints", metavar="URL", multiple=True, envvar="CLOUDLAND_ENDPOINT", show_envvar=True,
+              help="The API, e.g. https://controller:8080; repeated (or comma-separated) for a cloud's several "
+                   "frontends, tried in turn [default: the ones saved by 'clctl login', else "
                    "https://127.0.0.1:8080].")
 @click.option("--token", metavar="TOKEN", envvar="CLOUDLAND_TOKEN", show_envvar=True,
               help="A bearer token [default: the one saved by 'clctl login'].")
 @ca_file_option
 @json_option
 @click.version_option(package_name="cloudland", prog_name=PROG)
-def cli(endpoint: str | None, token: str | None, ca_file: str | None) -> None:
+def cli(endpoints: tuple[str, ...], token: str | None, ca_file: str | None) -> None:
     """Drive a cloudland cloud through its REST API.
 
     Start with 'clctl login'.  Every command takes --json to print the API's JSON instead

@@ -63,16 +63,18 @@ def emit(ctx: click.Context, data: Any, human: Callable[[Any], None]) -> None:
         human(data)
 
 
-def settings(ctx: click.Context, endpoint: str | None = None, ca_file: str | None = None) -> config.Settings:
-    """What the root group's options say, unless a command's own ``endpoint``/``ca_file`` override them."""
+def settings(ctx: click.Context, endpoints: tuple[str, ...] = (), ca_file: str | None = None) -> config.Settings:
+    """What the root group's options say, unless a command's own ``endpoints``/``ca_file`` override them."""
     # The root's params, not state set by its callback: during shell completion callbacks do not run.
     params = ctx.find_root().params
-    return config.resolve(endpoint or params.get("endpoint"), params.get("token"), ca_file or params.get("ca_file"))
+    return config.resolve(endpoints or params.get("endpoints") or (), params.get("token"),
+                          ca_file or params.get("ca_file"))
 
 
 def api(ctx: click.Context, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> Api:
     """A client for this command, closed when the command ends."""
     s = settings(ctx)
-    client = Api(s.endpoint, s.token, timeout, s.ca_file)
+    client = Api(config.answered_last_first(s.endpoints), s.token, timeout, s.ca_file,
+                 on_answered=config.remember_answered)
     ctx.call_on_close(client.close)
     return client

@@ -47,7 +47,7 @@ def _chunks(path: Path, total: int) -> Iterator[bytes]:
 def _upload(client: Api, ref: str, path: Path) -> Any:
     """Stream the file to ``PUT /v1/images/{ref}/file``, never holding it in memory."""
     total = os.path.getsize(path)
-    return client.request("PUT", url("images", ref, "file"), content=_chunks(path, total),
+    return client.request("PUT", url("images", ref, "file"), content=lambda: _chunks(path, total),
                           headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)})
 
 
