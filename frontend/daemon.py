@@ -59,7 +59,7 @@ def main(config_path: str | None) -> None:
         duties = LeaderDuties(config, db, root, frontend.tasks, frontend.submit)
         if single is not None:
             recover(db, Path(config.data_dir))
-            duties.start()
+            duties.start(0)
             frontend.generation = 0
             frontend.metrics.leader.set(1)
     except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError, SecurityError) as exc:

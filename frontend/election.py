@@ -58,7 +58,7 @@ class Election:
         try:
             # Uploads cut off by the previous leader's end: no other frontend serves the API now.
             recover(self.frontend.db, self.frontend.data_dir)
-            self.duties.start()
+            self.duties.start(generation)
         except Exception as exc:
             log.error("leader_duties_failed", generation=generation, error=f"{type(exc).__name__}: {exc}")
             self.ended = f"cannot lead: {type(exc).__name__}: {exc}"

@@ -67,10 +67,15 @@ class LeaderDuties:
             raise RuntimeError(f"leader duties cannot go from {self.term.value} to {to.value}")
         self.term = to
 
-    def start(self) -> None:
-        """Take up every duty; on a failure (the tree's port taken, say) what started is stopped again."""
+    def start(self, generation: int) -> None:
+        """Take up every duty; on a failure (the tree's port taken, say) what started is stopped again.
+
+        ``generation`` is the leadership's: the root's commands carry it, and hosts refuse those
+        of an older one, so a leader that lost the lease unawares cannot make a host act.
+        """
         self._move(Term.LEADING)
         try:
+            self.root.root_epoch = generation
             self.root.start()
             self._stops.append(self.root.stop)
             self.control.start()
@@ -86,7 +91,8 @@ class LeaderDuties:
         except BaseException:
             self.stop()
             raise
-        log.info("leader_duties_started", tree=self.root.endpoint, control=self.config.control_socket)
+        log.info("leader_duties_started", tree=self.root.endpoint, control=self.config.control_socket,
+                 generation=generation)
 
     def stop(self) -> None:
         if self.term is Term.ENDED:

@@ -66,6 +66,10 @@ class Child:
 
 
 class DownlinkOwner:
+    def epoch(self) -> int:
+        """The highest root epoch this node knows, told to each child it welcomes."""
+        return 0
+
     def on_routes(self, child: str, change: RouteChange) -> None:
         """Routes changed below; the owner sends them up or applies them."""
 
@@ -497,7 +501,7 @@ class Downlink:
         self.children[node_id] = child
         entries[0][2] = self.node_id  # the child cannot know our id before it attached
         change.extend(self.routes.add(node_id, entries))
-        self.send_raw(identity, proto.welcome(child.session))
+        self.send_raw(identity, proto.welcome(child.session, self.owner.epoch()))
         if self.security is not None and child.role is Role.AGENT:
             if self._whole_keys is None:
                 # Half a megabyte at 10,000 hosts: encoded once per change, not once per agent.

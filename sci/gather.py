@@ -25,6 +25,8 @@ class Gather:
     wave: int
     op: str
     body: bytes
+    #: the root epoch the command came with, sent again with it when a route moves
+    epoch: int
     #: monotonic time at which the relay sends what it has
     flush_at: float
     #: monotonic time the root gives up (what replays are sent with)

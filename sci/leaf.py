@@ -9,7 +9,7 @@ being run again, whichever path the delivery came by.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import structlog
 import zmq
@@ -51,7 +51,7 @@ class Leaf(UplinkOwner, LoopNode):
     def __init__(
         self,
         node_id: str,
-        registrar: str,
+        registrar: str | Sequence[str],
         settings: TreeSettings,
         executor: Executor,
         journal: Journal,
@@ -97,7 +97,7 @@ class Leaf(UplinkOwner, LoopNode):
             self._on_command(*frame.fields)
 
     def _on_command(self, cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None,
-                    ttl_ms: int) -> None:
+                    ttl_ms: int, epoch: int) -> None:
         if targets is not None and self.node_id not in targets:
             self._log.warning("command_misrouted", cmd=cmd_id, op=op)
             return

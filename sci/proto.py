@@ -8,6 +8,11 @@ A frame is one ZeroMQ message part holding a msgpack array::
 up carry it so that a parent can refuse a child it has already declared dead (the child
 then attaches again).  Frames going down and registrar frames carry 0.
 
+``epoch`` (in COMMAND and WELCOME) is the root's fencing token: whoever runs the root raises
+it each time a new root takes over (the frontend's leadership generation).  Every node keeps
+the highest epoch it has seen and drops a COMMAND of a lower one, so a root that was replaced
+(a leader paused past its lease, then woken) can no longer make any host act.
+
 docs/protocol.md describes each kind; this module is the authority and the docs follow it.
 """
 
@@ -68,10 +73,10 @@ class Kind(IntEnum):
     JOIN = 1  #: node -> registrar: [node_id, role, incarnation, endpoint|None, groups]
     ASSIGN = 2  #: registrar -> node: [level, [[parent_id, endpoint, public_key|None], ...]]
     HELLO = 3  #: child -> parent: [node_id, [NodeEntry, ...]]  (own entry first, then its subtree)
-    WELCOME = 4  #: parent -> child: [session]
+    WELCOME = 4  #: parent -> child: [session, epoch]
     REJECT = 5  #: parent -> child: [RejectCode, text, session refused (0 if none)]
     HEARTBEAT = 6  #: both ways: []
-    COMMAND = 7  #: down: [cmd_id, wave, op, body, targets|None, ttl_ms]
+    COMMAND = 7  #: down: [cmd_id, wave, op, body, targets|None, ttl_ms, epoch]
     RESULTS = 8  #: up: [cmd_id, wave, {host: [status, data, exit_status]}]
     ROUTES = 9  #: up: [[NodeEntry, ...] added, [[node_id, seq], ...] removed]
     STATUS = 10  #: down: [query_id, ttl_ms]
@@ -118,10 +123,10 @@ _SHAPES: dict[Kind, tuple[frozenset[type], ...]] = {
     Kind.JOIN: (_STR, _INT, _INT, _OPT_STR, _LIST),
     Kind.ASSIGN: (_INT, _LIST),
     Kind.HELLO: (_STR, _LIST),
-    Kind.WELCOME: (_INT,),
+    Kind.WELCOME: (_INT, _INT),
     Kind.REJECT: (_INT, _STR, _INT),
     Kind.HEARTBEAT: (),
-    Kind.COMMAND: (_STR, _INT, _STR, _BYTES, _OPT_LIST, _INT),
+    Kind.COMMAND: (_STR, _INT, _STR, _BYTES, _OPT_LIST, _INT, _INT),
     Kind.RESULTS: (_STR, _INT, _DICT),
     Kind.ROUTES: (_LIST, _LIST),
     Kind.STATUS: (_STR, _INT),
@@ -219,8 +224,8 @@ def hello(node_id: str, entries: list[NodeEntry]) -> bytes:
     return encode(Kind.HELLO, 0, node_id, entries)
 
 
-def welcome(session: int) -> bytes:
-    return encode(Kind.WELCOME, 0, session)
+def welcome(session: int, epoch: int) -> bytes:
+    return encode(Kind.WELCOME, 0, session, epoch)
 
 
 def reject(code: RejectCode, text: str, session: int = 0) -> bytes:
@@ -238,8 +243,9 @@ def heartbeat_down() -> bytes:
     return HEARTBEAT_DOWN
 
 
-def command(cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int) -> bytes:
-    return encode(Kind.COMMAND, 0, cmd_id, wave, op, body, targets, ttl_ms)
+def command(cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int,
+            epoch: int) -> bytes:
+    return encode(Kind.COMMAND, 0, cmd_id, wave, op, body, targets, ttl_ms, epoch)
 
 
 def results(session: int, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> bytes:

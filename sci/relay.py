@@ -9,7 +9,7 @@ its parent drops its open gathers: the root replays them once the relay is attac
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import structlog
 import zmq
@@ -43,7 +43,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
     def __init__(
         self,
         node_id: str,
-        registrar: str,
+        registrar: str | Sequence[str],
         listen: str,
         settings: TreeSettings,
         advertise: str | None = None,
@@ -139,7 +139,11 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         self._log.info("keys_received", whole=bool(whole), added=len(checked), removed=len(gone), total=len(keyring))
         self.down.keys_changed(bool(whole), checked, gone)
 
-    def _dispatch(self, cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int) -> None:
+    def epoch(self) -> int:
+        return self.up.epoch if self.up is not None else 0
+
+    def _dispatch(self, cmd_id: str, wave: int, op: str, body: bytes, targets: list[str] | None, ttl_ms: int,
+                  epoch: int) -> None:
         if targets is not None and not all(type(t) is str for t in targets):
             self.counters.add("frames_dropped:malformed")
             self._log.warning("frame_dropped", reason="malformed", kind="COMMAND", detail="targets must be node ids")
@@ -153,7 +157,7 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         expected = routes.expected_for(shares)
         gather = self.gathers.get(key)
         if gather is None:
-            gather = Gather(cmd_id, wave, op, body, flush_at, deadline)
+            gather = Gather(cmd_id, wave, op, body, epoch, flush_at, deadline)
             self.gathers[key] = gather
             self.reactor.call_later(max(0.0, flush_at - now), lambda: self._flush(key, gather))
         gather.pending.update(expected)
@@ -164,10 +168,10 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         for child, share in shares.items():
             if share is None:
                 if whole is None:
-                    whole = proto.command(cmd_id, wave, op, body, None, child_ttl)
+                    whole = proto.command(cmd_id, wave, op, body, None, child_ttl, epoch)
                 data = whole
             else:
-                data = proto.command(cmd_id, wave, op, body, share, child_ttl)
+                data = proto.command(cmd_id, wave, op, body, share, child_ttl, epoch)
             self.down.send(child, data)
         self.counters.add("commands_relayed", len(shares))
         if gather.complete:
@@ -238,7 +242,8 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
             ttl = max(0, int((gather.flush_at - now) * 1000))
             self._log.info("command_rerouted", cmd=gather.cmd_id, wave=gather.wave, via=child, hosts=len(hosts))
             self.counters.add("commands_rerouted")
-            self.down.send(child, proto.command(gather.cmd_id, gather.wave, gather.op, gather.body, hosts, ttl))
+            self.down.send(child, proto.command(gather.cmd_id, gather.wave, gather.op, gather.body, hosts, ttl,
+                                                     gather.epoch))
         for key, gather in list(self.gathers.items()):
             if gather.complete:
                 self._flush(key, gather)

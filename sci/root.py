@@ -265,6 +265,8 @@ class TreeRoot(DownlinkOwner):
         self.down = Downlink(self.reactor, self.ctx, node_id, listen, self.settings, self, self.counters,
                              security=security, accept_unknown_keys=True)
         self._advertise = advertise
+        #: the fencing token every COMMAND carries; set before start by whoever runs the root
+        self.root_epoch = 0
         self.planner: Planner | None = None
         self.stats = RootStats()
         self._commands: dict[str, _Command] = {}
@@ -597,15 +599,19 @@ class TreeRoot(DownlinkOwner):
             return
         ttl = max(0, int((cmd.deadline - time.monotonic()) * 1000))
         cmd.wave += 1
+        epoch = self.root_epoch
         whole = None
         for child, share in shares.items():
             if share is None:
                 if whole is None:
-                    whole = proto.command(cmd.handle.id, cmd.wave, cmd.op, cmd.body, None, ttl)
+                    whole = proto.command(cmd.handle.id, cmd.wave, cmd.op, cmd.body, None, ttl, epoch)
                 data = whole
             else:
-                data = proto.command(cmd.handle.id, cmd.wave, cmd.op, cmd.body, share, ttl)
+                data = proto.command(cmd.handle.id, cmd.wave, cmd.op, cmd.body, share, ttl, epoch)
             self.down.send(child, data)
+
+    def epoch(self) -> int:
+        return self.root_epoch
 
     def on_results(self, child: str, cmd_id: str, wave: int, table: dict[str, list[Any]]) -> None:
         cmd = self._commands.get(cmd_id)

@@ -26,7 +26,7 @@ import collections
 import random
 import time
 from enum import Enum
-from typing import Callable
+from typing import Callable, Sequence
 
 import structlog
 import zmq
@@ -103,7 +103,7 @@ class Uplink:
         ctx: ZContext,
         node_id: str,
         role: Role,
-        registrar: str,
+        registrar: str | Sequence[str],
         settings: TreeSettings,
         owner: UplinkOwner,
         endpoint: str | None = None,
@@ -115,7 +115,12 @@ class Uplink:
         self.ctx = ctx
         self.node_id = proto.check_node_id(node_id)
         self.role = role
-        self.registrar = registrar
+        #: where JOIN goes: every frontend that may run the root; only the one running it listens
+        self.registrars = [registrar] if isinstance(registrar, str) else list(registrar)
+        if not self.registrars:
+            raise ValueError("an uplink needs at least one registrar endpoint")
+        #: the highest root epoch seen (WELCOME, COMMAND): commands of a lower one are refused
+        self.epoch = 0
         self.settings = settings
         self.owner = owner
         self.endpoint = endpoint
@@ -297,12 +302,20 @@ class Uplink:
         self._later(self._backoff(), self._send_join)
 
     def _send_join(self) -> None:
+        """JOIN on one socket connected to every registrar, a copy queued for each.
+
+        ZeroMQ deals the copies out one per connection, and keeps a copy for an address where
+        nothing listens yet until something does: the frontend that takes over the root gets
+        its copy as soon as it binds, with no rotation through the others' timeouts.
+        """
         self._join_due = time.monotonic() + self._join_retry * random.uniform(0.75, 1.25)
-        if not self._open(self.registrar, None, self.security.root_key if self.security else None,
+        if not self._open(self.registrars, None, self.security.root_key if self.security else None,
                           self._send_join):
             return
-        self._send_now(proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups))
-        self._log.debug("join_sent", registrar=self.registrar)
+        join = proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups)
+        for _ in self.registrars:
+            self._send_now(join)
+        self._log.debug("join_sent", registrars=self.registrars)
 
     def _attach(self, index: int, reuse: bool = False) -> None:
         """Attach to ``parents[index]``: on the socket already open to it if ``reuse``."""
@@ -354,9 +367,9 @@ class Uplink:
 
     # Sockets ------------------------------------------------------------------------------
 
-    def _open(self, endpoint: str, identity: bytes | None, server_key: str | None,
+    def _open(self, endpoint: str | list[str], identity: bytes | None, server_key: str | None,
               retry: Callable[[], None]) -> bool:
-        """A fresh socket to ``endpoint``; False if there is none yet (``retry`` runs later)."""
+        """A fresh socket to ``endpoint`` (or to each of a list); False if there is none yet (``retry`` runs later)."""
         self._close_socket()
         wait = budget_of(self.reactor).take()
         if wait > 0:
@@ -366,7 +379,7 @@ class Uplink:
             sock = self.ctx.socket(zmq.DEALER)
         except zmq.ZMQError as exc:  # out of file descriptors or of libzmq's sockets: wait, do not spin
             self.counters.add("sockets_refused")
-            self._log.warning("socket_open_failed", endpoint=endpoint[:200], error=str(exc)[:200])
+            self._log.warning("socket_open_failed", endpoint=str(endpoint)[:200], error=str(exc)[:200])
             self._failures += 1
             self._later(max(self._backoff(), _BACKOFF_MIN), retry)
             return False
@@ -380,13 +393,14 @@ class Uplink:
                 # Without the parent's key there is no handshake to make: the attempt fails and
                 # the next parent is tried, rather than talking to an unauthenticated peer.
                 connect_curve(sock, self.security, server_key or "")
-            sock.connect(endpoint)
+            for address in [endpoint] if isinstance(endpoint, str) else endpoint:
+                sock.connect(address)
             monitor = sock.get_monitor_socket(_MONITORED) if identity is not None else None
         except zmq.ZMQError as exc:
             # No key, or an endpoint ZeroMQ cannot use, or no file descriptor for the monitor:
             # no socket, so the phase times out and the next parent (or the registrar) is tried.
             sock.close(linger=0)
-            self._log.warning("connect_failed", endpoint=endpoint[:200], error=str(exc)[:200])
+            self._log.warning("connect_failed", endpoint=str(endpoint)[:200], error=str(exc)[:200])
             return False
         self._sock = sock
         self._key_refused = False
@@ -512,13 +526,15 @@ class Uplink:
         self.last_rx = time.monotonic()
         if kind is Kind.COMMAND or kind is Kind.STATUS:
             if state is LinkState.ATTACHED:
+                if kind is Kind.COMMAND and not self._current(frame.fields[6], frame.fields[0]):
+                    return
                 self.owner.on_parent_frame(frame)
             else:
                 self._dropped("not_attached", kind=kind.name)
         elif kind is Kind.HEARTBEAT:
             pass
         elif kind is Kind.WELCOME:
-            self._on_welcome(frame.fields[0])
+            self._on_welcome(*frame.fields)
         elif kind is Kind.REJECT:
             self._on_reject(*frame.fields)
         elif kind is Kind.KEYS:
@@ -554,9 +570,25 @@ class Uplink:
         self._close_socket()
         self._attach(0)
 
-    def _on_welcome(self, session: int) -> None:
+    def _current(self, epoch: int, cmd_id: str) -> bool:
+        """Whether a command comes from the current root: its epoch is not below the highest seen."""
+        if epoch < self.epoch:
+            self.counters.add("commands_refused:stale_epoch")
+            self._log.warning("command_refused_stale_epoch", cmd=cmd_id, epoch=epoch, current=self.epoch,
+                              parent=self.parent)
+            return False
+        self.epoch = epoch
+        return True
+
+    def _on_welcome(self, session: int, epoch: int) -> None:
         if self.state is not LinkState.ATTACHING:
             return
+        if epoch < self.epoch:
+            # Its commands will be refused; the parent is on a replaced root and will leave it.
+            self._log.warning("attached_under_stale_epoch", parent=self.parent, epoch=epoch, current=self.epoch)
+        elif epoch > self.epoch:
+            self._log.info("root_epoch_raised", epoch=epoch, previous=self.epoch)
+            self.epoch = epoch
         self._move(LinkState.ATTACHED)
         self.session = session
         self.last_rx = self._attached_at = time.monotonic()

@@ -117,7 +117,8 @@ class FrontendConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     node_id: str = ""
-    frontend: str = "tcp://127.0.0.1:7700"
+    #: every frontend's tree endpoint (standby frontends: the node joins whichever one leads)
+    frontend: tuple[str, ...] = ("tcp://127.0.0.1:7700",)
     #: where the agent keeps its CURVE key pair and the root's public key
     data_dir: str = "/var/lib/cloudland/agent"
     #: a file holding the one-time token (cl1.…) this node enrols with at its first start
@@ -177,7 +178,8 @@ class NetworkSection:
 @dataclass(frozen=True)
 class BackendConfig:
     node_id: str = ""
-    frontend: str = "tcp://127.0.0.1:7700"
+    #: every frontend's tree endpoint (standby frontends: the node joins whichever one leads)
+    frontend: tuple[str, ...] = ("tcp://127.0.0.1:7700",)
     data_dir: str = "/var/lib/cloudland/backend"
     #: the availability zone this hypervisor belongs to, reported to the frontend's scheduler
     zone: str = ""
@@ -201,7 +203,7 @@ class BackendConfig:
 
 C = TypeVar("C", FrontendConfig, AgentConfig, BackendConfig)
 
-_SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str, "frontend": str,
+_SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str,
             "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float,
             "metrics_listen": str, "enrolment_token_file": str, "audit_retention_days": int,
             "event_retention_days": int}
@@ -248,6 +250,8 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
                                 is_root=kind is FrontendConfig)
         elif key in _SECTIONS:
             values[key] = _section(key, _SECTIONS[key], value, where)
+        elif key == "frontend":
+            values[key] = _frontends(value, where)
         elif key in ("groups", "ops_modules"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key}: must be a list of strings")
@@ -255,10 +259,7 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         else:
             if value is None and key == "node_id":
                 continue
-            value = _scalar(key, _SCALARS[key], value, where)
-            if key == "frontend" and "://" not in value:
-                raise ConfigError(f"{where}: frontend: must be an endpoint like tcp://controller:7700 (got {value!r})")
-            values[key] = value
+            values[key] = _scalar(key, _SCALARS[key], value, where)
     config = kind(**values)
     if not config.node_id:
         config = dataclasses.replace(config, node_id=socket.gethostname().split(".")[0])
@@ -282,6 +283,19 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         if "backend.network" in config.ops_modules:
             _check_network(config.network, where)
     return config
+
+
+def _frontends(value: Any, where: str) -> tuple[str, ...]:
+    """``frontend:``: one tree endpoint, or a list of them (one per standby frontend)."""
+    endpoints = [value] if isinstance(value, str) else value
+    if not isinstance(endpoints, list) or not endpoints or not all(isinstance(e, str) for e in endpoints):
+        raise ConfigError(f"{where}: frontend: must be an endpoint or a list of endpoints (got {value!r})")
+    for endpoint in endpoints:
+        if "://" not in endpoint:
+            raise ConfigError(f"{where}: frontend: must be an endpoint like tcp://controller:7700 (got {endpoint!r})")
+    if len(set(endpoints)) != len(endpoints):
+        raise ConfigError(f"{where}: frontend: lists an endpoint twice")
+    return tuple(endpoints)
 
 
 _ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import structlog
 
@@ -66,7 +67,7 @@ def root_key_path(key_path: Path) -> Path:
     return key_path.with_name("root.pub")
 
 
-def node_security(node_id: str, role: Role, registrar: str, tree: TreeSection, key_path: Path,
+def node_security(node_id: str, role: Role, registrar: Sequence[str], tree: TreeSection, key_path: Path,
                   token_file: str) -> Security | None:
     """This agent's or backend's CURVE identity, enrolling it first if it never was.
 

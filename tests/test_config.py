@@ -125,7 +125,9 @@ BACKEND_CASES = [
     ("groups-not-strings", "groups: [rack1, 2]\n", "groups: must be a list of strings"),
     ("ops-modules-not-a-list", "ops_modules: backend.ops.system\n", "ops_modules: must be a list of strings"),
     ("data-dir-wrong-type", "data_dir: 17\n", "data_dir: must be a string (got 17)"),
-    ("frontend-wrong-type", "frontend: 7700\n", "frontend: must be a string (got 7700)"),
+    ("frontend-wrong-type", "frontend: 7700\n", "frontend: must be an endpoint or a list of endpoints (got 7700)"),
+    ("frontend-empty-list", "frontend: []\n", "frontend: must be an endpoint or a list of endpoints (got [])"),
+    ("frontend-twice", "frontend: [tcp://a:7700, tcp://a:7700]\n", "frontend: lists an endpoint twice"),
 ]
 
 
@@ -277,7 +279,7 @@ tree:
 """)
     config = load(BackendConfig, path)
     assert config == BackendConfig(
-        node_id="hv0001", frontend="tcp://10.0.0.1:7700", data_dir="/srv/cloudland", groups=("rack1", "gpu"),
+        node_id="hv0001", frontend=("tcp://10.0.0.1:7700",), data_dir="/srv/cloudland", groups=("rack1", "gpu"),
         ops_modules=("backend.ops.system",), workers=4, journal_fsync=False, log_level="debug",
         tree=config.tree,
     )

@@ -58,7 +58,7 @@ def test_yaml_says_what_the_loader_defaults_say(name: str) -> None:
     shipped = load(KINDS[name], _yaml(name))
     defaults = load(KINDS[name], None)
     if name != "frontend":
-        defaults = dataclasses.replace(defaults, frontend=CONTROLLER)
+        defaults = dataclasses.replace(defaults, frontend=(CONTROLLER,))
     if name == "backend":
         defaults = dataclasses.replace(defaults, ops_modules=("backend.compute",))
     assert shipped == defaults
@@ -77,7 +77,7 @@ def test_frontend_yaml_documented_values() -> None:
 
 def test_agent_yaml_documented_values() -> None:
     c = load(AgentConfig, _yaml("agent"))
-    assert c.frontend == CONTROLLER
+    assert c.frontend == (CONTROLLER,)
     assert c.data_dir == "/var/lib/cloudland/agent"
     assert c.tree.listen == "tcp://0.0.0.0:7710"
     assert c.tree.advertise is None
@@ -87,7 +87,7 @@ def test_agent_yaml_documented_values() -> None:
 
 def test_backend_yaml_documented_values() -> None:
     c = load(BackendConfig, _yaml("backend"))
-    assert c.frontend == CONTROLLER
+    assert c.frontend == (CONTROLLER,)
     assert c.data_dir == "/var/lib/cloudland/backend"
     assert c.groups == () and c.ops_modules == ("backend.compute",)
     assert c.workers == 16

@@ -60,10 +60,10 @@ SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
     Kind.JOIN: ((str,), (int,), (int,), (str, type(None)), (list,)),
     Kind.ASSIGN: ((int,), (list,)),
     Kind.HELLO: ((str,), (list,)),
-    Kind.WELCOME: ((int,),),
+    Kind.WELCOME: ((int,), (int,)),
     Kind.REJECT: ((int,), (str,), (int,)),
     Kind.HEARTBEAT: (),
-    Kind.COMMAND: ((str,), (int,), (str,), (bytes,), (list, type(None)), (int,)),
+    Kind.COMMAND: ((str,), (int,), (str,), (bytes,), (list, type(None)), (int,), (int,)),
     Kind.RESULTS: ((str,), (int,), (dict,)),
     Kind.ROUTES: ((list,), (list,)),
     Kind.STATUS: ((str,), (int,)),
@@ -221,11 +221,11 @@ class Fields:
             Kind.JOIN: as_list(anyone, role, near(ints), endpoint, near(st.lists(texts, max_size=3))),
             Kind.ASSIGN: as_list(near(ints), near(st.lists(near(as_list(anyone, endpoint, key)), max_size=3))),
             Kind.HELLO: as_list(anyone, entries),
-            Kind.WELCOME: as_list(near(ints)),
+            Kind.WELCOME: as_list(near(ints), near(ints)),
             Kind.REJECT: as_list(near(st.integers(0, 4)), near(texts), near(ints) | st.just("own")),
             Kind.HEARTBEAT: st.just([]),
             Kind.COMMAND: as_list(cmd_id, near(ints), op, body, near(st.none() | st.lists(anyone, max_size=4)),
-                                  near(ints | st.integers(0, 5000))),
+                                  near(ints | st.integers(0, 5000)), near(ints)),
             Kind.RESULTS: as_list(cmd_id, near(ints), self.results_table),
             Kind.ROUTES: as_list(entries, near(st.lists(near(as_list(node, seq)), max_size=3))),
             Kind.STATUS: as_list(cmd_id, near(ints | st.integers(0, 2000))),
@@ -330,7 +330,7 @@ def test_decode_past_the_depth_limits_and_at_the_size_limit() -> None:
         check_decode(pack([_nest(depth, False, None), Kind.HEARTBEAT, 0]))
         check_decode(pack([1, _nest(depth, True, 1), 0]))
         check_decode(pack([1, int(Kind.RESULTS), 1, "c", 1, {"h": [1, _nest(depth, False, "x"), 0]}]))
-    big = pack([1, int(Kind.COMMAND), 0, "c", 1, "ping", b"", None, 1])
+    big = pack([1, int(Kind.COMMAND), 0, "c", 1, "ping", b"", None, 1, 0])
     assert check_decode(big, max_bytes=len(big)) is not None
     assert check_decode(big, max_bytes=len(big) - 1) is None
 
@@ -688,7 +688,7 @@ class FakeParent:
         elif frame.kind is Kind.HELLO:
             node, entries = frame.fields
             self.sessions[node] = next(self._next_session)
-            self.send(node, proto.welcome(self.sessions[node]))
+            self.send(node, proto.welcome(self.sessions[node], 0))
             if self.ring and entries[0][3] == Role.AGENT:
                 self.send(node, proto.keys(True, self.ring, []))
         elif frame.kind is Kind.RESULTS:
@@ -706,7 +706,7 @@ class FakeParent:
         for wave in itertools.count(1):
             if self.ring:
                 self.send(via, proto.keys(True, self.ring, []))  # undo what a fuzzed KEYS did
-            self.send(via, proto.command(cmd_id, wave, "ping", proto.pack_body(None), [host], 2000))
+            self.send(via, proto.command(cmd_id, wave, "ping", proto.pack_body(None), [host], 2000, 0))
             self.pump(0.3, ok)
             if ok():
                 return
@@ -841,9 +841,9 @@ def test_relay_refuses_odd_targets_and_cuts_long_ttls() -> None:
     relay = Relay("r1", "tcp://127.0.0.1:1", "tcp://127.0.0.1:0", SETTINGS)
     try:
         relay.down.routes.add("c1", [["h1", [1, 1], "c1", int(Role.BACKEND), 2, None, []]])
-        relay.on_parent_frame(Frame(Kind.COMMAND, 0, ["c", 1, "ping", b"", ["h1", ["x"]], 1000]))
+        relay.on_parent_frame(Frame(Kind.COMMAND, 0, ["c", 1, "ping", b"", ["h1", ["x"]], 1000, 0]))
         assert not relay.gathers
-        relay.on_parent_frame(Frame(Kind.COMMAND, 0, ["c", 1, "ping", b"", ["h1"], 2**64 - 1]))
+        relay.on_parent_frame(Frame(Kind.COMMAND, 0, ["c", 1, "ping", b"", ["h1"], 2**64 - 1, 0]))
         assert relay.gathers[("c", 1)].deadline - time.monotonic() <= 86_400
         relay.on_parent_frame(Frame(Kind.STATUS, 0, ["q", 2**64 - 1]))
     finally:

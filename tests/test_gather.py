@@ -5,7 +5,7 @@ from sci.results import Status
 
 
 def make() -> Gather:
-    return Gather("c", 1, "ping", b"", flush_at=0, deadline=0, pending={"h1": "a", "h2": "a", "h3": "b"})
+    return Gather("c", 1, "ping", b"", epoch=0, flush_at=0, deadline=0, pending={"h1": "a", "h2": "a", "h3": "b"})
 
 
 def test_complete_when_every_host_answered_or_lost() -> None:

@@ -19,9 +19,10 @@ def test_builders_round_trip() -> None:
     cases = [
         (proto.join("h1", proto.Role.BACKEND, 7, None, ["rack1"]), Kind.JOIN, ["h1", 2, 7, None, ["rack1"]]),
         (proto.assign(2, [["a1", "tcp://x:1"]]), Kind.ASSIGN, [2, [["a1", "tcp://x:1"]]]),
-        (proto.welcome(42), Kind.WELCOME, [42]),
+        (proto.welcome(42, 3), Kind.WELCOME, [42, 3]),
         (proto.reject(proto.RejectCode.NO_SESSION, "gone", 9), Kind.REJECT, [1, "gone", 9]),
-        (proto.command("c1", 1, "ping", b"\x80", None, 500), Kind.COMMAND, ["c1", 1, "ping", b"\x80", None, 500]),
+        (proto.command("c1", 1, "ping", b"\x80", None, 500, 7), Kind.COMMAND,
+         ["c1", 1, "ping", b"\x80", None, 500, 7]),
         (proto.results(5, "c1", 1, {"h1": [0, {}, 0]}), Kind.RESULTS, ["c1", 1, {"h1": [0, {}, 0]}]),
         (proto.status("q", 100), Kind.STATUS, ["q", 100]),
     ]
