@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from .commands import (audit, auth, completion, event, fip, flavor, hypervisor, image, instance, keypair, network, org,
-                       port, router, server_group, sg, snapshot, subnet, task, tree, user, volume, zone)
+from .commands import (audit, auth, completion, event, fip, flavor, frontend, hypervisor, image, instance, keypair,
+                       network, org, port, router, server_group, sg, snapshot, subnet, task, tree, user, volume, zone)
 from .session import ca_file_option, json_option
 
 __all__ = ["PROG", "cli"]
@@ -49,5 +49,5 @@ def cli(endpoints: tuple[str, ...], token: str | None, ca_file: str | None) -> N
 for command in (auth.login, auth.logout, auth.whoami, org.group, user.group, zone.group, hypervisor.group,
                 flavor.group, image.group, keypair.group, server_group.group, instance.group, volume.group,
                 snapshot.group, network.group, subnet.group, port.group, router.group, sg.group, fip.group, task.group, event.group,
-                audit.group, tree.tree, tree.ping, completion.completion):
+                audit.group, frontend.group, tree.tree, tree.ping, completion.completion):
     cli.add_command(command)

@@ -1,7 +1,7 @@
 """Standby frontends on PostgreSQL: wait for the leadership lease, lead, and end with it.
 
 Each frontend waits as a standby, serving nothing, until it holds the lease
-(``leadership.py``).  Then it resets what the previous leader left half-done outside tasks,
+(``leadership.py``); standby or leader, it is in the frontends registry (``registry.py``).  Then it resets what the previous leader left half-done outside tasks,
 takes up the leader's duties (``leader.py``) and the daemon serves the API.  A frontend that
 loses the lease stops its duties and the API and exits: its task engine, root and threads
 are one term's, and its supervisor starts it again as a standby.
@@ -19,6 +19,7 @@ from .bootstrap import admin_org_id, recover
 from .db.models import Event
 from .leader import LeaderDuties
 from .leadership import LEASE_S, MARGIN_S, RENEW_S, Lease, Leadership, holder_id
+from .registry import forget_long_gone
 from .services import Frontend
 
 __all__ = ["Election"]
@@ -35,8 +36,9 @@ class Election:
         self.duties = duties
         self.stop_serving = stop_serving
         self.holder = holder_id(frontend.config.node_id)
-        self.leadership = Leadership(Lease(frontend.db, self.holder, LEASE_S), self._lead, self._lose, RENEW_S,
-                                     MARGIN_S, on_renewed=frontend.metrics.lease_renew_seconds.observe)
+        self.leadership = Leadership(Lease(frontend.db, self.holder, LEASE_S, api_url=frontend.config.api.url),
+                                     self._lead, self._lose, RENEW_S, MARGIN_S,
+                                     on_renewed=frontend.metrics.lease_renew_seconds.observe)
         self.decided = threading.Event()
         #: why this frontend does not lead (any more): None while it leads or waits to
         self.ended: str | None = None
@@ -45,6 +47,10 @@ class Election:
     def wait_elected(self) -> bool:
         """Wait as a standby until elected; whether this frontend now leads."""
         log.info("frontend_standby", holder=self.holder)
+        try:
+            forget_long_gone(self.frontend.db)
+        except SQLAlchemyError:  # the next frontend to start clears them
+            log.warning("frontends_not_forgotten", exc_info=True)
         self.leadership.start()
         self.decided.wait()
         return self.ended is None

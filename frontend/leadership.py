@@ -13,6 +13,10 @@ least ``margin_s`` before the database's, whatever the wall clocks say; the marg
 the clocks' different rates.  A watchdog thread keeps that deadline even while a renewal
 hangs on a dead connection.
 
+Each attempt also writes this frontend's row in the frontends registry (``registry.py``), in
+the same statement: every frontend, standby or leader, says it runs and whether it leads, at no
+extra round trip.
+
 SQLite has no second frontend to elect: ``SingleFrontendLock`` refuses a second one at start.
 """
 
@@ -32,6 +36,7 @@ import structlog
 from sqlalchemy import text
 
 from .db import Database
+from .registry import SqlitePresence, leave
 
 __all__ = ["LEASE_S", "MARGIN_S", "RENEW_S", "Lease", "LeaseView", "Leadership", "SingleFrontendLock", "holder_id"]
 
@@ -47,20 +52,32 @@ MARGIN_S = 1.5
 # One statement, so that taking and extending cannot interleave with another frontend's: the
 # row is created by the first frontend ever, extended by its holder while unexpired, and
 # taken by anyone (next generation) once expired.  A holder whose own lease ran out gets a
-# new generation too: it stepped down locally meanwhile, so this is a new term.
+# new generation too: it stepped down locally meanwhile, so this is a new term.  The second
+# part writes this frontend's registry row with what the first decided (a data-modifying
+# WITH runs whether or not the query reads it).
 _TAKE_OR_EXTEND = text("""
-INSERT INTO leadership AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
-VALUES (:name, :holder, 1, now(), now(), now() + make_interval(secs => :lease_s))
-ON CONFLICT (name) DO UPDATE SET
-    holder = excluded.holder,
-    generation = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
-                      THEN l.generation ELSE l.generation + 1 END,
-    acquired_at = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
-                       THEN l.acquired_at ELSE now() END,
-    renewed_at = now(),
-    expires_at = excluded.expires_at
-WHERE l.holder = excluded.holder OR l.expires_at <= now()
-RETURNING generation
+WITH lease AS (
+    INSERT INTO leadership AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
+    VALUES (:name, :holder, 1, now(), now(), now() + make_interval(secs => :lease_s))
+    ON CONFLICT (name) DO UPDATE SET
+        holder = excluded.holder,
+        generation = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
+                          THEN l.generation ELSE l.generation + 1 END,
+        acquired_at = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
+                           THEN l.acquired_at ELSE now() END,
+        renewed_at = now(),
+        expires_at = excluded.expires_at
+    WHERE l.holder = excluded.holder OR l.expires_at <= now()
+    RETURNING generation
+), registered AS (
+    INSERT INTO frontends AS f (holder, node_id, api_url, role, generation, started_at, last_seen)
+    SELECT :holder, :node_id, :api_url, CASE WHEN lease.generation IS NULL THEN 'standby' ELSE 'leader' END,
+           lease.generation, now(), now()
+    FROM (VALUES (1)) AS one (n) LEFT JOIN lease ON true
+    ON CONFLICT (holder) DO UPDATE SET
+        role = excluded.role, generation = excluded.generation, last_seen = excluded.last_seen
+)
+SELECT generation FROM lease
 """)
 
 # A clean stop hands over at once instead of making the successor wait out the lease.
@@ -93,21 +110,28 @@ class LeaseView:
 
 
 class Lease:
-    """The statements on the lease's row (PostgreSQL only)."""
+    """The statements on the lease's row, and on this frontend's registry row (PostgreSQL only)."""
 
-    def __init__(self, db: Database, holder: str, lease_s: float) -> None:
+    def __init__(self, db: Database, holder: str, lease_s: float, api_url: str | None = None) -> None:
         if db.is_sqlite:
             raise ValueError("a leadership lease needs PostgreSQL (database: postgresql+psycopg://...)")
         self.db = db
         self.holder = holder
         self.lease_s = lease_s
+        #: the API this frontend serves, for the registry
+        self.api_url = api_url
 
     def take_or_extend(self) -> int | None:
         """The generation this frontend leads under now, or None if another holds a live lease."""
         with self.db.engine.begin() as conn:
             row = conn.execute(_TAKE_OR_EXTEND, {"name": LEASE_NAME, "holder": self.holder,
-                                                 "lease_s": self.lease_s}).first()
+                                                 "node_id": self.holder.partition("@")[0][:64],
+                                                 "api_url": self.api_url, "lease_s": self.lease_s}).first()
         return None if row is None else int(row[0])
+
+    def leave(self) -> None:
+        """Take this frontend out of the registry: it stops."""
+        leave(self.db, self.holder)
 
     def release(self, generation: int) -> None:
         with self.db.engine.begin() as conn:
@@ -170,6 +194,10 @@ class Leadership:
                 self.lease.release(generation)
             except Exception:  # the successor waits out the lease instead
                 log.warning("lease_release_failed", generation=generation, exc_info=True)
+        try:
+            self.lease.leave()
+        except Exception:  # its registry row ages out instead
+            log.warning("frontend_leave_failed", holder=self.lease.holder, exc_info=True)
 
     def _renew_loop(self) -> None:
         while not self._stop.is_set():
@@ -229,6 +257,7 @@ class SingleFrontendLock:
         self.database_path = database_path
         self.path = database_path.with_name(database_path.name + ".frontend.lock")
         self._file: TextIO | None = None
+        self._presence: SqlitePresence | None = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +276,15 @@ class SingleFrontendLock:
         handle.flush()
         self._file = handle
 
+    def announce(self, db: Database, node_id: str, api_url: str) -> None:
+        """Keep this frontend's row in the frontends registry (on a migrated database) until ``release``."""
+        self._presence = SqlitePresence(db, holder_id(node_id), node_id, api_url)
+        self._presence.start()
+
     def release(self) -> None:
+        if self._presence is not None:
+            self._presence.stop()
+            self._presence = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -19,7 +19,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 from ..images import disk_gb
 
 __all__ = [
-    "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "Hypervisor", "Image", "Instance", "Keypair",
+    "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "FrontendProcess", "Hypervisor", "Image",
+    "Instance", "Keypair",
     "Leadership", "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
     "Snapshot", "Subnet", "Task", "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
 ]
@@ -512,3 +513,29 @@ class Leadership(Base):
     renewed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     #: past this instant, by the database's clock, any frontend may take the lease
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FrontendProcess(Base):
+    """A running frontend process, as it last said of itself: the frontends registry.
+
+    On PostgreSQL every frontend, standby or leader, writes its row in the same statement as
+    each attempt to take or renew the lease (``frontend/leadership.py``), so ``last_seen`` is
+    at most a renewal interval old while it runs; on SQLite the one frontend writes it every
+    few seconds.  Times are the database's (``now()``).  A process that stops cleanly deletes
+    its row; one that dies leaves it to age (``frontend/registry.py``: shown as gone, then
+    deleted a day later).  A restarted frontend is a new process and a new row.
+    """
+
+    __tablename__ = "frontends"
+    #: the process: its node id, host and process id (the lease's holder when it leads)
+    holder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: the frontend's ``node_id`` from its configuration
+    node_id: Mapped[str] = mapped_column(String(64))
+    #: the API it serves (``api.public_url``, else its https://host:port); None when not told
+    api_url: Mapped[str | None] = mapped_column(String(255))
+    #: leader | standby, at its last lease attempt
+    role: Mapped[str] = mapped_column(String(16))
+    #: the lease's generation it leads under (0 on SQLite); None for a standby
+    generation: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
