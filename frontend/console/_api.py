@@ -65,5 +65,8 @@ class Api:
     async def post(self, path: str, json: Any = None) -> Any:
         return await self.call("POST", path, json=json)
 
+    async def patch(self, path: str, json: Any) -> Any:
+        return await self.call("PATCH", path, json=json)
+
     async def delete(self, path: str) -> Any:
         return await self.call("DELETE", path)

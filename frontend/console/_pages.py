@@ -8,29 +8,24 @@ see and do, and a refusal is shown with the API's own field and reason.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator, Literal
-from urllib.parse import parse_qs
+from typing import Any, Literal
 
-import jinja2
-import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from ..api.schemas import Ref
-from ._api import Api, Refusal
-from ._session import (CSRF_FIELD, LOGIN_COOKIE, PATH, TOKEN_COOKIE, clear, csrf_for, csrf_ok, new_login_csrf,
-                       set_cookie)
+from ._api import Refusal
+from ._operator import operator_pages
+from ._session import CSRF_FIELD, LOGIN_COOKIE, TOKEN_COOKIE, clear, csrf_ok, new_login_csrf, set_cookie
+from ._web import CsrfRefused, Form, FormDep, LoginNeeded, VisitDep, api_of, log, render, task_page, to
 
 __all__ = ["PAGE_SIZE", "create_console"]
-
-log = structlog.get_logger("frontend.console")
 
 #: instances per page of the list: what a page renders stays small whatever the organization holds
 PAGE_SIZE = 50
@@ -39,121 +34,27 @@ _CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self
         "base-uri 'none'")
 _FINISHED = ("succeeded", "failed")
 
-_templates = jinja2.Environment(loader=jinja2.PackageLoader("frontend.console", "templates"),
-                                autoescape=True, undefined=jinja2.StrictUndefined)
-
-
-class _LoginNeeded(Exception):
-    """No token, or one the API no longer takes: the login page, with the cookie gone."""
-
-
-class _CsrfRefused(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Visit:
-    """One request of a logged-in user: the API as that user, and who they are."""
-
-    api: Api
-    token: str
-    user: dict[str, Any]
-
-    @property
-    def can_change(self) -> bool:
-        return str(self.user["role"]) != "reader"
-
-    @property
-    def csrf(self) -> str:
-        return csrf_for(self.token)
-
-
-class Form:
-    """A submitted urlencoded form; a blank field counts as not given."""
-
-    def __init__(self, body: bytes) -> None:
-        self._fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-
-    def one(self, name: str) -> str | None:
-        values = self._fields.get(name) or [""]
-        return values[0].strip() or None
-
-    def raw(self, name: str) -> str:
-        """The field as typed, blanks and all (a password)."""
-        return (self._fields.get(name) or [""])[0]
-
-    def all(self, name: str) -> list[str]:
-        return [v for v in self._fields.get(name, []) if v.strip()]
-
-    def given(self, *names: str) -> dict[str, str]:
-        """The fields among ``names`` that were filled in, as the API's body fields of the same names."""
-        return {name: value for name in names if (value := self.one(name)) is not None}
-
-
-def _render(template: str, visit: Visit | None, status: int = 200, csrf: str = "", **context: Any) -> HTMLResponse:
-    """The page; ``csrf`` is its forms' token where there is no session (the login form)."""
-    html = _templates.get_template(template).render(
-        user=visit.user if visit else None, can_change=visit.can_change if visit else False,
-        csrf=visit.csrf if visit else csrf, csrf_field=CSRF_FIELD, root=PATH, **context)
-    return HTMLResponse(html, status_code=status)
-
-
-def _to(path: str) -> RedirectResponse:
-    # 303: the browser follows a form's POST with a GET, so reloading the page does not repeat the action.
-    return RedirectResponse(PATH + path, status_code=303)
-
-
-def _api_of(request: Request, token: str | None) -> Api:
-    client = (request.client.host, request.client.port) if request.client else None
-    api_app: ASGIApp = request.app.state.api
-    return Api(api_app, client, token)
-
-
-async def _visit(request: Request) -> AsyncIterator[Visit]:
-    token = request.cookies.get(TOKEN_COOKIE)
-    # A token is URL-safe base64; anything else in the cookie could not even be sent as a header.
-    if not token or not token.isascii() or not token.isprintable():
-        raise _LoginNeeded()
-    async with _api_of(request, token) as api:
-        user = await api.get("/v1/whoami")
-        yield Visit(api, token, user)
-
-
-VisitDep = Annotated[Visit, Depends(_visit)]
-
-
-async def _form(request: Request, visit: VisitDep) -> Form:
-    """The submitted form, if its CSRF token is this session's."""
-    form = Form(await request.body())
-    if not csrf_ok(visit.csrf, form.one(CSRF_FIELD)):
-        log.warning("console_csrf_refused", path=request.url.path, user=visit.user["user_name"])
-        raise _CsrfRefused()
-    return form
-
-
-FormDep = Annotated[Form, Depends(_form)]
-
 
 def _error_page(status: int, code: str, reason: str, field: str | None) -> HTMLResponse:
-    return _render("error.html", None, status, code=code, reason=reason, field=field)
+    return render("error.html", None, status, code=code, reason=reason, field=field)
 
 
 def _install_handlers(console: FastAPI) -> None:
-    @console.exception_handler(_LoginNeeded)
-    async def login_needed(request: Request, exc: _LoginNeeded) -> Response:
-        response = _to("/login")
+    @console.exception_handler(LoginNeeded)
+    async def login_needed(request: Request, exc: LoginNeeded) -> Response:
+        response = to("/login")
         clear(request, response, TOKEN_COOKIE)
         return response
 
-    @console.exception_handler(_CsrfRefused)
-    async def csrf_refused(request: Request, exc: _CsrfRefused) -> Response:
+    @console.exception_handler(CsrfRefused)
+    async def csrf_refused(request: Request, exc: CsrfRefused) -> Response:
         return _error_page(403, "forbidden", "the form's CSRF token is missing or wrong: reload the page and send "
                                              "it again", CSRF_FIELD)
 
     @console.exception_handler(Refusal)
     async def refused(request: Request, exc: Refusal) -> Response:
         if exc.status == 401:  # revoked or expired meanwhile
-            return await login_needed(request, _LoginNeeded())
+            return await login_needed(request, LoginNeeded())
         return _error_page(exc.status, exc.code, exc.reason, exc.field)
 
     @console.exception_handler(RequestValidationError)
@@ -192,13 +93,14 @@ def create_console(api: ASGIApp) -> FastAPI:
     _security_group_pages(console)
     _volume_pages(console)
     _image_pages(console)
+    operator_pages(console)
     return console
 
 
 def _login_pages(console: FastAPI) -> None:
     @console.get("/")
     async def home() -> Response:
-        return _to("/instances")
+        return to("/instances")
 
     @console.get("/login")
     async def login_form(request: Request) -> Response:
@@ -209,8 +111,8 @@ def _login_pages(console: FastAPI) -> None:
         form = Form(await request.body())
         if not csrf_ok(request.cookies.get(LOGIN_COOKIE), form.one(CSRF_FIELD)):
             log.warning("console_csrf_refused", path=request.url.path, user=None)
-            raise _CsrfRefused()
-        async with _api_of(request, None) as api:
+            raise CsrfRefused()
+        async with api_of(request, None) as api:
             try:
                 token = await api.post("/v1/tokens", {"username": form.one("username") or "",
                                                       "password": form.raw("password")})
@@ -220,7 +122,7 @@ def _login_pages(console: FastAPI) -> None:
                 return _login_page(request, refusal, refusal.status)
         log.info("console_login", user=form.one("username"), role=token["role"])
         expires = dt.datetime.fromisoformat(token["expires_at"].replace("Z", "+00:00"))
-        response = _to("/instances")
+        response = to("/instances")
         set_cookie(request, response, TOKEN_COOKIE, token["token"],
                    max(0, int((expires - dt.datetime.now(dt.timezone.utc)).total_seconds())))
         clear(request, response, LOGIN_COOKIE)
@@ -230,14 +132,14 @@ def _login_pages(console: FastAPI) -> None:
     async def logout(request: Request, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete("/v1/tokens/current")
         log.info("console_logout", user=visit.user["user_name"])
-        response = _to("/login")
+        response = to("/login")
         clear(request, response, TOKEN_COOKIE)
         return response
 
 
 def _login_page(request: Request, refusal: Refusal | None, status: int) -> Response:
     csrf = new_login_csrf()
-    page = _render("login.html", None, status, csrf=csrf, refusal=refusal)
+    page = render("login.html", None, status, csrf=csrf, refusal=refusal)
     set_cookie(request, page, LOGIN_COOKIE, csrf, None)
     return page
 
@@ -248,13 +150,13 @@ def _instance_pages(console: FastAPI) -> None:
         # One more than a page: whether there is a next page, without counting them all.
         rows = (await visit.api.get("/v1/instances", limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE))["items"]
         flavors = {f["id"]: f["name"] for f in (await visit.api.get("/v1/flavors"))["items"]}
-        return _render("instances.html", visit, instances=rows[:PAGE_SIZE], flavors=flavors, page=page,
+        return render("instances.html", visit, instances=rows[:PAGE_SIZE], flavors=flavors, page=page,
                        more=len(rows) > PAGE_SIZE)
 
     @console.get("/instances/new")
     async def launch_form(visit: VisitDep) -> Response:
         api = visit.api
-        return _render("launch.html", visit, images=(await api.get("/v1/images"))["items"],
+        return render("launch.html", visit, images=(await api.get("/v1/images"))["items"],
                        flavors=(await api.get("/v1/flavors"))["items"],
                        networks=[n for n in (await api.get("/v1/networks"))["items"] if not n["external"]],
                        keypairs=(await api.get("/v1/keypairs"))["items"],
@@ -270,13 +172,13 @@ def _instance_pages(console: FastAPI) -> None:
         if groups := form.all("security_groups"):
             body["security_groups"] = groups
         accepted = await visit.api.post("/v1/instances", body)
-        return _to(f"/tasks/{accepted['task']['id']}")
+        return task_page(accepted)
 
     @console.get("/instances/{instance}")
     async def instance(instance: Ref, visit: VisitDep) -> Response:
         row = await visit.api.get(f"/v1/instances/{instance}")
         tasks = (await visit.api.get("/v1/tasks", resource=row["id"], limit=10))["items"]
-        return _render("instance.html", visit, instance=row, tasks=tasks)
+        return render("instance.html", visit, instance=row, tasks=tasks)
 
     @console.post("/instances/{instance}/{action}")
     async def act(instance: Ref, action: Literal["start", "stop", "reboot", "delete"], visit: VisitDep,
@@ -285,24 +187,24 @@ def _instance_pages(console: FastAPI) -> None:
             accepted = await visit.api.delete(f"/v1/instances/{instance}")
         else:
             accepted = await visit.api.post(f"/v1/instances/{instance}/{action}")
-        return _to(f"/tasks/{accepted['task']['id']}")
+        return task_page(accepted)
 
     @console.get("/instances/{instance}/console")
     async def console_log(instance: Ref, visit: VisitDep) -> Response:
         row = await visit.api.get(f"/v1/instances/{instance}")
-        return _render("console.html", visit, instance=row,
+        return render("console.html", visit, instance=row,
                        console=await visit.api.get(f"/v1/instances/{instance}/console"))
 
     @console.get("/tasks/{task}")
     async def task(task: Ref, visit: VisitDep) -> Response:
         row = await visit.api.get(f"/v1/tasks/{task}")
-        return _render("task.html", visit, task=row, finished=row["status"] in _FINISHED)
+        return render("task.html", visit, task=row, finished=row["status"] in _FINISHED)
 
 
 def _keypair_pages(console: FastAPI) -> None:
     @console.get("/keypairs")
     async def keypairs(visit: VisitDep) -> Response:
-        return _render("keypairs.html", visit, keypairs=(await visit.api.get("/v1/keypairs"))["items"])
+        return render("keypairs.html", visit, keypairs=(await visit.api.get("/v1/keypairs"))["items"])
 
     @console.post("/keypairs/new")
     async def create(visit: VisitDep, form: FormDep) -> Response:
@@ -314,17 +216,17 @@ def _keypair_pages(console: FastAPI) -> None:
         keypair = await visit.api.post("/v1/keypairs", {"name": name, "public_key": f"{public} {name}"})
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption()).decode()
-        return _render("keypair_created.html", visit, 201, keypair=keypair, private_key=private)
+        return render("keypair_created.html", visit, 201, keypair=keypair, private_key=private)
 
     @console.post("/keypairs/import")
     async def import_key(visit: VisitDep, form: FormDep) -> Response:
         await visit.api.post("/v1/keypairs", {"name": form.one("name") or "", "public_key": form.one("public_key") or ""})
-        return _to("/keypairs")
+        return to("/keypairs")
 
     @console.post("/keypairs/{keypair}/delete")
     async def delete(keypair: Ref, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete(f"/v1/keypairs/{keypair}")
-        return _to("/keypairs")
+        return to("/keypairs")
 
 
 def _network_pages(console: FastAPI) -> None:
@@ -333,91 +235,91 @@ def _network_pages(console: FastAPI) -> None:
         subnets: dict[str, list[dict[str, Any]]] = {}
         for subnet in (await visit.api.get("/v1/subnets"))["items"]:
             subnets.setdefault(subnet["network_id"], []).append(subnet)
-        return _render("networks.html", visit, networks=(await visit.api.get("/v1/networks"))["items"],
+        return render("networks.html", visit, networks=(await visit.api.get("/v1/networks"))["items"],
                        subnets=subnets)
 
     @console.post("/networks")
     async def create(visit: VisitDep, form: FormDep) -> Response:
         await visit.api.post("/v1/networks", {"name": form.one("name") or ""})
-        return _to("/networks")
+        return to("/networks")
 
     @console.post("/networks/{network}/delete")
     async def delete(network: Ref, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete(f"/v1/networks/{network}")
-        return _to("/networks")
+        return to("/networks")
 
     @console.post("/subnets")
     async def create_subnet(visit: VisitDep, form: FormDep) -> Response:
         await visit.api.post("/v1/subnets", {"name": form.one("name") or "", **form.given("network", "cidr")})
-        return _to("/networks")
+        return to("/networks")
 
     @console.post("/subnets/{subnet}/delete")
     async def delete_subnet(subnet: Ref, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete(f"/v1/subnets/{subnet}")
-        return _to("/networks")
+        return to("/networks")
 
 
 def _security_group_pages(console: FastAPI) -> None:
     @console.get("/security-groups")
     async def groups(visit: VisitDep) -> Response:
-        return _render("security_groups.html", visit, groups=(await visit.api.get("/v1/security-groups"))["items"])
+        return render("security_groups.html", visit, groups=(await visit.api.get("/v1/security-groups"))["items"])
 
     @console.post("/security-groups")
     async def create(visit: VisitDep, form: FormDep) -> Response:
         group = await visit.api.post("/v1/security-groups", {"name": form.one("name") or "",
                                                              **form.given("description")})
-        return _to(f"/security-groups/{group['id']}")
+        return to(f"/security-groups/{group['id']}")
 
     @console.get("/security-groups/{group}")
     async def group(group: Ref, visit: VisitDep) -> Response:
-        return _render("security_group.html", visit, group=await visit.api.get(f"/v1/security-groups/{group}"))
+        return render("security_group.html", visit, group=await visit.api.get(f"/v1/security-groups/{group}"))
 
     @console.post("/security-groups/{group}/delete")
     async def delete(group: Ref, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete(f"/v1/security-groups/{group}")
-        return _to("/security-groups")
+        return to("/security-groups")
 
     @console.post("/security-groups/{group}/rules")
     async def add_rule(group: Ref, visit: VisitDep, form: FormDep) -> Response:
         # Numbers go as typed: the API's own validation names a field that is not one.
         body = form.given("direction", "protocol", "port_min", "port_max", "remote_cidr", "remote_group")
         await visit.api.post(f"/v1/security-groups/{group}/rules", body)
-        return _to(f"/security-groups/{group}")
+        return to(f"/security-groups/{group}")
 
     @console.post("/security-groups/{group}/rules/{rule}/delete")
     async def delete_rule(group: Ref, rule: Ref, visit: VisitDep, form: FormDep) -> Response:
         await visit.api.delete(f"/v1/security-groups/{group}/rules/{rule}")
-        return _to(f"/security-groups/{group}")
+        return to(f"/security-groups/{group}")
 
 
 def _volume_pages(console: FastAPI) -> None:
     @console.get("/volumes")
     async def volumes(visit: VisitDep) -> Response:
-        return _render("volumes.html", visit, volumes=(await visit.api.get("/v1/volumes"))["items"],
+        return render("volumes.html", visit, volumes=(await visit.api.get("/v1/volumes"))["items"],
                        instances=(await visit.api.get("/v1/instances"))["items"] if visit.can_change else [])
 
     @console.post("/volumes")
     async def create(visit: VisitDep, form: FormDep) -> Response:
         accepted = await visit.api.post("/v1/volumes", {"name": form.one("name") or "", **form.given("size_gb")})
-        return _to(f"/tasks/{accepted['task']['id']}")
+        return task_page(accepted)
 
     @console.post("/volumes/{volume}/attach")
     async def attach(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
         accepted = await visit.api.post(f"/v1/volumes/{volume}/attach", {"instance": form.one("instance") or ""})
-        return _to(f"/tasks/{accepted['task']['id']}")
+        return task_page(accepted)
 
     @console.post("/volumes/{volume}/detach")
     async def detach(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
         accepted = await visit.api.post(f"/v1/volumes/{volume}/detach")
-        return _to(f"/tasks/{accepted['task']['id']}")
+        return task_page(accepted)
 
     @console.post("/volumes/{volume}/delete")
     async def delete(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
         accepted = await visit.api.delete(f"/v1/volumes/{volume}")
-        return _to(f"/tasks/{accepted['task']['id']}")
+        return task_page(accepted)
 
 
 def _image_pages(console: FastAPI) -> None:
     @console.get("/images")
     async def images(visit: VisitDep) -> Response:
-        return _render("images.html", visit, images=(await visit.api.get("/v1/images"))["items"])
+        return render("images.html", visit, images=(await visit.api.get("/v1/images"))["items"])

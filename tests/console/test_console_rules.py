@@ -4,14 +4,11 @@ login form, then cookies), on an in-process cloud with a real tree and recording
 
 from __future__ import annotations
 
-import re
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from frontend.api.app import create_app
 from frontend.console import PAGE_SIZE
@@ -19,42 +16,8 @@ from frontend.db.models import Instance
 from frontend.hostalias import alias
 from tests.api.cloud import Cloud, make_cloud
 from tests.api.conftest import Api
+from tests.console.browserless import Console, csrf_of, posted_forms, reason_of
 from tests.support.qcow2 import fake_qcow2
-
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-class Console:
-    """One browser's session of the console, without the browser: cookies kept, forms posted."""
-
-    def __init__(self, app: FastAPI, https: bool = False) -> None:
-        self.client = TestClient(app, base_url="https://testserver" if https else "http://testserver",
-                                 follow_redirects=False)
-
-    def login(self, username: str, password: str) -> Any:
-        form = self.client.get("/ui/login")
-        return self.client.post("/ui/login", data={"csrf": _csrf(form.text), "username": username,
-                                                   "password": password})
-
-    def get(self, path: str) -> Any:
-        return self.client.get(path)
-
-    def post(self, path: str, data: dict[str, str] | None = None, csrf: str | None = None) -> Any:
-        """Post a form, with the CSRF token of a page of this session unless ``csrf`` says otherwise."""
-        token = _csrf(self.get("/ui/keypairs").text) if csrf is None else csrf
-        return self.client.post(path, data={**(data or {}), **({"csrf": token} if token else {})})
-
-
-def _csrf(html: str) -> str:
-    found = CSRF.search(html)
-    assert found, html
-    return found[1]
-
-
-def _reason(html: str) -> str:
-    found = re.search(r'class="reason">([^<]*)<', html)
-    assert found, html
-    return found[1].replace("&#39;", "'")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +68,7 @@ def test_over_plain_http_the_cookie_cannot_be_secure(app: FastAPI, acme: dict[st
     assert "secure" not in cookie.lower() and "httponly" in cookie.lower()
 
 
-def test_a_wrong_password_shows_the_apis_reason(app: FastAPI, acme: dict[str, Any]) -> None:
+def test_a_wrong_password_shows_the_apisreason_of(app: FastAPI, acme: dict[str, Any]) -> None:
     answer = Console(app).login("acme-user", "not-the-password")
     assert answer.status_code == 401 and "wrong user name or password" in answer.text
     assert not any(c.startswith("cloudland_token=") for c in answer.headers.get_list("set-cookie"))
@@ -115,7 +78,7 @@ def test_forms_without_the_sessions_csrf_token_are_refused(app: FastAPI, acme: d
     console, stranger = Console(app), Console(app)
     console.login("acme-user", "password-of-acme")
     stranger.login("acme-user", "password-of-acme")
-    foreign = _csrf(stranger.get("/ui/keypairs").text)  # the same user's, but of another session
+    foreign = csrf_of(stranger.get("/ui/keypairs").text)  # the same user's, but of another session
     for token in ("", "forged", foreign):
         answer = console.post("/ui/networks", {"name": f"net-{len(token)}"}, csrf=token)
         assert answer.status_code == 403 and "CSRF" in answer.text
@@ -148,7 +111,7 @@ def test_another_organizations_instance_is_not_found(app: FastAPI, acme: dict[st
     ident = acme["instance"]["id"]
     for path in (f"/ui/instances/{ident}", f"/ui/instances/{ident}/console"):
         answer = console.get(path)
-        assert answer.status_code == 404 and _reason(answer.text) == f"no instance '{ident}'"
+        assert answer.status_code == 404 and reason_of(answer.text) == f"no instance '{ident}'"
     assert console.post(f"/ui/instances/{ident}/stop").status_code == 404
     assert "web" not in console.get("/ui/instances").text
 
@@ -162,20 +125,20 @@ def test_a_reader_sees_no_actions_and_a_forged_one_is_refused(app: FastAPI, acme
     assert f"/ui/instances/{ident}/stop" not in page.text and "Delete" not in page.text
     answer = console.post(f"/ui/instances/{ident}/stop")
     assert answer.status_code == 403
-    assert _reason(answer.text) == "stop of an instance needs the member role; you are reader"
+    assert reason_of(answer.text) == "stop of an instance needs the member role; you are reader"
 
 
 def test_a_readers_lists_have_no_forms_but_logout(app: FastAPI, acme: dict[str, Any]) -> None:
     console = Console(app)
     console.login("acme-reader", "password-of-reader")
     for page in ("/ui/instances", "/ui/instances/new", "/ui/volumes", "/ui/images", "/ui/keypairs", "/ui/networks",
-                 "/ui/security-groups"):
+                 "/ui/security-groups", f"/ui/orgs/{acme['api'].who['org_id']}", "/ui/orgs", "/ui/events"):
         answer = console.get(page)
         assert answer.status_code == 200
-        assert re.findall(r'<form[^>]*action="([^"]+)"', answer.text) == ["/ui/logout"], page
+        assert posted_forms(answer.text) == ["/ui/logout"], page
 
 
-def test_bad_input_shows_the_apis_field_and_reason(app: FastAPI, acme: dict[str, Any]) -> None:
+def test_bad_input_shows_the_apis_field_andreason_of(app: FastAPI, acme: dict[str, Any]) -> None:
     console = Console(app)
     console.login("acme-user", "password-of-acme")
     created = console.post("/ui/security-groups", {"name": "web"})
@@ -183,7 +146,7 @@ def test_bad_input_shows_the_apis_field_and_reason(app: FastAPI, acme: dict[str,
     answer = console.post(created.headers["location"] + "/rules",
                           {"direction": "ingress", "protocol": "tcp", "port_min": "http"})
     assert answer.status_code == 422
-    assert 'class="field">port_min<' in answer.text and "valid integer" in _reason(answer.text)
+    assert 'class="field">port_min<' in answer.text and "valid integer" in reason_of(answer.text)
     assert console.get("/ui/instances?page=zero").status_code == 422
 
 

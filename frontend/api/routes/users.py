@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from pydantic import Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -74,10 +74,15 @@ def create_user(body: UserCreate, caller: CallerDep, frontend: FrontendDep) -> U
         return user
 
 
-@router.get("/users", response_model=Items[UserView], summary="List the users of your organization")
-def list_users(caller: CallerDep, frontend: FrontendDep) -> Items[UserView]:
+@router.get("/users", response_model=Items[UserView],
+            summary="List the users of your organization (admins: of any organization)")
+def list_users(caller: CallerDep, frontend: FrontendDep,
+               org: Ref | None = Query(default=None, description="an organization's id or name (admins: any; "
+                                                                 "others: their own); default: yours")
+               ) -> Items[UserView]:
     with frontend.db.read() as session:
-        rows = session.execute(select(User).where(User.org_id == caller.org_id).order_by(User.name)).scalars()
+        org_id = caller.org_id if org is None else find_org(session, caller, org, "org").id
+        rows = session.execute(select(User).where(User.org_id == org_id).order_by(User.name)).scalars()
         return Items(items=[UserView.model_validate(u) for u in rows])
 
 
