@@ -13,7 +13,7 @@ __all__ = ["group"]
 AUDIT = Resource("audit record", "audit", (
     Column("TIME", "created_at", when), Column("USER", "user_name"), Column("SOURCE", "source"),
     Column("METHOD", "method"), Column("ROUTE", "route"), Column("RESOURCE", "resource_id"), Column("STATUS", "status"),
-    Column("ERROR", "error"),
+    Column("ERROR", "error"), Column("FRONTEND", "frontend"),
 ), ident="id")
 
 

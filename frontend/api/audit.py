@@ -1,8 +1,9 @@
 """The audit log: one row for every mutating call under ``/v1``, written once its answer is known.
 
 Who called (the authenticated caller, set by ``deps``, or what ``identify`` named), from where,
-what they asked for (method, route template, the resource in the path), when, and how it ended
-(status, error code).  Never the body: it may hold passwords and user data.
+what they asked for (method, route template, the resource in the path), when, how it ended
+(status, error code), and which frontend served it (its process, as the frontends registry
+names it).  Never the body: it may hold passwords and user data.
 
 The row is written in its own short transaction after the app has answered, so a call's own
 transaction never waits for it, and a failed write is logged and costs the call nothing.
@@ -23,6 +24,7 @@ from sqlalchemy import insert
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..db.models import AuditRecord, utcnow
+from ..leadership import holder_id
 from ..services import Frontend
 from .schemas import V1
 
@@ -69,6 +71,8 @@ class AuditLog:
     def __init__(self, app: ASGIApp, frontend: Frontend) -> None:
         self.app = app
         self.frontend = frontend
+        #: this process, named as in the frontends registry and the lease
+        self.served_by = holder_id(frontend.config.node_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith(V1 + "/"):
@@ -97,7 +101,7 @@ class AuditLog:
             raise
         finally:
             record = _record(scope, received_at, 500 if crashed else answer.status or 500,
-                             "internal" if crashed else answer.error_code())
+                             "internal" if crashed else answer.error_code(), self.served_by)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._write, record)
 
@@ -110,7 +114,8 @@ class AuditLog:
                           status=record["status"], user=record["user_id"])
 
 
-def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | None) -> dict[str, Any]:
+def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | None,
+            served_by: str) -> dict[str, Any]:
     state = scope.get("state", {})
     who = state.get("audit_actor") or state.get("caller")
     route = getattr(scope.get("route"), "path", None)
@@ -127,4 +132,5 @@ def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | No
         "resource_id": str(list(params.values())[-1])[:64] if params else None,
         "status": status,
         "error": error,
+        "frontend": served_by[:255],
     }

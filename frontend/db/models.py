@@ -491,6 +491,9 @@ class AuditRecord(Base):
     status: Mapped[int] = mapped_column(Integer)
     #: the error's code (``forbidden``, ``rate_limited``, ...) when the call was refused or failed
     error: Mapped[str | None] = mapped_column(String(32))
+    #: the frontend process that served the call (``frontends.holder``: node id, host, process id);
+    #: None for calls recorded before frontends said
+    frontend: Mapped[str | None] = mapped_column(String(255))
 
 
 class Leadership(Base):

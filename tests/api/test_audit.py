@@ -151,5 +151,6 @@ def test_clctl_audit_list(frontend: Frontend, admin: Api, monkeypatch: pytest.Mo
     listed = json.loads(run("audit", "list", "--json", "--user", "acme-user", "--status", "403", "--since", "1h"))
     assert [(r["route"], r["error"]) for r in listed["items"]] == [("/v1/flavors", "forbidden")]
     table = run("audit", "list", "--method", "post", "--path-prefix", "/v1/orgs").splitlines()
-    assert table[0].split() == ["TIME", "USER", "SOURCE", "METHOD", "ROUTE", "RESOURCE", "STATUS", "ERROR"]
+    assert table[0].split() == ["TIME", "USER", "SOURCE", "METHOD", "ROUTE", "RESOURCE", "STATUS", "ERROR",
+                                "FRONTEND"]
     assert len(table) == 2 and "/v1/orgs" in table[1] and "201" in table[1]

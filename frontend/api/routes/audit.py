@@ -31,6 +31,8 @@ class AuditView(BaseModel):
     resource_id: str | None
     status: int
     error: str | None
+    #: the frontend process that served it (node id, host, process id); null for older records
+    frontend: str | None
 
 
 @router.get("/audit", response_model=Items[AuditView],

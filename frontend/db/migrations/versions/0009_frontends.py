@@ -1,4 +1,4 @@
-"""frontends: the registry of running frontend processes
+"""frontends: the registry of running frontend processes, and which one served each audited call
 
 Revision ID: 0009
 Revises: 0008
@@ -25,7 +25,11 @@ def upgrade() -> None:
     sa.Column('last_seen', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('holder', name=op.f('pk_frontends'))
     )
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('frontend', sa.String(length=255), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.drop_column('frontend')
     op.drop_table('frontends')
