@@ -132,7 +132,8 @@ def test_a_readers_lists_have_no_forms_but_logout(app: FastAPI, acme: dict[str, 
     console = Console(app)
     console.login("acme-reader", "password-of-reader")
     for page in ("/ui/instances", "/ui/instances/new", "/ui/volumes", "/ui/images", "/ui/keypairs", "/ui/networks",
-                 "/ui/security-groups", f"/ui/orgs/{acme['api'].who['org_id']}", "/ui/orgs", "/ui/events"):
+                 "/ui/security-groups", f"/ui/orgs/{acme['api'].who['org_id']}", "/ui/orgs", "/ui/events",
+                 "/ui/routers", "/ui/floating-ips"):
         answer = console.get(page)
         assert answer.status_code == 200
         assert posted_forms(answer.text) == ["/ui/logout"], page
@@ -193,3 +194,70 @@ def test_a_failed_launch_shows_each_hosts_reason_on_its_task_page(cloud: Cloud, 
     assert 'id="task-status">failed<' in page.text and 'http-equiv="refresh"' not in page.text
     host = alias(acme["api"].who["org_id"], "hv0")
     assert f"{host}: no room on hv0" in page.text and "hv0:" not in page.text.replace(f"{host}:", "")
+
+
+def _followed(cloud: Cloud, api: Api, answer: Any) -> dict[str, Any]:
+    """The task a form's answer leads to, once it has ended."""
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/ui/tasks/"), answer.text
+    return cloud.wait_task(api, answer.headers["location"].rsplit("/", 1)[1])
+
+
+def test_routers_and_floating_ips(cloud: Cloud, app: FastAPI, acme: dict[str, Any]) -> None:
+    api = acme["api"]
+    cloud.admin.ok("post", "/v1/networks", 201, json={"name": "public", "external": True})
+    cloud.admin.ok("post", "/v1/subnets", 201, json={"name": "public-sub", "network": "public",
+                                                     "cidr": "203.0.113.0/29"})
+    net = api.ok("post", "/v1/networks", 201, json={"name": "routed"})
+    api.ok("post", "/v1/subnets", 201, json={"name": "routed-sub", "network": "routed", "cidr": "10.9.0.0/24"})
+    port = api.ok("post", "/v1/ports", 201, json={"name": "door", "network": "routed"})
+    console = Console(app)
+    console.login("acme-user", "password-of-acme")
+
+    assert _followed(cloud, api, console.post("/ui/routers", {"name": "r1", "network": net["id"],
+                                                              "snat": "on"}))["status"] == "succeeded"
+    page = console.get("/ui/routers").text
+    assert "<td>r1</td><td>routed</td>" in page and "Turn SNAT off" in page
+    router = api.ok("get", "/v1/routers/r1")
+    _followed(cloud, api, console.post(f"/ui/routers/{router['id']}/snat", {}))
+    assert api.ok("get", "/v1/routers/r1")["snat"] is False
+
+    assert console.post("/ui/floating-ips", {"network": "public"}).headers["location"] == "/ui/floating-ips"
+    fip = api.ok("get", "/v1/floating-ips")["items"][0]
+    page = console.get("/ui/floating-ips").text
+    assert f"Associate {fip['address']} with" in page and f"door {port['ip_address']} on routed" in page
+    _followed(cloud, api, console.post(f"/ui/floating-ips/{fip['id']}/associate", {"port": port["id"]}))
+    assert api.ok("get", f"/v1/floating-ips/{fip['id']}")["port_id"] == port["id"]
+    refused = console.post(f"/ui/routers/{router['id']}/delete")
+    assert refused.status_code == 409 and "disassociate them first" in reason_of(refused.text)
+    _followed(cloud, api, console.post(f"/ui/floating-ips/{fip['id']}/disassociate"))
+    assert api.ok("get", f"/v1/floating-ips/{fip['id']}")["port_id"] is None
+    _followed(cloud, api, console.post(f"/ui/floating-ips/{fip['id']}/release"))
+    assert "No floating IPs." in console.get("/ui/floating-ips").text
+    _followed(cloud, api, console.post(f"/ui/routers/{router['id']}/delete"))
+    assert "No routers." in console.get("/ui/routers").text
+    external = console.post("/ui/routers", {"name": "r2", "network": "public"})  # not the tenant's to route
+    assert external.status_code == 404 and 'class="field">network<' in external.text
+
+
+def test_every_tenant_form_needs_the_sessions_csrf_token(app: FastAPI, acme: dict[str, Any]) -> None:
+    console = Console(app)
+    console.login("acme-user", "password-of-acme")
+    forms = {"/ui/routers": {"name": "forged", "network": "routed"}, "/ui/routers/r1/snat": {},
+             "/ui/routers/r1/delete": {}, "/ui/floating-ips": {}, "/ui/floating-ips/x/associate": {"port": "door"},
+             "/ui/floating-ips/x/disassociate": {}, "/ui/floating-ips/x/release": {}}
+    for path, data in forms.items():
+        for token in ("", "forged"):
+            answer = console.post(path, data, csrf=token)
+            assert answer.status_code == 403 and "CSRF" in answer.text, path
+
+
+def test_the_organizations_quota_use(app: FastAPI, acme: dict[str, Any], cloud: Cloud) -> None:
+    org = acme["api"].who["org_id"]
+    cloud.admin.ok("patch", f"/v1/orgs/{org}", json={"quotas": {"instances": 10}})
+    console = Console(app)
+    console.login("acme-reader", "password-of-reader")
+    page = console.get("/ui/instances").text
+    assert f'href="/ui/orgs/{org}">Quotas<' in page
+    quotas = console.get(f"/ui/orgs/{org}").text
+    used = acme["api"].ok("get", f"/v1/orgs/{org}")["usage"]["instances"]
+    assert f'<meter min="0" max="10" high="8.0" value="{used}"' in quotas and "Save quotas" not in quotas
