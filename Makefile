@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml scripts/ensure-libvirt.sh
 	$(PY) -m pip install -q -e '.[hypervisor,test]'
 	touch $(STAMP)
 
+# FRONTENDS=3: standby frontends on a PostgreSQL server of the run's own (docs/ha.md)
+FRONTENDS ?= 1
+
 run: $(STAMP)
-	$(PY) -m localcluster
+	if [ "$(FRONTENDS)" != 1 ]; then sh tests/support/ensure_postgres.sh; fi
+	$(PY) -m localcluster --frontends $(FRONTENDS)
 
 test: $(STAMP)
 	sh tests/support/ensure_postgres.sh
@@ -31,5 +35,5 @@ bench: $(STAMP)
 	$(PY) -m bench.tree --hosts 1000
 
 clean:
-	if [ -x $(PY) ]; then $(PY) -m localcluster.purge .run; fi
-	rm -rf $(VENV) .run *.egg-info
+	if [ -x $(PY) ]; then $(PY) -m localcluster.purge .run; $(PY) -m localcluster.purge .run-ha; fi
+	rm -rf $(VENV) .run .run-ha *.egg-info

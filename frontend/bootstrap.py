@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from .auth import Role, hash_password
 from .db import Database
-from .db.engine import changed
+from .db.engine import changed, one_at_a_time
 from .db.models import Image, Organization, User
 from . import images
 from .images import ImageStore
@@ -32,6 +32,7 @@ ADMIN_ORG = "admin"
 
 def bootstrap(db: Database, data_dir: Path, password: str | None = None) -> None:
     with db.transaction() as session:
+        one_at_a_time(session)
         if session.execute(select(Organization.id).where(Organization.name == ADMIN_ORG)).first() is not None:
             return
         org = Organization(name=ADMIN_ORG, status="active")

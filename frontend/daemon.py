@@ -1,11 +1,15 @@
 """cloudland-frontend: the REST API, the state, the task engine and the message tree's root.
 
-On SQLite one frontend runs and leads.  On PostgreSQL any number may run (``election.py``).
+On SQLite one frontend runs and leads.  On PostgreSQL any number may run (``election.py``):
+each serves the API from its start, and the one that leads also runs the root and the tasks;
+a standby hands the tasks its API creates to the leader (``tasknotices.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -28,6 +32,7 @@ from .enrolment import root_security
 from .leader import LeaderDuties
 from .leadership import SingleFrontendLock
 from .services import Frontend
+from .tasknotices import announce
 from .tlscert import api_pair
 
 __all__ = ["main"]
@@ -74,10 +79,14 @@ def main(config_path: str | None) -> None:
         server.should_exit = True
 
     election = Election(frontend, duties, stop_serving) if single is None else None
-    if election is not None and not election.wait_elected():
-        election.stop()
-        click.echo(f"cloudland-frontend: {election.ended}", err=True)
-        sys.exit(2)
+    if election is not None:
+        frontend.tasks.hand_over = functools.partial(announce, db)
+
+        def stand_by() -> None:
+            if not election.wait_elected():
+                stop_serving()  # elected, but could not take up the duties: ``ended`` says why
+
+        threading.Thread(target=stand_by, name="election", daemon=True).start()
     log.info("frontend_ready", tree=root.endpoint, control=config.control_socket,
              api=f"{'https' if tls else 'http'}://{config.api.host}:{config.api.port}")
     try:

@@ -12,6 +12,7 @@
     ├── TooLarge         413 too_large       a request body or an upload is over the limit
     ├── TooManyRequests  429 rate_limited    over a rate limit; Retry-After says when to try again
     └── Unavailable      503 unavailable     a part the request needs is not running
+        └── NotLeading   503 not_leading     a standby frontend: the leader does this (try another)
 
 Every error reaches the client as ``{"error": {"code", "message", "field", "reason"}}``.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["ApiError", "Conflict", "Forbidden", "Invalid", "NotFound", "QuotaExceeded", "TooLarge", "TooManyRequests",
-           "Unauthenticated", "Unavailable"]
+           "NotLeading", "Unauthenticated", "Unavailable"]
 
 
 class ApiError(Exception):
@@ -85,3 +86,13 @@ class TooManyRequests(ApiError):
 
 class Unavailable(ApiError):
     code, http_status = "unavailable", 503
+
+
+class NotLeading(Unavailable):
+    """The call acts through the tree's root, which only the leading frontend runs: clients
+    that know several frontends try the next one."""
+
+    code = "not_leading"
+
+    def __init__(self, doing: str) -> None:
+        super().__init__(f"this frontend is a standby: {doing} is done by the leading frontend; ask another")

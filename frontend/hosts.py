@@ -53,14 +53,20 @@ class HostMonitor(Periodic):
         self.submit = submit
         self.host_networks = host_networks
         self.facts_every = dt.timedelta(seconds=facts_every)
-        # After a frontend restart hosts take a few heartbeats to find it again; until then a
-        # host missing from the tree is not yet a host that is down.
+        self.startup_grace = startup_grace
+        # After a frontend restart or a takeover, hosts take a few heartbeats to find the new
+        # root; until then a host missing from the tree is not yet a host that is down.  Counted
+        # from start(): a standby builds its monitor long before it leads.
         self._grace_until = time.monotonic() + startup_grace
         # What the table says of each host (name -> up | down), so that a quiet round, the common
         # case at 10,000 hosts, touches the database only when a refresh falls due.
         self._known: dict[str, str] | None = None
         self._last_seen_written = 0.0
         self._facts_checked = 0.0
+
+    def start(self) -> None:
+        self._grace_until = time.monotonic() + self.startup_grace
+        super().start()
 
     def run_once(self) -> None:
         tree = self.tree

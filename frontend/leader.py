@@ -28,6 +28,7 @@ from .hosts import HostMonitor
 from .netconverge import HostNetworks
 from .reconcile import Reconciler
 from .retention import Retention
+from .tasknotices import TaskListener
 from .tasks import Resumer, Submit, TaskEngine
 
 __all__ = ["LeaderDuties", "Term"]
@@ -58,6 +59,8 @@ class LeaderDuties:
         self.reconciler = Reconciler(db, submit, config.reconcile_interval_s)
         self.retention = Retention(db, config.audit_retention_days, config.event_retention_days)
         self.resumer = Resumer(tasks)
+        #: tasks that standbys' APIs create (PostgreSQL: on SQLite there are no standbys)
+        self.listener = None if db.is_sqlite else TaskListener(db, tasks.start, tasks.resume)
         self.term = Term.NEW
         # Stopped in the reverse order they started: only what did start is stopped.
         self._stops: list[Callable[[], None]] = []
@@ -87,6 +90,11 @@ class LeaderDuties:
                 job.start()
                 self._stops.append(job.stop)
             self._stops.append(self.resumer.stop)
+            # From now on the tasks this frontend's API creates run here.
+            self.tasks.hand_over = None
+            if self.listener is not None:
+                self.listener.start()
+                self._stops.append(self.listener.stop)
             threading.Thread(target=self._resume_tasks, name="resume", daemon=True).start()
         except BaseException:
             self.stop()

@@ -133,8 +133,8 @@ class StateCollector(Collector):
 
     def _from_tree(self) -> Iterator[Metric]:
         tree = self.tree
-        if tree is None:
-            return
+        if tree is None or not tree.running:
+            return  # a standby: the leader's scrape has the tree
         stats = tree.stats
         for name, value, help_ in (("commands", stats.commands, "Commands the root sent"),
                                    ("replays", stats.replays, "Command waves re-sent after a route changed"),

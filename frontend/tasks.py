@@ -154,6 +154,8 @@ class TaskEngine:
         #: how commands reach the tree (Frontend.submit); None: a frontend without a tree
         self.submit = submit
         self.workflows: dict[str, Workflow] = {}
+        #: set while this frontend is a standby: the tasks its API creates are handed to the leader
+        self.hand_over: Callable[[str], None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._running: set[str] = set()
         self.stopping = False
@@ -175,7 +177,14 @@ class TaskEngine:
         return task
 
     def start(self, task_id: str) -> bool:
-        """Run the task on the pool, unless it runs already; whether it was started."""
+        """Run the task on the pool, unless it runs already; whether it was started here."""
+        hand_over = self.hand_over
+        if hand_over is not None:
+            try:
+                hand_over(task_id)
+            except Exception:  # the leader's resumer finds it pending within a minute anyway
+                log.warning("task_hand_over_failed", task=task_id, exc_info=True)
+            return False
         with self._lock:
             if task_id in self._running or self.stopping:
                 return False

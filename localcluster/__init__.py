@@ -13,6 +13,12 @@ section (its VTEP, its external bridge, a namespace prefix of its own), and reac
 frontend, its API and the agents, which stay in this machine's namespace, on the lab's
 management address, where they listen instead of loopback.
 
+With ``frontends`` above 1 the cloud has standby frontends (``docs/ha.md``) on a PostgreSQL
+server it starts itself (``pgserver.py``) unless given a database.  They share what real
+frontends share: the database, the tree's key pair, the API's certificate and the image
+store; every agent and backend is given every frontend's tree endpoint.  The first frontend
+is started alone, so it is the first leader and the one that creates the admin user.
+
 The tree runs CURVE, as it does by default: before an agent or a backend first starts, an
 enrolment token for it is issued through the API as an admin would, and written to the file
 its ``enrolment_token_file`` names.  Nodes already enrolled (a restart, a second ``make run``)
@@ -40,6 +46,7 @@ from frontend.tlscert import generated_pair
 from service.nodekeys import root_key_path
 
 from .netlab import Hypervisor, NetLab, netns_argv
+from .pgserver import PostgresServer
 
 __all__ = ["LocalCluster", "free_port", "rack_of"]
 
@@ -69,7 +76,11 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         backend_config: dict[str, Any] | None = None,
         netlab: bool = False,
+        frontends: int = 1,
+        database: str | None = None,
     ) -> None:
+        if frontends < 1:
+            raise ValueError("a cloud needs at least one frontend")
         self.workdir = Path(workdir).resolve()
         self.lab = NetLab(self.workdir / "netlab") if netlab else None
         #: where the frontend, its API and the agents listen: what the backends can reach
@@ -80,12 +91,21 @@ class LocalCluster:
         self.ops_modules = list(ops_modules or [])
         self.log_level = log_level
         self.python = python
-        self.port = free_port()
-        self.frontend_endpoint = f"tcp://{self.host}:{self.port}"
-        self.control_socket = str(self.workdir / "frontend.sock")
-        self.api_port = api_port or free_port()
+        #: "frontend", then "frontend2", "frontend3"... for standbys; the first leads first
+        self.frontend_names = ["frontend", *(f"frontend{i}" for i in range(2, frontends + 1))]
+        self.frontend_endpoints = {name: f"tcp://{self.host}:{free_port()}" for name in self.frontend_names}
+        self.frontend_endpoint = self.frontend_endpoints["frontend"]
+        self.control_sockets = {name: str(self.workdir / f"{name}.sock") for name in self.frontend_names}
+        self.control_socket = self.control_sockets["frontend"]
+        self.api_ports = {name: api_port if name == "frontend" and api_port else free_port()
+                          for name in self.frontend_names}
+        self.api_port = self.api_ports["frontend"]
         self.api_url = f"https://{self.host}:{self.api_port}"
-        #: the frontend's generated (self-signed) certificate: what clients of the API trust
+        self.api_urls = {name: f"https://{self.host}:{port}" for name, port in self.api_ports.items()}
+        #: None: SQLite in the first frontend's data_dir (one frontend), else a server of our own
+        self.database = database
+        self.pg: PostgresServer | None = None
+        #: the first frontend's generated (self-signed) certificate: what clients of the API trust
         self.ca_file = str(generated_pair(self.workdir / "frontend").cert)
         self.env = dict(env or {})
         #: extra settings for every backend's config file (e.g. a compute section)
@@ -118,29 +138,72 @@ class LocalCluster:
             start_new_session=True,
         )
 
-    def start_frontend(self) -> None:
-        config = self._config("frontend", {
-            "node_id": "root",
-            "data_dir": str(self.workdir / "frontend"),
-            "control_socket": self.control_socket,
+    @property
+    def standbys(self) -> bool:
+        return len(self.frontend_names) > 1
+
+    def _tree_frontends(self) -> str | list[str]:
+        """What agents and backends are given as ``frontend:``."""
+        return list(self.frontend_endpoints.values()) if self.standbys else self.frontend_endpoint
+
+    def _database(self) -> dict[str, Any]:
+        if self.database is None and self.standbys:
+            self.pg = PostgresServer(self.workdir)
+            self.pg.start()
+            self.database = self.pg.create_database("cloudland")
+        return {"database": self.database} if self.database is not None else {}
+
+    def start_frontend(self, name: str = "frontend", wait: bool = True) -> None:
+        """Start frontend ``name``; with ``wait``, until it leads (its root's control socket) and serves."""
+        first = self.workdir / "frontend"
+        shared: dict[str, Any] = {}
+        api: dict[str, Any] = {}
+        if name != "frontend":
+            # What real standbys share: the root's key pair, the certificate, the image store.
+            shared = {"key_file": str(first / "tree" / "root.key")}
+            pair = generated_pair(first)
+            api = {"tls_cert": str(pair.cert), "tls_key": str(pair.key)}
+            images = self.workdir / name / "images"
+            images.parent.mkdir(parents=True, exist_ok=True)
+            if not images.is_symlink():
+                images.symlink_to(first / "images")
+        config = self._config(name, {
+            "node_id": "root" if name == "frontend" else name,
+            "data_dir": str(self.workdir / name),
+            **self._database(),
+            "control_socket": self.control_sockets[name],
             "log_level": self.log_level,
             "reconcile_interval_s": 5.0,
             # The generated certificate names api.host: backends verify the API at that address.
-            "api": {"host": self.host, "port": self.api_port},
-            "tree": {"listen": self.frontend_endpoint, **self.tree},
+            "api": {"host": self.host, "port": self.api_ports[name], **api},
+            "tree": {"listen": self.frontend_endpoints[name], **shared, **self.tree},
         })
-        if os.path.exists(self.control_socket):
-            os.unlink(self.control_socket)  # left by a frontend that was killed
-        self._spawn("frontend", "frontend", config)
-        self._wait(lambda: os.path.exists(self.control_socket), 30, "the frontend's control socket")
-        self._wait(self._api_answers, 30, "the frontend's API")
+        if os.path.exists(self.control_sockets[name]):
+            os.unlink(self.control_sockets[name])  # left by a frontend that was killed
+        self._spawn(name, "frontend", config)
+        if wait:
+            self._wait(lambda: os.path.exists(self.control_sockets[name]), 30, f"{name}'s control socket")
+            self._wait(lambda: self._api_answers(name), 30, f"{name}'s API")
 
-    def _api_answers(self) -> bool:
+    def _api_answers(self, name: str = "frontend") -> bool:
         try:
-            with socket.create_connection((self.host, self.api_port), timeout=0.5):
+            with socket.create_connection((self.host, self.api_ports[name]), timeout=0.5):
                 return True
         except OSError:
             return False
+
+    def leader(self) -> str | None:
+        """The frontend whose root answers on its control socket, if one does."""
+        for name in self.frontend_names:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None or not os.path.exists(self.control_sockets[name]):
+                continue
+            try:
+                if "error" not in request(self.control_sockets[name], {"op": "tree", "timeout": 1.0}, 5.0):
+                    return name
+            except OSError:
+                continue
+        return None
 
     def ssl_context(self) -> ssl.SSLContext:
         """For clients of the API (``httpx.Client(verify=...)``): trusts the frontend's certificate only."""
@@ -182,7 +245,7 @@ class LocalCluster:
         data_dir = self.workdir / "agents" / name
         config = self._config(name, {
             "node_id": name,
-            "frontend": self.frontend_endpoint,
+            "frontend": self._tree_frontends(),
             "data_dir": str(data_dir),
             **self._enrolment(name, "agent", data_dir, enrol, token),
             "log_level": self.log_level,
@@ -205,7 +268,7 @@ class LocalCluster:
             prefix = netns_argv(hypervisor.netns)
         config = self._config(name, {
             "node_id": name,
-            "frontend": self.frontend_endpoint,
+            "frontend": self._tree_frontends(),
             "data_dir": str(data_dir),
             **self._enrolment(name, "backend", data_dir, enrol, token),
             "groups": [rack_of(name)],
@@ -225,6 +288,8 @@ class LocalCluster:
         if self.lab is not None:
             self.lab.open()
         self.start_frontend()
+        for name in self.frontend_names[1:]:
+            self.start_frontend(name, wait=False)
         for name in self.agent_names:
             self.start_agent(name)
         self.wait_attached(self.agent_names, timeout)
@@ -263,6 +328,9 @@ class LocalCluster:
         if self.lab is not None:
             self.lab.close()
             self.hypervisors.clear()
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
 
     def __enter__(self) -> "LocalCluster":
         try:
@@ -277,7 +345,14 @@ class LocalCluster:
     # Talking to the frontend --------------------------------------------------------------
 
     def control(self, message: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        reply = request(self.control_socket, message, timeout)
+        """Ask the leading frontend's root (the first frontend's, unless there are standbys)."""
+        socket_path = self.control_socket
+        if self.standbys:
+            leader = self.leader()
+            if leader is None:
+                raise RuntimeError("no frontend leads")
+            socket_path = self.control_sockets[leader]
+        reply = request(socket_path, message, timeout)
         if "error" in reply:
             raise RuntimeError(f"frontend: {reply['error']}")
         return reply
@@ -302,7 +377,8 @@ class LocalCluster:
     def _wait(self, check: Any, timeout: float, what: str) -> None:
         end = time.monotonic() + timeout
         while not check():
-            dead = [n for n, p in self.procs.items() if p.poll() is not None and n == "frontend"]
+            dead = [n for n, p in self.procs.items() if p.poll() is not None and n in self.frontend_names
+                    and not self.standbys]
             if dead or time.monotonic() > end:
                 raise TimeoutError(f"gave up waiting for {what}; logs in {self.workdir / 'logs'}")
             time.sleep(0.1)

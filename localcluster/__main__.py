@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -12,14 +13,18 @@ from typing import Any
 
 import click
 
-from . import LocalCluster, demo, guest, libvirtd
+from . import LocalCluster, demo, guest, libvirtd, purge
 
 
 @click.command()
 @click.option("--agents", default=2, show_default=True, help="Relay processes.")
 @click.option("--backends", default=6, show_default=True, help="Backend processes (hypervisors).")
-@click.option("--workdir", default=".run", show_default=True, type=click.Path(file_okay=False),
-              help="Where configs, logs, the database and journals go.")
+@click.option("--frontends", default=1, show_default=True, type=click.IntRange(1, 9),
+              help="Frontends: above 1, standbys that take over from the leader, on a PostgreSQL server "
+                   "this command starts (docs/ha.md).")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Where configs, logs, the database and journals go [default: .run; with standby "
+                   "frontends .run-ha, emptied at each start since their database is new each time].")
 @click.option("--api-port", default=8080, show_default=True,
               help="Where the REST API listens (127.0.0.1, or the management address).")
 @click.option("--compute/--no-compute", default=None,
@@ -28,9 +33,9 @@ from . import LocalCluster, demo, guest, libvirtd
               help="Run each backend in a network namespace of its own with the network driver, so guests "
                    "get tenant networks; the frontend and agents listen on the namespaces' management address "
                    "instead of loopback (default: with compute).")
-def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool | None,
+def main(agents: int, backends: int, frontends: int, workdir: str | None, api_port: int, compute: bool | None,
          netns_hypervisors: bool | None) -> None:
-    """Start a frontend, AGENTS relays and BACKENDS backends on loopback."""
+    """Start FRONTENDS frontends, AGENTS relays and BACKENDS backends on loopback."""
     if netns_hypervisors and os.geteuid() != 0:
         raise click.UsageError("--netns-hypervisors needs root (network namespaces)")
     if compute is None:
@@ -44,8 +49,13 @@ def main(agents: int, backends: int, workdir: str, api_port: int, compute: bool 
                    "backend_config": {"compute": {"domain_type": "auto", "cmdline": guest.CMDLINE}}}
     if netns_hypervisors:
         options["ops_modules"].append("backend.network")
-    cluster = LocalCluster(Path(workdir), agents=agents, backends=backends, api_port=api_port,
-                           netlab=netns_hypervisors, **options)
+    if workdir is None and frontends > 1:
+        # Nodes enrolled with a database that died with the last run would be refused.
+        workdir = ".run-ha"
+        purge.main([workdir])  # the namespaces and guests of a run that was killed
+        shutil.rmtree(workdir, ignore_errors=True)
+    cluster = LocalCluster(Path(workdir or ".run"), agents=agents, backends=backends, api_port=api_port,
+                           netlab=netns_hypervisors, frontends=frontends, **options)
     with contextlib.ExitStack() as cleanup:
         if compute:
             cleanup.enter_context(libvirtd.running())
@@ -61,7 +71,7 @@ def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, net
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        click.echo(f"starting 1 frontend, {agents} agents and {backends} backends ...")
+        click.echo(f"starting {len(cluster.frontend_names)} frontend(s), {agents} agents and {backends} backends ...")
         cluster.start()
         if compute:
             click.echo(f"offering the tiny guest as image {demo.IMAGE!r} with flavor {demo.FLAVOR!r} ...")
@@ -74,7 +84,7 @@ def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, net
         sys.exit(1)
     click.echo(_instructions(cluster, compute, networks))
     while not stop.wait(1.0):
-        if cluster.procs["frontend"].poll() is not None:
+        if all(cluster.procs[name].poll() is not None for name in cluster.frontend_names):
             click.echo("the frontend exited; stopping", err=True)
             return
 
@@ -104,15 +114,24 @@ The backends run no compute driver (not root, or libvirt missing: sh scripts/ens
 so instances cannot be launched on them."""
     password_file = os.path.relpath(cluster.workdir / "frontend" / "admin-password")
     ca_file = os.path.relpath(cluster.ca_file)
+    endpoints = " ".join(f"--endpoint {url}" for url in cluster.api_urls.values())
+    standbys = ""
+    if cluster.standbys:
+        pids = ", ".join(f"{name} pid {cluster.procs[name].pid} at {cluster.api_urls[name]}"
+                         for name in cluster.frontend_names)
+        standbys = f"""
+Frontends ({pids}) share the PostgreSQL server at {cluster.database}; the first leads, the others
+wait to take over (kill -9 the leader's pid and watch {clctl} frontend list, or {clctl} tree).
+"""
     return f"""
 cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree at
 {cluster.frontend_endpoint}, state and logs in {cluster.workdir}.  The API's certificate is
 self-signed, generated on the first start: {ca_file}.
-
+{standbys}
 The web console is at {cluster.api_url}/ui/ (log in as admin with the password in
 {password_file}; the browser must be told to accept the self-signed certificate).  In another shell:
 
-    {clctl} login --endpoint {cluster.api_url} --ca-file {ca_file} --username admin --password-stdin < {password_file}
+    {clctl} login {endpoints} --ca-file {ca_file} --username admin --password-stdin < {password_file}
     {clctl} tree
     {clctl} ping
     {clctl} hypervisor list

@@ -21,7 +21,7 @@ from frontend.db import Database
 from frontend.db.models import Event
 from frontend.leadership import LEASE_S, RENEW_S
 from localcluster import free_port
-from tests.support.pgserver import PostgresServer
+from localcluster.pgserver import PostgresServer
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -41,6 +41,11 @@ class Frontend:
             return dict(httpx.get(f"{self.api}/readyz", timeout=1.0).json())
         except httpx.TransportError:
             return None
+
+    def leading(self) -> dict[str, Any] | None:
+        """/readyz, once this frontend leads (a standby answers it too, as not ready)."""
+        ready = self.ready()
+        return ready if ready is not None and ready["leader"]["leading"] else None
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -103,16 +108,17 @@ def _leader_events(database: str) -> list[str]:
 
 def test_a_standby_takes_over_within_seconds_of_the_leader_being_killed(frontends: Frontends) -> None:
     a = frontends.start("fa")
-    first = until(a.ready, 60, "fa to lead")
+    first = until(a.leading, 60, "fa to lead")
     assert first["leader"] == {"leading": True, "generation": 1}
     b = frontends.start("fb")
     until(lambda: "frontend_standby" in b.log_text(), 60, "fb to wait as a standby")
     time.sleep(2 * RENEW_S)
-    assert b.ready() is None  # a standby serves nothing yet
+    standby = b.ready()  # a standby serves the API, and says it does not lead
+    assert standby is not None and standby["leader"] == {"leading": False, "generation": None}
 
     os.killpg(a.proc.pid, signal.SIGKILL)
     killed = time.monotonic()
-    taken = until(b.ready, 30, "fb to take over", every=0.05)
+    taken = until(b.leading, 30, "fb to take over", every=0.05)
     took = time.monotonic() - killed
     assert taken["leader"] == {"leading": True, "generation": 2}
     assert taken["checks"] == {"database": "ok", "tree": "ok"}
@@ -125,19 +131,19 @@ def test_a_standby_takes_over_within_seconds_of_the_leader_being_killed(frontend
 
 def test_a_leader_stalled_past_its_lease_has_stepped_down_when_it_wakes(frontends: Frontends) -> None:
     a = frontends.start("fa")
-    until(a.ready, 60, "fa to lead")
+    until(a.leading, 60, "fa to lead")
     b = frontends.start("fb")
     until(lambda: "frontend_standby" in b.log_text(), 60, "fb to wait as a standby")
 
     os.killpg(a.proc.pid, signal.SIGSTOP)
-    taken = until(b.ready, 30, "fb to take over from the stalled fa", every=0.05)
+    taken = until(b.leading, 30, "fb to take over from the stalled fa", every=0.05)
     assert taken["leader"]["generation"] == 2
     os.killpg(a.proc.pid, signal.SIGCONT)
     assert a.proc.wait(20) == 1, "a frontend that lost its lease exits for its supervisor to restart"
     text = a.log_text()
     assert "leadership_lost" in text and "leader_duties_stopped" in text
     assert "lost the lease of generation 1" in text
-    assert b.ready() is not None and b.proc.poll() is None
+    assert b.leading() is not None and b.proc.poll() is None
 
 
 def test_a_second_frontend_on_sqlite_is_refused(tmp_path: Path) -> None:

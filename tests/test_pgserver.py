@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.support.pgserver import PostgresServer
+from localcluster.pgserver import PostgresServer
 
 pytestmark = pytest.mark.slow
 

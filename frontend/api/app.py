@@ -32,7 +32,9 @@ organization's resources answer 404, exactly like ids that do not exist.
 
 Errors are JSON: `{"error": {"code", "message", "field", "reason"}}` with `code` one of
 `invalid` (422), `unauthenticated` (401), `forbidden` (403), `not_found` (404), `conflict` (409),
-`quota_exceeded` (409), `too_large` (413), `rate_limited` (429), `unavailable` (503).
+`quota_exceeded` (409), `too_large` (413), `rate_limited` (429), `unavailable` (503),
+`not_leading` (503: a standby frontend, where several run, was asked for what only the leader
+does, such as a call through the tree or an image upload; ask another frontend).
 
 Request bodies are limited in size (1 MiB unless the operator says otherwise; image files have
 their own limit).  Logins are rate-limited per client address and, when they fail, per user name;

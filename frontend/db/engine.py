@@ -10,19 +10,22 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, select
+from sqlalchemy import Connection, CursorResult, Engine, Executable, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from .models import Organization
 
-__all__ = ["Database", "changed", "lock", "lock_org", "upgrade"]
+__all__ = ["Database", "changed", "lock", "lock_org", "one_at_a_time", "upgrade"]
 
 log = structlog.get_logger("frontend.db")
 
 _READONLY = "cloudland_readonly"
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+#: PostgreSQL advisory lock key of the start-up steps (migrating, creating the admin user)
+_STARTUP_LOCK = 0x636C6F75  # "clou"
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -96,9 +99,19 @@ def upgrade(db: Database, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with db.engine.begin() as conn:
+        one_at_a_time(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
     log.info("db_migrated", revision=db.revision(), url=db.engine.url.render_as_string(hide_password=True))
+
+
+def one_at_a_time(conn: Connection | Session) -> None:
+    """Let one frontend at a time through the rest of this transaction (PostgreSQL; SQLite's
+    file lock already does): standby frontends started together on an empty database would
+    otherwise all create the schema, or the admin user, at once."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    if bind.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_STARTUP_LOCK)))
 
 
 def changed(session: Session, statement: Executable) -> int:

@@ -21,7 +21,7 @@ from frontend.bootstrap import bootstrap
 from frontend.db import Database, upgrade
 from frontend.services import Frontend
 from service.config import FrontendConfig, SchedulerSection
-from tests.support.pgserver import PostgresServer
+from localcluster.pgserver import PostgresServer
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 TEMPLATE = "cloudland_template"

@@ -14,7 +14,7 @@ import pytest
 from frontend.db import Database, upgrade
 from frontend.leadership import Lease, Leadership, SingleFrontendLock
 from tests.api.conftest import TEMPLATE
-from tests.support.pgserver import PostgresServer
+from localcluster.pgserver import PostgresServer
 from tests.support.waiting import until
 
 

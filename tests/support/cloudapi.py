@@ -40,9 +40,10 @@ def ok(response: httpx.Response, status: int = 200) -> Any:
     return response.json() if response.content else None
 
 
-def admin_client(cluster: LocalCluster, timeout: float = 60.0) -> httpx.Client:
-    """An HTTPS client of the cloud's API that trusts the frontend's certificate, logged in as its admin."""
-    return _client(cluster, "admin", cluster.admin_password(), timeout)
+def admin_client(cluster: LocalCluster, timeout: float = 60.0, api_url: str | None = None) -> httpx.Client:
+    """An HTTPS client of the cloud's API (of one frontend: the first unless ``api_url``) that trusts
+    the frontend's certificate, logged in as its admin."""
+    return _client(cluster, "admin", cluster.admin_password(), timeout, api_url)
 
 
 def tenant_client(cluster: LocalCluster, admin: httpx.Client, org: str, timeout: float = 60.0) -> httpx.Client:
@@ -54,11 +55,13 @@ def tenant_client(cluster: LocalCluster, admin: httpx.Client, org: str, timeout:
     return _client(cluster, f"{org}-user", password, timeout)
 
 
-def _client(cluster: LocalCluster, username: str, password: str, timeout: float) -> httpx.Client:
+def _client(cluster: LocalCluster, username: str, password: str, timeout: float,
+            api_url: str | None = None) -> httpx.Client:
     verify = cluster.ssl_context()
-    token = ok(httpx.post(f"{cluster.api_url}/v1/tokens", verify=verify,
+    base = api_url or cluster.api_url
+    token = ok(httpx.post(f"{base}/v1/tokens", verify=verify,
                           json={"username": username, "password": password}), 201)["token"]
-    return httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
                         verify=verify)
 
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Make sure PostgreSQL server binaries exist for tests/support/pgserver.py, which runs its
+# Make sure PostgreSQL server binaries exist for localcluster/pgserver.py, which runs its
 # own throwaway server: the distro's cluster is neither started nor used.
 # Idempotent: does nothing when /usr/lib/postgresql/*/bin/initdb already exists.
 set -eu

@@ -15,7 +15,7 @@ from ... import enrolment
 from ...auth import Role
 from ...db.models import Enrolment, utcnow
 from ...errors import Conflict, Unavailable
-from ..deps import CallerDep, FrontendDep
+from ..deps import CallerDep, FrontendDep, leading_tree
 from ..refusals import refusals
 from ..schemas import V1, Input, Items, Moment, Name
 
@@ -100,6 +100,7 @@ def list_enrolments(caller: CallerDep, frontend: FrontendDep) -> Items[Enrolment
              responses=refusals(503))
 def revoke_node(name: Name, caller: CallerDep, frontend: FrontendDep) -> NodeKeyView:
     caller.require(Role.admin, "revoking a node")
+    leading_tree(frontend, "revoking a node's key")  # the leader's root cuts the node off
     tree, _security = _secure_tree(frontend)
     row = enrolment.revoke(frontend.db, tree, name, caller.user_id)
     return NodeKeyView(name=row.node_id, role=row.role, public_key=row.public_key, enrolled_at=row.enrolled_at,

@@ -52,8 +52,8 @@ class HypervisorUpdate(Input):
 
 def _tree_view(frontend: FrontendDep) -> dict[str, NodeStatus]:
     """Each backend's state and heartbeat age as the tree sees them (a status query, or a second-old one)."""
-    if frontend.tree is None:
-        return {}
+    if frontend.tree is None or not frontend.tree.running:
+        return {}  # a standby: the table's states alone
     try:
         nodes = frontend.tree.tree_status(timeout=1.0, max_age=TREE_VIEW_MAX_AGE_S)
         return {n.node_id: n for n in nodes if n.role == "backend"}

@@ -25,7 +25,7 @@ from ...imagelinks import UPLOAD
 from ...images import MAX_IMAGE_BYTES, ImageStore, Refused
 from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
-from ..deps import CallerDep, FrontendDep, TokenOrLinkDep
+from ..deps import CallerDep, FrontendDep, TokenOrLinkDep, refuse_on_standby
 from ..lookup import find, get_owned, owned, unique_name
 from ..refusals import refusals
 from ..schemas import V1, Input, Items, MemoryMb, Name, Ref, ResourceView, Sha256
@@ -183,10 +183,13 @@ def delete_image(image: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
                         "file must match it. A refused file is not kept and the image stays queued. An image "
                         "made from an instance takes its file from the instance's hypervisor only, over a signed "
                         "upload link (a download link does not authorize an upload).",
-            openapi_extra={"requestBody": {"required": True, "content": _BINARY}}, responses=refusals(401))
+            openapi_extra={"requestBody": {"required": True, "content": _BINARY}}, responses=refusals(401, 503))
 def upload_image(image: Ref, request: Request, caller: TokenOrLinkDep, frontend: FrontendDep,
                  expires: int | None = None,
                  signature: str | None = Query(default=None, pattern="^[0-9a-f]{64}$")) -> Image:
+    # A new leader discards the uploads it finds half-done (``bootstrap.recover``): one going
+    # to a standby at that moment would be cut.
+    refuse_on_standby(frontend, "receiving an image upload")
     store = _store(frontend)
     with frontend.db.transaction() as session:
         if caller is None and signature is not None and expires is not None:

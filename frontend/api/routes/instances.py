@@ -15,7 +15,7 @@ from ...db.models import Flavor, Hypervisor, Image, Instance, Keypair, Port, Ser
 from ...errors import Conflict, Invalid, Unavailable
 from ...hostalias import AS_SEEN, seen, shown
 from ...hostops import INSTANCE_CONSOLE
-from ..deps import CallerDep, FrontendDep
+from ..deps import CallerDep, FrontendDep, leading_tree
 from ..lookup import find, find_zone, get_owned, owned, unique_name
 from ..nics import NicSpec, allocate_instance_ports
 from ..refusals import refusals
@@ -290,8 +290,7 @@ def console(instance: Ref, caller: CallerDep, frontend: FrontendDep,
         host = session.get(Hypervisor, row.hypervisor_id) if row.hypervisor_id else None
     if host is None:
         raise Conflict(f"instance {row.name!r} is {row.status} and on no hypervisor", "instance")
-    if frontend.tree is None:
-        raise Unavailable("this frontend runs without a message tree")
+    leading_tree(frontend, "reading a console")
     result = frontend.submit(INSTANCE_CONSOLE, {"instance_id": row.id, "bytes": size},
                              Targets.to(host.name), 15.0).wait(20.0).get(host.name)
     if result is None or not result.ok or not isinstance(result.payload, dict):

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, model_validator
 from sci import TargetError, Targets, TreeRoot
 
 from ...auth import Role
-from ...errors import Invalid, Unavailable
-from ..deps import CallerDep, FrontendDep
+from ...errors import Invalid
+from ..deps import CallerDep, FrontendDep, leading_tree
 from ..refusals import refusals
 from ..schemas import V1, Input
 
@@ -55,9 +55,7 @@ class PingView(BaseModel):
 
 
 def _tree(frontend: FrontendDep) -> TreeRoot:
-    if frontend.tree is None:
-        raise Unavailable("this frontend runs without a message tree")
-    return frontend.tree
+    return leading_tree(frontend, "asking the tree")
 
 
 @router.get("/tree", response_model=TreeView, summary="Every node of the message tree and its state",

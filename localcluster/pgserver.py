@@ -1,7 +1,8 @@
-"""A throwaway PostgreSQL server on loopback, started and stopped by the test suite itself.
+"""A throwaway PostgreSQL server on loopback, started and stopped by the test suite or a local cloud.
 
 Tests that need a database get a real server (not SQLite, not a mock) because the code
-under test relies on PostgreSQL semantics: transactions, locking, types. Each server is a
+under test relies on PostgreSQL semantics: transactions, locking, types; a local cloud with
+standby frontends (``make run FRONTENDS=3``) needs one to elect its leader.  Each server is a
 fresh cluster in its own directory, so runs are isolated from each other and from any
 cluster the distro package created; durability is switched off because nothing in it
 has to survive the run.

@@ -1,0 +1,120 @@
+"""Standby frontends over a real tree: kill -9 the leader in the middle of launches.
+
+Three frontends on one PostgreSQL server, agents and backends as real processes, each agent and
+backend given every frontend's tree endpoint (``LocalCluster(frontends=3)``, what
+``make run FRONTENDS=3`` runs).  Backends answer the compute ops from
+``tests/support/compute_ops.py`` and log every op they run, so "exactly once" is counted on the
+hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from frontend.leadership import LEASE_S, RENEW_S
+from localcluster import LocalCluster
+from tests.support.cloudapi import admin_client, running, until
+from tests.support.qcow2 import fake_qcow2
+
+pytestmark = pytest.mark.slow
+
+TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
+BACKENDS = 30
+LAUNCHES = 20
+LAUNCH_SECONDS = 3.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", agents=3, backends=BACKENDS, tree=TREE, frontends=3,
+                     ops_modules=["tests.support.compute_ops"],
+                     env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log"),
+                          "CLOUDLAND_TEST_CREATE_DELAY": str(LAUNCH_SECONDS)})
+    with running(c):
+        yield c
+
+
+def _leading(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
+    try:
+        ready = httpx.get(f"{cluster.api_urls[name]}/readyz", verify=cluster.ssl_context(), timeout=1.0).json()
+    except httpx.TransportError:
+        return None
+    return dict(ready) if ready.get("leader", {}).get("leading") else None
+
+
+def test_the_leader_killed_mid_launch_a_standby_finishes_every_launch_once(cluster: LocalCluster,
+                                                                            tmp_path: Path) -> None:
+    api = admin_client(cluster)
+    until(lambda: len([h for h in api.get("/v1/hypervisors", params={"limit": 100}).json()["items"]
+                       if h["status"] == "up" and h["facts"]]) == BACKENDS, 60, "every hypervisor with capacity")
+    api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
+    image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
+    api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
+    agents = {name: cluster.procs[name].pid for name in cluster.agent_names}
+    # Half the launches through a standby's API: it hands their tasks to the leader.
+    standby = admin_client(cluster, api_url=cluster.api_urls[cluster.frontend_names[2]])
+    tasks = []
+    for i in range(LAUNCHES):
+        accepted = (api if i % 2 else standby).post("/v1/instances", json={"name": f"vm{i}", "flavor": "small",
+                                                                          "image": "tiny"})
+        assert accepted.status_code == 202, accepted.text
+        tasks.append(accepted.json()["task"]["id"])
+
+    def launches_sent() -> bool:
+        steps = [api.get(f"/v1/tasks/{t}").json()["steps"] for t in tasks]
+        return sum(any(s["op"] == "instance.create" for s in st) for st in steps) >= LAUNCHES // 2
+
+    until(launches_sent, 60, "half the launches to be sent")
+    answers: list[int] = []
+    reading = threading.Event()
+
+    def read_through_the_takeover() -> None:
+        while not reading.is_set():
+            answers.append(standby.get("/v1/instances").status_code)
+            time.sleep(0.1)
+
+    reader = threading.Thread(target=read_through_the_takeover)
+    reader.start()
+    cluster.kill("frontend")  # kill -9 of the leader, hosts still building
+    killed = time.monotonic()
+    survivors = cluster.frontend_names[1:]
+    new = until(lambda: next((n for n in survivors if _leading(cluster, n)), None), 30, "a standby to lead",
+                every=0.05)
+    took = time.monotonic() - killed
+    assert took < LEASE_S + RENEW_S + 3.0, f"takeover took {took:.1f}s"
+    assert _leading(cluster, new)["leader"]["generation"] == 2  # type: ignore[index]
+    time.sleep(1.0)
+    reading.set()
+    reader.join()
+    assert answers and set(answers) == {200}, "a surviving frontend answers the API throughout the takeover"
+
+    # The tree found the new root by itself: every host under it, no agent restarted.
+    cluster.wait_attached(cluster.backend_names, 30)
+    assert {name: cluster.procs[name].pid for name in cluster.agent_names} == agents
+    assert all(cluster.procs[name].poll() is None for name in cluster.agent_names)
+
+    api = admin_client(cluster, api_url=cluster.api_urls[new])
+
+    def ended() -> list[dict[str, Any]] | None:
+        states = [api.get(f"/v1/tasks/{t}").json() for t in tasks]
+        return states if all(t["status"] in ("succeeded", "failed") for t in states) else None
+
+    final = until(ended, 90, "every task to end")
+    assert [t["status"] for t in final] == ["succeeded"] * LAUNCHES, [t["error"] for t in final]
+    instances = api.get("/v1/instances", params={"limit": 100}).json()["items"]
+    assert sorted(i["status"] for i in instances) == ["active"] * LAUNCHES
+    ops = [json.loads(line) for line in (tmp_path / "ops.log").read_text().splitlines()]
+    creates = [o["id"] for o in ops if o["op"] == "instance.create"]
+    assert sorted(creates) == sorted(i["id"] for i in instances), "each instance must be built exactly once"
+    events = api.get("/v1/events", params={"limit": 500}).json()["items"]
+    assert not [e for e in events if e["kind"] == "host.down"], "no host may be reported down by a takeover"
+    assert [e["message"].split("@")[0] for e in events if e["kind"] == "frontend.leader"][:1] == [new]
+    hosts = {h["name"]: h["status"] for h in api.get("/v1/hypervisors", params={"limit": 100}).json()["items"]}
+    assert set(hosts.values()) == {"up"}, hosts
