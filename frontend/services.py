@@ -35,12 +35,12 @@ class Frontend:
     #: the lease's generation this frontend leads under (0 on SQLite: one frontend, no lease);
     #: None while it does not lead
     generation: int | None = field(init=False, default=None)
-    #: in memory, per process: the API's rate limits count calls to this frontend only
+    #: the API's rate limits: in the database on PostgreSQL, where every frontend counts against them
     rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics()
-        self.rate_limits = RateLimits.from_config(self.config.api)
+        self.rate_limits = RateLimits.from_config(self.config.api, self.db)
         self.scheduler = Scheduler(self.config.scheduler)
         # A link must outlive the longest launch that may need it, retries on other hosts included.
         ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)

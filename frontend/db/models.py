@@ -20,7 +20,7 @@ from ..images import disk_gb
 
 __all__ = [
     "AuditRecord", "Base", "Enrolment", "Event", "FloatingIp", "Flavor", "FrontendProcess", "Hypervisor", "Image",
-    "Instance", "Keypair",
+    "Instance", "Keypair", "RateBucket",
     "Leadership", "Network", "NodeKey", "Organization", "Port", "Router", "SecurityGroup", "SecurityGroupRule", "ServerGroup",
     "Snapshot", "Subnet", "Task", "TaskStep", "Token", "User", "Volume", "Zone", "new_id", "utcnow",
 ]
@@ -542,3 +542,22 @@ class FrontendProcess(Base):
     generation: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RateBucket(Base):
+    """A rate limit's bucket for one key (a token, a source address, a user name), on PostgreSQL,
+    where every frontend takes from the same buckets (``frontend/api/ratelimit.py``).
+
+    The bucket is kept as the moment it is full again (the generic cell rate algorithm): a call
+    moves it on by one call's worth of time, and is refused if that would put it further ahead
+    than the burst allows, all in one statement.  A row whose moment has passed is a full bucket,
+    the same as no row, and is deleted.  On PostgreSQL the table is UNLOGGED: a take writes no
+    WAL and waits for no disk, and a database crash forgets the buckets, which only refills them.
+    """
+
+    __tablename__ = "rate_buckets"
+    #: which limit: logins_by_address, failed_logins_by_name or calls_by_token
+    limiter: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: when the bucket holds its whole burst again, by the database's clock
+    full_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
