@@ -1,10 +1,11 @@
 """Standby frontends on PostgreSQL: wait for the leadership lease, lead, and end with it.
 
 Each frontend waits as a standby, serving nothing, until it holds the lease
-(``leadership.py``); standby or leader, it is in the frontends registry (``registry.py``).  Then it resets what the previous leader left half-done outside tasks,
-takes up the leader's duties (``leader.py``) and the daemon serves the API.  A frontend that
-loses the lease stops its duties and the API and exits: its task engine, root and threads
-are one term's, and its supervisor starts it again as a standby.
+(``leadership.py``); standby or leader, it is in the frontends registry (``registry.py``).
+Then it resets what the previous leader left half-done outside tasks, takes up the leader's
+duties (``leader.py``) and the daemon serves the API.  A frontend that loses the lease stops
+its duties and the API and exits: its task engine, root and threads are one term's, and its
+supervisor starts it again as a standby.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def login(ctx: click.Context, endpoints: tuple[str, ...], username: str | None, 
     you.  The password is asked for without echo, or read with --password-stdin.  A frontend
     with a generated (self-signed) certificate needs --ca-file with its <data_dir>/tls/api.crt.
     """
-    s = settings(ctx, endpoints=config.check_endpoints(endpoints), ca_file=ca_file)
+    s = settings(ctx, endpoints=endpoints, ca_file=ca_file)
     if username is None:
         if password_stdin:
             raise click.UsageError("--password-stdin needs --username")
