@@ -54,6 +54,8 @@ def cloud(cluster: LocalCluster) -> dict[str, Any]:
     ok(acme.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()))
     accepted = ok(acme.post("/v1/instances", json={"name": "db", "flavor": "small", "image": "tiny"}), 202)
     finished(acme, accepted, 60)
+    ok(admin.post("/v1/networks", json={"name": "public", "external": True}), 201)
+    ok(admin.post("/v1/subnets", json={"name": "public-sub", "network": "public", "cidr": "203.0.113.0/29"}), 201)
     return {"acme": acme, "instance": accepted["resource"]}
 
 
@@ -160,6 +162,8 @@ def test_the_tenant_journey(page: Any, cloud: dict[str, Any]) -> None:
     sync_api.expect(page.locator("#console-log")).to_contain_text(f"console of {instance_id}")
     _shot(page, "console-log")
 
+    _route_and_float(page)
+
     page.get_by_role("link", name="Volumes").click()
     page.get_by_label("Name").fill("data")
     page.get_by_label("Size (GB)").fill("1")
@@ -196,7 +200,107 @@ def test_the_tenant_journey(page: Any, cloud: dict[str, Any]) -> None:
     page.goto("/ui/networks")
     page.get_by_role("button", name="Delete subnet sub").click()
     page.get_by_role("button", name="Delete network net").click()
-    sync_api.expect(page.locator("main")).to_contain_text("No networks.")
+    sync_api.expect(page.get_by_role("cell", name="net", exact=True)).to_have_count(0)  # public stays, the admin's
+
+
+def _route_and_float(page: Any) -> None:
+    """A router on the instance's network, and a floating IP associated with the instance, then undone."""
+    page.get_by_role("link", name="Routers").click()
+    page.get_by_label("Name").fill("gw")
+    page.get_by_label("Network (one router each)").select_option(label="net")
+    page.get_by_role("button", name="Create router").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The routers").click()
+    sync_api.expect(page.get_by_role("row", name="gw")).to_contain_text("on")
+    _shot(page, "routers")
+
+    page.get_by_role("link", name="Floating IPs").click()
+    page.get_by_role("button", name="Allocate").click()
+    address = page.locator("tbody tr td").first.inner_text()
+    assert address.startswith("203.0.113."), address
+    port = page.get_by_label(f"Associate {address} with")
+    port.select_option(port.locator("option", has_text="web1").get_attribute("value"))
+    page.get_by_role("button", name="Associate").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The floating IPs").click()
+    sync_api.expect(page.get_by_role("row", name=address)).to_contain_text("web1")
+    _shot(page, "floating-ips")
+    page.get_by_role("button", name=f"Disassociate {address}").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The floating IPs").click()
+    page.get_by_role("button", name=f"Release {address}").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The floating IPs").click()
+    sync_api.expect(page.locator("main")).to_contain_text("No floating IPs.")
+
+    page.get_by_role("link", name="Routers").click()
+    page.get_by_role("button", name="Delete router gw").click()
+    _wait_for_task(page)
+    page.get_by_role("link", name="The routers").click()
+    sync_api.expect(page.locator("main")).to_contain_text("No routers.")
+
+    page.get_by_role("link", name="Quotas").click()
+    sync_api.expect(page.get_by_role("row", name="instances").locator("td").first).to_have_text("2")  # db and web1
+    _shot(page, "quotas")
+
+
+def test_the_operators_pages(page: Any, cloud: dict[str, Any], cluster: LocalCluster) -> None:
+    _login(page, "admin", cluster.admin_password())
+    operator = page.get_by_role("navigation", name="Operator")
+
+    operator.get_by_role("link", name="Tree").click()
+    sync_api.expect(page.locator("main")).to_contain_text("2 hosts")
+    summary = page.locator("#tree summary", has=page.locator(".node", has_text=re.compile("^agent0$")))
+    agent = summary.locator("xpath=..")
+    sync_api.expect(summary).to_contain_text(re.compile(r"agent\s+(up|suspect)"))
+    assert agent.get_attribute("open") is None, "an agent's line starts closed"
+    summary.focus()
+    page.keyboard.press("Enter")  # a <details> opens from the keyboard, no script needed
+    sync_api.expect(agent).to_have_attribute("open", "")
+    _shot(page, "tree")
+
+    operator.get_by_role("link", name="Hypervisors").click()
+    sync_api.expect(page.locator("tbody tr")).to_have_count(2)
+    sync_api.expect(page.locator("tbody tr").first).to_contain_text("up")
+    _shot(page, "hypervisors")
+
+    operator.get_by_role("link", name="Organizations").click()
+    page.get_by_role("link", name="acme").click()
+    sync_api.expect(page.get_by_role("row", name="acme-reader")).to_contain_text("reader")
+    _shot(page, "organization")
+
+    operator.get_by_role("link", name="Enrolments").click()
+    page.get_by_label("The new node's name (its node_id)").fill("hv-new")
+    page.get_by_role("button", name="Issue token").click()
+    sync_api.expect(page.get_by_label("Token")).to_have_value(re.compile("^cl1[.]"))
+    _shot(page, "enrolment-issued")
+    page.get_by_role("link", name="Back to the enrolments").click()
+    sync_api.expect(page.get_by_role("row", name="hv-new")).to_contain_text("pending")
+    _shot(page, "enrolments")
+
+    page.get_by_role("link", name="Events").first.click()
+    page.get_by_label("Live").check()
+    page.get_by_role("button", name="Show").click()
+    sync_api.expect(page.locator('meta[http-equiv="refresh"]')).to_have_attribute("content", "5")
+    sync_api.expect(page.locator("tbody tr").first).not_to_contain_text("No events.")
+    _shot(page, "events")
+
+    operator.get_by_role("link", name="Audit log").click()
+    page.get_by_label("User", exact=True).fill("admin")
+    page.get_by_label("Method").select_option("POST")
+    page.get_by_role("button", name="Show").click()
+    newest = page.locator("tbody tr").first  # the token issued above
+    sync_api.expect(newest).to_contain_text("POST /v1/hypervisors/enrolments")
+    sync_api.expect(newest).to_contain_text("201")
+    _shot(page, "audit")
+
+
+def test_a_tenant_is_refused_the_operators_pages(page: Any, cloud: dict[str, Any]) -> None:
+    _login(page, "acme-user", "password-of-acme")
+    sync_api.expect(page.get_by_role("navigation", name="Operator")).to_have_count(0)
+    answer = page.goto("/ui/tree")
+    assert answer is not None and answer.status == 403
+    sync_api.expect(page.locator(".reason")).to_have_text("reading the tree needs the admin role; you are tenant-admin")
 
 
 def test_keypairs_are_made_with_the_private_key_shown_once(page: Any, cloud: dict[str, Any]) -> None:

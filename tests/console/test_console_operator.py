@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from frontend.api.app import create_app
 from frontend.bootstrap import admin_org_id
+from frontend.console._treeview import branches
 from frontend.db.models import Event
 from sci.root import NodeStatus
 from tests.api.cloud import Cloud, make_cloud
@@ -202,3 +203,20 @@ def test_the_tree_of_ten_thousand_hosts_is_one_line_per_agent_and_quick(admin: C
     agent42 = re.search(r"<summary><span class=\"node\">agent042</span>.*?</details>", html, re.S)
     assert agent42 and 'reparented</span></summary>' in agent42[0] and "hv00042 up 0.2 s <span" in agent42[0]
     assert re.search(r"Under no relay</span>\s*· 0 agents, 10 hosts", html)
+
+
+def test_an_agent_under_an_agent_is_drawn_inside_its_parents_branch() -> None:
+    def node(node_id: str, role: str, parent: str | None, state: str = "up") -> dict[str, Any]:
+        return {"node_id": node_id, "role": role, "parent": parent, "level": 0, "children": 0,
+                "heartbeat_age": 0.1, "state": state}
+
+    nodes = [node("root", "root", None), node("a1", "agent", "root"), node("a2", "agent", "a1"),
+             node("h1", "backend", "a2"), node("h2", "backend", "a2", "suspect"), node("h3", "backend", None, "down"),
+             node("a3", "agent", None, "down")]
+    tops = branches(nodes, moved={"h1", "a2"})
+    assert [b.relay["node_id"] for b in tops] == ["root", "a3", ""], "a down agent has no parent either"
+    a2 = tops[0].relays[0].relays[0]
+    assert a2.relay["node_id"] == "a2" and a2.relay_moved
+    assert [h["node_id"] for h in a2.hosts] == ["h2", "h1"], "the suspect host first, then the one that moved"
+    assert a2.states == {"up": 1, "suspect": 1} and a2.moved == {"h1"}
+    assert [h["node_id"] for h in tops[-1].hosts] == ["h3"]
