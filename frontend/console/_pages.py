@@ -180,7 +180,17 @@ def _instance_pages(console: FastAPI) -> None:
     async def instance(instance: Ref, visit: VisitDep) -> Response:
         row = await visit.api.get(f"/v1/instances/{instance}")
         tasks = (await visit.api.get("/v1/tasks", resource=row["id"], limit=10))["items"]
-        return render("instance.html", visit, instance=row, tasks=tasks)
+        flavors = (await visit.api.get("/v1/flavors"))["items"] if visit.can_change else []
+        return render("instance.html", visit, instance=row, tasks=tasks, flavors=flavors)
+
+    # Before the plain actions, whose path /instances/{instance}/{action} would take these too.
+    @console.post("/instances/{instance}/resize")
+    async def resize(instance: Ref, visit: VisitDep, form: FormDep) -> Response:
+        return task_page(await visit.api.post(f"/v1/instances/{instance}/resize", {"flavor": form.one("flavor") or ""}))
+
+    @console.post("/instances/{instance}/image")
+    async def image(instance: Ref, visit: VisitDep, form: FormDep) -> Response:
+        return task_page(await visit.api.post(f"/v1/instances/{instance}/image", {"name": form.one("name") or ""}))
 
     @console.post("/instances/{instance}/{action}")
     async def act(instance: Ref, action: Literal["start", "stop", "reboot", "delete"], visit: VisitDep,
@@ -297,8 +307,10 @@ def _security_group_pages(console: FastAPI) -> None:
 def _volume_pages(console: FastAPI) -> None:
     @console.get("/volumes")
     async def volumes(visit: VisitDep) -> Response:
-        return render("volumes.html", visit, volumes=(await visit.api.get("/v1/volumes"))["items"],
-                       instances=(await visit.api.get("/v1/instances"))["items"] if visit.can_change else [])
+        volumes = (await visit.api.get("/v1/volumes"))["items"]
+        return render("volumes.html", visit, volumes=volumes, volume_names={v["id"]: v["name"] for v in volumes},
+                      snapshots=(await visit.api.get("/v1/snapshots"))["items"],
+                      instances=(await visit.api.get("/v1/instances"))["items"] if visit.can_change else [])
 
     @console.post("/volumes")
     async def create(visit: VisitDep, form: FormDep) -> Response:
@@ -319,6 +331,18 @@ def _volume_pages(console: FastAPI) -> None:
     async def delete(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
         accepted = await visit.api.delete(f"/v1/volumes/{volume}")
         return task_page(accepted)
+
+    @console.post("/volumes/{volume}/snapshot")
+    async def snapshot(volume: Ref, visit: VisitDep, form: FormDep) -> Response:
+        return task_page(await visit.api.post("/v1/snapshots", {"name": form.one("name") or "", "volume": volume}))
+
+    @console.post("/snapshots/{snapshot}/volume")
+    async def restore(snapshot: Ref, visit: VisitDep, form: FormDep) -> Response:
+        return task_page(await visit.api.post("/v1/volumes", {"name": form.one("name") or "", "snapshot": snapshot}))
+
+    @console.post("/snapshots/{snapshot}/delete")
+    async def delete_snapshot(snapshot: Ref, visit: VisitDep, form: FormDep) -> Response:
+        return task_page(await visit.api.delete(f"/v1/snapshots/{snapshot}"))
 
 
 def _image_pages(console: FastAPI) -> None:

@@ -165,7 +165,7 @@ def test_the_tenant_journey(page: Any, cloud: dict[str, Any]) -> None:
     _route_and_float(page)
 
     page.get_by_role("link", name="Volumes").click()
-    page.get_by_label("Name").fill("data")
+    page.get_by_label("Name", exact=True).fill("data")
     page.get_by_label("Size (GB)").fill("1")
     page.get_by_role("button", name="Create volume").click()
     _wait_for_task(page)

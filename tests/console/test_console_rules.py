@@ -5,6 +5,7 @@ login form, then cookies), on an in-process cloud with a real tree and recording
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 from typing import Any, Iterator
 
 import pytest
@@ -244,7 +245,10 @@ def test_every_tenant_form_needs_the_sessions_csrf_token(app: FastAPI, acme: dic
     console.login("acme-user", "password-of-acme")
     forms = {"/ui/routers": {"name": "forged", "network": "routed"}, "/ui/routers/r1/snat": {},
              "/ui/routers/r1/delete": {}, "/ui/floating-ips": {}, "/ui/floating-ips/x/associate": {"port": "door"},
-             "/ui/floating-ips/x/disassociate": {}, "/ui/floating-ips/x/release": {}}
+             "/ui/floating-ips/x/disassociate": {}, "/ui/floating-ips/x/release": {},
+             "/ui/instances/web/resize": {"flavor": "small"}, "/ui/instances/web/image": {"name": "forged"},
+             "/ui/volumes/x/snapshot": {"name": "forged"}, "/ui/snapshots/x/volume": {"name": "forged"},
+             "/ui/snapshots/x/delete": {}}
     for path, data in forms.items():
         for token in ("", "forged"):
             answer = console.post(path, data, csrf=token)
@@ -261,3 +265,48 @@ def test_the_organizations_quota_use(app: FastAPI, acme: dict[str, Any], cloud: 
     quotas = console.get(f"/ui/orgs/{org}").text
     used = acme["api"].ok("get", f"/v1/orgs/{org}")["usage"]["instances"]
     assert f'<meter min="0" max="10" high="8.0" value="{used}"' in quotas and "Save quotas" not in quotas
+
+
+def test_resize_an_image_of_an_instance_and_snapshots(cloud: Cloud, app: FastAPI, acme: dict[str, Any]) -> None:
+    api = acme["api"]
+    cloud.admin.ok("post", "/v1/flavors", 201, json={"name": "medium", "vcpus": 2, "memory_mb": 512, "disk_gb": 1})
+    for compute in cloud.computes.values():  # the host sends the image's file through the test client
+        compute.upload = lambda url, data: _sent(cloud, url, data)
+    box = api.ok("post", "/v1/instances", 202, json={"name": "box", "flavor": "small", "image": "tiny"})["resource"]
+    assert cloud.wait_task(api, api.ok("get", f"/v1/tasks?resource={box['id']}")["items"][0]["id"])["status"] \
+        == "succeeded"
+    console = Console(app)
+    console.login("acme-user", "password-of-acme")
+    page = console.get(f"/ui/instances/{box['id']}").text
+    assert ">medium (2 vCPU" in page and ">small (" not in page and "stop it first" in page
+
+    assert _followed(cloud, api, console.post(f"/ui/instances/{box['id']}/resize",
+                                              {"flavor": "medium"}))["status"] == "succeeded"
+    assert api.ok("get", "/v1/instances/box")["vcpus"] == 2
+    refused = console.post(f"/ui/instances/{box['id']}/image", {"name": "box-image"})
+    assert refused.status_code == 409 and 'class="field">status<' in refused.text
+    cloud.wait_task(api, api.ok("post", "/v1/instances/box/stop", 202)["task"]["id"])
+    assert 'action="/ui/instances/' + box["id"] + '/image"' in console.get(f"/ui/instances/{box['id']}").text
+    assert _followed(cloud, api, console.post(f"/ui/instances/{box['id']}/image",
+                                              {"name": "box-image"}))["status"] == "succeeded"
+    assert api.ok("get", "/v1/images/box-image")["status"] == "active"
+
+    volume = api.ok("post", "/v1/volumes", 202, json={"name": "disk", "size_gb": 1, "instance": "box"})
+    cloud.wait_task(api, volume["task"]["id"])
+    assert _followed(cloud, api, console.post(f"/ui/volumes/{volume['resource']['id']}/snapshot",
+                                              {"name": "snap"}))["status"] == "succeeded"
+    page = console.get("/ui/volumes").text
+    assert "<td>snap</td><td>disk</td>" in page and "Restore snap as a new volume" in page
+    snap = api.ok("get", "/v1/snapshots/snap")
+    assert _followed(cloud, api, console.post(f"/ui/snapshots/{snap['id']}/volume",
+                                              {"name": "disk-copy"}))["status"] == "succeeded"
+    assert api.ok("get", "/v1/volumes/disk-copy")["size_gb"] == 1
+    assert _followed(cloud, api, console.post(f"/ui/snapshots/{snap['id']}/delete"))["status"] == "succeeded"
+    assert "No snapshots." in console.get("/ui/volumes").text
+
+
+def _sent(cloud: Cloud, url: str, data: bytes) -> tuple[int, str]:
+    """A host's PUT of an image's file to its signed upload link, through the test client."""
+    parts = urlsplit(url)
+    response = cloud.client.put(f"{parts.path}?{parts.query}", content=data)
+    return response.status_code, response.text
