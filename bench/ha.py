@@ -562,6 +562,9 @@ class HaBench:
         time.sleep(KILL_AFTER_LAUNCH_S)
         pids = self.run_pids()
         cpu_before = cpu_seconds(pids)
+        exited: list[float] = []
+        proc = self.cluster.procs[old]
+        threading.Thread(target=lambda: (proc.wait(), exited.append(time.monotonic())), daemon=True).start()
         stopped = time.monotonic()
         if planned:
             self.cluster.signal(old, signal.SIGTERM)
@@ -583,12 +586,12 @@ class HaBench:
         cpu_after = cpu_seconds(pids)
         time.sleep(LOAD_TAIL_S)
         api = load.stop()
-        self.cluster.procs[old].wait(30)
+        proc.wait(30)
         self.cluster.start_frontend(old, wait=False)
         self._wait(lambda: self.readyz(old) is not None, 60, f"{old} back as a standby")
         return {
             "stopped": old, "how": "SIGTERM" if planned else "SIGKILL", "new_leader": new, "generation": generation,
-            "leader_s": round(led - stopped, 3), "tree_s": round(attached - led, 3),
+            "exited_s": round(exited[0] - stopped, 3) if exited else None, "leader_s": round(led - stopped, 3), "tree_s": round(attached - led, 3),
             "first_command_s": round(commanded - attached, 3), "total_s": round(commanded - stopped, 3),
             "first_command_pings": pings, "first_command_answered": answered,
             # Of the processes that lived through it: the stopped frontend's last moments are not counted.
@@ -648,7 +651,8 @@ def format_table(out: dict[str, Any]) -> str:
     width = max(len(k) for k in keys)
     lines = [f"{k:<{width}}  {json.dumps(out[k], separators=(',', ':'))}" for k in keys]
     for takeover in [*(out["switchover"],) * ("switchover" in out), *out.get("takeovers", [])]:
-        lines.append(f"{takeover['how']:<8} {takeover['stopped']} -> {takeover['new_leader']}: leader "
+        lines.append(f"{takeover['how']:<8} {takeover['stopped']} -> {takeover['new_leader']}: exited "
+                     f"{takeover['exited_s']} s, leader "
                      f"{takeover['leader_s']} s, tree {takeover['tree_s']} s, first command "
                      f"{takeover['first_command_s']} s, total {takeover['total_s']} s, {takeover['cpu_s']} CPU s, "
                      f"API errors {takeover['api']['failed_first_try']} first try / "
