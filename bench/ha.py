@@ -591,6 +591,8 @@ class HaBench:
         self._wait(lambda: self.readyz(old) is not None, 60, f"{old} back as a standby")
         return {
             "stopped": old, "how": "SIGTERM" if planned else "SIGKILL", "new_leader": new, "generation": generation,
+            # -15 after SIGTERM: the process ended by the signal, not by its own clean stop.
+            "exit_status": proc.returncode,
             "exited_s": round(exited[0] - stopped, 3) if exited else None, "leader_s": round(led - stopped, 3), "tree_s": round(attached - led, 3),
             "first_command_s": round(commanded - attached, 3), "total_s": round(commanded - stopped, 3),
             "first_command_pings": pings, "first_command_answered": answered,
