@@ -8,6 +8,8 @@ a standby hands the tasks its API creates to the leader (``tasknotices.py``).
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -67,16 +69,27 @@ def main(config_path: str | None) -> None:
             duties.start(0)
             frontend.generation = 0
             frontend.metrics.leader.set(1)
+            single.announce(db, config.node_id, config.api.url)
     except (ConfigError, ValueError, OSError, zmq.ZMQError, SQLAlchemyError, SecurityError) as exc:
         click.echo(f"cloudland-frontend: {exc}", err=True)
         sys.exit(2)
     server = uvicorn.Server(uvicorn.Config(create_app(frontend), host=config.api.host, port=config.api.port,
                                            log_config=None, access_log=False, server_header=False,
+                                           # calls in flight get this long; idle keep-alive clients do not
+                                           # hold a stop (or a rolling restart) back
+                                           timeout_graceful_shutdown=5,
                                            ssl_certfile=tls.cert if tls else None,
                                            ssl_keyfile=tls.key if tls else None))
 
     def stop_serving() -> None:
         server.should_exit = True
+
+    # uvicorn raises the SIGTERM or SIGINT it stopped on again once it returns, with the handler
+    # that was there before it ran: this one, so that the lease is handed over and the duties
+    # stopped below (the default would end the process first, and a successor would wait the
+    # whole lease out).
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: stop_serving())
 
     election = Election(frontend, duties, stop_serving) if single is None else None
     if election is not None:
@@ -98,11 +111,18 @@ def main(config_path: str | None) -> None:
         if single is not None:
             single.release()
         db.dispose()
+    code = 0
     if election is not None and election.ended is not None:
         click.echo(f"cloudland-frontend: {election.ended}", err=True)
-        sys.exit(1)
-    if not server.started:
-        sys.exit(1)
+        code = 1
+    elif not server.started:
+        code = 1
+    log.info("frontend_stopped", status=code)
+    # Tasks cut short by the stop are in the database for the next leader; their threads must
+    # not keep the process (the interpreter would wait for every one of them at exit).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from .db import Database
 from .db.models import Enrolment, Event, Hypervisor, NodeKey, utcnow
 from .errors import Conflict, Invalid, NotFound
 
-__all__ = ["MAX_TTL_S", "EnrolmentState", "Issued", "issue", "load_keyring", "redeem", "revoke", "root_security", "state_of"]
+__all__ = ["MAX_TTL_S", "EnrolmentState", "Issued", "issue", "load_keyring", "redeem", "reload_keyring", "revoke",
+           "root_security", "state_of"]
 
 log = structlog.get_logger("frontend.enrolment")
 
@@ -180,6 +181,15 @@ def load_keyring(db: Database) -> Keyring:
         rows = session.execute(select(NodeKey.node_id, NodeKey.public_key, NodeKey.revoked_at)).all()
     return Keyring({node: key for node, key, revoked in rows if revoked is None},
                    {key for _node, key, revoked in rows if revoked is not None})
+
+
+def reload_keyring(db: Database, keyring: Keyring) -> None:
+    """Bring ``keyring`` to what the database holds: a standby built its root long before it leads,
+    and nodes enrolled or revoked through the leader meanwhile."""
+    fresh = load_keyring(db)
+    keyring.replace(fresh.snapshot())
+    keyring.revoked = fresh.revoked
+    log.info("tree_keyring_reloaded", enrolled=len(keyring), revoked=len(keyring.revoked))
 
 
 def root_security(config: FrontendConfig, db: Database) -> Security | None:

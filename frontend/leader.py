@@ -22,6 +22,7 @@ from sci import TreeRoot
 from service.config import FrontendConfig
 
 from .control import ControlServer
+from .enrolment import reload_keyring
 from .db import Database
 from .db.models import Hypervisor
 from .hosts import HostMonitor
@@ -79,6 +80,8 @@ class LeaderDuties:
         self._move(Term.LEADING)
         try:
             self.root.root_epoch = generation
+            if self.root.security is not None:
+                reload_keyring(self.db, self.root.security.keyring)
             self.root.start()
             self._stops.append(self.root.stop)
             self.control.start()

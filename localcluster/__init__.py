@@ -148,7 +148,9 @@ class LocalCluster:
 
     def _database(self) -> dict[str, Any]:
         if self.database is None and self.standbys:
-            self.pg = PostgresServer(self.workdir)
+            # In the system's temp dir: the postgres user cannot reach a workdir under pytest's
+            # mode-0700 temp dirs; the server dies with the cloud anyway.
+            self.pg = PostgresServer()
             self.pg.start()
             self.database = self.pg.create_database("cloudland")
         return {"database": self.database} if self.database is not None else {}

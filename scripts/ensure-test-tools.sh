@@ -1,12 +1,13 @@
 #!/bin/sh
 # Make sure the Debian packages the tests use beyond a hypervisor's are installed: what builds
 # the test cloud image (localcluster/cloudimage.py: mmdebstrap, GRUB's BIOS boot images and
-# grub-mkimage, mke2fs, qemu-img) and what the network tests send and watch packets with
-# (ping, iperf3, tcpdump), and the browser the web console's tests drive (chromium: Playwright runs
-# Debian's, never one it downloads).  Idempotent, and costs nothing on a prepared machine.
+# grub-mkimage, mke2fs, qemu-img), what the network tests send and watch packets with
+# (ping, iperf3, tcpdump) and read the kernel's sets with (ipset), and the browser the web
+# console's tests drive (chromium: Playwright runs Debian's, never one it downloads).
+# Idempotent, and costs nothing on a prepared machine.
 set -eu
 
-PACKAGES="mmdebstrap grub-common grub-pc-bin e2fsprogs qemu-utils iputils-ping iperf3 tcpdump chromium"
+PACKAGES="mmdebstrap grub-common grub-pc-bin e2fsprogs qemu-utils iputils-ping iperf3 tcpdump ipset chromium"
 
 missing=""
 for pkg in $PACKAGES; do

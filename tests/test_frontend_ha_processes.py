@@ -10,6 +10,7 @@ hosts.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from frontend.leadership import LEASE_S, RENEW_S
 from localcluster import LocalCluster
-from tests.support.cloudapi import admin_client, running, until
+from tests.support.cloudapi import admin_client, clctl, clctl_login, running, until
 from tests.support.qcow2 import fake_qcow2
 
 pytestmark = pytest.mark.slow
@@ -118,3 +119,69 @@ def test_the_leader_killed_mid_launch_a_standby_finishes_every_launch_once(clust
     assert [e["message"].split("@")[0] for e in events if e["kind"] == "frontend.leader"][:1] == [new]
     hosts = {h["name"]: h["status"] for h in api.get("/v1/hypervisors", params={"limit": 100}).json()["items"]}
     assert set(hosts.values()) == {"up"}, hosts
+
+
+def test_a_rolling_restart_of_every_frontend_never_stops_the_api(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", agents=1, backends=3, tree=TREE, frontends=3,
+                     ops_modules=["tests.support.compute_ops"],
+                     env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log")})
+    with running(c):
+        home = tmp_path / "home"
+        clctl_login(home, c)
+        api = admin_client(c)
+        api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
+        image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
+        api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
+        until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"] if h["facts"]]) == 3, 60,
+              "every hypervisor with capacity")
+        failures: list[str] = []
+        calls = 0
+        launched: list[str] = []
+        done = threading.Event()
+
+        def use_the_cloud() -> None:
+            nonlocal calls
+            while not done.is_set():
+                listed = clctl(home, "instance", "list")
+                calls += 1
+                if listed.returncode != 0:
+                    failures.append(listed.stderr.strip())
+                if len(launched) >= 6:  # the hosts' room; listing goes on
+                    continue
+                made = clctl(home, "--json", "instance", "create", f"vm{len(launched)}", "--flavor", "small",
+                             "--image", "tiny")
+                if made.returncode != 0:
+                    failures.append(made.stderr.strip())
+                else:
+                    launched.append(json.loads(made.stdout)["resource"]["id"])
+
+        user = threading.Thread(target=use_the_cloud)
+        user.start()
+        try:
+            for name in c.frontend_names:
+                c.signal(name, signal.SIGTERM)
+                assert c.procs[name].wait(30) in (0, 1), f"{name} did not stop cleanly"
+                c.start_frontend(name, wait=False)
+                until(lambda: _answers(c, name), 60, f"{name} to serve again")
+                until(lambda: any(_leading(c, n) for n in c.frontend_names), 30, "a leader")
+        finally:
+            done.set()
+            user.join(60)
+        assert calls > 0 and not failures, failures
+        api = admin_client(c, api_url=c.api_urls[next(n for n in c.frontend_names if _leading(c, n))])
+
+        def all_active() -> bool:
+            states = {i["id"]: i["status"] for i in api.get("/v1/instances").json()["items"]}
+            return set(launched) <= set(states) and all(states[i] == "active" for i in launched)
+
+        until(all_active, 90, "every instance launched during the restarts to be active")
+        ops = [json.loads(line) for line in (tmp_path / "ops.log").read_text().splitlines()]
+        creates = [o["id"] for o in ops if o["op"] == "instance.create"]
+        assert sorted(creates) == sorted(launched), "each instance must be built exactly once"
+
+
+def _answers(cluster: LocalCluster, name: str) -> bool:
+    try:
+        return httpx.get(f"{cluster.api_urls[name]}/healthz", verify=cluster.ssl_context(), timeout=1.0).is_success
+    except httpx.TransportError:
+        return False

@@ -73,9 +73,10 @@ def clctl(home: Path, *args: str, stdin: str | None = None, **env: str) -> subpr
 
 
 def clctl_login(home: Path, cluster: LocalCluster) -> None:
-    """Log clctl in at ``home`` as the cloud's admin, trusting its certificate."""
+    """Log clctl in at ``home`` as the cloud's admin (at every frontend's API), trusting its certificate."""
     home.mkdir(exist_ok=True)
-    login = clctl(home, "login", "--endpoint", cluster.api_url, "--ca-file", cluster.ca_file, "--username", "admin",
+    endpoints = [arg for url in cluster.api_urls.values() for arg in ("--endpoint", url)]
+    login = clctl(home, "login", *endpoints, "--ca-file", cluster.ca_file, "--username", "admin",
                   "--password-stdin", stdin=cluster.admin_password() + "\n")
     assert login.returncode == 0, login.stderr
 
