@@ -120,8 +120,9 @@ so instances cannot be launched on them."""
         pids = ", ".join(f"{name} pid {cluster.procs[name].pid} at {cluster.api_urls[name]}"
                          for name in cluster.frontend_names)
         standbys = f"""
-Frontends ({pids}) share the PostgreSQL server at {cluster.database}; the first leads, the others
-wait to take over (kill -9 the leader's pid and watch {clctl} frontend list, or {clctl} tree).
+Frontends ({pids})
+share the PostgreSQL server at {cluster.database}; the first leads, the others serve the
+API and stand by to take over (kill -9 the leader's pid and watch {clctl} frontend list).
 """
     return f"""
 cloudland is up: API at {cluster.api_url} (docs at {cluster.api_url}/docs), tree at
