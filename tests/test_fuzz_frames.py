@@ -55,6 +55,10 @@ LIVE = settings(derandomize=True, deadline=None, database=None, max_examples=40,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
+#: A fuzzed COMMAND or WELCOME may raise a node's root epoch as far as msgpack goes: the probe
+#: after it comes from the newest root there can be, so the node must obey it.
+_HIGHEST_EPOCH = 2**64 - 1
+
 #: What decode promises for each kind: the exact types of the fields after [version, kind, session].
 SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
     Kind.JOIN: ((str,), (int,), (int,), (str, type(None)), (list,)),
@@ -706,7 +710,7 @@ class FakeParent:
         for wave in itertools.count(1):
             if self.ring:
                 self.send(via, proto.keys(True, self.ring, []))  # undo what a fuzzed KEYS did
-            self.send(via, proto.command(cmd_id, wave, "ping", proto.pack_body(None), [host], 2000, 0))
+            self.send(via, proto.command(cmd_id, wave, "ping", proto.pack_body(None), [host], 2000, _HIGHEST_EPOCH))
             self.pump(0.3, ok)
             if ok():
                 return

@@ -12,6 +12,7 @@ from ...db.models import Token, User
 from ...errors import Conflict, Forbidden, NotFound
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find_org
+from ..refusals import refusals
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
 
 router = APIRouter(prefix=V1, tags=["users"])
@@ -75,7 +76,8 @@ def create_user(body: UserCreate, caller: CallerDep, frontend: FrontendDep) -> U
 
 
 @router.get("/users", response_model=Items[UserView],
-            summary="List the users of your organization (admins: of any organization)")
+            summary="List the users of your organization (admins: of any organization)",
+            responses=refusals(404))
 def list_users(caller: CallerDep, frontend: FrontendDep,
                org: Ref | None = Query(default=None, description="an organization's id or name (admins: any; "
                                                                  "others: their own); default: yours")
