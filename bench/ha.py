@@ -52,7 +52,7 @@ from sci.reactor import Reactor
 from service.logs import setup_logging
 
 from .procs import Fleet, cpu_seconds, prepare_child
-from .simhosts import CountingExecutor, _PacedStart, _write_report, run_agent, run_sim
+from .simhosts import CountingExecutor, run_agent, run_sim, serve
 from .tree import JOIN_WINDOW, RESULTS_DIR, _pct, default_agents
 
 if TYPE_CHECKING:  # the frontend's stack is imported by the bench process only (see HaBench.run)
@@ -141,14 +141,9 @@ def run_compute_sim(hosts: list[str], registrars: list[str], settings: sci.TreeS
         registries.append(registry)
         leaves.append(sci.Leaf(host, registrars, settings, CountingExecutor(host, registry, runs),
                                sci.Journal(None), reactor=reactor))
-    signal.signal(signal.SIGTERM, lambda *_: reactor.stop())
-    _PacedStart(reactor, leaves, len(leaves)).step()
     try:
-        reactor.run()
+        serve(reactor, leaves, len(leaves), report_path, runs)
     finally:
-        _write_report(report_path, runs, sum(leaf.up.attached for leaf in leaves))
-        for leaf in leaves:
-            leaf.close()
         for registry in registries:
             registry.close()
 

@@ -25,7 +25,7 @@ from service.logs import setup_logging
 
 from .procs import prepare_child
 
-__all__ = ["CountingExecutor", "run_agent", "run_sim"]
+__all__ = ["CountingExecutor", "run_agent", "run_sim", "serve"]
 
 #: Interval at which a sim process checks whether to start more leaves.
 _PACE_S = 0.01
@@ -114,6 +114,17 @@ def run_sim(hosts: list[str], registrar: str, settings: sci.TreeSettings, log_pa
     leaves = [sci.Leaf(host, registrar, settings, CountingExecutor(host, registry, runs), sci.Journal(None),
                        reactor=reactor, ctx=ctx, security=_security(keys[host] if keys else None, root_key))
               for host in hosts]
+    try:
+        serve(reactor, leaves, window, report_path, runs)
+    finally:
+        registry.close()
+        ctx.destroy(linger=0)
+
+
+def serve(reactor: Reactor, leaves: list[sci.Leaf], window: int, report_path: str,
+          runs: collections.Counter[tuple[str, Any]]) -> None:
+    """Start ``leaves`` (``window`` joining at once) and run them until SIGTERM; then write how
+    often each ran each tagged command to ``report_path``, and close them."""
     signal.signal(signal.SIGTERM, lambda *_: reactor.stop())
     _PacedStart(reactor, leaves, window).step()
     try:
@@ -122,8 +133,6 @@ def run_sim(hosts: list[str], registrar: str, settings: sci.TreeSettings, log_pa
         _write_report(report_path, runs, sum(leaf.up.attached for leaf in leaves))
         for leaf in leaves:
             leaf.close()
-        registry.close()
-        ctx.destroy(linger=0)
 
 
 def _write_report(path: str, runs: collections.Counter[tuple[str, Any]], attached: int) -> None:
