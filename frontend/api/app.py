@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..console import PATH as CONSOLE_PATH, create_console
+from ..console import PATH as CONSOLE_PATH, UPLOAD as CONSOLE_UPLOAD, create_console
 from ..errors import ApiError, Conflict, Invalid
 from ..services import Frontend
 from . import health, routes
@@ -106,7 +106,8 @@ def create_app(frontend: Frontend) -> FastAPI:
                             status_code=500)
 
     if frontend is not None:  # docgen builds the app without one, for its OpenAPI description only
-        app.add_middleware(BodyLimit, max_bytes=frontend.config.api.max_body_bytes, streamed=[STREAMED_UPLOAD])
+        app.add_middleware(BodyLimit, max_bytes=frontend.config.api.max_body_bytes,
+                           streamed=[STREAMED_UPLOAD, CONSOLE_UPLOAD])
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Any:

@@ -7,7 +7,7 @@ audit log) hold in the console because they are the same code, not a copy of it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 from starlette.types import ASGIApp
@@ -52,9 +52,10 @@ class Api:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    async def call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
+                   content: AsyncIterator[bytes] | None = None) -> Any:
         """The answer's JSON body (None if empty); ``Refusal`` for an error answer."""
-        response = await self._http.request(method, path, json=json, params=params)
+        response = await self._http.request(method, path, json=json, params=params, content=content)
         if response.status_code >= 400:
             raise Refusal.of(response)
         return response.json() if response.content else None
@@ -67,6 +68,10 @@ class Api:
 
     async def patch(self, path: str, json: Any) -> Any:
         return await self.call("PATCH", path, json=json)
+
+    async def put_stream(self, path: str, chunks: AsyncIterator[bytes]) -> Any:
+        """PUT a body of unknown length, sent as ``chunks`` come (an image's file)."""
+        return await self.call("PUT", path, content=chunks)
 
     async def delete(self, path: str) -> Any:
         return await self.call("DELETE", path)

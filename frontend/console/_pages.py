@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from ..api.schemas import Ref
 from ._api import Refusal
+from ._images import image_pages
 from ._operator import operator_pages
 from ._routing import routing_pages
 from ._session import CSRF_FIELD, LOGIN_COOKIE, TOKEN_COOKIE, clear, csrf_ok, new_login_csrf, set_cookie
@@ -75,7 +76,8 @@ def _install_handlers(console: FastAPI) -> None:
         # no-store: after logout, the back button must ask again (and be sent to the login page),
         # not show a page of the session from the browser's cache.
         response.headers["Cache-Control"] = "no-store"
-        response.headers["Content-Security-Policy"] = _CSP
+        # A page that runs the console's script says so with its own policy.
+        response.headers.setdefault("Content-Security-Policy", _CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
@@ -93,7 +95,7 @@ def create_console(api: ASGIApp) -> FastAPI:
     _network_pages(console)
     _security_group_pages(console)
     _volume_pages(console)
-    _image_pages(console)
+    image_pages(console)
     routing_pages(console)
     operator_pages(console)
     return console
@@ -343,9 +345,3 @@ def _volume_pages(console: FastAPI) -> None:
     @console.post("/snapshots/{snapshot}/delete")
     async def delete_snapshot(snapshot: Ref, visit: VisitDep, form: FormDep) -> Response:
         return task_page(await visit.api.delete(f"/v1/snapshots/{snapshot}"))
-
-
-def _image_pages(console: FastAPI) -> None:
-    @console.get("/images")
-    async def images(visit: VisitDep) -> Response:
-        return render("images.html", visit, images=(await visit.api.get("/v1/images"))["items"])

@@ -9,6 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.api.cloud import Cloud
+from tests.api.conftest import Api
+
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -48,3 +51,11 @@ def reason_of(html: str) -> str:
 def posted_forms(html: str) -> list[str]:
     """Where the page's forms that change something (method post) go."""
     return re.findall(r'<form[^>]*method="post"[^>]*action="([^"]+)"', html)
+
+
+def tenant_with_reader(cloud: Cloud, org: str) -> Api:
+    """Organization ``org``'s tenant admin (``<org>-user``), with a reader of it (``<org>-reader``)."""
+    api = cloud.admin.tenant(org)
+    cloud.admin.ok("post", "/v1/users", 201, json={"name": f"{org}-reader", "password": "password-of-reader",
+                                                   "role": "reader", "org": api.who["org_id"]})
+    return api

@@ -203,6 +203,36 @@ def test_the_tenant_journey(page: Any, cloud: dict[str, Any]) -> None:
     sync_api.expect(page.get_by_role("cell", name="net", exact=True)).to_have_count(0)  # public stays, the admin's
 
 
+def test_an_image_is_uploaded_with_its_progress_and_a_refused_one_says_why(page: Any, cloud: dict[str, Any],
+                                                                           tmp_path: Path) -> None:
+    disk, junk = tmp_path / "disk.qcow2", tmp_path / "junk.qcow2"
+    disk.write_bytes(fake_qcow2(virtual_size=2 << 30, length=8 << 20))
+    junk.write_bytes(b"not a disk image")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.resource_type) if r.url.endswith("/ui/images") and
+            r.method == "POST" else None)
+    _login(page, "acme-user", "password-of-acme")
+    page.get_by_role("link", name="Images").click()
+    page.locator("#image-name").fill("uploaded")
+    page.get_by_label("File").set_input_files(str(disk))
+    _shot(page, "image-upload")
+    page.get_by_role("button", name="Upload", exact=True).click()
+    row = page.get_by_role("row", name="uploaded")
+    sync_api.expect(row).to_contain_text("active")
+    sync_api.expect(row).to_contain_text("2 GB")
+    assert sent == ["xhr"], "the page's script sends the form, to show its progress"
+
+    page.locator("#image-name").fill("junk")
+    page.get_by_label("File").set_input_files(str(junk))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    sync_api.expect(page.locator(".field")).to_have_text("format")
+    sync_api.expect(page.locator(".reason")).to_contain_text("not a qcow2 image")
+    page.goto("/ui/images")
+    sync_api.expect(page.get_by_role("row", name="junk")).to_have_count(0)
+    page.get_by_role("button", name="Delete image uploaded").click()
+    sync_api.expect(page.get_by_role("row", name="uploaded")).to_have_count(0)
+
+
 def _route_and_float(page: Any) -> None:
     """A router on the instance's network, and a floating IP associated with the instance, then undone."""
     page.get_by_role("link", name="Routers").click()

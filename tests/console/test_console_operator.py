@@ -11,14 +11,13 @@ from typing import Any, Iterator
 import pytest
 from fastapi import FastAPI
 
-from frontend.api.app import create_app
 from frontend.bootstrap import admin_org_id
 from frontend.console._treeview import branches
 from frontend.db.models import Event
 from sci.root import NodeStatus
 from tests.api.cloud import Cloud, make_cloud
 from tests.api.conftest import ADMIN_PASSWORD, Api
-from tests.console.browserless import Console, posted_forms, reason_of
+from tests.console.browserless import tenant_with_reader, Console, posted_forms, reason_of
 
 ADMIN_PAGES = ("/ui/tree", "/ui/hypervisors", "/ui/enrolments", "/ui/audit")
 
@@ -30,17 +29,9 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
 
 @pytest.fixture(scope="module")
-def app(cloud: Cloud) -> FastAPI:
-    return create_app(cloud.frontend)
-
-
-@pytest.fixture(scope="module")
 def acme(cloud: Cloud) -> Api:
     """Organization acme's tenant admin (acme-user), and a reader of it."""
-    api = cloud.admin.tenant("acme")
-    cloud.admin.ok("post", "/v1/users", 201, json={"name": "acme-reader", "password": "password-of-reader",
-                                                   "role": "reader", "org": api.who["org_id"]})
-    return api
+    return tenant_with_reader(cloud, "acme")
 
 
 @pytest.fixture

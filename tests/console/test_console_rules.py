@@ -11,7 +11,6 @@ from typing import Any, Iterator
 import pytest
 from fastapi import FastAPI
 
-from frontend.api.app import create_app
 from frontend.console import PAGE_SIZE
 from frontend.db.models import Instance
 from frontend.hostalias import alias
@@ -25,11 +24,6 @@ from tests.support.qcow2 import fake_qcow2
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     path = tmp_path_factory.mktemp("console")
     yield from make_cloud(f"sqlite:///{path / 'state.db'}", path / "frontend", hosts=1)
-
-
-@pytest.fixture(scope="module")
-def app(cloud: Cloud) -> FastAPI:
-    return create_app(cloud.frontend)
 
 
 @pytest.fixture(scope="module")

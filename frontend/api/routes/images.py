@@ -13,6 +13,7 @@ from typing import Iterator, Literal
 import anyio.from_thread
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse
+from starlette.requests import ClientDisconnect
 from pydantic import Field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -219,6 +220,9 @@ def upload_image(image: Ref, request: Request, caller: TokenOrLinkDep, frontend:
         received = store.receive(image_id, _request_chunks(request), expected, fmt)
     except BaseException as exc:
         _requeue(frontend, image_id)
+        if isinstance(exc, ClientDisconnect):
+            # The uploader's doing, not the frontend's fault: no crash report, and nothing kept.
+            raise Invalid("the upload ended before the whole file was sent", None) from None
         if isinstance(exc, FileTooLarge):
             raise TooLarge(exc.reason, exc.field) from None
         if isinstance(exc, Refused):
