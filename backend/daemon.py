@@ -42,6 +42,7 @@ def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     journal = Journal(Path(config.data_dir) / "journal.log", fsync=config.journal_fsync)
     leaf = Leaf(config.node_id, config.frontend, config.tree.settings, registry, journal, groups=list(config.groups),
                 security=security)
+    registry.send_notices(leaf.notify)
     return leaf, registry
 
 

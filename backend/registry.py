@@ -53,6 +53,7 @@ class OpRegistry(Executor):
         self._ops: dict[str, Op] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="op")
         self._on_close: list[Callable[[], None]] = []
+        self._notices: Callable[[str, Any], None] | None = None
 
     def register(self, op: Op) -> None:
         if op.name in self._ops:
@@ -62,6 +63,18 @@ class OpRegistry(Executor):
     def on_close(self, fn: Callable[[], None]) -> None:
         """``fn()`` when the backend stops: how a driver releases its connections."""
         self._on_close.append(fn)
+
+    def notify(self, topic: str, body: Any) -> None:
+        """Tell the frontend that something happened here that no op asked for (a driver's news); any thread."""
+        send = self._notices
+        if send is None:
+            log.info("notice_dropped", topic=topic, reason="the backend is not in the tree yet")
+            return
+        send(topic, body)
+
+    def send_notices(self, send: Callable[[str, Any], None]) -> None:
+        """Where ``notify`` sends: the tree's leaf, once the daemon has one."""
+        self._notices = send
 
     def load_module(self, name: str, config: Any) -> None:
         """Import ``name`` and call its ``register(registry, config)``: how drivers plug in.

@@ -27,6 +27,7 @@ from .db import Database
 from .db.models import Hypervisor
 from .hosts import HostMonitor
 from .netconverge import HostNetworks
+from .powerstate import PowerNotices
 from .reconcile import Reconciler
 from .retention import Retention
 from .tasknotices import TaskListener
@@ -80,6 +81,7 @@ class LeaderDuties:
         self._move(Term.LEADING)
         try:
             self.root.root_epoch = generation
+            self.root.notice_handler = PowerNotices(self.db)
             if self.root.security is not None:
                 reload_keyring(self.db, self.root.security.keyring)
             self.root.start()

@@ -10,17 +10,23 @@ from typing import Any
 
 from .errors import Conflict
 
-__all__ = ["INSTANCE", "SNAPSHOT", "VOLUME", "begin"]
+__all__ = ["INSTANCE", "INSTANCE_SETTLED", "SNAPSHOT", "STATUS_OF_POWER", "VOLUME", "begin"]
 
 #: action -> (statuses it may start from, status while it runs)
 INSTANCE = {
-    "start": (frozenset({"stopped"}), "starting"),
-    "stop": (frozenset({"active"}), "stopping"),
-    "reboot": (frozenset({"active"}), "rebooting"),
+    # Start also resumes a paused guest, and boots a crashed one again.
+    "start": (frozenset({"stopped", "crashed", "paused"}), "starting"),
+    "stop": (frozenset({"active", "paused"}), "stopping"),
+    "reboot": (frozenset({"active", "paused"}), "rebooting"),
     "resize": (frozenset({"active", "stopped"}), "resizing"),
     "image": (frozenset({"stopped"}), "imaging"),
-    "delete": (frozenset({"active", "stopped", "error"}), "deleting"),
+    "delete": (frozenset({"active", "stopped", "paused", "crashed", "error"}), "deleting"),
 }
+#: an instance no task is changing, whose status follows its guest's power state when that
+#: changes outside the API (the host's notices, the reconcile)
+INSTANCE_SETTLED = frozenset({"active", "stopped", "paused", "crashed"})
+#: a host's power state of a guest -> the settled status it means
+STATUS_OF_POWER = {"running": "active", "paused": "paused", "shutoff": "stopped", "crashed": "crashed"}
 VOLUME = {
     "attach": (frozenset({"available"}), "attaching"),
     "detach": (frozenset({"in-use"}), "detaching"),

@@ -3,8 +3,9 @@
 Each round asks every up host for its inventory (``compute.inventory``).  For instances that
 are settled (active or stopped) on a host:
 
-* reported with another power state: the state follows the host (an instance that shut
-  itself down becomes ``stopped``);
+* reported with another power state: the state follows the host (``powerstate.follow_power``:
+  an instance that shut itself down becomes ``stopped``, one that crashed ``crashed``), which
+  its host's notice should have done already;
 * not reported: ``drift.vanished``, in the owner's events, and its power state becomes
   ``missing``;
 * reported but unknown to the state: ``drift.unknown``, in the admins' events.
@@ -28,15 +29,15 @@ from .bootstrap import admin_org_id
 from .db import Database
 from .db.models import Event, Hypervisor, Instance, utcnow
 from .hostops import INVENTORY
+from .lifecycle import INSTANCE_SETTLED
 from .periodic import Periodic
+from .powerstate import follow_power
 from .tasks import Submit
 
 __all__ = ["Reconciler"]
 
 log = structlog.get_logger("frontend.reconcile")
 
-SETTLED = ("active", "stopped")
-STATUS_OF_POWER = {"running": "active", "shutoff": "stopped"}
 
 
 class Reconciler(Periodic):
@@ -76,7 +77,7 @@ class Reconciler(Periodic):
                 mine = [i for i in by_id.values() if i.hypervisor_id == hosts[host]]
                 for instance in mine:
                     # Changed while the hosts were answering: the report may predate the change.
-                    if instance.status not in SETTLED or instance.updated_at >= asked_at:
+                    if instance.status not in INSTANCE_SETTLED or instance.updated_at >= asked_at:
                         continue
                     power = reported.get(instance.id)
                     if power is None:
@@ -84,10 +85,8 @@ class Reconciler(Periodic):
                                            f"instance {instance.name} ({instance.id}) is not on its hypervisor any more")
                         instance.power_state = "missing"
                     elif power != instance.power_state:
-                        log.info("instance_power_changed", instance=instance.id, host=host,
-                                 was=instance.power_state, now=power)
-                        instance.power_state = power
-                        instance.status = STATUS_OF_POWER.get(power, instance.status)
+                        # Its notice was lost (the backend or libvirtd restarting at that moment).
+                        follow_power(session, instance, host, power, f"was found {power} by the reconcile")
                 for instance_id in sorted(set(reported) - {i.id for i in mine}):
                     # Unknown, or known but placed elsewhere (a launch's leftover): either way not meant to be here.
                     new += self._drift(session, still_open, "unknown", host, instance_id, admin,

@@ -22,7 +22,7 @@ power button need it). Under TCG it is ready ~7 s after start.
 What ``/init`` does, all reported on the serial console one line each:
 
 1. mounts proc, sysfs, devtmpfs; loads the modules (virtio pci/blk/net/scsi/console, IDE/SATA
-   cdroms, isofs, vfat, the ACPI button and evdev);
+   cdroms, isofs, vfat, the ACPI button and evdev, pvpanic);
 2. finds the NoCloud seed: a filesystem labelled ``cidata`` (ISO9660 or vfat) on a cdrom
    (``/dev/sr*``), a virtio disk (``/dev/vd*``) or a SCSI disk (``/dev/sd*``), mounted
    read-only; ``CLOUDLAND-GUEST-NOSEED`` if there is none after 15 s;
@@ -93,6 +93,7 @@ MODULES = (
     "nls_utf8",
     "button",  # ACPI power button...
     "evdev",  # ...as /dev/input/event*, which acpid reads
+    "pvpanic_mmio",  # the domain's ISA pvpanic device: a panic is told to the host, which reports the crash
 )
 
 

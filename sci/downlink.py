@@ -79,6 +79,9 @@ class DownlinkOwner:
     def on_status_reply(self, child: str, query_id: str, table: dict[str, list[Any]]) -> None:
         """A child relay's part of a tree status query."""
 
+    def on_notice(self, child: str, origin: str, topic: str, body: bytes) -> None:
+        """A backend's notice, from ``origin`` (routed through ``child``): passed up, or handled at the root."""
+
     def on_join(self, downlink: "Downlink", identity: bytes, frame: Frame) -> None:
         """A JOIN reached this node; only the root's registrar takes it."""
         downlink.send_raw(identity, proto.reject(RejectCode.NOT_HERE, "this node is not a registrar"))
@@ -453,6 +456,8 @@ class Downlink:
                 self.owner.on_routes(child_id, change)
         elif kind is Kind.STATUS_REPLY:
             self.owner.on_status_reply(child_id, *frame.fields)
+        elif kind is Kind.NOTICE:
+            self._on_notice(child_id, *frame.fields)
         elif kind is Kind.BYE:
             del self.children[child_id]
             change = self.routes.remove_child(child_id)
@@ -460,6 +465,18 @@ class Downlink:
             self.owner.on_routes(child_id, change)
         else:
             raise FrameError(f"{kind.name} does not travel up", reason="malformed")
+
+    def _on_notice(self, child_id: str, origin: str, topic: str, body: bytes) -> None:
+        # Like results: a child speaks only for the hosts routed through it, so no relay can
+        # make up what happened on a host below another.
+        if self.routes.child_of(origin) != child_id:
+            self.counters.add("frames_dropped:foreign_notice")
+            self._log.warning("notice_refused", child=child_id, origin=origin[:64], reason="origin not routed here")
+            return
+        if not topic or len(topic) > proto.MAX_TOPIC:
+            raise FrameError(f"NOTICE from {child_id}: a topic is 1 to {proto.MAX_TOPIC} characters",
+                             reason="malformed")
+        self.owner.on_notice(child_id, origin, topic, body)
 
     def _key_speaks_for(self, key: str | None, node: object) -> bool:
         return self.security is None or (self.security.keyring.node_of(key) == node)

@@ -87,6 +87,27 @@ class Leaf(UplinkOwner, LoopNode):
         self._stop_tickers.clear()
         self.up.stop()
 
+    def notify(self, topic: str, body: Any) -> None:
+        """Tell the root that something happened here (``topic``, a msgpack-able ``body``); from any thread.
+
+        Best effort: a notice waits in the uplink's outbox while the parent is away, but one the
+        outbox overflows, or that the root does not take, is gone; whoever needs the truth for
+        sure asks the host again (the frontend's reconcile does).
+        """
+        if not topic or len(topic) > proto.MAX_TOPIC:
+            raise ValueError(f"a notice's topic is 1 to {proto.MAX_TOPIC} characters, not {topic!r}")
+        data = proto.pack_body(body)
+        node_id = self.node_id
+
+        def send() -> None:
+            self.counters.add("notices_sent")
+            self.up.send(lambda session: proto.notice(session, node_id, topic, data))
+
+        if self.reactor.in_loop_thread():
+            send()
+        else:
+            self.reactor.call_soon_threadsafe(send)
+
     def _report_counters(self) -> None:
         increments = self.counters.take_increments()
         if increments:

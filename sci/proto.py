@@ -32,6 +32,7 @@ __all__ = [
     "VERSION",
     "MAX_FRAME_BYTES",
     "MAX_NODE_ID",
+    "MAX_TOPIC",
     "Kind",
     "Role",
     "RejectCode",
@@ -54,6 +55,7 @@ __all__ = [
     "status",
     "status_reply",
     "bye",
+    "notice",
     "counters",
     "enrol",
     "enrolled",
@@ -66,6 +68,8 @@ VERSION: Final = 1
 #: Default cap on one frame; a bigger frame is dropped with a log event.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 MAX_NODE_ID: Final = 64
+#: A notice's topic names a kind of happening (``instance.power``), never data.
+MAX_TOPIC: Final = 64
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
@@ -87,6 +91,8 @@ class Kind(IntEnum):
     ENROL = 14  #: new node -> registrar: [node_id, role, one-time token]
     ENROLLED = 15  #: registrar -> new node: [1 if enrolled else 0, text]
     KEYS = 16  #: parent -> agent child: [1 if the whole ring else 0, {node_id: public_key} added, [node_id removed]]
+    #: up, from a backend to the root: [origin node id, topic, body] (something that happened on the host)
+    NOTICE = 17
 
 
 class Role(IntEnum):
@@ -136,6 +142,7 @@ _SHAPES: dict[Kind, tuple[frozenset[type], ...]] = {
     Kind.ENROL: (_STR, _INT, _STR),
     Kind.ENROLLED: (_INT, _STR),
     Kind.KEYS: (_INT, _DICT, _LIST),
+    Kind.NOTICE: (_STR, _STR, _BYTES),
 }
 _KINDS = {int(k): k for k in Kind}
 
@@ -270,6 +277,10 @@ def bye(session: int) -> bytes:
 
 def counters(session: int, increments: dict[str, float]) -> bytes:
     return encode(Kind.COUNTERS, session, increments)
+
+
+def notice(session: int, origin: str, topic: str, body: bytes) -> bytes:
+    return encode(Kind.NOTICE, session, origin, topic, body)
 
 
 def enrol(node_id: str, role: Role, token: str) -> bytes:

@@ -202,6 +202,11 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         if gather.complete:
             self._flush((cmd_id, wave), gather)
 
+    def on_notice(self, child: str, origin: str, topic: str, body: bytes) -> None:
+        if self.up is not None:
+            self.counters.add("notices_relayed")
+            self.up.send(lambda session: proto.notice(session, origin, topic, body))
+
     def on_routes(self, child: str, change: RouteChange) -> None:
         if change.moved and self.gathers:
             self._repair_gathers(change)

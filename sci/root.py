@@ -282,6 +282,11 @@ class TreeRoot(DownlinkOwner):
         #: the enroller asks the database, which may wait on a lock for seconds: it runs on this
         #: thread (one, so enrolments keep their order), never on the tree's own
         self._enrolments: concurrent.futures.ThreadPoolExecutor | None = None
+        #: called with (origin host, topic, body) for each backend's notice, set before start by
+        #: whoever runs the root; on a thread of its own (one: notices keep their order), as it
+        #: may write to a database
+        self.notice_handler: Callable[[str, str, Any], None] | None = None
+        self._notices: concurrent.futures.ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
         self._log = log.bind(node=node_id)
@@ -312,8 +317,9 @@ class TreeRoot(DownlinkOwner):
         if self._closed:
             return
         self._closed = True
-        if self._enrolments is not None:
-            self._enrolments.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._enrolments, self._notices):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         self.reactor.call_soon_threadsafe(self._abort_all)
         self.reactor.call_soon_threadsafe(self.reactor.stop)
         if self._thread is not None:
@@ -441,6 +447,28 @@ class TreeRoot(DownlinkOwner):
         self.down.keys_changed(False, {}, [node_id])
         self._log.warning("node_revoked", revoked=node_id)
         return True
+
+    def on_notice(self, child: str, origin: str, topic: str, body: bytes) -> None:
+        handler = self.notice_handler
+        self.counters.add("notices_received")
+        if handler is None:
+            return
+        try:
+            what = proto.unpack_body(body)
+        except FrameError as exc:
+            self.counters.add("frames_dropped:malformed")
+            self._log.warning("notice_dropped", origin=origin, topic=topic, reason=str(exc)[:200])
+            return
+        if self._notices is None:
+            self._notices = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="notices")
+
+        def handle() -> None:
+            try:
+                handler(origin, topic, what)
+            except Exception:  # one notice the handler cannot take must not stop the next
+                self._log.exception("notice_handler_failed", origin=origin, topic=topic)
+
+        self._notices.submit(handle)
 
     def on_enrol(self, downlink: Downlink, identity: bytes, frame: Frame, key: str | None) -> None:
         node_id, role_code, token = frame.fields

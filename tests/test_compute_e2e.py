@@ -160,6 +160,44 @@ def test_a_launch_that_fails_everywhere_leaves_nothing_on_any_host(cluster: Loca
     assert re.search(r"error|broken|image|qcow2", task["error"], re.I)
 
 
+def test_a_guest_that_panics_or_is_powered_behind_the_apis_back_is_shown_so_at_once(
+        cluster: LocalCluster, guest: tiny.Guest) -> None:
+    """libvirt's events, sent up the tree as notices: no reconcile round (every 60 s) needed."""
+    import libvirt
+
+    api = offer_tiny(cluster, guest)
+    # /proc/sysrq-trigger's "c" crashes the kernel: it panics, and pvpanic tells the host.
+    panicky = "#!/bin/sh\necho PANIC-NOW\necho c > /proc/sysrq-trigger\n"
+    launches = [ok(api.post("/v1/instances", json={"name": "panicky", "flavor": "tiny", "image": "tiny",
+                                                    "user_data": panicky}), 202),
+                ok(api.post("/v1/instances", json={"name": "steady", "flavor": "tiny", "image": "tiny"}), 202)]
+    for accepted in launches:
+        finished(api, accepted)
+    until(lambda: console_count(api, "panicky", "PANIC-NOW"), BOOT_TIMEOUT, "the guest about to panic")
+    crashed = until(lambda: (lambda i: i if i["status"] == "crashed" else None)(
+        ok(api.get("/v1/instances/panicky"))), 10, "panicky shown crashed")
+    assert (crashed["power_state"], crashed["fault"]) == ("crashed", "crashed: its kernel panicked")
+    events = ok(api.get("/v1/events", params={"kind": "instance.crashed"}))["items"]
+    assert [e["resource_id"] for e in events] == [crashed["id"]]
+
+    until(lambda: console_count(api, "steady", tiny.READY), BOOT_TIMEOUT, "steady's READY line")
+    steady = ok(api.get("/v1/instances/steady"))
+    conn = libvirt.open(libvirtd.URI)
+    try:
+        domain = conn.lookupByUUIDString(steady["id"])
+        domain.shutdown()  # the ACPI button, pressed on the host: the guest's acpid powers it off
+        until(lambda: ok(api.get("/v1/instances/steady"))["status"] == "stopped", 30, "steady shown stopped")
+        domain.create()
+        until(lambda: ok(api.get("/v1/instances/steady"))["status"] == "active", 10, "steady shown active")
+    finally:
+        conn.close()
+    kinds = [e["kind"] for e in ok(api.get("/v1/events", params={"kind": "instance"}))["items"]
+             if e["resource_id"] == steady["id"]]
+    assert kinds == ["instance.running", "instance.shutoff"]
+
+    finished(api, ok(api.delete("/v1/instances/panicky"), 202))  # a crashed instance goes like any other
+
+
 WRITER = """#!/bin/sh
 (
     while [ ! -b /dev/vdb ]; do sleep 0.2; done

@@ -77,6 +77,7 @@ SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
     Kind.ENROL: ((str,), (int,), (str,)),
     Kind.ENROLLED: ((int,), (str,)),
     Kind.KEYS: ((int,), (dict,), (list,)),
+    Kind.NOTICE: ((str,), (str,), (bytes,)),
 }
 
 
@@ -240,6 +241,7 @@ class Fields:
             Kind.ENROLLED: as_list(near(st.integers(0, 1)), near(texts)),
             Kind.KEYS: as_list(near(st.integers(0, 1)), near(st.dictionaries(table_keys, key, max_size=3)),
                                near(st.lists(anyone, max_size=3))),
+            Kind.NOTICE: as_list(anyone, near(texts | st.just("t" * (proto.MAX_TOPIC + 1))), body),
         }
 
     def frame(self, kinds: Sequence[Kind]) -> st.SearchStrategy[tuple[Any, ...]]:

@@ -5,7 +5,8 @@ section.  The modules, each with one job:
 
 - ``spec``: the schemas of the ops' bodies, and the typed spec of a launch;  ``ops``: the op handlers;
 - ``driver``: the ops' semantics (idempotent, all or nothing);
-- ``hypervisor``: the only module that imports libvirt;
+- ``hypervisor``: the only module that calls libvirt;  ``domainevents``: listening to it (a guest
+  that crashes or stops by itself is told to the frontend at once, as an ``instance.power`` notice);
 - ``domain``, ``storagexml``: the XML libvirt is given;  ``seed``: the cloud-init NoCloud ISO;
 - ``imagecache``: image files fetched once per host;  ``kvm``: kvm or qemu domains;
 - ``exceptions``: the errors, and the mapping of libvirt's error codes to them.
@@ -22,7 +23,8 @@ from service.config import BackendConfig, ConfigError
 
 from ..registry import OpRegistry
 from . import kvm
-from .driver import ComputeDriver, DriverSettings
+from .domainevents import DomainChange, DomainEvents
+from .driver import POWER_NOTICE, ComputeDriver, DriverSettings, power_notice
 from .hypervisor import Hypervisor
 from .imagecache import ImageCache
 from .ops import ops
@@ -49,6 +51,13 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
         registry.register(op)
     registry.on_close(images.close)
     registry.on_close(hypervisor.close)
+
+    def changed(change: DomainChange) -> None:
+        registry.notify(POWER_NOTICE, power_notice(change))
+
+    events = DomainEvents(hypervisor, changed)
+    events.start()
+    registry.on_close(events.stop)
     log.info("compute_driver_registered", uri=section.uri, domain_type=settings.domain_type,
              pool_dir=str(hypervisor.pool_dir), instances_dir=str(settings.instances_dir))
 

@@ -26,12 +26,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
 from . import domain, qemuimg, seed
 from .domain import DirectBoot, Disk, DomainSpec, DomainType, Nic
+from .domainevents import DomainChange
 from .exceptions import BadRequest, ComputeError, Conflict, HypervisorError, NoGuestAgent, NotFound
 from .hypervisor import DomainState, Hypervisor, Volume
 from .imagecache import ImageCache, Sent
@@ -51,14 +52,23 @@ _VOLUME_TARGETS = tuple(f"vd{letter}" for letter in "bcdefghijklmnopqrstuvwxyz")
 
 
 class PowerState(enum.Enum):
-    """What ``docs/ops.md`` reports; paused or suspended guests still hold the host's resources: running."""
+    """What ``docs/ops.md`` reports."""
 
     RUNNING = "running"
+    #: stopped by the hypervisor (an I/O error, a full disk) or by hand: it holds the host's
+    #: resources but runs nothing
+    PAUSED = "paused"
     SHUTOFF = "shutoff"
+    #: its kernel panicked (pvpanic) or QEMU died under it: off, until started again
+    CRASHED = "crashed"
 
     @classmethod
     def of(cls, state: DomainState | None) -> PowerState:
-        return cls.SHUTOFF if state is None or state.is_off else cls.RUNNING
+        if state is DomainState.CRASHED:
+            return cls.CRASHED
+        if state is None or state.is_off:
+            return cls.SHUTOFF
+        return cls.PAUSED if state in (DomainState.PAUSED, DomainState.PMSUSPENDED) else cls.RUNNING
 
 
 class Consistency(enum.Enum):
@@ -70,6 +80,16 @@ class Consistency(enum.Enum):
     CRASH_CONSISTENT = "crash-consistent"
     #: no guest had the volume open: everything written is in it
     OFFLINE = "offline"
+
+
+#: the notice of a guest's power state changed by anything but an op (``docs/ops.md``)
+POWER_NOTICE = "instance.power"
+
+
+def power_notice(change: DomainChange) -> dict[str, Any]:
+    """The body of an ``instance.power`` notice: which instance, its power state now, why, and when."""
+    return {"instance": change.name, "power_state": PowerState.of(change.state).value, "cause": change.cause,
+            "at": time.time()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The only module that talks to libvirt.
+"""The only module that calls libvirt (``domainevents`` listens to it).
 
 ``Hypervisor`` holds one connection (reopened when it stops answering) and offers typed calls
 on domains and on the ``cloudland`` directory storage pool.  It validates nothing: its callers
@@ -43,6 +43,7 @@ class DomainState(enum.Enum):
     #: an ACPI shutdown is in progress
     SHUTDOWN = "shutdown"
     SHUTOFF = "shutoff"
+    #: the guest crashed: off (libvirt's default on_crash destroys it), or kept as it was
     CRASHED = "crashed"
     PMSUSPENDED = "pmsuspended"
 
@@ -62,6 +63,13 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
     libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PMSUSPENDED,
 }
+
+
+def state_of(state: int, reason: int) -> DomainState:
+    """The state libvirt gives as (state, reason): a guest destroyed by its crash is crashed, not merely off."""
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+        return DomainState.CRASHED
+    return _STATES.get(state, DomainState.NOSTATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +178,14 @@ class Hypervisor:
         except NotFound:
             return None
         with _mapped(f"read the state of domain {name}"):
-            return _STATES.get(domain.state()[0], DomainState.NOSTATE)
+            return state_of(*domain.state())
 
     def is_ours(self, name: str) -> bool:
         with _mapped(f"read the metadata of domain {name}"):
-            return self._is_ours(self._domain(name))
+            return self.owns(self._domain(name))
 
-    def _is_ours(self, domain: Any) -> bool:
+    def owns(self, domain: Any) -> bool:
+        """Whether ``domain`` (a libvirt domain) is one of this backend's."""
         try:
             element = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
         except libvirt.libvirtError as exc:
@@ -191,8 +200,8 @@ class Hypervisor:
         with _mapped("list domains"):
             for domain in self._connection().listAllDomains(0):
                 try:
-                    if self._is_ours(domain):
-                        found[str(domain.name())] = _STATES.get(domain.state()[0], DomainState.NOSTATE)
+                    if self.owns(domain):
+                        found[str(domain.name())] = state_of(*domain.state())
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we listed
                         raise

@@ -13,12 +13,14 @@ from sqlalchemy import func, select
 
 from frontend.db.models import Instance, Port, Task, TaskStep
 from frontend.hostalias import alias
+from frontend.powerstate import POWER_NOTICE, PowerNotices
 from frontend.scheduler import Demand
 from frontend.tasks import Resumer
 from sci import Targets, TreeClosed
 from tests.api.cloud import Cloud, make_cloud
 from tests.api.conftest import Api, error_of
 from tests.support.qcow2 import fake_qcow2
+from tests.support.waiting import until
 
 QCOW2 = fake_qcow2()
 
@@ -314,6 +316,66 @@ def test_reconciliation_records_drift(cloud: Cloud) -> None:
     assert api.ok("get", "/v1/instances/db")["status"] == "stopped"
     unknown = cloud.admin.ok("get", "/v1/events", params={"kind": "drift.unknown"})["items"]
     assert [(e["host"], e["resource_id"]) for e in unknown] == [("hv0", "ghost-1234")]
+
+
+def test_a_hosts_notice_moves_an_instance_with_its_guest(cloud: Cloud) -> None:
+    """What the compute driver tells from libvirt's events: a crash, a shutdown from inside, a start by hand."""
+    cloud.root.notice_handler = PowerNotices(cloud.frontend.db)
+    api, _ = _setup(cloud)
+    web = _launch(cloud, api, "web")["instance"]
+    host = _host_by_db(cloud, web["id"])
+    other = next(h for h in cloud.leaves if h != host)
+
+    def tell(on: str, power: str, cause: str, at: float | None = None, instance: str = web["id"]) -> None:
+        cloud.leaves[on].notify(POWER_NOTICE, {"instance": instance, "power_state": power, "cause": cause,
+                                               "at": time.time() if at is None else at})
+
+    def seen(status: str) -> dict[str, Any]:
+        until(lambda: api.ok("get", "/v1/instances/web")["status"] == status, 10, f"web {status}")
+        return dict(api.ok("get", "/v1/instances/web"))
+
+    tell(other, "crashed", "crashed: its kernel panicked")  # not its host: nobody's word on it
+    tell(host, "crashed", "crashed: its kernel panicked", at=time.time() - 3600)  # older than its launch
+    tell(host, "paused", "paused")
+    assert seen("paused")["fault"] == "paused"
+    tell(host, "crashed", "crashed: its kernel panicked")
+    crashed = seen("crashed")
+    assert (crashed["power_state"], crashed["fault"]) == ("crashed", "crashed: its kernel panicked")
+    events = api.ok("get", "/v1/events", params={"kind": "instance"})["items"]
+    assert [(e["kind"], e["message"]) for e in events] == [
+        ("instance.crashed", "instance web crashed: its kernel panicked"), ("instance.paused", "instance web paused")]
+    assert api.ok("post", "/v1/instances/web/reboot", 409)  # a crashed guest is started, not rebooted
+
+    accepted = api.ok("post", "/v1/instances/web/start", 202)  # booted again
+    assert cloud.wait_task(api, accepted["task"]["id"])["status"] == "succeeded"
+    assert (seen("active")["fault"], seen("active")["power_state"]) == (None, "running")
+    tell(host, "shutoff", "shut down from inside the guest")
+    assert seen("stopped")["power_state"] == "shutoff"
+    tell(host, "running", "started")
+    seen("active")
+    tell(host, "running", "started")  # no news: no event
+    tell(host, "bogus", "?")
+    cloud.leaves[host].notify(POWER_NOTICE, ["not", "a", "map"])
+    cloud.leaves[host].notify("instance.unheard-of", {})
+    tell(host, "crashed", "crashed", instance="ghost-1234")
+    # A task's own op is its own news: the task settles the instance.
+    with cloud.frontend.db.transaction() as session:
+        session.get(Instance, web["id"]).status = "rebooting"
+    tell(host, "shutoff", "shut down from inside the guest")
+    tell(host, "crashed", "crashed")  # handled in order: once this one is in, so are the ones before
+    time.sleep(0.5)
+    with cloud.frontend.db.transaction() as session:
+        row = session.get(Instance, web["id"])
+        assert (row.status, row.power_state) == ("rebooting", "running")
+        row.status = "active"
+    kinds = [e["kind"] for e in api.ok("get", "/v1/events", params={"kind": "instance"})["items"]]
+    assert kinds == ["instance.running", "instance.shutoff", "instance.crashed", "instance.paused"]
+
+    # The reconcile catches a change whose notice was lost, the same way.
+    cloud.computes[host].instances[web["id"]] = "crashed"
+    cloud.reconciler.run_once()
+    found = seen("crashed")
+    assert found["fault"] == "was found crashed by the reconcile"
 
 
 def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: Cloud) -> None:

@@ -18,6 +18,7 @@ What the test driver cannot do, and so is covered by the real-guest tests on qem
 from __future__ import annotations
 
 import gc
+import queue
 import threading
 import uuid
 from dataclasses import replace
@@ -35,6 +36,7 @@ from backend.compute.driver import (
     DriverSettings,
     PowerState,
     overlay_name,
+    power_notice,
     snapshot_name,
     volume_name,
 )
@@ -46,7 +48,8 @@ from backend.compute.exceptions import (
     NotFound,
     Unsupported,
 )
-from backend.compute.hypervisor import DomainState, Hypervisor, pool_name
+from backend.compute.domainevents import DomainChange, DomainEvents, change_of
+from backend.compute.hypervisor import DomainState, Hypervisor, pool_name, state_of
 from backend.compute.imagecache import ImageCache
 from backend.compute.spec import ImageFile, InstanceSpec, PortSpec
 from backend.registry import OpRegistry
@@ -220,7 +223,7 @@ def test_a_paused_instance_is_resumed_by_start(driver: ComputeDriver, hv: Hyperv
     spec = new_spec()
     driver.create(spec)
     libvirt_conn.lookupByName(spec.instance_id).suspend()
-    assert driver.inventory() == {spec.instance_id: PowerState.RUNNING}
+    assert driver.inventory() == {spec.instance_id: PowerState.PAUSED}
     assert driver.start(spec.instance_id) is PowerState.RUNNING
     assert hv.state(spec.instance_id) is DomainState.RUNNING
 
@@ -564,3 +567,61 @@ def test_registered_ops(tmp_path: Path, libvirt_conn: Any) -> None:
         assert (bad.status, bad.exit_status) == (Status.ERROR, 64) and "args.snapshot_id" in bad.message
     finally:
         registry.close()
+
+
+# --- what happens to a domain that no op asked for ----------------------------------------
+
+
+def test_a_domains_changes_behind_the_drivers_back_are_told_with_their_cause(
+        driver: ComputeDriver, hv: Hypervisor, libvirt_conn: Any) -> None:
+    heard: queue.Queue[DomainChange] = queue.Queue()
+    events = DomainEvents(hv, heard.put)
+    events.start()
+    try:
+        spec = new_spec()
+        driver.create(spec)
+        assert heard.get(timeout=5) == DomainChange(spec.instance_id, DomainState.RUNNING, "started")
+        guest = libvirt_conn.lookupByName(spec.instance_id)
+        guest.suspend()
+        assert heard.get(timeout=5) == DomainChange(spec.instance_id, DomainState.PAUSED, "paused")
+        guest.resume()
+        assert heard.get(timeout=5) == DomainChange(spec.instance_id, DomainState.RUNNING, "resumed")
+        guest.destroy()
+        change = heard.get(timeout=5)
+        assert change == DomainChange(spec.instance_id, DomainState.SHUTOFF, "powered off on its hypervisor")
+        notice = power_notice(change)
+        assert (notice["instance"], notice["power_state"], notice["cause"]) == \
+            (spec.instance_id, "shutoff", "powered off on its hypervisor")
+        libvirt_conn.lookupByName("test").destroy()  # the stock domain: not ours, never told
+        # An event that no longer holds when handled (the guest is off, not running) is history.
+        events._event(libvirt_conn, guest, libvirt.VIR_DOMAIN_EVENT_STARTED, 0, None)
+        with pytest.raises(queue.Empty):
+            heard.get(timeout=0.5)
+    finally:
+        events.stop()
+
+
+@pytest.mark.parametrize(("event", "detail", "state", "cause"), [
+    (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED, DomainState.CRASHED,
+     "crashed: its kernel panicked"),
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, DomainState.CRASHED, "crashed"),
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, DomainState.SHUTOFF,
+     "shut down from inside the guest"),
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR, DomainState.PAUSED,
+     "paused by the hypervisor on a disk I/O error (a full or failing disk)"),
+])
+def test_what_each_lifecycle_event_means(event: int, detail: int, state: DomainState, cause: str) -> None:
+    assert change_of(event, detail) == (state, cause)
+
+
+def test_events_that_are_no_news_are_not_told() -> None:
+    assert change_of(libvirt.VIR_DOMAIN_EVENT_DEFINED, 0) is None
+    assert change_of(libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, 0) is None  # a shutdown begun: "stopped" follows
+
+
+def test_a_crashed_domain_is_reported_crashed() -> None:
+    assert PowerState.of(DomainState.CRASHED) is PowerState.CRASHED
+    assert PowerState.of(DomainState.PAUSED) is PowerState.PAUSED
+    assert PowerState.of(DomainState.SHUTOFF) is PowerState.SHUTOFF
+    assert state_of(libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED) is DomainState.CRASHED
+    assert state_of(libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN) is DomainState.SHUTOFF

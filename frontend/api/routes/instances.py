@@ -71,8 +71,13 @@ class InstanceView(ResourceView):
     vcpus: int
     memory_mb: int
     disk_gb: int
-    power_state: str
-    fault: str | None = Field(description=f"Why its last task failed; {AS_SEEN}")
+    power_state: str = Field(description="running, paused, shutoff or crashed, as its host told it: at once when "
+                                         "the guest changes by itself (a crash, a shutdown from inside, a pause on "
+                                         "a disk error), or found by the reconcile; missing if its host lost it. "
+                                         "The status follows: paused and crashed are statuses too, and start "
+                                         "resumes or boots such an instance again")
+    fault: str | None = Field(description=f"Why its last task failed, or why its guest is not running (crashed: its "
+                                          f"kernel panicked); {AS_SEEN}")
     #: the hypervisor's name; shown to admins only
     hypervisor: str | None
     host: str | None = Field(description=f"The hypervisor it is on, if any; {AS_SEEN}")
