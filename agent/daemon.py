@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 import click
 import structlog
@@ -12,6 +13,7 @@ from sci import Relay
 from sci.proto import Role
 
 from service.config import AgentConfig, ConfigError, load
+from service.epochs import EpochFile
 from service.logs import setup_logging
 from service.nodekeys import EnrolmentError, node_security
 
@@ -31,6 +33,8 @@ def main(config_path: str | None) -> None:
                                  config.enrolment_token_file)
         relay = Relay(config.node_id, config.frontend, config.tree.listen, config.tree.settings,
                       advertise=config.tree.advertise, security=security)
+        epochs = EpochFile(Path(config.data_dir) / "root-epoch")
+        relay.keep_epoch(epochs.load(), epochs.save)
     except (ConfigError, ValueError, OSError, EnrolmentError) as exc:
         click.echo(f"cloudland-agent: {exc}", err=True)
         sys.exit(2)

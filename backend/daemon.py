@@ -13,6 +13,7 @@ from sci import Journal, Leaf
 from sci.proto import Role
 
 from service.config import BackendConfig, ConfigError, load
+from service.epochs import EpochFile
 from service.logs import setup_logging
 from service.nodekeys import EnrolmentError, node_security
 
@@ -43,6 +44,8 @@ def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     leaf = Leaf(config.node_id, config.frontend, config.tree.settings, registry, journal, groups=list(config.groups),
                 security=security)
     registry.send_notices(leaf.notify)
+    epochs = EpochFile(Path(config.data_dir) / "root-epoch")
+    leaf.keep_epoch(epochs.load(), epochs.save)
     return leaf, registry
 
 

@@ -87,6 +87,10 @@ class Leaf(UplinkOwner, LoopNode):
         self._stop_tickers.clear()
         self.up.stop()
 
+    def keep_epoch(self, known: int, save: Callable[[int], None]) -> None:
+        """Before ``start``: see ``Uplink.keep_epoch``."""
+        self.up.keep_epoch(known, save)
+
     def notify(self, topic: str, body: Any) -> None:
         """Tell the root that something happened here (``topic``, a msgpack-able ``body``); from any thread.
 

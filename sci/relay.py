@@ -9,7 +9,7 @@ its parent drops its open gathers: the root replays them once the relay is attac
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 import zmq
@@ -69,7 +69,12 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         self._routes_pending: set[str] = set()
         self._route_timer: Timer | None = None
         self._stop_ticker: Any = None
+        self._kept_epoch: tuple[int, Callable[[int], None]] | None = None
         self._log = log.bind(node=node_id)
+
+    def keep_epoch(self, known: int, save: Callable[[int], None]) -> None:
+        """Before ``start``: ``Uplink.keep_epoch`` of the uplink it will make."""
+        self._kept_epoch = (known, save)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -78,6 +83,8 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         endpoint = self._advertise or self.down.connect_endpoint
         self.up = Uplink(self.reactor, self.ctx, self.node_id, Role.AGENT, self._registrar, self.settings, self,
                          endpoint=endpoint, counters=self.counters, security=self.security)
+        if self._kept_epoch is not None:
+            self.up.keep_epoch(*self._kept_epoch)
         self.up.start()
         self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
         self._log.info("relay_started", listen=self.down.bound_endpoint, advertise=endpoint)

@@ -121,6 +121,7 @@ class Uplink:
             raise ValueError("an uplink needs at least one registrar endpoint")
         #: the highest root epoch seen (WELCOME, COMMAND): commands of a lower one are refused
         self.epoch = 0
+        self._save_epoch: Callable[[int], None] | None = None
         self.settings = settings
         self.owner = owner
         self.endpoint = endpoint
@@ -570,6 +571,24 @@ class Uplink:
         self._close_socket()
         self._attach(0)
 
+    def keep_epoch(self, known: int, save: Callable[[int], None]) -> None:
+        """Start from the highest epoch this node saw before it restarted, and ``save`` each higher one.
+
+        Without it a restarted node would take commands from any root, a paused former leader's
+        included, until the current one welcomed it.
+        """
+        self.epoch = max(self.epoch, known)
+        self._save_epoch = save
+
+    def _raise_epoch(self, epoch: int) -> None:
+        self._log.info("root_epoch_raised", epoch=epoch, previous=self.epoch)
+        self.epoch = epoch
+        if self._save_epoch is not None:
+            try:
+                self._save_epoch(epoch)
+            except OSError as exc:  # the node still fences in memory; it would forget on a restart
+                self._log.error("root_epoch_not_saved", epoch=epoch, reason=str(exc))
+
     def _current(self, epoch: int, cmd_id: str) -> bool:
         """Whether a command comes from the current root: its epoch is not below the highest seen."""
         if epoch < self.epoch:
@@ -577,7 +596,8 @@ class Uplink:
             self._log.warning("command_refused_stale_epoch", cmd=cmd_id, epoch=epoch, current=self.epoch,
                               parent=self.parent)
             return False
-        self.epoch = epoch
+        if epoch > self.epoch:
+            self._raise_epoch(epoch)
         return True
 
     def _on_welcome(self, session: int, epoch: int) -> None:
@@ -587,8 +607,7 @@ class Uplink:
             # Its commands will be refused; the parent is on a replaced root and will leave it.
             self._log.warning("attached_under_stale_epoch", parent=self.parent, epoch=epoch, current=self.epoch)
         elif epoch > self.epoch:
-            self._log.info("root_epoch_raised", epoch=epoch, previous=self.epoch)
-            self.epoch = epoch
+            self._raise_epoch(epoch)
         self._move(LinkState.ATTACHED)
         self.session = session
         self.last_rx = self._attached_at = time.monotonic()

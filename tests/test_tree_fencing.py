@@ -8,6 +8,7 @@ a command whose epoch is below the highest it has seen.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from backend.ops import system
 from backend.registry import OpRegistry
 from sci import Journal, Leaf, Relay, Status, TreeRoot, TreeSettings
+from service.epochs import EpochFile
 from tests.support.trees import ThreadTree
 from tests.support.waiting import until
 
@@ -96,3 +98,38 @@ def test_a_root_of_an_older_epoch_makes_no_host_act(standby_tree: tuple[list[str
 
     nodes.root.root_epoch = 6  # a later leader is obeyed again
     assert nodes.root.submit("ping", timeout=5).wait(10)["h0"].ok
+
+
+@pytest.mark.parametrize("through_agent", [False, True], ids=["host", "agent"])
+def test_a_restarted_node_remembers_the_epoch_it_had_seen(standby_tree: tuple[list[str], ThreadTree],
+                                                          through_agent: bool, tmp_path: Path) -> None:
+    """Its file says 5: a root of epoch 3 (a former leader waking up) makes nothing run on it."""
+    endpoints, nodes = standby_tree
+    epochs = EpochFile(tmp_path / "root-epoch")
+    epochs.save(5)
+    relay = None
+    if through_agent:
+        relay = Relay("a0", endpoints, "tcp://127.0.0.1:0", SETTINGS)
+        relay.keep_epoch(epochs.load(), epochs.save)
+        nodes.spawn(relay)
+        nodes.wait_agents(["a0"])
+    leaf = _leaf("h0", endpoints)
+    if not through_agent:
+        leaf.keep_epoch(epochs.load(), epochs.save)
+    nodes.spawn(leaf)
+    nodes.root.wait_for_hosts(1, timeout=10)
+    nodes.root.root_epoch = 3
+    assert nodes.root.submit("ping", timeout=1).wait(5)["h0"].status is not Status.OK
+    assert leaf.counters.totals.get("commands_run", 0) == 0
+    nodes.root.root_epoch = 7
+    assert nodes.root.submit("ping", timeout=5).wait(10)["h0"].ok
+    until(lambda: epochs.load() == 7, 5, "the higher epoch saved")
+
+
+def test_an_unreadable_epoch_file_counts_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "root-epoch"
+    assert EpochFile(path).load() == 0
+    path.write_text("garbage\n")
+    assert EpochFile(path).load() == 0
+    EpochFile(path).save(12)
+    assert EpochFile(path).load() == 12 and path.read_text() == "12\n"
