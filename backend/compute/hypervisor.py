@@ -65,10 +65,21 @@ _STATES = {
 }
 
 
+#: libvirt's own brief pauses, inside an operation that resumes (or ends) the guest: not news
+_PASSING_PAUSES = frozenset({
+    libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_SHUTTING_DOWN, libvirt.VIR_DOMAIN_PAUSED_SNAPSHOT,
+    libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_SAVE, libvirt.VIR_DOMAIN_PAUSED_DUMP,
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY})
+
+
 def state_of(state: int, reason: int) -> DomainState:
-    """The state libvirt gives as (state, reason): a guest destroyed by its crash is crashed, not merely off."""
+    """The state libvirt gives as (state, reason), as a user means it: a guest destroyed by its
+    crash is crashed, not merely off; one that QEMU holds for a moment while it starts (or is
+    snapshotted) is running, not paused."""
     if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
         return DomainState.CRASHED
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason in _PASSING_PAUSES:
+        return DomainState.RUNNING
     return _STATES.get(state, DomainState.NOSTATE)
 
 

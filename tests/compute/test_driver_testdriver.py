@@ -625,3 +625,6 @@ def test_a_crashed_domain_is_reported_crashed() -> None:
     assert PowerState.of(DomainState.SHUTOFF) is PowerState.SHUTOFF
     assert state_of(libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED) is DomainState.CRASHED
     assert state_of(libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN) is DomainState.SHUTOFF
+    # QEMU held for a moment while it starts (what a reconcile may catch): not paused.
+    assert state_of(libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP) is DomainState.RUNNING
+    assert state_of(libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR) is DomainState.PAUSED
