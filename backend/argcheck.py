@@ -27,7 +27,7 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-__all__ = ["ArgError", "BOOL", "CIDR4", "Check", "FilePath", "IPV4", "Int", "Key", "ListOf", "MAC", "NAME", "Number",
+__all__ = ["ArgError", "BOOL", "Bytes", "CIDR4", "Check", "FilePath", "IPV4", "Int", "Key", "ListOf", "MAC", "NAME", "Number",
            "OneOf", "Pattern", "Record", "SHA256", "Text", "UUID", "Url", "nullable", "optional"]
 
 #: how an op's whole argument map is named in errors
@@ -120,6 +120,19 @@ class Text(Check):
             raise ArgError(where, "must not be empty")
         if self.one_line and not value.isprintable():
             raise ArgError(where, "must be one line without control characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Bytes(Check):
+    """Raw bytes of a bounded length: what a user typed into a console."""
+
+    max_len: int
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, bytes):
+            raise ArgError(where, f"must be bytes, not {_kind(value)}")
+        if len(value) > self.max_len:
+            raise ArgError(where, f"must be at most {self.max_len} bytes (got {len(value)})")
 
 
 @dataclass(frozen=True, slots=True)

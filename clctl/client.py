@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ssl
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import click
 import httpx
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "NOT_LEADING", "Api",
            "ClctlError", "http_client", "url"]
@@ -52,17 +54,19 @@ class ClctlError(click.ClickException):
 
 
 def http_client(endpoint: str, timeout: httpx.Timeout, ca_file: str | None) -> httpx.Client:
-    """The one place a connection to the API is made; tests swap it for an in-process app.
+    """The one place an HTTP connection to the API is made; tests swap it for an in-process app.
 
     ``ca_file`` is what the API's certificate is checked against; None means the system's CAs.
     """
-    verify: ssl.SSLContext | bool = True
-    if ca_file:
-        try:
-            verify = ssl.create_default_context(cafile=ca_file)
-        except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
-            raise ClctlError(f"cannot use the CA file {ca_file}: {exc.strerror or exc}", EXIT_USAGE) from None
+    verify: ssl.SSLContext | bool = _trust(ca_file) if ca_file else True
     return httpx.Client(base_url=endpoint, timeout=timeout, headers={"User-Agent": "clctl"}, verify=verify)
+
+
+def _trust(ca_file: str | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
+        raise ClctlError(f"cannot use the CA file {ca_file}: {exc.strerror or exc}", EXIT_USAGE) from None
 
 
 def url(*parts: str) -> str:
@@ -155,6 +159,37 @@ class Api:
         except ValueError:
             raise ClctlError(f"{method} {path}: the API answered HTTP {response.status_code} with a body that is "
                              "not JSON") from None
+
+    def websocket(self, path: str, params: Mapping[str, str]) -> ClientConnection:
+        """A WebSocket to ``path``, as this user, on the first endpoint that serves it (a standby
+        that does not lead is passed over); a refusal raises :class:`ClctlError` as a call's would."""
+        if not self.token:
+            raise ClctlError("not logged in: run 'clctl login' (or set CLOUDLAND_TOKEN)", EXIT_UNREACHABLE)
+        missed: list[tuple[str, str]] = []
+        for endpoint in list(self.endpoints):
+            secure = endpoint.startswith("https://")
+            uri = ("wss://" + endpoint.removeprefix("https://") if secure
+                   else "ws://" + endpoint.removeprefix("http://")).rstrip("/") + path
+            if params:
+                uri += "?" + urlencode(params)
+            try:
+                connection = connect(uri, additional_headers={"Authorization": f"Bearer {self.token}"},
+                                     user_agent_header="clctl", ssl=_trust(self.ca_file) if secure else None,
+                                     open_timeout=self.timeout.connect, close_timeout=2, legacy=True)
+            except InvalidStatus as exc:
+                response = httpx.Response(exc.response.status_code, content=bytes(exc.response.body or b""),
+                                          headers=dict(exc.response.headers.raw_items()))
+                if response.status_code == 503 and _error_code(response) == NOT_LEADING:
+                    missed.append((endpoint, "a standby frontend: it does not lead"))
+                    continue
+                raise _refusal("WS", path, response, True) from None
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                untrusted = _certificate_error(exc)
+                missed.append((endpoint, str(untrusted.verify_message) if untrusted else str(exc) or type(exc).__name__))
+                continue
+            self._answered(endpoint)
+            return connection
+        raise _unreachable(missed)
 
     def _send(self, endpoint: str, method: str, path: str, **request: Any) -> httpx.Response:
         http = self._http.get(endpoint)

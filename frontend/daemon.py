@@ -63,7 +63,7 @@ def main(config_path: str | None) -> None:
         root = TreeRoot(config.tree.listen, config.tree.settings, node_id=config.node_id,
                         advertise=config.tree.advertise, security=root_security(config, db))
         frontend = Frontend(config, db, root)
-        duties = LeaderDuties(config, db, root, frontend.tasks, frontend.submit)
+        duties = LeaderDuties(config, db, root, frontend.tasks, frontend.submit, frontend.consoles)
         if single is not None:
             recover(db, Path(config.data_dir))
             duties.start(0)

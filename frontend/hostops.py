@@ -11,7 +11,7 @@ from typing import Any
 from .db.models import Image, Instance, Keypair, Port, Volume
 from .imagelinks import ImageLinks
 
-__all__ = ["COPY_TIMEOUT", "HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_IMAGE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
+__all__ = ["CONSOLE_CLOSE", "CONSOLE_OPEN", "CONSOLE_WRITE", "COPY_TIMEOUT", "HOST_OP_TIMEOUT", "instance_spec", "INSTANCE_CONSOLE", "INSTANCE_CREATE", "INSTANCE_DELETE", "INSTANCE_IMAGE", "INSTANCE_RESIZE", "INVENTORY", "POWER_OPS",
            "SNAPSHOT_DELETE", "VOLUME_ATTACH", "VOLUME_CREATE", "VOLUME_DELETE", "VOLUME_DETACH", "VOLUME_SNAPSHOT"]
 
 #: seconds a host may take for an op on an instance or a volume (launches have their own, configured)
@@ -24,6 +24,10 @@ INSTANCE_DELETE = "instance.delete"
 INSTANCE_RESIZE = "instance.resize"
 INSTANCE_CONSOLE = "instance.console"
 INSTANCE_IMAGE = "instance.image"
+#: a live console session on the instance's host (``frontend/liveconsole.py``)
+CONSOLE_OPEN = "console.open"
+CONSOLE_WRITE = "console.write"
+CONSOLE_CLOSE = "console.close"
 #: action -> op; each answers the power state the instance ends in
 POWER_OPS = {"start": "instance.start", "stop": "instance.stop", "reboot": "instance.reboot"}
 VOLUME_CREATE = "volume.create"

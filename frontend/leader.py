@@ -1,7 +1,7 @@
 """What only the leading frontend does: the tree's root and everything that acts through it.
 
 The API side needs none of this: it reads and writes the database.  The leader's duties are
-the root (and its root-only control socket), the host monitor with the network convergence of
+the root (and its root-only control socket), the live consoles, the host monitor with the network convergence of
 hosts that (re)join, the reconciler, the retention of old rows, and resuming tasks left
 unfinished.  One ``LeaderDuties`` is one term of leadership: started once, stopped once; a
 frontend that leads again builds a new one, since threads, sockets and the root cannot be
@@ -26,8 +26,10 @@ from .enrolment import reload_keyring
 from .db import Database
 from .db.models import Hypervisor
 from .hosts import HostMonitor
+from .liveconsole import ConsoleHub, notice_handlers
 from .netconverge import HostNetworks
-from .powerstate import PowerNotices
+from .notices import NoticeRouter
+from .powerstate import POWER_NOTICE, PowerNotices
 from .reconcile import Reconciler
 from .retention import Retention
 from .tasknotices import TaskListener
@@ -50,11 +52,12 @@ MOVES = {(Term.NEW, Term.LEADING), (Term.NEW, Term.ENDED), (Term.LEADING, Term.E
 
 class LeaderDuties:
     def __init__(self, config: FrontendConfig, db: Database, root: TreeRoot, tasks: TaskEngine,
-                 submit: Submit) -> None:
+                 submit: Submit, consoles: ConsoleHub) -> None:
         self.config = config
         self.db = db
         self.root = root
         self.tasks = tasks
+        self.consoles = consoles
         self.control = ControlServer(root, config.control_socket)
         self.host_networks = HostNetworks(db, submit)
         self.hosts = HostMonitor(db, root, submit, self.host_networks)
@@ -81,11 +84,14 @@ class LeaderDuties:
         self._move(Term.LEADING)
         try:
             self.root.root_epoch = generation
-            self.root.notice_handler = PowerNotices(self.db)
+            self.root.notice_handler = NoticeRouter({POWER_NOTICE: PowerNotices(self.db),
+                                                     **notice_handlers(self.consoles)})
             if self.root.security is not None:
                 reload_keyring(self.db, self.root.security.keyring)
             self.root.start()
             self._stops.append(self.root.stop)
+            self.consoles.start()
+            self._stops.append(lambda: self.consoles.stop("this frontend stopped leading: attach again"))
             self.control.start()
             self._stops.append(self.control.stop)
             # Tasks in flight act through the tree: they stop before it, and resume with the next term.

@@ -50,20 +50,13 @@ def follow_power(session: Session, instance: Instance, host: str, power: str, ca
 
 
 class PowerNotices:
-    """The root's handler of hosts' notices (``TreeRoot.notice_handler``): power changes applied to the state."""
+    """The handler of hosts' ``instance.power`` notices: power changes applied to the state."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def __call__(self, host: str, topic: str, body: Any) -> None:
-        if topic != POWER_NOTICE:
-            log.info("notice_ignored", host=host, topic=topic, reason="no such notice")
-            return
-        try:
-            instance_id, power, cause, at = _parse(body)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("notice_refused", host=host, topic=topic, reason=str(exc)[:200])
-            return
+    def __call__(self, host: str, body: Any) -> None:
+        instance_id, power, cause, at = _parse(body)
         with self.db.transaction() as session:
             instance = session.execute(
                 select(Instance).join(Hypervisor, Instance.hypervisor_id == Hypervisor.id)
@@ -71,10 +64,11 @@ class PowerNotices:
             if instance is None:
                 # Not placed there: a launch's leftover or a guest deleted meanwhile; the
                 # reconcile reports what should not be on a host.
-                log.info("notice_ignored", host=host, topic=topic, instance=instance_id, reason="not on that host")
+                log.info("notice_ignored", host=host, topic=POWER_NOTICE, instance=instance_id,
+                         reason="not on that host")
                 return
             if instance.updated_at > at:
-                log.info("notice_ignored", host=host, topic=topic, instance=instance_id,
+                log.info("notice_ignored", host=host, topic=POWER_NOTICE, instance=instance_id,
                          reason="older than the instance's last change")
                 return
             follow_power(session, instance, host, power, cause)

@@ -14,6 +14,7 @@ from . import images
 from .api.ratelimit import RateLimits
 from .db import Database
 from .imagelinks import ImageLinks
+from .liveconsole import ConsoleHub
 from .metrics import Metrics, StateCollector
 from .scheduler import Scheduler
 from .tasks import TaskEngine
@@ -37,6 +38,8 @@ class Frontend:
     generation: int | None = field(init=False, default=None)
     #: the API's rate limits: in the database on PostgreSQL, where every frontend counts against them
     rate_limits: RateLimits = field(init=False)
+    #: live serial consoles: the leader's duties start and stop them with its term
+    consoles: ConsoleHub = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics()
@@ -46,6 +49,7 @@ class Frontend:
         ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)
         self.image_links = ImageLinks.load(self.data_dir, self.config.api.url, ttl)
         self.tasks = TaskEngine(self.db, self.submit if self.tree is not None else None)
+        self.consoles = ConsoleHub(self.submit)
         self.metrics.registry.register(StateCollector(self.db, self.config.scheduler, self.tasks, self.tree))
         register_all(self.tasks, self.db, self.scheduler, self.image_links, self.images_dir)
 

@@ -78,6 +78,7 @@ class LocalCluster:
         netlab: bool = False,
         frontends: int = 1,
         database: str | None = None,
+        api_config: dict[str, Any] | None = None,
     ) -> None:
         if frontends < 1:
             raise ValueError("a cloud needs at least one frontend")
@@ -88,6 +89,8 @@ class LocalCluster:
         self.agent_names = [f"agent{i}" for i in range(agents)]
         self.backend_names = [f"host{i:03d}" for i in range(backends)]
         self.tree = dict(tree or {})
+        #: settings added to every frontend's ``api:`` section
+        self.api_config = dict(api_config or {})
         self.ops_modules = list(ops_modules or [])
         self.log_level = log_level
         self.python = python
@@ -177,7 +180,7 @@ class LocalCluster:
             "log_level": self.log_level,
             "reconcile_interval_s": 5.0,
             # The generated certificate names api.host: backends verify the API at that address.
-            "api": {"host": self.host, "port": self.api_ports[name], **api},
+            "api": {"host": self.host, "port": self.api_ports[name], **self.api_config, **api},
             "tree": {"listen": self.frontend_endpoints[name], **shared, **self.tree},
         })
         if os.path.exists(self.control_sockets[name]):

@@ -61,6 +61,8 @@ class ApiSection:
     token_burst: int = 200
     #: largest request body, in bytes (image uploads have their own limit)
     max_body_bytes: int = 1 << 20
+    #: a live console with no byte either way for this long is closed
+    console_idle_timeout_s: float = 900.0
     #: how hypervisors reach this API (to fetch images); empty: https://<host>:<port> (http:// without tls)
     public_url: str = ""
     #: serve TLS; false only behind a TLS-terminating proxy on this host
@@ -382,6 +384,9 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
     if not 4096 <= config.api.max_body_bytes <= 1 << 30:
         raise ConfigError(f"{where}: api.max_body_bytes: must be between 4096 and 1073741824 "
                           f"(got {config.api.max_body_bytes})")
+    if not 5 <= config.api.console_idle_timeout_s <= 86400:
+        raise ConfigError(f"{where}: api.console_idle_timeout_s: must be between 5 and 86400 "
+                          f"(got {config.api.console_idle_timeout_s:g})")
     sched = config.scheduler
     for ratio in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio"):
         if not 0.1 <= getattr(sched, ratio) <= 100:

@@ -24,6 +24,7 @@ from backend.argcheck import (
     SHA256,
     UUID,
     ArgError,
+    Bytes,
     Check,
     FilePath,
     Int,
@@ -240,6 +241,9 @@ VALID: dict[str, dict[str, Any]] = {
     "volume.snapshot": {"volume_id": ID, "snapshot_id": ID2},
     "snapshot.delete": {"snapshot_id": ID},
     "compute.inventory": {},
+    "console.open": {"instance_id": ID, "session": ID2, "lease_s": 30},
+    "console.write": {"session": ID2, "data": b"ls -l\r"},
+    "console.close": {"session": ID2},
     "test.append": {"path": f"{TMP}/side.log", "line": "abc123", "sleep_before": 0.5, "sleep_after": 1},
 }
 SCHEMAS: dict[str, Record] = {"ping": system.PING_ARGS, "info": system.INFO_ARGS, **ARGS,
@@ -414,7 +418,9 @@ def conforming(check: Check) -> st.SearchStrategy[Any]:
     if isinstance(check, Int):
         return st.integers(check.low, check.high)
     if isinstance(check, Number):
-        return st.floats(check.low, min(check.high, 0.5)) | st.integers(int(check.low), 0)
+        # Short: a stop's timeout is waited out in full on the test driver.
+        high = max(check.low, min(check.high, 0.5))
+        return st.floats(check.low, high) | st.integers(int(check.low), max(int(check.low), 0))
     if isinstance(check, Text):
         chars = st.characters(exclude_categories=["Cs"])
         text = st.text(chars, min_size=int(check.nonempty), max_size=min(check.max_len, 40))
@@ -427,6 +433,8 @@ def conforming(check: Check) -> st.SearchStrategy[Any]:
         return st.sampled_from(["http://127.0.0.1:9/f?signature=ab", "https://[::1]:9/f"])
     if check is IPV4:
         return st.ip_addresses(v=4).map(str)
+    if isinstance(check, Bytes):
+        return st.binary(max_size=min(check.max_len, 64))
     raise AssertionError(f"no strategy for {check!r}")
 
 

@@ -7,6 +7,7 @@ section.  The modules, each with one job:
 - ``driver``: the ops' semantics (idempotent, all or nothing);
 - ``hypervisor``: the only module that calls libvirt;  ``domainevents``: listening to it (a guest
   that crashes or stops by itself is told to the frontend at once, as an ``instance.power`` notice);
+- ``liveconsole``: live serial consoles, their output sent up as notices;
 - ``domain``, ``storagexml``: the XML libvirt is given;  ``seed``: the cloud-init NoCloud ISO;
 - ``imagecache``: image files fetched once per host;  ``kvm``: kvm or qemu domains;
 - ``exceptions``: the errors, and the mapping of libvirt's error codes to them.
@@ -27,6 +28,7 @@ from .domainevents import DomainChange, DomainEvents
 from .driver import POWER_NOTICE, ComputeDriver, DriverSettings, power_notice
 from .hypervisor import Hypervisor
 from .imagecache import ImageCache
+from .liveconsole import LiveConsoles
 from .ops import ops
 
 __all__ = ["register"]
@@ -47,10 +49,12 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
         stop_timeout_s=section.stop_timeout_s)
     images = ImageCache(data_dir / "images", verify=_frontend_trust(section.frontend_ca_file))
     driver = ComputeDriver(hypervisor, images, settings)
-    for op in ops(driver):
+    consoles = LiveConsoles(driver.open_console, registry.notify)
+    for op in ops(driver, consoles):
         registry.register(op)
     registry.on_close(images.close)
     registry.on_close(hypervisor.close)
+    registry.on_close(consoles.stop)
 
     def changed(change: DomainChange) -> None:
         registry.notify(POWER_NOTICE, power_notice(change))

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import libvirt
 import structlog
 
-from .hypervisor import DomainState, Hypervisor, state_of
+from .hypervisor import DomainState, Hypervisor, ensure_event_loop, state_of
 
 __all__ = ["DomainChange", "DomainEvents"]
 
@@ -90,7 +90,7 @@ class DomainEvents:
     def start(self) -> None:
         # Once per process and before the connection that listens is opened: libvirt delivers
         # events only to connections opened with an event loop registered.
-        _ensure_event_loop()
+        ensure_event_loop()
         self._thread = threading.Thread(target=self._watch, name="libvirt-events", daemon=True)
         self._thread.start()
 
@@ -156,22 +156,3 @@ class DomainEvents:
             self._on_change(DomainChange(name, state, cause))
         except Exception:  # the loop thread must live on whatever one listener does
             log.exception("domain_change_listener_failed", domain=name)
-
-
-_loop_lock = threading.Lock()
-_loop_started = False
-
-
-def _ensure_event_loop() -> None:
-    global _loop_started
-    with _loop_lock:
-        if _loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True).start()
-        _loop_started = True
-
-
-def _run_event_loop() -> None:
-    while True:
-        libvirt.virEventRunDefaultImpl()

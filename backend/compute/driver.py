@@ -34,7 +34,7 @@ from . import domain, qemuimg, seed
 from .domain import DirectBoot, Disk, DomainSpec, DomainType, Nic
 from .domainevents import DomainChange
 from .exceptions import BadRequest, ComputeError, Conflict, HypervisorError, NoGuestAgent, NotFound
-from .hypervisor import DomainState, Hypervisor, Volume
+from .hypervisor import ConsoleStream, DomainState, Hypervisor, Volume
 from .imagecache import ImageCache, Sent
 from .locks import KeyedLocks
 from .spec import ImageFile, InstanceSpec
@@ -412,6 +412,14 @@ class ComputeDriver:
         except OSError as exc:
             raise HypervisorError(f"read the console log {path}: {exc}") from exc
         return Console(tail.decode("utf-8", errors="replace"), info.vnc_port)
+
+    def open_console(self, instance_id: str, on_output: Callable[[bytes], None],
+                     on_end: Callable[[str], None]) -> ConsoleStream:
+        """The instance's serial console, live; its guest must be running."""
+        state = self._state_of_ours(instance_id)
+        if state.is_off:
+            raise Conflict(f"instance {instance_id} is {PowerState.of(state).value}: a live console needs it running")
+        return self._hv.open_console(instance_id, on_output, on_end)
 
     def _state_of_ours(self, instance_id: str) -> DomainState:
         state = self._hv.state(instance_id)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import libvirt
 import structlog
@@ -26,7 +27,7 @@ from .domain import METADATA_NS, Disk, DiskFormat, disk_snapshot_xml, disk_xml, 
 from .exceptions import HypervisorError, NotFound, from_libvirt
 from .storagexml import pool_path, pool_xml, volume_xml
 
-__all__ = ["DomainState", "Hypervisor", "Volume", "pool_name"]
+__all__ = ["ConsoleStream", "DomainState", "Hypervisor", "Volume", "ensure_event_loop", "pool_name"]
 
 log = structlog.get_logger("backend.compute")
 
@@ -100,6 +101,111 @@ def _mapped(what: str) -> Iterator[None]:
 
 def _quiet(_ctx: object, _error: object) -> None:
     """libvirt's default handler prints every failed call on stderr, even those we expect and handle."""
+
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def ensure_event_loop() -> None:
+    """libvirt's event loop, on a thread of its own, once per process.
+
+    Events and stream callbacks reach only connections opened after it is registered.
+    """
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True).start()
+        _loop_started = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+#: how much a console stream reads at once
+_CONSOLE_READ = 16 << 10
+#: how long a console write waits for the guest's serial port to take its bytes
+_CONSOLE_SEND_TIMEOUT_S = 5.0
+_STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
+
+
+class ConsoleStream:
+    """A running guest's serial console, live: what the guest writes goes to ``on_output`` and
+    its end to ``on_end`` (both on libvirt's event thread: they must not block); ``send`` types.
+
+    On a connection of its own, so that closing it never disturbs the ops' connection.
+    """
+
+    def __init__(self, conn: Any, stream: Any, on_output: Callable[[bytes], None],
+                 on_end: Callable[[str], None]) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._on_output = on_output
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        deadline = time.monotonic() + _CONSOLE_SEND_TIMEOUT_S
+        while data:
+            with self._lock:
+                if self._closed:
+                    raise HypervisorError("the console is closed")
+                with _mapped("write to the console"):
+                    sent = self._stream.send(data)
+            if sent == -2:  # the pty is full: the guest reads its serial port slower than we type
+                if time.monotonic() > deadline:
+                    raise HypervisorError("write to the console: the guest takes no input")
+                time.sleep(0.01)
+                continue
+            data = data[sent:]
+
+    def close(self) -> None:
+        """Let the console go (idempotent); ``on_end`` is not called."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(libvirt.libvirtError):
+                self._stream.eventRemoveCallback()
+            with contextlib.suppress(libvirt.libvirtError):
+                self._stream.abort()
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+
+    def _ready(self, stream: Any, events: int, _opaque: Any) -> None:
+        ended = None
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            ended = self._read(stream)
+        if ended is None and events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+            ended = "the guest's serial port closed"
+        if ended is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.eventRemoveCallback()
+        # Closed elsewhere: freeing a stream or its connection inside its own callback is not safe.
+        threading.Thread(target=self.close, name="console-close", daemon=True).start()
+        self._on_end(ended)
+
+    def _read(self, stream: Any) -> str | None:
+        """Hand on what is there; why the console ended, if it did."""
+        while True:
+            try:
+                data = stream.recv(_CONSOLE_READ)
+            except libvirt.libvirtError as exc:
+                return f"the console failed: {exc.get_error_message()}"
+            if data == -2:  # nothing more for now
+                return None
+            if not data:
+                return "the guest's serial port closed"
+            self._on_output(bytes(data))
 
 
 class Hypervisor:
@@ -217,6 +323,28 @@ class Hypervisor:
                     if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we listed
                         raise
         return found
+
+    def open_console(self, name: str, on_output: Callable[[bytes], None],
+                     on_end: Callable[[str], None]) -> ConsoleStream:
+        """The running domain's serial console, live (``ConsoleStream``).
+
+        Never forced: a console someone holds on the host (``virsh console``) is refused, not taken.
+        """
+        ensure_event_loop()
+        with _mapped(f"connect to libvirt at {self.uri}"):
+            conn = libvirt.open(self.uri)
+        try:
+            with _mapped(f"open the console of domain {name}"):
+                domain = conn.lookupByName(name)
+                stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+                domain.openConsole(None, stream, 0)
+                console = ConsoleStream(conn, stream, on_output, on_end)
+                stream.eventAddCallback(_STREAM_EVENTS, console._ready, None)
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+            raise
+        return console
 
     def xml(self, name: str, inactive: bool = False) -> str:
         """The domain's XML: as it runs, or (``inactive``) as it will next start."""

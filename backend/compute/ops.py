@@ -10,6 +10,7 @@ from typing import Any
 
 from ..registry import Op
 from .driver import ComputeDriver
+from .liveconsole import LiveConsoles
 from .spec import ARGS, instance_spec
 
 __all__ = ["CONSOLE_BYTES", "ops"]
@@ -18,7 +19,7 @@ __all__ = ["CONSOLE_BYTES", "ops"]
 CONSOLE_BYTES = 64 << 10
 
 
-def ops(driver: ComputeDriver) -> list[Op]:
+def ops(driver: ComputeDriver, consoles: LiveConsoles) -> list[Op]:
     def create(args: dict[str, Any]) -> dict[str, Any]:
         return {"power_state": driver.create(instance_spec(args["instance"])).value}
 
@@ -74,12 +75,27 @@ def ops(driver: ComputeDriver) -> list[Op]:
         result = driver.console(args["instance_id"], args.get("bytes", CONSOLE_BYTES))
         return {"log": result.log, "vnc_port": result.vnc_port}
 
+    def console_open(args: dict[str, Any]) -> dict[str, Any]:
+        consoles.open(args["instance_id"], args["session"], args["lease_s"])
+        return {}
+
+    def console_write(args: dict[str, Any]) -> dict[str, Any]:
+        consoles.write(args["session"], args["data"])
+        return {}
+
+    def console_close(args: dict[str, Any]) -> dict[str, Any]:
+        consoles.close(args["session"])
+        return {}
+
     durable = {"instance.create": create, "instance.delete": delete, "instance.start": start,
                "instance.stop": stop, "instance.reboot": reboot, "instance.resize": resize, "instance.image": image,
                "volume.create": volume_create, "volume.delete": volume_delete,
                "volume.attach": volume_attach, "volume.detach": volume_detach,
                "volume.snapshot": volume_snapshot, "snapshot.delete": snapshot_delete}
     # Reads: nothing to journal, and a replay must see the host as it is now.
-    reads = {"compute.inventory": inventory, "instance.console": console}
+    # Live consoles too: a session lives only as long as this process (a write delivered twice
+    # is answered from the leaf's memory of finished commands, not typed twice).
+    reads = {"compute.inventory": inventory, "instance.console": console,
+             "console.open": console_open, "console.write": console_write, "console.close": console_close}
     return ([Op(name, handler, ARGS[name], durable=True) for name, handler in durable.items()]
             + [Op(name, handler, ARGS[name], durable=False) for name, handler in reads.items()])

@@ -18,6 +18,7 @@ from ..argcheck import (
     NAME,
     SHA256,
     UUID,
+    Bytes,
     Int,
     ListOf,
     Number,
@@ -45,6 +46,11 @@ MAX_SSH_KEY = 16 << 10
 MAX_ITEMS = 32
 MAX_CONSOLE_BYTES = 1 << 20
 MAX_STOP_TIMEOUT_S = 3600.0
+#: a live console's input per write: far above what anyone types between two writes
+MAX_CONSOLE_INPUT = 64 << 10
+MAX_CONSOLE_LEASE_S = 600.0
+#: a live console session's id, chosen by the frontend
+_SESSION = UUID
 
 _IMAGE_FILE = Record({
     "id": UUID,
@@ -91,6 +97,9 @@ ARGS: dict[str, Record] = {
     "volume.snapshot": Record({"volume_id": UUID, "snapshot_id": UUID}),
     "snapshot.delete": Record({"snapshot_id": UUID}),
     "compute.inventory": Record({}),
+    "console.open": Record({"instance_id": UUID, "session": _SESSION, "lease_s": Number(1, MAX_CONSOLE_LEASE_S)}),
+    "console.write": Record({"session": _SESSION, "data": Bytes(MAX_CONSOLE_INPUT)}),
+    "console.close": Record({"session": _SESSION}),
 }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .. import liveconsole
 from ..output import Column, when
 from ..params import NIC
 from ..resource import Resource
@@ -116,10 +118,24 @@ def image(ctx: click.Context, ref: str, name: str, wait: bool) -> None:
 @INSTANCE.argument()
 @click.option("--bytes", "size", type=click.IntRange(1, 1 << 20), default=65536, show_default=True,
               help="How much of the end of the log to show.")
+@click.option("--attach", is_flag=True, help="Open the live serial console instead: type into it; Ctrl-] detaches.")
+@click.option("--watch", is_flag=True, help="With --attach: only watch, never type (others may type meanwhile).")
 @json_option
 @click.pass_context
-def console(ctx: click.Context, ref: str, size: int) -> None:
-    """Show the end of an instance's serial console log (and, to admins, where its VNC display is)."""
+def console(ctx: click.Context, ref: str, size: int, attach: bool, watch: bool) -> None:
+    """Show the end of an instance's serial console log (and, to admins, where its VNC display is).
+
+    With --attach, the live console of an active instance: what you type goes to the guest, what
+    it prints comes back, until Ctrl-] detaches. One user types at a time; whoever attaches while
+    someone types watches, and may type once they leave. An idle console (nothing typed or printed
+    for the cloud's api.console_idle_timeout_s) is closed.
+    """
+    if watch and not attach:
+        raise click.UsageError("--watch goes with --attach")
+    if attach:
+        connection = api(ctx).websocket(INSTANCE.path(ref, "console", "live"), {"mode": "watch" if watch else "write"})
+        liveconsole.attach(connection, ref, sys.stdin.buffer, sys.stdout.buffer)
+        return
     answer = api(ctx).get(INSTANCE.path(ref, "console"), params={"bytes": size})
 
     def human(data: dict[str, Any]) -> None:

@@ -1,4 +1,6 @@
-"""The audit log: one row for every mutating call under ``/v1``, written once its answer is known.
+"""The audit log: one row for every mutating call under ``/v1``, written once its answer is known,
+and one for every WebSocket opened (method ``WS``: a live console, from the API or the web
+console), written when it is accepted or refused.
 
 Who called (the authenticated caller, set by ``deps``, or what ``identify`` named), from where,
 what they asked for (method, route template, the resource in the path), when, how it ended
@@ -75,6 +77,9 @@ class AuditLog:
         self.served_by = holder_id(frontend.config.node_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith(V1 + "/"):
             await self.app(scope, receive, send)
             return
@@ -105,6 +110,41 @@ class AuditLog:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._write, record)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("state", {})
+        received_at = utcnow()
+        answer = _Answer()
+        written = False
+
+        async def write(status: int, error: str | None) -> None:
+            nonlocal written
+            written = True
+            record = _record(scope, received_at, status, error, self.served_by, method="WS")
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._write, record)
+
+        async def watch(message: Message) -> None:
+            kind = message["type"]
+            if not written and kind == "websocket.accept":
+                await write(101, None)
+            elif not written and kind == "websocket.close":  # refused before it was accepted
+                await write(403, None)
+            elif kind == "websocket.http.response.start":
+                answer.status = message["status"]
+                answer.json = any(k.lower() == b"content-type" and v.startswith(b"application/json")
+                                  for k, v in message.get("headers", ()))
+            elif kind == "websocket.http.response.body" and len(answer.body) < _ERROR_BODY_MAX:
+                answer.body += message.get("body", b"")
+                if not written and not message.get("more_body") and answer.status is not None:
+                    await write(answer.status, answer.error_code())
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if not written:
+                await write(500, "internal")
+
     def _write(self, record: dict[str, Any]) -> None:
         try:
             with self.frontend.db.transaction() as session:
@@ -115,7 +155,7 @@ class AuditLog:
 
 
 def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | None,
-            served_by: str) -> dict[str, Any]:
+            served_by: str, method: str | None = None) -> dict[str, Any]:
     state = scope.get("state", {})
     who = state.get("audit_actor") or state.get("caller")
     route = getattr(scope.get("route"), "path", None)
@@ -127,7 +167,7 @@ def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | No
         "user_name": who.user_name if who else None,
         "org_id": who.org_id if who else None,
         "source": client[0][:64] if client else None,
-        "method": scope["method"],
+        "method": method or scope["method"],
         "route": (route or scope["path"])[:255],
         "resource_id": str(list(params.values())[-1])[:64] if params else None,
         "status": status,

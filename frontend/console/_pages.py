@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from ..api.schemas import Ref
 from ._api import Refusal
 from ._images import image_pages
+from ._liveconsole import live_console_pages
 from ._operator import operator_pages
 from ._routing import routing_pages
 from ._session import CSRF_FIELD, LOGIN_COOKIE, TOKEN_COOKIE, clear, csrf_ok, new_login_csrf, set_cookie
@@ -96,6 +97,7 @@ def create_console(api: ASGIApp) -> FastAPI:
     _security_group_pages(console)
     _volume_pages(console)
     image_pages(console)
+    live_console_pages(console)
     routing_pages(console)
     operator_pages(console)
     return console

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from frontend.db.models import Instance, Port, Task, TaskStep
 from frontend.hostalias import alias
+from frontend.notices import NoticeRouter
 from frontend.powerstate import POWER_NOTICE, PowerNotices
 from frontend.scheduler import Demand
 from frontend.tasks import Resumer
@@ -320,7 +321,7 @@ def test_reconciliation_records_drift(cloud: Cloud) -> None:
 
 def test_a_hosts_notice_moves_an_instance_with_its_guest(cloud: Cloud) -> None:
     """What the compute driver tells from libvirt's events: a crash, a shutdown from inside, a start by hand."""
-    cloud.root.notice_handler = PowerNotices(cloud.frontend.db)
+    cloud.root.notice_handler = NoticeRouter({POWER_NOTICE: PowerNotices(cloud.frontend.db)})
     api, _ = _setup(cloud)
     web = _launch(cloud, api, "web")["instance"]
     host = _host_by_db(cloud, web["id"])

@@ -18,7 +18,7 @@ def _duties(db_url: str, tmp_path: Path, control_socket: Path) -> LeaderDuties:
     root = TreeRoot("tcp://127.0.0.1:0", SETTINGS)
     frontend = make_frontend(db_url, tmp_path / "frontend", tree=root)
     config = dataclasses.replace(frontend.config, control_socket=str(control_socket))
-    return LeaderDuties(config, frontend.db, root, frontend.tasks, frontend.submit)
+    return LeaderDuties(config, frontend.db, root, frontend.tasks, frontend.submit, frontend.consoles)
 
 
 def test_a_term_starts_every_duty_and_stops_them_once(db_url: str, tmp_path: Path) -> None:

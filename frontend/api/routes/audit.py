@@ -36,11 +36,12 @@ class AuditView(BaseModel):
 
 
 @router.get("/audit", response_model=Items[AuditView],
-            summary="List the audit log, newest first: every POST, PUT, PATCH and DELETE, refused ones too (admins)",
+            summary="List the audit log, newest first: every POST, PUT, PATCH and DELETE, refused ones too, and "
+                    "every WebSocket opened (method WS: live consoles) (admins)",
             responses=refusals(403))
 def list_audit(caller: CallerDep, frontend: FrontendDep,
                user: Ref | None = Query(default=None, description="a user's name or id"),
-               method: Literal["POST", "PUT", "PATCH", "DELETE"] | None = None,
+               method: Literal["POST", "PUT", "PATCH", "DELETE", "WS"] | None = None,
                status: int | None = Query(default=None, ge=100, le=599),
                since: UtcTime | None = None,
                path_prefix: Text | None = Query(default=None, max_length=255,
