@@ -182,22 +182,23 @@ class Leadership:
         self._watchdog.start()
 
     def stop(self) -> None:
-        """Stop leading (handing the lease over at once) and stop trying to."""
+        """Stop leading (handing the lease over at once) and stop trying to.
+
+        Bounded however the database behaves: a renewal hung on a dead link is left behind (the
+        watchdog has ended the term already), and the goodbyes that need the database get a
+        lease's time each, so a frontend cut off from it still exits for its supervisor.
+        """
         self._stop.set()
-        self._renewer.join(10)
-        self._watchdog.join(10)
+        self._renewer.join(self.lease.lease_s)
+        self._watchdog.join(self.lease.lease_s)
         with self._lock:
             generation = self.generation
             self._step_down("stopping")
         if generation is not None:
-            try:
-                self.lease.release(generation)
-            except Exception:  # the successor waits out the lease instead
-                log.warning("lease_release_failed", generation=generation, exc_info=True)
-        try:
-            self.lease.leave()
-        except Exception:  # its registry row ages out instead
-            log.warning("frontend_leave_failed", holder=self.lease.holder, exc_info=True)
+            # The successor waits out the lease instead.
+            _bounded(lambda: self.lease.release(generation), self.lease.lease_s, "lease_release_failed")
+        # Its registry row ages out instead.
+        _bounded(self.lease.leave, self.lease.lease_s, "frontend_leave_failed")
 
     def _renew_loop(self) -> None:
         while not self._stop.is_set():
@@ -248,6 +249,21 @@ class Leadership:
         self.generation = None
         log.warning("leadership_lost", holder=self.lease.holder, generation=generation, reason=reason)
         self.on_lose(generation)
+
+
+def _bounded(call: Callable[[], None], timeout_s: float, failed: str) -> None:
+    """``call()`` on a thread of its own, waited for ``timeout_s`` at most; its failure is logged as ``failed``."""
+    def run() -> None:
+        try:
+            call()
+        except Exception:
+            log.warning(failed, exc_info=True)
+
+    worker = threading.Thread(target=run, name=failed, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning(failed, reason=f"the database did not answer within {timeout_s:g} s")
 
 
 class SingleFrontendLock:

@@ -147,6 +147,7 @@ class ConsoleHub:
             consoles = list(self._consoles.values())
             self._consoles.clear()
             self._by_session.clear()
+            self._opening.clear()
         for console in consoles:
             self._close_host_session(console)
             for attachment in console.attachments:
@@ -165,7 +166,7 @@ class ConsoleHub:
         with opening:  # one open per instance at a time; the others join what it opened
             with self._lock:
                 console = self._consoles.get(instance_id)
-            if console is None or console.host != host:
+            if console is None:
                 console = self._open(instance_id, host)
             with self._lock:
                 if self._consoles.get(instance_id) is not console:

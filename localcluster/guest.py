@@ -39,8 +39,8 @@ What ``/init`` does, all reported on the serial console one line each:
 5. prints ``CLOUDLAND-GUEST-READY hostname=<h> instance=<id> key=<SHA256:...>`` (the key's
    OpenSSH fingerprint, empty without a key);
 6. runs user-data if it is a script (``#!...``), its output on the console;
-7. starts a root shell on ttyS0 (busybox ``sh -i``, started again when it exits): what a
-   live console types into;
+7. offers a root shell on ttyS0 (busybox ``sh -i``, once Enter is pressed there, and again
+   when it exits): what a live console types into;
 8. forever: ``CLOUDLAND-GUEST-BLOCK <name>`` once for each block device in /sys/block (those
    there at start too, loop/ram devices excepted), ``CLOUDLAND-GUEST-BLOCK-GONE <name>``
    when one goes away (a hot-attached volume shows up as ``CLOUDLAND-GUEST-BLOCK vdb``).
@@ -209,7 +209,11 @@ if head -n 1 "$user" | grep -q '^#!'; then
 fi
 
 # A shell on the serial port for the live console, with ttyS0 as its controlling tty (so ^C works).
-while :; do setsid -c sh -i <>/dev/ttyS0 >&0 2>&1; done &
+# Only once Enter is pressed (busybox init's "askfirst"): an idle prompt would share its line
+# with the next report, and every report must start a line of its own.
+while :; do
+    setsid -c sh -c 'echo "CLOUDLAND-GUEST-CONSOLE press Enter for a shell"; read -r _; exec sh -i' <>/dev/ttyS0 >&0 2>&1
+done &
 
 # Report block devices as they come and go (hot-attached volumes).
 seen=" "

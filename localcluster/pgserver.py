@@ -166,6 +166,19 @@ class PostgresServer:
         self.postmaster_pid = _postmaster_pid(self.datadir)
         return True
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (fast: clients are cut off), wait ``down_s``, and start it again on the
+        same port with the same data: what a restart of PostgreSQL looks like to its clients."""
+        assert self.dir is not None and self.port is not None, "server not started"
+        subprocess.run(self._as_user([str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir),
+                                      "-m", "fast", "-w", "-t", "15"]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        if self._proc is not None:
+            self._proc.wait(timeout=15)
+        time.sleep(down_s)
+        if not self._launch(self.port):
+            raise RuntimeError(f"PostgreSQL did not start again on port {self.port}\n{self._log_tail()}")
+
     def stop(self) -> None:
         """Stop the server, kill whatever is left of it, and remove its directory. Idempotent."""
         atexit.unregister(self.stop)

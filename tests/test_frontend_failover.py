@@ -4,6 +4,8 @@ wakes up has stepped down."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from frontend.db.models import Event
 from frontend.leadership import LEASE_S, RENEW_S
 from localcluster import free_port
 from localcluster.pgserver import PostgresServer
+from tests.support.tcpproxy import TcpProxy
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -57,9 +60,10 @@ class Frontends:
         self.database = database
         self.running: dict[str, Frontend] = {}
 
-    def start(self, name: str) -> Frontend:
+    def start(self, name: str, database: str | None = None) -> Frontend:
+        """Frontend ``name``, on the group's database or (``database``) its own way to it."""
         port = free_port()
-        config = {"node_id": name, "data_dir": str(self.workdir / name), "database": self.database,
+        config = {"node_id": name, "data_dir": str(self.workdir / name), "database": database or self.database,
                   "control_socket": str(self.workdir / f"{name}.sock"), "log_level": "info",
                   "api": {"host": "127.0.0.1", "port": port, "tls": False},
                   "tree": {"listen": f"tcp://127.0.0.1:{free_port()}"}}
@@ -144,6 +148,47 @@ def test_a_leader_stalled_past_its_lease_has_stepped_down_when_it_wakes(frontend
     assert "leadership_lost" in text and "leader_duties_stopped" in text
     assert "lost the lease of generation 1" in text
     assert b.leading() is not None and b.proc.poll() is None
+
+
+def _logged_at(text: str, event: str) -> float:
+    """The Unix time of the first ``event`` in a frontend's JSON log."""
+    line = next(json.loads(line) for line in text.splitlines() if f'"event": "{event}"' in line)
+    return dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def test_a_leader_cut_off_from_the_database_steps_down_within_its_lease_and_rejoins_as_a_standby(
+        tmp_path: Path) -> None:
+    """A partition between the leader and PostgreSQL alone: the link black-holed, nothing closed."""
+    with PostgresServer() as pg, TcpProxy("127.0.0.1", pg.port or 0) as proxy:
+        direct = pg.create_database("cloudland")
+        group = Frontends(tmp_path, direct)
+        try:
+            a = group.start("fa", database=direct.replace(f":{pg.port}/", f":{proxy.port}/"))
+            until(a.leading, 60, "fa to lead")
+            b = group.start("fb")
+            until(lambda: "frontend_standby" in b.log_text(), 60, "fb to wait as a standby")
+            time.sleep(2 * RENEW_S)
+
+            cut = time.time()
+            proxy.cut()
+            taken = until(b.leading, 30, "fb to take over from the cut-off fa", every=0.05)
+            assert taken["leader"]["generation"] == 2
+            # Before its lease ran out, by the lease's own rule (the database's clock may not be asked).
+            stepped_down = _logged_at(a.log_text(), "leadership_lost") - cut
+            assert stepped_down < LEASE_S, f"fa led on {stepped_down:.1f}s after it was cut off"
+            assert _logged_at(b.log_text(), "leader_duties_started") > cut + stepped_down
+            # Still cut off, it exits for its supervisor, instead of hanging on the dead link.
+            assert a.proc.wait(LEASE_S * 4) == 1
+            assert "lost the lease of generation 1" in a.log_text()
+
+            proxy.restore()
+            a = group.start("fa", database=direct.replace(f":{pg.port}/", f":{proxy.port}/"))  # its supervisor
+            until(lambda: a.log_text().count('"frontend_standby"') == 2, 60, "fa back as a standby")
+            time.sleep(2 * RENEW_S)
+            assert (a.ready() or {}).get("leader") == {"leading": False, "generation": None}
+            assert b.leading() is not None and b.proc.poll() is None
+        finally:
+            group.stop()
 
 
 def test_a_second_frontend_on_sqlite_is_refused(tmp_path: Path) -> None:

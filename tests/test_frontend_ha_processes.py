@@ -75,14 +75,26 @@ def test_the_leader_killed_mid_launch_a_standby_finishes_every_launch_once(clust
     until(launches_sent, 60, "half the launches to be sent")
     answers: list[int] = []
     reading = threading.Event()
+    home = tmp_path / "home"
+    clctl_login(home, cluster)  # every frontend's endpoint, the leader's first
+    listed: list[tuple[float, float, int, str]] = []
 
     def read_through_the_takeover() -> None:
         while not reading.is_set():
             answers.append(standby.get("/v1/instances").status_code)
             time.sleep(0.1)
 
+    def list_with_clctl_through_the_takeover() -> None:
+        while not reading.is_set():
+            began = time.monotonic()
+            run = clctl(home, "instance", "list")
+            listed.append((began, time.monotonic(), run.returncode, run.stderr.strip()))
+
     reader = threading.Thread(target=read_through_the_takeover)
     reader.start()
+    lister = threading.Thread(target=list_with_clctl_through_the_takeover)
+    lister.start()
+    until(lambda: len(listed) >= 2, 30, "clctl to list through the leader")
     cluster.kill("frontend")  # kill -9 of the leader, hosts still building
     killed = time.monotonic()
     survivors = cluster.frontend_names[1:]
@@ -94,7 +106,14 @@ def test_the_leader_killed_mid_launch_a_standby_finishes_every_launch_once(clust
     time.sleep(1.0)
     reading.set()
     reader.join()
+    lister.join(60)
     assert answers and set(answers) == {200}, "a surviving frontend answers the API throughout the takeover"
+    # clctl moves on to the next endpoint when the leader's is gone; only a call the leader held
+    # when it was killed may fail (it may have been acted on: never sent again), and says why.
+    failed = [(began, ended, why) for began, ended, code, why in listed if code != 0]
+    assert all(began <= killed <= ended and "cannot reach the API" in why for began, ended, why in failed), failed
+    after = [code for began, _, code, _ in listed if began > killed]
+    assert len(failed) <= 1 and after and set(after) == {0}, listed
 
     # The tree found the new root by itself: every host under it, no agent restarted.
     cluster.wait_attached(cluster.backend_names, 30)
@@ -185,3 +204,65 @@ def _answers(cluster: LocalCluster, name: str) -> bool:
         return httpx.get(f"{cluster.api_urls[name]}/healthz", verify=cluster.ssl_context(), timeout=1.0).is_success
     except httpx.TransportError:
         return False
+
+
+def test_postgresql_restarted_under_load_loses_no_task_and_one_frontend_leads(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", agents=1, backends=3, tree=TREE, frontends=3,
+                     ops_modules=["tests.support.compute_ops"],
+                     env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log"),
+                          "CLOUDLAND_TEST_CREATE_DELAY": "2"})
+    with running(c):
+        api = admin_client(c)
+        api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
+        image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
+        api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
+        until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"] if h["facts"]]) == 3, 60,
+              "every hypervisor with capacity")
+        tasks = []
+        for i in range(6):
+            accepted = api.post("/v1/instances", json={"name": f"vm{i}", "flavor": "small", "image": "tiny"})
+            assert accepted.status_code == 202, accepted.text
+            tasks.append(accepted.json()["task"]["id"])
+        until(lambda: any(s["op"] == "instance.create" for s in api.get(f"/v1/tasks/{tasks[0]}").json()["steps"]),
+              30, "the first launch to be sent")
+
+        # What systemd does for a frontend that exits (one that lost its lease meanwhile does).
+        supervising = threading.Event()
+        restarted: list[str] = []
+
+        def supervise() -> None:
+            while not supervising.wait(0.2):
+                for name in c.frontend_names:
+                    if c.procs[name].poll() is not None:
+                        restarted.append(name)
+                        c.start_frontend(name, wait=False)
+
+        supervisor = threading.Thread(target=supervise)
+        supervisor.start()
+        try:
+            assert c.pg is not None
+            c.pg.restart(down_s=2.0)  # longer than a leader may go without renewing its lease
+            leader = until(lambda: next((n for n in c.frontend_names if _leading(c, n)), None), 60,
+                           "a frontend to lead again", every=0.1)
+            survivor = admin_client(c, api_url=c.api_urls[leader])
+
+            def ended() -> list[dict[str, Any]] | None:
+                states = [survivor.get(f"/v1/tasks/{t}").json() for t in tasks]
+                return states if all(t["status"] in ("succeeded", "failed") for t in states) else None
+
+            final = until(ended, 120, "every launch to end")
+            assert [t["status"] for t in final] == ["succeeded"] * len(tasks), [t["error"] for t in final]
+            until(lambda: all(_answers(c, n) for n in c.frontend_names), 60, "every frontend to serve again")
+            leaders = [n for n in c.frontend_names if _leading(c, n)]
+        finally:
+            supervising.set()
+            supervisor.join(10)
+        assert len(leaders) == 1, leaders
+        for name in c.frontend_names:
+            ready = httpx.get(f"{c.api_urls[name]}/readyz", verify=c.ssl_context(), timeout=5).json()
+            assert ready["checks"]["database"] == "ok", (name, ready)
+        instances = survivor.get("/v1/instances").json()["items"]
+        assert sorted(i["status"] for i in instances) == ["active"] * len(tasks)
+        ops = [json.loads(line) for line in (tmp_path / "ops.log").read_text().splitlines()]
+        creates = [o["id"] for o in ops if o["op"] == "instance.create"]
+        assert sorted(creates) == sorted(i["id"] for i in instances), "each instance must be built exactly once"

@@ -41,8 +41,10 @@ from sci.status import valid_entries
 from sci.uplink import LinkState, Uplink, UplinkOwner
 from tests.support.waiting import until
 
-SETTINGS = TreeSettings(heartbeat_interval=0.2, fanout=4, reattach_grace=1.0, max_frame_bytes=64 * 1024,
-                        counters_interval=0.2)
+# Room for a loaded machine's stalls (a third of a second seen on CI): a child is counted dead
+# after 2 s of silence, and a relay answers half a second before its parent gives up on it.
+SETTINGS = TreeSettings(heartbeat_interval=0.2, heartbeat_misses=10, hop_margin=0.5, fanout=4, reattach_grace=1.0,
+                        max_frame_bytes=64 * 1024, counters_interval=0.2)
 
 # Hypothesis ---------------------------------------------------------------------------------
 
@@ -407,10 +409,10 @@ class Child:
             self.send(proto.heartbeat_up(self.session))
         return got
 
-    def attach(self, entries: list[Any]) -> bool:
+    def attach(self, entries: list[Any], timeout: float = 0.2) -> bool:
         """HELLO with these entries (own first); True once welcomed (a bad HELLO is dropped unanswered)."""
         self.send(proto.hello(self.name, entries))
-        end = time.monotonic() + 0.2
+        end = time.monotonic() + timeout
         while time.monotonic() < end:
             for frame in self.drain(20):
                 if frame.kind is Kind.WELCOME:
@@ -482,8 +484,10 @@ class Tree:
         """``child`` attached with a plain entry of its own, and its route known at the root."""
         if child.session:
             return
-        assert child.attach([[child.name, [1, time.time_ns()], "", int(role), 1, "tcp://127.0.0.1:1", []]])
-        until(lambda: any(n.node_id == child.name and n.up for n in self.root.nodes()), 5, f"{child.name} routed")
+        # A loaded machine may take more than a heartbeat to welcome it or route it: it heartbeats
+        # meanwhile, or its parent would count it dead before the example begins.
+        assert child.attach([[child.name, [1, time.time_ns()], "", int(role), 1, "tcp://127.0.0.1:1", []]], 2.0)
+        child.keep_alive_until(lambda: any(n.node_id == child.name and n.up for n in self.root.nodes()), 5)
 
     def healthy(self, crashes: list[str]) -> None:
         assert not crashes, crashes[0]

@@ -51,6 +51,13 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE")
 
 
+#: libpq's settings for a link that goes silent (a partition, a dropped route): a connection is
+#: given up in seconds, not after the kernel's two hours, so that a cut-off frontend's calls
+#: fail and its supervisor's restart can find the database again
+_PG_LINK = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+            "keepalives_count": 3, "tcp_user_timeout": 15000}
+
+
 class Database:
     """An engine and its session factory.  ``url`` is a SQLAlchemy URL."""
 
@@ -66,7 +73,7 @@ class Database:
             _sqlite_setup(self.engine)
         else:
             self.engine = create_engine(url, echo=echo, pool_size=20, max_overflow=40, pool_pre_ping=True,
-                                        hide_parameters=True)
+                                        hide_parameters=True, connect_args=_PG_LINK)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(self.engine.execution_options(**{_READONLY: True}), expire_on_commit=False)
 
