@@ -42,6 +42,18 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield c
 
 
+def _offer_small(cluster: LocalCluster, hosts: int) -> httpx.Client:
+    """An admin client, once all ``hosts`` are up with their capacity, of a cloud offering flavor
+    ``small`` and image ``tiny``."""
+    api = admin_client(cluster)
+    until(lambda: len([h for h in api.get("/v1/hypervisors", params={"limit": 100}).json()["items"]
+                       if h["status"] == "up" and h["facts"]]) == hosts, 60, "every hypervisor with capacity")
+    api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
+    image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
+    api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
+    return api
+
+
 def _leading(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
     try:
         ready = httpx.get(f"{cluster.api_urls[name]}/readyz", verify=cluster.ssl_context(), timeout=1.0).json()
@@ -52,12 +64,7 @@ def _leading(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
 
 def test_the_leader_killed_mid_launch_a_standby_finishes_every_launch_once(cluster: LocalCluster,
                                                                             tmp_path: Path) -> None:
-    api = admin_client(cluster)
-    until(lambda: len([h for h in api.get("/v1/hypervisors", params={"limit": 100}).json()["items"]
-                       if h["status"] == "up" and h["facts"]]) == BACKENDS, 60, "every hypervisor with capacity")
-    api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
-    image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
-    api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
+    api = _offer_small(cluster, BACKENDS)
     agents = {name: cluster.procs[name].pid for name in cluster.agent_names}
     # Half the launches through a standby's API: it hands their tasks to the leader.
     standby = admin_client(cluster, api_url=cluster.api_urls[cluster.frontend_names[2]])
@@ -147,12 +154,7 @@ def test_a_rolling_restart_of_every_frontend_never_stops_the_api(tmp_path: Path)
     with running(c):
         home = tmp_path / "home"
         clctl_login(home, c)
-        api = admin_client(c)
-        api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
-        image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
-        api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
-        until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"] if h["facts"]]) == 3, 60,
-              "every hypervisor with capacity")
+        api = _offer_small(c, 3)
         failures: list[str] = []
         calls = 0
         launched: list[str] = []
@@ -212,12 +214,7 @@ def test_postgresql_restarted_under_load_loses_no_task_and_one_frontend_leads(tm
                      env={"CLOUDLAND_TEST_COMPUTE_LOG": str(tmp_path / "ops.log"),
                           "CLOUDLAND_TEST_CREATE_DELAY": "2"})
     with running(c):
-        api = admin_client(c)
-        api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 128, "disk_gb": 1}).raise_for_status()
-        image = api.post("/v1/images", json={"name": "tiny", "format": "qcow2"}).json()
-        api.put(f"/v1/images/{image['id']}/file", content=fake_qcow2()).raise_for_status()
-        until(lambda: len([h for h in api.get("/v1/hypervisors").json()["items"] if h["facts"]]) == 3, 60,
-              "every hypervisor with capacity")
+        api = _offer_small(c, 3)
         tasks = []
         for i in range(6):
             accepted = api.post("/v1/instances", json={"name": f"vm{i}", "flavor": "small", "image": "tiny"})
