@@ -590,15 +590,17 @@ def test_any_status_reply(tree: Tree, crashes: list[str], parent: str, answer: s
     child = tree.fuzzer(name, parent)
     tree.attached(child, Role.AGENT)
     fields = Fields(name, [name, "fz-1", "a0", "h0", "root"])
+    # Drawn before the query: making big examples holds the GIL that the tree's threads, in
+    # this same process, need to answer in time (a relay that misses the deadline reads silent).
+    table = answer.draw(fields.status_table, "table")
+    more = answer.draw(st.lists(fields.frame([Kind.STATUS_REPLY, Kind.COUNTERS]), max_size=3), "more")
     report: list[Any] = []
-    # Long enough for the real relay to answer on a loaded machine (else it reads as silent).
     asking = threading.Thread(target=lambda: report.append(tree.root.tree_report(timeout=3.0)))
     asking.start()
     try:
         query = child.wait_for(Kind.STATUS).fields[0]
-        child.send(pack([proto.VERSION, int(Kind.STATUS_REPLY), child.session, query,
-                         answer.draw(fields.status_table, "table")]))
-        child.play(answer.draw(st.lists(fields.frame([Kind.STATUS_REPLY, Kind.COUNTERS]), max_size=3), "more"))
+        child.send(pack([proto.VERSION, int(Kind.STATUS_REPLY), child.session, query, table]))
+        child.play(more)
     finally:
         # Also when hypothesis discards the example midway: its query must not outlive it.
         child.keep_alive_until(lambda: not asking.is_alive(), 5)
