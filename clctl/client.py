@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 import click
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection, connect
 
 __all__ = ["DEFAULT_TIMEOUT", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "NOT_LEADING", "Api",
            "ClctlError", "http_client", "url"]
@@ -160,9 +160,13 @@ class Api:
             raise ClctlError(f"{method} {path}: the API answered HTTP {response.status_code} with a body that is "
                              "not JSON") from None
 
-    def websocket(self, path: str, params: Mapping[str, str]) -> ClientConnection:
+    async def websocket(self, path: str, params: Mapping[str, str]) -> ClientConnection:
         """A WebSocket to ``path``, as this user, on the first endpoint that serves it (a standby
-        that does not lead is passed over); a refusal raises :class:`ClctlError` as a call's would."""
+        that does not lead is passed over); a refusal raises :class:`ClctlError` as a call's would.
+
+        websockets' asyncio client, not its threaded one: that one reads TLS on a thread while
+        another writes it, and now and then loses a handshake's answer or waits for good on a
+        refused handshake's socket (a few in a thousand here)."""
         if not self.token:
             raise ClctlError("not logged in: run 'clctl login' (or set CLOUDLAND_TOKEN)", EXIT_UNREACHABLE)
         missed: list[tuple[str, str]] = []
@@ -173,9 +177,9 @@ class Api:
             if params:
                 uri += "?" + urlencode(params)
             try:
-                connection = connect(uri, additional_headers={"Authorization": f"Bearer {self.token}"},
-                                     user_agent_header="clctl", ssl=_trust(self.ca_file) if secure else None,
-                                     open_timeout=self.timeout.connect, close_timeout=2, legacy=True)
+                connection = await connect(uri, additional_headers={"Authorization": f"Bearer {self.token}"},
+                                           user_agent_header="clctl", ssl=_trust(self.ca_file) if secure else None,
+                                           open_timeout=self.timeout.connect, close_timeout=2)
             except InvalidStatus as exc:
                 response = httpx.Response(exc.response.status_code, content=bytes(exc.response.body or b""),
                                           headers=dict(exc.response.headers.raw_items()))

@@ -9,6 +9,7 @@ closes or the user interrupts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,10 +17,10 @@ import sys
 import termios
 import threading
 import tty
-from typing import BinaryIO, Iterator
+from typing import Awaitable, BinaryIO, Callable, Iterator
 
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection
 
 from .client import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, ClctlError
 
@@ -32,52 +33,64 @@ _LEADER_GONE = 1012
 _EXITS = {1000: EXIT_OK, _LEADER_GONE: EXIT_UNREACHABLE}
 
 
-def attach(connection: ClientConnection, name: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Run the console until the user detaches (returns) or the server ends it (``ClctlError``)."""
+def attach(opening: Callable[[], Awaitable[ClientConnection]], name: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Open the console ``opening`` connects to and run it until the user detaches (returns) or
+    the server ends it (``ClctlError``)."""
     fd = stdin.fileno()
     interactive = os.isatty(fd)
-    _say(f"Connected to the console of {name}; Ctrl-] detaches.", interactive)
-    ended: list[tuple[int, str]] = []
-    reader = threading.Thread(target=_show, args=(connection, stdout, ended, interactive), name="console-output",
-                              daemon=True)
-    reader.start()
-    with _raw(fd) if interactive else contextlib.nullcontext():
-        try:
-            _type(connection, fd, reader)
-        except KeyboardInterrupt:  # only without a terminal: in raw mode ^C goes to the guest
-            pass
-        finally:
-            connection.close()
-            reader.join(5)
-    if ended:
-        code, reason = ended[0]
-        if code not in (1000,):
+    try:
+        ended = asyncio.run(_attach(opening, name, fd, stdout, interactive))
+    except KeyboardInterrupt:  # only without a terminal: in raw mode ^C goes to the guest
+        ended = None
+    if ended is not None:
+        code, reason = ended
+        if code != 1000:
             raise ClctlError(reason or f"the console closed (code {code})", _EXITS.get(code, EXIT_REFUSED))
     _say("Detached.", interactive)
 
 
-def _type(connection: ClientConnection, fd: int, reader: threading.Thread) -> None:
-    while reader.is_alive():
+async def _attach(opening: Callable[[], Awaitable[ClientConnection]], name: str, fd: int, stdout: BinaryIO,
+                  interactive: bool) -> tuple[int, str] | None:
+    """The close code and reason the console closed with (1000 when the user detached)."""
+    connection = await opening()
+    _say(f"Connected to the console of {name}; Ctrl-] detaches.", interactive)
+    typed: asyncio.Queue[bytes] = asyncio.Queue()
+    # A thread, not the loop's reader: stdin may be a regular file, which epoll cannot watch.
+    # A daemon, since nothing interrupts its read when the console ends first.
+    threading.Thread(target=_read_input, args=(fd, asyncio.get_running_loop(), typed), name="console-input",
+                     daemon=True).start()
+    with _raw(fd) if interactive else contextlib.nullcontext():
+        showing = asyncio.create_task(_show(connection, stdout, interactive))
+        typing = asyncio.create_task(_type(connection, typed))
         try:
-            data = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        if not data:  # the pipe ended: keep showing the output until the console closes
-            reader.join()
-            return
+            await asyncio.wait({showing, typing}, return_when=asyncio.FIRST_COMPLETED)
+            if typing.done() and not typing.result():  # the input ended: show the output until the console closes
+                await showing
+        finally:
+            typing.cancel()
+            await connection.close()
+        return await showing
+
+
+async def _type(connection: ClientConnection, typed: asyncio.Queue[bytes]) -> bool:
+    """Send what is typed; True once the user detaches (or the console went), False once the input ends."""
+    while data := await typed.get():
         before, detach, _ = data.partition(DETACH)
         try:
             if before:
-                connection.send(before)
+                await connection.send(before)
         except ConnectionClosed:
-            return
+            return True
         if detach:
-            return
+            return True
+    return False
 
 
-def _show(connection: ClientConnection, stdout: BinaryIO, ended: list[tuple[int, str]], interactive: bool) -> None:
+async def _show(connection: ClientConnection, stdout: BinaryIO, interactive: bool) -> tuple[int, str] | None:
+    """Show the guest's output until the console closes; its close code and reason."""
+    reason = None
     try:
-        for message in connection:
+        async for message in connection:
             if isinstance(message, bytes):
                 stdout.write(message)
                 stdout.flush()
@@ -86,13 +99,26 @@ def _show(connection: ClientConnection, stdout: BinaryIO, ended: list[tuple[int,
             if event.get("event") == "seat":
                 _say(str(event.get("message", "")), interactive)
             elif event.get("event") == "closed":
-                ended.append((0, str(event.get("reason", ""))))
+                reason = str(event.get("reason", ""))
     except ConnectionClosed:
         pass
     close = connection.protocol.close_rcvd
-    if close is not None:
-        reason = ended[0][1] if ended else close.reason
-        ended[:] = [(close.code, reason)]
+    return None if close is None else (close.code, reason or close.reason)
+
+
+def _read_input(fd: int, loop: asyncio.AbstractEventLoop, typed: asyncio.Queue[bytes]) -> None:
+    data = b"x"
+    while data:
+        try:
+            data = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        try:
+            loop.call_soon_threadsafe(typed.put_nowait, data)
+        except RuntimeError:  # the console ended and its loop with it
+            return
 
 
 def _say(text: str, interactive: bool) -> None:

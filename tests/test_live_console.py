@@ -9,7 +9,9 @@ closes; a guest that stops ends its console.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import json
 import os
 import queue
@@ -22,8 +24,8 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from frontend.console._session import TOKEN_COOKIE
 from localcluster import LocalCluster, libvirtd
@@ -67,25 +69,42 @@ def api(cloud: LocalCluster) -> Iterator[httpx.Client]:
 
 
 class Client:
-    """A WebSocket client of the live console, its messages gathered on a thread."""
+    """A WebSocket client of the live console, its messages gathered on its own event loop's thread.
+
+    websockets' asyncio client, as clctl's: its threaded one now and then loses a TLS answer."""
 
     def __init__(self, cloud: LocalCluster, token: str, instance: str = "vm1", mode: str = "write") -> None:
-        self.ws: ClientConnection = connect(_uri(cloud, instance, mode), ssl=cloud.ssl_context(), legacy=True,
-                                            additional_headers={"Authorization": f"Bearer {token}"})
         self.output = bytearray()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        opened: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, ClientConnection]] = \
+            concurrent.futures.Future()
+        self.reader = threading.Thread(target=asyncio.run, daemon=True,
+                                       args=(self._run(_uri(cloud, instance, mode), cloud, token, opened),))
         self.reader.start()
+        self.loop, self.ws = opened.result(30)
 
-    def _read(self) -> None:
+    async def _run(self, uri: str, cloud: LocalCluster, token: str,
+                   opened: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, ClientConnection]]) -> None:
         try:
-            for message in self.ws:
+            ws = await connect(uri, ssl=cloud.ssl_context(), additional_headers={"Authorization": f"Bearer {token}"})
+        except BaseException as exc:
+            opened.set_exception(exc)
+            return
+        opened.set_result((asyncio.get_running_loop(), ws))
+        try:
+            async for message in ws:
                 if isinstance(message, bytes):
                     self.output += message
                 else:
                     self.events.put(json.loads(message))
         except ConnectionClosed:
             pass
+
+    def send(self, data: bytes) -> None:
+        asyncio.run_coroutine_threadsafe(self.ws.send(data), self.loop).result(30)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.ws.close(), self.loop).result(30)
 
     def event(self, timeout: float = 30) -> dict[str, Any]:
         return self.events.get(timeout=timeout)
@@ -110,19 +129,20 @@ def _token(api: httpx.Client) -> str:
 
 
 def _refusal(cloud: LocalCluster, token: str | None, instance: str = "vm1", mode: str = "write") -> tuple[int, Any]:
-    """The HTTP answer to a WebSocket handshake the API refuses: its status and error.
-
-    Sent with httpx, bounded by its timeout: a handshake left unanswered fails here in seconds
-    (the websockets client would wait on its reader thread for good).
-    """
-    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    answer = httpx.get(f"{cloud.api_url}/v1/instances/{instance}/console/live", params={"mode": mode},
-                       headers=headers, verify=cloud.ssl_context(), timeout=15)
-    assert answer.status_code != 101, "the handshake was accepted"
+    """The HTTP answer to a live console's WebSocket handshake the API refuses: its status and error."""
+    answer = _handshake(f"{cloud.api_url}/v1/instances/{instance}/console/live?mode={mode}", cloud,
+                        {"Authorization": f"Bearer {token}"} if token else {})
     return answer.status_code, answer.json()["error"]
+
+
+def _handshake(url: str, cloud: LocalCluster, headers: dict[str, str]) -> httpx.Response:
+    """The answer to a WebSocket handshake that is expected to be refused, sent with httpx:
+    bounded by its timeout, whatever the server does."""
+    answer = httpx.get(url, headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                     "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), **headers},
+                       verify=cloud.ssl_context(), timeout=15)
+    assert answer.status_code != 101, "the handshake was accepted"
+    return answer
 
 
 def test_clctl_attaches_types_a_command_and_reads_its_output(cloud: LocalCluster, tmp_path: Path,
@@ -159,7 +179,7 @@ def test_clctl_attaches_types_a_command_and_reads_its_output(cloud: LocalCluster
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    watcher.ws.close()
+    watcher.close()
     assert watcher.closed() == (1000, "")
     audit = ok(api.get("/v1/audit", params={"method": "WS"}))["items"]
     assert {(a["route"], a["status"]) for a in audit} >= {("/v1/instances/{instance}/console/live", 101)}
@@ -170,16 +190,16 @@ def test_one_client_types_and_the_next_in_line_gets_the_seat(cloud: LocalCluster
     assert first.event()["writer"] is True
     second = Client(cloud, _token(api))
     assert second.event() == {"event": "seat", "writer": False, "message": "another user is typing: you are watching"}
-    second.ws.send(b"\recho SECOND-$((1 + 1))\r")  # a watcher's input goes nowhere
-    first.ws.send(b"\recho FIRST-$((2 + 2))\r")
+    second.send(b"\recho SECOND-$((1 + 1))\r")  # a watcher's input goes nowhere
+    first.send(b"\recho FIRST-$((2 + 2))\r")
     second.saw("FIRST-4")
     first.saw("FIRST-4")
     assert b"SECOND-2" not in first.output
-    first.ws.close()
+    first.close()
     assert second.event() == {"event": "seat", "writer": True, "message": "the user who was typing left: you may type"}
-    second.ws.send(b"\recho SECOND-$((1 + 2))\r")
+    second.send(b"\recho SECOND-$((1 + 2))\r")
     second.saw("SECOND-3")
-    second.ws.close()
+    second.close()
 
 
 def test_strangers_and_bad_requests_are_refused_before_a_console_opens(cloud: LocalCluster, api: httpx.Client) -> None:
@@ -238,14 +258,13 @@ def test_the_web_console_types_into_the_live_console_from_its_own_pages_only(clo
             context.close()
         finally:
             browser.close()
-    socket = f"{_uri(cloud, instance, 'write').split('/v1/')[0]}/ui/instances/{instance}/console/live/socket"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(socket, ssl=cloud.ssl_context(), origin="https://evil.example", legacy=True,  # type: ignore[arg-type]
-                additional_headers={"Cookie": f"{TOKEN_COOKIE}={cookie['value']}"})
-    assert refused.value.response.status_code == 403
+    refused = _handshake(f"{cloud.api_url}/ui/instances/{instance}/console/live/socket", cloud,
+                         {"Origin": "https://evil.example", "Cookie": f"{TOKEN_COOKIE}={cookie['value']}"})
+    assert refused.status_code == 403
 
 
-def test_a_guest_that_stops_ends_its_console_and_a_stopped_one_has_none(cloud: LocalCluster, api: httpx.Client) -> None:
+def test_a_guest_that_stops_ends_its_console_and_a_stopped_one_has_none(cloud: LocalCluster, api: httpx.Client,
+                                                                        tmp_path: Path) -> None:
     client = Client(cloud, _token(api))
     assert client.event()["writer"] is True
     accepted = ok(api.post("/v1/instances/vm1/stop", json={"timeout_s": 30}), 202)
@@ -254,3 +273,11 @@ def test_a_guest_that_stops_ends_its_console_and_a_stopped_one_has_none(cloud: L
     finished(api, accepted)
     status, error = _refusal(cloud, _token(api))
     assert (status, error["message"]) == (409, "instance: instance 'vm1' is stopped: a live console needs it active")
+    home = tmp_path / "home"
+    clctl_login(home, cloud)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_")}
+    refused = subprocess.run([sys.executable, "-m", "clctl", "instance", "console", "vm1", "--attach"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                             env={**clean, "HOME": str(home)})
+    assert refused.returncode == 1, refused
+    assert "instance 'vm1' is stopped: a live console needs it active" in refused.stderr, refused.stderr

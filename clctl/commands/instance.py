@@ -133,8 +133,10 @@ def console(ctx: click.Context, ref: str, size: int, attach: bool, watch: bool) 
     if watch and not attach:
         raise click.UsageError("--watch goes with --attach")
     if attach:
-        connection = api(ctx).websocket(INSTANCE.path(ref, "console", "live"), {"mode": "watch" if watch else "write"})
-        liveconsole.attach(connection, ref, sys.stdin.buffer, sys.stdout.buffer)
+        client = api(ctx)
+        liveconsole.attach(lambda: client.websocket(INSTANCE.path(ref, "console", "live"),
+                                                    {"mode": "watch" if watch else "write"}),
+                           ref, sys.stdin.buffer, sys.stdout.buffer)
         return
     answer = api(ctx).get(INSTANCE.path(ref, "console"), params={"bytes": size})
 
