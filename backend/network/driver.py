@@ -46,6 +46,10 @@ WATCH_INTERVAL_S = 2.0
 #: a router namespace's routing table for the sources that have a floating IP
 FLOATING_TABLE = 100
 FLOATING_RULE_PRIORITY = 1000
+#: a floating IP's gratuitous ARP goes out at once, then again after each of these pauses: a
+#: neighbour ignores a new MAC that comes within its locktime (1 s) of the entry's last update,
+#: as when the outside just reached the address at its old host (seen in CI)
+ANNOUNCE_AGAIN_S = (1.1, 1.1)
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,7 @@ class NetworkDriver:
                     rnl.address_add(names.EXTERNAL_LEG, address, 32)
                     rnl.announce(names.EXTERNAL_LEG, address)  # the outside learns the address is here now
                     log.info("floating_ip_announced", network=network.id, address=address)
+                    self._announce_again(network.id, w.namespace, address)
             # Sources with a floating IP leave by the external leg, except to the network itself.
             want_routes = {("default", network.external.gateway, names.EXTERNAL_LEG),
                            (str(network.external.cidr), None, names.EXTERNAL_LEG)}
@@ -357,6 +362,22 @@ class NetworkDriver:
             floating=tuple(sorted(floating.items())), external_leg=names.EXTERNAL_LEG,
             snat_sources=tuple(str(sub.cidr) for sub in w.subnets) if network.snat else (),
             transit_leg=names.TRANSIT_LEG, transit_address=router_address))
+
+    def _announce_again(self, network_id: str, namespace: str, address: str) -> None:
+        def again() -> None:
+            for pause in ANNOUNCE_AGAIN_S:
+                if self._stop.wait(pause):
+                    return
+                try:
+                    with Netlink(namespace) as rnl:
+                        if (address, 32) not in rnl.addresses(names.EXTERNAL_LEG):
+                            return  # moved on (or the network went) meanwhile
+                        rnl.announce(names.EXTERNAL_LEG, address)
+                except NetworkError as exc:
+                    log.info("floating_ip_announce_dropped", network=network_id, address=address, error=str(exc))
+                    return
+
+        threading.Thread(target=again, name=f"announce-{address}", daemon=True).start()
 
     def _transit_addresses(self, nl: Netlink, made: bool, transit: str) -> tuple[str, str]:
         """The host's and the router's address on a router's transit /30: kept if it has one, else the
