@@ -107,8 +107,7 @@ async def _show(connection: ClientConnection, stdout: BinaryIO, interactive: boo
 
 
 def _read_input(fd: int, loop: asyncio.AbstractEventLoop, typed: asyncio.Queue[bytes]) -> None:
-    data = b"x"
-    while data:
+    while True:
         try:
             data = os.read(fd, 4096)
         except InterruptedError:
@@ -118,6 +117,8 @@ def _read_input(fd: int, loop: asyncio.AbstractEventLoop, typed: asyncio.Queue[b
         try:
             loop.call_soon_threadsafe(typed.put_nowait, data)
         except RuntimeError:  # the console ended and its loop with it
+            return
+        if not data:  # the input ended (an empty read says so)
             return
 
 
