@@ -369,10 +369,15 @@ class NetworkDriver:
                 if self._stop.wait(pause):
                     return
                 try:
-                    with Netlink(namespace) as rnl:
-                        if (address, 32) not in rnl.addresses(names.EXTERNAL_LEG):
-                            return  # moved on (or the network went) meanwhile
-                        rnl.announce(names.EXTERNAL_LEG, address)
+                    # Under the lock, and only into a namespace that is there: opening one that a
+                    # sync just removed would make it again (pyroute2 creates a missing netns).
+                    with self._lock:
+                        if namespace not in namespaces():
+                            return  # the network went meanwhile
+                        with Netlink(namespace) as rnl:
+                            if (address, 32) not in rnl.addresses(names.EXTERNAL_LEG):
+                                return  # moved on meanwhile
+                            rnl.announce(names.EXTERNAL_LEG, address)
                 except NetworkError as exc:
                     log.info("floating_ip_announce_dropped", network=network_id, address=address, error=str(exc))
                     return
