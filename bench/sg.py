@@ -151,6 +151,7 @@ class Port:
     ip: str
     vtep: str
     tap: str
+    bridge: str
 
 
 class Network:
@@ -170,7 +171,7 @@ class Network:
         net = ipaddress.IPv4Network(self.cidr)
         port_id = str(uuid.uuid4())
         mac = "52:54:%02x:%02x:%02x:%02x" % (self.vni & 0xff, n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff)
-        port = Port(port_id, mac, str(net.network_address + 10 + n), host.vtep, tap_name(port_id))
+        port = Port(port_id, mac, str(net.network_address + 10 + n), host.vtep, tap_name(port_id), self.bridge)
         self.ports.append(port)
         return port
 
@@ -202,7 +203,7 @@ class Host:
 
 
 def _fw_port(port: Port, rules: tuple[Rule, ...]) -> PortFirewall:
-    return PortFirewall(port.id, port.tap, port.mac, port.ip, rules)
+    return PortFirewall(port.id, port.tap, port.bridge, port.mac, port.ip, rules)
 
 
 def _mixed_rules(i: int, groups: list[str]) -> tuple[Rule, ...]:

@@ -81,7 +81,6 @@ from .exceptions import BadRequest, FirewallError, KernelUnsupported
 from .firewall_state import ICMP, TCP, UDP, FirewallState, PortFirewall, Rule
 from .namespaces import run_in
 from .netfilter import fresh_tables
-from .netlink import Netlink
 from .portguard import PortGuard
 
 __all__ = ["Firewall"]
@@ -423,17 +422,15 @@ class Firewall:
     # --- conntrack -----------------------------------------------------------------------------
 
     def _end_flows(self, ports: list[PortFirewall], state: FirewallState) -> None:
-        """Delete the flows of ``ports`` that their rules no longer allow (in each port's zone)."""
-        with Netlink() as nl:
-            # one by one: the ports judged are those that changed, a few of the host's many
-            links = {port.tap: nl.link(port.tap) for port in ports}
+        """Delete the flows of ``ports`` that their rules no longer allow (in each port's zone).
+
+        A port's zone is its bridge's, as the driver plugged it: a shrunk remote group judges
+        every port that names it, and looking each tap up in the kernel made removing one port
+        cost as much as the host has ports."""
         by_zone: dict[int, list[PortFirewall]] = {}
         for port in ports:
-            link = links[port.tap]
-            if link is None or link.master is None:
-                continue  # the guest is not running, or not plugged in: its port carries no flow
             # A bridge without a zone (none should be) leaves its flows in the default zone, 0.
-            by_zone.setdefault(state.zones.get(link.master, 0), []).append(port)
+            by_zone.setdefault(state.zones.get(port.bridge, 0), []).append(port)
         with self._mapped("open conntrack netlink"):
             ct = NFCTSocket()
         try:

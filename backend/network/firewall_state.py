@@ -38,6 +38,8 @@ class PortFirewall:
     port_id: str
     #: the port's device in its subnet's bridge
     tap: str
+    #: that bridge: its conntrack zone (``FirewallState.zones``) holds the port's flows
+    bridge: str
     mac: str
     ip: str
     #: the union of the rules of its security groups; none: everything but the port's own DHCP is dropped

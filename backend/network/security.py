@@ -79,7 +79,7 @@ class PortSecurity:
             for group_id in port.security_groups or ():
                 rules.extend(r for r in self._rules.get(group_id, (0, ()))[1] if r not in rules)
             remote.update(r.remote_group for r in rules if r.remote_group is not None)
-            port_rules.append(PortFirewall(port.id, tap, port.mac, port.ip, tuple(rules)))
+            port_rules.append(PortFirewall(port.id, tap, bridge, port.mac, port.ip, tuple(rules)))
             zones[bridge] = self._zones[network_id]
         members = {g: self._members.get(g, (0, frozenset[str]()))[1] for g in sorted(remote)}
         return FirewallState(tuple(port_rules), members, zones)

@@ -59,13 +59,14 @@ class Vm:
     instance: Instance
     port_id: str
     ip: str
+    bridge: str
 
     @property
     def netns(self) -> str:
         return self.instance.netns
 
     def port(self, *rules: Rule) -> PortFirewall:
-        return PortFirewall(self.port_id, self.instance.tap, self.instance.mac, self.ip, rules)
+        return PortFirewall(self.port_id, self.instance.tap, self.bridge, self.instance.mac, self.ip, rules)
 
 
 class _Serving:
@@ -195,7 +196,7 @@ class Lab:
         port_id = str(uuid.uuid4())
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3))
         self._ports.append({"vni": str(vni), "id": port_id, "mac": mac, "ip": ip, "vtep": host.vtep})
-        return Vm(self.underlay.instance(host, port_id, mac), port_id, ip)
+        return Vm(self.underlay.instance(host, port_id, mac), port_id, ip, names.bridge(vni))
 
     def _body(self) -> dict[str, Any]:
         """``net.sync``: red and blue, one subnet each, with the same CIDR; no router."""
