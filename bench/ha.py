@@ -29,6 +29,7 @@ of their own, on hosts of a zone of their own; the other hosts answer the backen
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -49,6 +50,7 @@ import click
 
 import sci
 from sci.reactor import Reactor
+from service.config import ConfigError, LeadershipSection, check_leadership
 from service.logs import setup_logging
 
 from .procs import Fleet, cpu_seconds, prepare_child
@@ -78,6 +80,8 @@ LOAD_TAIL_S = 1.0
 IDLE_SETTLE_S = 3.0
 #: Steady pings of every host before the kills: the first command's reference.
 STEADY_PINGS = 3
+#: pings after a takeover's first command, each timed
+NEXT_PINGS = 2
 PING_TIMEOUT_S = 30.0
 POLL_S = 0.05
 TAKEOVER_TIMEOUT_S = 120.0
@@ -92,6 +96,8 @@ class Config:
     sim_procs: int
     idle_s: float
     run_dir: Path
+    #: the frontends' ``leadership:`` (the lease's timings)
+    lease: LeadershipSection = field(default_factory=LeadershipSection)
 
     @property
     def agents(self) -> int:
@@ -258,7 +264,10 @@ def make_cluster(cfg: Config) -> LocalCluster:
         a local cloud uses for its tests: each round asks every host, 10,000 of them here."""
 
         def _config(self, name: str, body: dict[str, Any]) -> Path:
-            return super()._config(name, {k: v for k, v in body.items() if k != "reconcile_interval_s"})
+            body = {k: v for k, v in body.items() if k != "reconcile_interval_s"}
+            if name in self.frontend_names:
+                body["leadership"] = dataclasses.asdict(cfg.lease)
+            return super()._config(name, body)
 
     return ProductIntervals(cfg.run_dir / "cloud", agents=0, backends=0, frontends=cfg.frontends,
                             tree={"curve": False, "fanout": cfg.fanout}, log_level="warning")
@@ -298,10 +307,9 @@ class HaBench:
         return self._cluster
 
     def run(self) -> dict[str, Any]:
-        from frontend.leadership import LEASE_S, RENEW_S
-
         started = time.monotonic()
-        self.out.update(lease_s=LEASE_S, renew_s=RENEW_S)
+        self.out.update(lease_s=self.cfg.lease.lease_s, renew_s=self.cfg.lease.renew_s,
+                        margin_s=self.cfg.lease.margin_s)
         try:
             self._cluster = make_cluster(self.cfg)
             try:
@@ -579,6 +587,8 @@ class HaBench:
                 break
         commanded = time.monotonic()
         cpu_after = cpu_seconds(pids)
+        # Beside the first: what a ping costs once the takeover's one-time work is done.
+        next_pings = [round(self.ping_all(new)[0], 3) for _ in range(NEXT_PINGS)]
         time.sleep(LOAD_TAIL_S)
         api = load.stop()
         proc.wait(30)
@@ -590,7 +600,7 @@ class HaBench:
             "exit_status": proc.returncode,
             "exited_s": round(exited[0] - stopped, 3) if exited else None, "leader_s": round(led - stopped, 3), "tree_s": round(attached - led, 3),
             "first_command_s": round(commanded - attached, 3), "total_s": round(commanded - stopped, 3),
-            "first_command_pings": pings, "first_command_answered": answered,
+            "first_command_pings": pings, "first_command_answered": answered, "next_pings_s": next_pings,
             # Of the processes that lived through it: the stopped frontend's last moments are not counted.
             "cpu_s": round(sum(cpu_after[p] - cpu_before[p] for p in cpu_before if p in cpu_after), 2),
             "api": api,
@@ -647,11 +657,12 @@ def format_table(out: dict[str, Any]) -> str:
     keys = [k for k in _HEADLINE if k in out]
     width = max(len(k) for k in keys)
     lines = [f"{k:<{width}}  {json.dumps(out[k], separators=(',', ':'))}" for k in keys]
-    for takeover in [*(out["switchover"],) * ("switchover" in out), *out.get("takeovers", [])]:
+    for takeover in [*([out["switchover"]] if "switchover" in out else []), *out.get("takeovers", [])]:
         lines.append(f"{takeover['how']:<8} {takeover['stopped']} -> {takeover['new_leader']}: exited "
                      f"{takeover['exited_s']} s, leader "
                      f"{takeover['leader_s']} s, tree {takeover['tree_s']} s, first command "
-                     f"{takeover['first_command_s']} s, total {takeover['total_s']} s, {takeover['cpu_s']} CPU s, "
+                     f"{takeover['first_command_s']} s (then {takeover.get('next_pings_s')}), total "
+                     f"{takeover['total_s']} s, {takeover['cpu_s']} CPU s, "
                      f"API errors {takeover['api']['failed_first_try']} first try / "
                      f"{takeover['api']['failed_after_retry']} after retry of {takeover['api']['calls']}")
     return "\n".join(lines)
@@ -667,15 +678,27 @@ def format_table(out: dict[str, Any]) -> str:
               "[default: max(2, ceil(hosts/2500))].")
 @click.option("--idle-seconds", "idle_s", type=click.FloatRange(1.0), default=20.0, show_default=True,
               help="Length of each idle measurement.")
+@click.option("--lease-s", type=float, default=LeadershipSection.lease_s, show_default=True,
+              help="The frontends' leadership.lease_s.")
+@click.option("--renew-s", type=float, default=LeadershipSection.renew_s, show_default=True,
+              help="The frontends' leadership.renew_s.")
+@click.option("--margin-s", type=float, default=LeadershipSection.margin_s, show_default=True,
+              help="The frontends' leadership.margin_s.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Where to write the results [default: bench/results/ha-<hosts>.json].")
 def main(hosts: int, kills: int, frontends: int, fanout: int, sim_procs: int | None, idle_s: float,
-         json_path: str | None) -> None:
+         lease_s: float, renew_s: float, margin_s: float, json_path: str | None) -> None:
     """Kill the leading frontend of a cloud of HOSTS simulated hosts and time each takeover."""
     run_dir = RESULTS_DIR / f"run-ha-{hosts}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    cfg = Config(hosts, kills, frontends, fanout, sim_procs or max(2, math.ceil(hosts / 2500)), idle_s, run_dir)
+    lease = LeadershipSection(lease_s, renew_s, margin_s)
+    try:
+        check_leadership(lease, "--lease-s/--renew-s/--margin-s")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    cfg = Config(hosts, kills, frontends, fanout, sim_procs or max(2, math.ceil(hosts / 2500)), idle_s, run_dir,
+                 lease)
     setup_logging("warning", service="bench", stream=open(run_dir / "bench.log", "a", buffering=1))  # noqa: SIM115
     out = HaBench(cfg).run()
     path = Path(json_path) if json_path else RESULTS_DIR / f"ha-{hosts}.json"

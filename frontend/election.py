@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .bootstrap import admin_org_id, recover
 from .db.models import Event
 from .leader import LeaderDuties
-from .leadership import LEASE_S, MARGIN_S, RENEW_S, Lease, Leadership, holder_id
+from .leadership import Lease, Leadership, holder_id
 from .registry import forget_long_gone
 from .services import Frontend
 
@@ -37,8 +37,9 @@ class Election:
         self.duties = duties
         self.stop_serving = stop_serving
         self.holder = holder_id(frontend.config.node_id)
-        self.leadership = Leadership(Lease(frontend.db, self.holder, LEASE_S, api_url=frontend.config.api.url),
-                                     self._lead, self._lose, RENEW_S, MARGIN_S,
+        timing = frontend.config.leadership
+        self.leadership = Leadership(Lease(frontend.db, self.holder, timing.lease_s, api_url=frontend.config.api.url),
+                                     self._lead, self._lose, timing.renew_s, timing.margin_s,
                                      on_renewed=frontend.metrics.lease_renew_seconds.observe)
         self.decided = threading.Event()
         #: why this frontend does not lead (any more): None while it leads or waits to

@@ -35,6 +35,8 @@ from typing import Callable, TextIO
 import structlog
 from sqlalchemy import text
 
+from service.config import LeadershipSection
+
 from .db import Database
 from .registry import SqlitePresence, leave
 
@@ -43,11 +45,13 @@ __all__ = ["LEASE_S", "MARGIN_S", "RENEW_S", "Lease", "LeaseView", "Leadership",
 log = structlog.get_logger("frontend.leadership")
 
 LEASE_NAME = "leader"
-#: seconds.  After a leader dies a standby takes over within LEASE_S + RENEW_S; a leader that
-#: cannot renew stops MARGIN_S before its lease runs out (room for slow clocks and a slow stop).
-LEASE_S = 4.0
-RENEW_S = 0.5
-MARGIN_S = 1.5
+#: seconds, unless a frontend's ``leadership:`` says otherwise.  After a leader dies a standby
+#: takes over within LEASE_S + RENEW_S; a leader that cannot renew stops MARGIN_S before its
+#: lease runs out (room for slow clocks and a slow stop).
+_DEFAULT = LeadershipSection()
+LEASE_S = _DEFAULT.lease_s
+RENEW_S = _DEFAULT.renew_s
+MARGIN_S = _DEFAULT.margin_s
 
 # One statement, so that taking and extending cannot interleave with another frontend's: the
 # row is created by the first frontend ever, extended by its holder while unexpired, and
@@ -247,6 +251,11 @@ class Leadership:
         if generation is None:
             return
         self.generation = None
+        # One term per Leadership: the frontend exits once it has lost the lease, for its
+        # supervisor to start afresh.  Renewing on would hold the lease for a frontend that no
+        # longer leads: a renewal answered late still extends the same term, as the database
+        # sees it, and the successor would wait for this process to end.
+        self._stop.set()
         log.warning("leadership_lost", holder=self.lease.holder, generation=generation, reason=reason)
         self.on_lose(generation)
 

@@ -52,6 +52,13 @@ _JOIN_RETRY_MAX = 8.0
 #: maximum, and each delay is drawn between half and all of it.
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
+#: Milliseconds between a socket's tries to connect where nothing listens yet, at most.  A node
+#: that was under the root retries the registrars faster: it waits there for a standby frontend
+#: to take the root over, and its wait is the takeover's.  The few such nodes (the root's
+#: fan-out) cost the standbys a refused connection each per try; the whole tree starting at
+#: once keeps the slower pace.
+_RECONNECT_MAX_MS = 1000
+_ROOT_RECONNECT_MAX_MS = 200
 _MONITORED = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED
               | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -311,7 +318,7 @@ class Uplink:
         """
         self._join_due = time.monotonic() + self._join_retry * random.uniform(0.75, 1.25)
         if not self._open(self.registrars, None, self.security.root_key if self.security else None,
-                          self._send_join):
+                          self._send_join, _ROOT_RECONNECT_MAX_MS if self.level == 1 else _RECONNECT_MAX_MS):
             return
         join = proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups)
         for _ in self.registrars:
@@ -369,7 +376,7 @@ class Uplink:
     # Sockets ------------------------------------------------------------------------------
 
     def _open(self, endpoint: str | list[str], identity: bytes | None, server_key: str | None,
-              retry: Callable[[], None]) -> bool:
+              retry: Callable[[], None], reconnect_max_ms: int = _RECONNECT_MAX_MS) -> bool:
         """A fresh socket to ``endpoint`` (or to each of a list); False if there is none yet (``retry`` runs later)."""
         self._close_socket()
         wait = budget_of(self.reactor).take()
@@ -386,7 +393,7 @@ class Uplink:
             return False
         tune_link(sock, self.settings)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_max_ms)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         try:

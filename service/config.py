@@ -21,7 +21,7 @@ from sci import TreeSettings
 from sci.security import SecurityError, check_key
 
 __all__ = ["AgentConfig", "ApiSection", "BackendConfig", "ComputeSection", "ConfigError", "FrontendConfig",
-           "SchedulerSection", "load"]
+           "LeadershipSection", "SchedulerSection", "check_leadership", "load"]
 
 
 class ConfigError(Exception):
@@ -89,6 +89,21 @@ class SchedulerSection:
 
 
 @dataclass(frozen=True)
+class LeadershipSection:
+    """The ``leadership:`` block: the lease standby frontends elect a leader with (PostgreSQL), in seconds.
+
+    A standby takes over within ``lease_s + renew_s`` of a leader's death; a leader that cannot
+    renew for ``lease_s - margin_s`` steps down.  Shorter is a faster takeover, and a leader
+    that a loaded machine or a slow database delays for that long stepping down when it need
+    not (docs/ha.md)."""
+
+    lease_s: float = 4.0
+    renew_s: float = 0.5
+    #: how long before the lease runs out (by the database's clock) the leader has stopped leading
+    margin_s: float = 1.5
+
+
+@dataclass(frozen=True)
 class FrontendConfig:
     node_id: str = "root"
     data_dir: str = "/var/lib/cloudland/frontend"
@@ -105,6 +120,7 @@ class FrontendConfig:
     api: ApiSection = field(default_factory=ApiSection)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     tree: TreeSection = field(default_factory=lambda: TreeSection(listen="tcp://0.0.0.0:7700"))
+    leadership: LeadershipSection = field(default_factory=LeadershipSection)
 
     @property
     def database_url(self) -> str:
@@ -209,8 +225,8 @@ _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level":
             "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float,
             "metrics_listen": str, "enrolment_token_file": str, "audit_retention_days": int,
             "event_retention_days": int}
-_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "compute": ComputeSection,
-                                   "network": NetworkSection}
+_SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "leadership": LeadershipSection,
+                                   "compute": ComputeSection, "network": NetworkSection}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
 
@@ -403,6 +419,21 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
         if not 0 <= getattr(config, name) <= 36500:
             raise ConfigError(f"{where}: {name}: must be between 0 (keep forever) and 36500 "
                               f"(got {getattr(config, name)})")
+    check_leadership(config.leadership, where)
+
+
+def check_leadership(lease: LeadershipSection, where: str) -> None:
+    if not 0.05 <= lease.renew_s <= 60:
+        raise ConfigError(f"{where}: leadership.renew_s: must be between 0.05 and 60 (got {lease.renew_s:g})")
+    if not 0.1 <= lease.margin_s <= 60:
+        raise ConfigError(f"{where}: leadership.margin_s: must be between 0.1 and 60 (got {lease.margin_s:g})")
+    if not 0.5 <= lease.lease_s <= 600:
+        raise ConfigError(f"{where}: leadership.lease_s: must be between 0.5 and 600 (got {lease.lease_s:g})")
+    # Two renewals at least before the leader gives up: one slow statement must not end its term.
+    if lease.lease_s - lease.margin_s < 2 * lease.renew_s:
+        raise ConfigError(f"{where}: leadership.lease_s: must leave at least two renewals (2 x renew_s = "
+                          f"{2 * lease.renew_s:g}) before the leader gives up at lease_s - margin_s "
+                          f"(got {lease.lease_s:g} - {lease.margin_s:g})")
 
 
 def _tree(raw: Any, default: TreeSection, where: str, listens: bool, is_root: bool) -> TreeSection:

@@ -11,7 +11,7 @@ import pytest
 
 from sci import TreeSettings
 from service import config as config_module
-from service.config import AgentConfig, BackendConfig, ConfigError, FrontendConfig, load
+from service.config import AgentConfig, BackendConfig, ConfigError, FrontendConfig, LeadershipSection, load
 from tests.support.daemons import run_daemon
 
 KINDS = [FrontendConfig, AgentConfig, BackendConfig]
@@ -219,11 +219,26 @@ TUNABLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,expected", [c[1:] for c in TUNABLE_CASES + RETENTION_CASES],
-                         ids=[c[0] for c in TUNABLE_CASES + RETENTION_CASES])
+LEADERSHIP_CASES = [
+    ("renew-too-fast", "leadership:\n  renew_s: 0.01\n", "leadership.renew_s: must be between 0.05 and 60 (got 0.01)"),
+    ("no-margin", "leadership:\n  margin_s: 0\n", "leadership.margin_s: must be between 0.1 and 60 (got 0)"),
+    ("lease-not-a-number", "leadership:\n  lease_s: soon\n", "leadership.lease_s: must be a number (got 'soon')"),
+    ("one-renewal-only", "leadership:\n  lease_s: 2\n  renew_s: 0.4\n",
+     "leadership.lease_s: must leave at least two renewals (2 x renew_s = 0.8) before the leader gives up at "
+     "lease_s - margin_s (got 2 - 1.5)"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in TUNABLE_CASES + RETENTION_CASES + LEADERSHIP_CASES],
+                         ids=[c[0] for c in TUNABLE_CASES + RETENTION_CASES + LEADERSHIP_CASES])
 def test_frontend_setting_errors(tmp_path: Path, text: str, expected: str) -> None:
     path = _write(tmp_path, text)
     assert _error(FrontendConfig, path) == f"{path}: {expected}"
+
+
+def test_a_shorter_lease_loads(tmp_path: Path) -> None:
+    path = _write(tmp_path, "leadership:\n  lease_s: 2.5\n  renew_s: 0.25\n  margin_s: 1\n")
+    assert load(FrontendConfig, path).leadership == LeadershipSection(2.5, 0.25, 1.0)
 
 
 def test_tunables_are_converted_to_their_types(tmp_path: Path) -> None:

@@ -86,6 +86,29 @@ def test_a_leader_that_cannot_renew_steps_down_before_a_successor_may_lead(db: D
         leader.stop()
 
 
+def test_a_leader_that_stepped_down_does_not_lead_again_when_its_renewals_come_back(db: Database) -> None:
+    """A renewal held up past the safe span, answered later, still extends the same term in the
+    database: the old leader must not take it as leading again, nor keep the lease from a successor."""
+    HangingLease.hang.clear()
+    HangingLease.answer.clear()
+    terms: list[int] = []
+    leader = Leadership(HangingLease(db, "a", lease_s=2.0), on_lead=terms.append, on_lose=lambda g: None,
+                        renew_s=0.2, margin_s=0.5)
+    leader.start()
+    try:
+        until(lambda: leader.leading, 5, "a to lead")
+        HangingLease.hang.set()
+        until(lambda: not leader.leading, 5, "a to step down")
+        HangingLease.hang.clear()
+        HangingLease.answer.set()  # the held renewal goes through, and extends generation 1
+        successor = Lease(db, "b", lease_s=2.0)
+        assert until(successor.take_or_extend, 10, "b to take the lease", every=0.05) == 2
+        assert terms == [1] and not leader.leading
+    finally:
+        HangingLease.answer.set()
+        leader.stop()
+
+
 def test_a_second_frontend_on_one_sqlite_database_is_refused(tmp_path: Path) -> None:
     first, second = SingleFrontendLock(tmp_path / "cloudland.db"), SingleFrontendLock(tmp_path / "cloudland.db")
     first.acquire()
