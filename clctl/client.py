@@ -83,11 +83,13 @@ class Api:
     starting with the one that answered last; each connection is opened on first use.
 
     ``on_answered(endpoint)`` is told which endpoint answered a call whenever that is not the
-    one tried first, so that the caller may start there next time.
+    one tried first, so that the caller may start there next time.  ``unreachable_note`` ends
+    the error of a call that reached none of them.
     """
 
     def __init__(self, endpoints: Sequence[str], token: str | None, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 ca_file: str | None = None, on_answered: Callable[[str], None] | None = None) -> None:
+                 ca_file: str | None = None, on_answered: Callable[[str], None] | None = None,
+                 unreachable_note: str | None = None) -> None:
         if not endpoints:
             raise ValueError("an API client needs at least one endpoint")
         self.endpoints = list(endpoints)
@@ -95,6 +97,7 @@ class Api:
         self.timeout = timeout
         self.ca_file = ca_file
         self.on_answered = on_answered
+        self.unreachable_note = unreachable_note
         self._http: dict[str, httpx.Client] = {}
 
     @property
@@ -149,7 +152,7 @@ class Api:
             self._answered(endpoint)
             break
         else:
-            raise _unreachable(missed)
+            raise _unreachable(missed, self.unreachable_note)
         if not response.is_success:
             raise _refusal(method, path, response, auth)
         if not response.content:
@@ -193,7 +196,7 @@ class Api:
                 continue
             self._answered(endpoint)
             return connection
-        raise _unreachable(missed)
+        raise _unreachable(missed, self.unreachable_note)
 
     def _send(self, endpoint: str, method: str, path: str, **request: Any) -> httpx.Response:
         http = self._http.get(endpoint)
@@ -237,12 +240,14 @@ class Api:
         return why
 
 
-def _unreachable(missed: list[tuple[str, str]]) -> ClctlError:
+def _unreachable(missed: list[tuple[str, str]], note: str | None) -> ClctlError:
     if len(missed) == 1:
         endpoint, why = missed[0]
-        return ClctlError(f"cannot reach the API at {endpoint}: {why}", EXIT_UNREACHABLE)
-    tried = "; ".join(f"{endpoint}: {why}" for endpoint, why in missed)
-    return ClctlError(f"cannot reach the API at any of its {len(missed)} endpoints ({tried})", EXIT_UNREACHABLE)
+        message = f"cannot reach the API at {endpoint}: {why}"
+    else:
+        tried = "; ".join(f"{endpoint}: {why}" for endpoint, why in missed)
+        message = f"cannot reach the API at any of its {len(missed)} endpoints ({tried})"
+    return ClctlError(f"{message}.\n{note}" if note else message, EXIT_UNREACHABLE)
 
 
 def _error_code(response: httpx.Response) -> Any:

@@ -41,6 +41,9 @@ class Settings:
     token: str | None
     #: the PEM file the API's certificate is checked against; None: the system's CAs
     ca_file: str | None = None
+    #: the file of the login that saved both the endpoints and the token; None when either came
+    #: from an option or the environment
+    login_file: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -108,8 +111,10 @@ def resolve(endpoints: Sequence[str], token: str | None, ca_file: str | None = N
     chosen = given or _saved_endpoints(saved) or (DEFAULT_ENDPOINT,)
     if ca_file is None and set(chosen) <= set(_saved_endpoints(saved)):
         ca_file = saved.get("ca_file")
+    from_login = not given and not token and bool(saved.get("token")) and bool(_saved_endpoints(saved))
     # Absolute, so that the saved path still names the file when clctl runs from elsewhere.
-    return Settings(chosen, token or saved.get("token") or None, os.path.abspath(ca_file) if ca_file else None)
+    return Settings(chosen, token or saved.get("token") or None, os.path.abspath(ca_file) if ca_file else None,
+                    config_file() if from_login else None)
 
 
 def _last_endpoint_file() -> Path:

@@ -22,10 +22,21 @@ from .output import Column, echo_json, print_record, print_table, sort_items
 from .session import api, emit, json_mode, json_option, wait_option
 from .tasks import finish
 
-__all__ = ["Resource"]
+__all__ = ["ALL_ORGS", "Resource", "with_org"]
 
 #: shell completion must answer at once or not at all
 _COMPLETION_TIMEOUT = httpx.Timeout(2.0)
+
+#: ``--all-orgs``, a filter of lists: sent only when given, as the API's ``all_orgs=true``
+ALL_ORGS = click.option("--all-orgs", "all_orgs", is_flag=True,
+                        callback=lambda _ctx, _param, on: True if on else None,
+                        help="Every organization's, not only yours (admins only; the audit log records it).")
+_ORG = Column("ORG", "org_id")
+
+
+def with_org(columns: tuple[Column, ...], all_orgs: bool | None) -> tuple[Column, ...]:
+    """The table's columns, led by the organization's where the rows are of several."""
+    return (_ORG, *columns) if all_orgs else columns
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ class Resource:
             if json_mode(ctx):
                 echo_json({**answer, "items": items})
             else:
-                print_table(self.columns, items)
+                print_table(with_org(self.columns, filters.get("all_orgs")), items)
 
         for option in reversed(options):
             list_ = option(list_)

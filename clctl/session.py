@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -9,7 +10,7 @@ import click
 import httpx
 
 from . import config
-from .client import DEFAULT_TIMEOUT, Api
+from .client import DEFAULT_TIMEOUT, EXIT_UNREACHABLE, Api, ClctlError
 from .output import echo_json
 
 __all__ = ["api", "ca_file_option", "emit", "json_mode", "json_option", "settings", "wait_option"]
@@ -74,7 +75,19 @@ def settings(ctx: click.Context, endpoints: tuple[str, ...] = (), ca_file: str |
 def api(ctx: click.Context, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> Api:
     """A client for this command, closed when the command ends."""
     s = settings(ctx)
+    note = None
+    if s.login_file is not None:
+        # A saved login outlives its cloud (a local one after `make clean`): say so, rather
+        # than leave the user with a refused connection or a missing certificate file.
+        cloud = " or ".join(s.endpoints)
+        whose = f"The token saved by 'clctl login' (in {s.login_file}) belongs to the cloud at {cloud}"
+        todo = "log in to the one you use now: clctl login --endpoint URL [--ca-file FILE]"
+        if s.ca_file is not None and not os.path.exists(s.ca_file):
+            raise ClctlError(f"{whose}, whose certificate file {s.ca_file}, saved with the token, is gone: so is that "
+                             f"cloud, most likely (a local cloud after 'make clean', say); {todo}", EXIT_UNREACHABLE)
+        note = (f"{whose}, which no longer answers there; if that cloud is gone (a local cloud after 'make clean', "
+                f"say), {todo}")
     client = Api(config.answered_last_first(s.endpoints), s.token, timeout, s.ca_file,
-                 on_answered=config.remember_answered)
+                 on_answered=config.remember_answered, unreachable_note=note)
     ctx.call_on_close(client.close)
     return client

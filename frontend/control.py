@@ -17,6 +17,7 @@ Errors come back as {"error": "..."}.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -45,6 +46,8 @@ class ControlServer:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        #: the socket file this server made (device, inode), once bound
+        self._bound: tuple[int, int] | None = None
 
     def start(self) -> None:
         directory = Path(self.path).parent
@@ -55,12 +58,20 @@ class ControlServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(_endpoint(self.path))
         os.chmod(self.path, 0o600)
+        self._bound = _identity(self.path)
         self._thread.start()
         log.info("control_listening", path=self.path)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        # libzmq unlinks an ipc path only in its I/O thread, after the socket's close, which a
+        # frontend ending with os._exit never waits for: a clean stop removes its own file here.
+        # Only its own: a file another process bound there since is left alone.
+        if self._bound is not None and _identity(self.path) == self._bound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+                log.info("control_removed", path=self.path)
 
     def _serve(self) -> None:
         sock = self._sock
@@ -100,6 +111,15 @@ class ControlServer:
         if op == "stats":
             return {"stats": dataclasses.asdict(self.root.stats)}
         raise ValueError(f"unknown control op {op!r}")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file at ``path`` (device and inode), None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

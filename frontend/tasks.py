@@ -11,6 +11,12 @@ top.  Steps already done return their recorded results without acting; a command
 sent but not answered is sent again under the *same* command id, and the hosts' journals
 answer it (or let it finish) instead of running it twice.  So a task finishes or fails
 exactly once, whatever the frontend went through.
+
+A command is sent again with the body it was first sent with, but for what its step's
+``refresh`` renews: a signed link that may have expired while the frontend was down.  The
+hosts' journals know a command by its id alone, never by its body: one that ran or runs is
+answered from its record (the renewed link unused, its download done or under way), and one
+that never arrived runs with the renewed body.
 """
 
 from __future__ import annotations
@@ -117,8 +123,13 @@ class TaskContext:
             return value
 
     def command(self, name: str, op: str, body: dict[str, Any], hosts: list[str],
-                timeout: float = 60.0) -> dict[str, HostResult]:
-        """Send ``op`` to ``hosts`` through the tree and return each host's result."""
+                timeout: float = 60.0,
+                refresh: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, HostResult]:
+        """Send ``op`` to ``hosts`` through the tree and return each host's result.
+
+        ``refresh``: applied to the recorded body of a command sent again, to renew what in it
+        goes stale with time (recorded too, as what was last sent).
+        """
         seq = self._next()
         with self._engine.db.transaction() as session:
             step = self._step(session, seq)
@@ -130,7 +141,10 @@ class TaskContext:
             elif step.status == "done":
                 return {h: HostResult.load(r) for h, r in (step.result or {}).items()}
             else:
-                log.info("task_command_resent", task=self.task_id, cmd=step.cmd_id, op=step.op)
+                if refresh is not None:
+                    step.body = refresh(dict(step.body))
+                log.info("task_command_resent", task=self.task_id, cmd=step.cmd_id, op=step.op,
+                         refreshed=refresh is not None)
             step_id, cmd_id = step.id, str(step.cmd_id)
             op, body, hosts, timeout = str(step.op), dict(step.body), list(step.hosts), float(step.timeout_s or timeout)
         results = self._engine.send(cmd_id, op, body, hosts, timeout)

@@ -6,10 +6,18 @@
 #
 # Idempotent, and costs nothing on a prepared machine: packages are only installed when
 # dpkg-query says they are missing, and the configuration edits are no-ops once made.
+#
+# Another apt or dpkg run (an unattended upgrade, another engineer's install) holds dpkg's
+# locks: this script waits up to ENSURE_LIBVIRT_LOCK_WAIT_S seconds (default 600) for it,
+# saying so, then fails naming the process that holds them.
 set -eu
 
-PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev
+# libvirt-clients: virsh, which every operator reaches for on a hypervisor.
+PACKAGES="qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
 pkg-config gcc python3-dev busybox-static genisoimage dnsmasq-base iproute2 util-linux procps iptables nftables"
+LOCK_WAIT_S=${ENSURE_LIBVIRT_LOCK_WAIT_S:-600}
+# What apt-get update and install lock; dpkg's are fcntl locks, which flock(1) cannot see.
+PACKAGE_LOCKS="/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -34,10 +42,37 @@ if [ -n "$missing" ]; then
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     export DEBIAN_FRONTEND=noninteractive
+
+    # The pid of a process holding one of PACKAGE_LOCKS; empty if none does (util-linux's
+    # lslocks, which Debian always has, reads /proc/locks).
+    lock_holder() {
+        lslocks --noheadings --raw --output PID,PATH 2>/dev/null | while read -r pid path; do
+            case " $PACKAGE_LOCKS " in *" $path "*) echo "$pid"; break ;; esac
+        done
+    }
+    wait_for_package_locks() {
+        waited=0
+        while holder=$(lock_holder) && [ -n "$holder" ]; do
+            what="pid $holder, $(cat "/proc/$holder/comm" 2>/dev/null || echo gone)"
+            if [ "$waited" -ge "$LOCK_WAIT_S" ]; then
+                echo "ensure-libvirt: another apt/dpkg run ($what) still holds dpkg's lock after" \
+                    "${LOCK_WAIT_S}s; let it finish, then run this again" >&2
+                exit 1
+            fi
+            [ "$waited" -gt 0 ] || echo "ensure-libvirt: waiting up to ${LOCK_WAIT_S}s for another" \
+                "apt/dpkg run ($what) to release dpkg's lock" >&2
+            sleep 2
+            waited=$((waited + 2))
+        done
+    }
+    # DPkg::Lock::Timeout: apt waits too, for a run that starts between our look and its own.
     # shellcheck disable=SC2086
-    apt_install() { apt-get install -y --no-install-recommends $missing; }
+    apt_install() {
+        wait_for_package_locks
+        apt-get -o DPkg::Lock::Timeout="$LOCK_WAIT_S" install -y --no-install-recommends $missing
+    }
     # Try the existing package lists first: apt-get update is slow and usually unnecessary.
-    apt_install || { apt-get update && apt_install; }
+    apt_install || { wait_for_package_locks && apt-get update && apt_install; }
 fi
 
 [ "$(id -u)" -eq 0 ] || exit 0

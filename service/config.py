@@ -160,13 +160,20 @@ class ComputeSection:
     instances_dir: str = ""
     #: the libvirt storage pool's directory (overlays, volumes); empty: <data_dir>/pool
     pool_dir: str = ""
-    #: kernel command line for images that boot a kernel directly
-    cmdline: str = "console=ttyS0"
+    #: kernel command line for images that boot a kernel directly.  no_timer_check: a guest's
+    #: kernel otherwise panics at boot ("IO-APIC + timer doesn't work") when its vCPU is not run
+    #: during the few loops it gives the timer, which happens on any busy, overcommitted host;
+    #: the check is for miswired boards, and a hypervisor's emulated timer always works.
+    cmdline: str = "console=ttyS0 no_timer_check"
     #: seconds a graceful (ACPI) shutdown may take before the instance is powered off
     stop_timeout_s: float = 60.0
     #: PEM file of the CA (or self-signed certificate) that the frontend's API is trusted by, for
     #: image downloads; empty: the system's CAs
     frontend_ca_file: str = ""
+    #: days a cached image no instance here uses is kept after its last launch here; 0: no age limit
+    image_cache_max_age_days: float = 7.0
+    #: GB the image cache may hold (images instances use count, but are never evicted); 0: no limit
+    image_cache_max_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -350,6 +357,12 @@ def _check_compute(compute: ComputeSection, where: str) -> None:
         raise ConfigError(f"{where}: compute.uri: must be a libvirt URI like qemu:///system (got {compute.uri!r})")
     if not 0 <= compute.stop_timeout_s <= 3600:
         raise ConfigError(f"{where}: compute.stop_timeout_s: must be between 0 and 3600 (got {compute.stop_timeout_s})")
+    if not 0 <= compute.image_cache_max_age_days <= 36500:
+        raise ConfigError(f"{where}: compute.image_cache_max_age_days: must be between 0 (no age limit) and 36500 "
+                          f"(got {compute.image_cache_max_age_days:g})")
+    if not 0 <= compute.image_cache_max_gb <= 1_000_000:
+        raise ConfigError(f"{where}: compute.image_cache_max_gb: must be between 0 (no limit) and 1000000 "
+                          f"(got {compute.image_cache_max_gb:g})")
 
 
 _NAMESPACE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")

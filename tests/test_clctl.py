@@ -388,6 +388,44 @@ def test_unreachable_endpoint_exits_3() -> None:
     result = invoke("--endpoint", f"http://127.0.0.1:{port}", "--token", "t", "flavor", "list")
     assert result.exit_code == 3
     assert f"cannot reach the API at http://127.0.0.1:{port}" in result.stderr and "Traceback" not in result.output
+    assert "saved by 'clctl login'" not in result.stderr  # the token was not the saved one
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on: bind one, then let it go
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_saved_login_whose_cloud_is_gone_says_so(home: Path) -> None:
+    """After `make clean` the saved token's cloud answers no more: clctl says whose token it is and what to do."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    path = config_path(home)
+    path.parent.mkdir(parents=True)
+    path.write_text(f"endpoint: {endpoint}\ntoken: t\n")
+    result = invoke("flavor", "list")
+    assert result.exit_code == 3
+    assert f"cannot reach the API at {endpoint}" in result.stderr
+    assert (f"The token saved by 'clctl login' (in {path}) belongs to the cloud at {endpoint}, which no longer "
+            "answers there") in " ".join(result.stderr.split())
+    assert "clctl login --endpoint URL" in result.stderr
+    # A token given in the environment is not the saved login's: only the connection error.
+    result = invoke("flavor", "list", env={"CLOUDLAND_TOKEN": "other"})
+    assert result.exit_code == 3 and "saved by 'clctl login'" not in result.stderr
+
+
+def test_a_saved_login_whose_ca_file_is_gone_says_so(home: Path, tmp_path: Path) -> None:
+    """`make clean` takes the cloud's generated certificate with it: that, too, means the saved token's cloud is gone."""
+    gone = tmp_path / "run" / "frontend" / "tls" / "api.crt"
+    path = config_path(home)
+    path.parent.mkdir(parents=True)
+    path.write_text(f"endpoint: https://127.0.0.1:{_closed_port()}\ntoken: t\nca_file: {gone}\n")
+    result = invoke("flavor", "list")
+    assert result.exit_code == 3
+    message = " ".join(result.stderr.split())
+    assert f"The token saved by 'clctl login' (in {path}) belongs to the cloud at https://127.0.0.1:" in message
+    assert f"whose certificate file {gone}, saved with the token, is gone: so is that cloud, most likely" in message
+    assert "clctl login --endpoint URL" in message
 
 
 def test_unusable_endpoint_and_config(home: Path) -> None:

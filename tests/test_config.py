@@ -128,6 +128,12 @@ BACKEND_CASES = [
     ("frontend-wrong-type", "frontend: 7700\n", "frontend: must be an endpoint or a list of endpoints (got 7700)"),
     ("frontend-empty-list", "frontend: []\n", "frontend: must be an endpoint or a list of endpoints (got [])"),
     ("frontend-twice", "frontend: [tcp://a:7700, tcp://a:7700]\n", "frontend: lists an endpoint twice"),
+    ("cache-age-negative", "compute:\n  image_cache_max_age_days: -1\n",
+     "compute.image_cache_max_age_days: must be between 0 (no age limit) and 36500 (got -1)"),
+    ("cache-age-wrong-type", "compute:\n  image_cache_max_age_days: a week\n",
+     "compute.image_cache_max_age_days: must be a number (got 'a week')"),
+    ("cache-size-negative", "compute:\n  image_cache_max_gb: -0.5\n",
+     "compute.image_cache_max_gb: must be between 0 (no limit) and 1000000 (got -0.5)"),
 ]
 
 

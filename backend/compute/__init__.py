@@ -9,7 +9,8 @@ section.  The modules, each with one job:
   that crashes or stops by itself is told to the frontend at once, as an ``instance.power`` notice);
 - ``liveconsole``: live serial consoles, their output sent up as notices;
 - ``domain``, ``storagexml``: the XML libvirt is given;  ``seed``: the cloud-init NoCloud ISO;
-- ``imagecache``: image files fetched once per host;  ``kvm``: kvm or qemu domains;
+- ``imagecache``: image files fetched once per host;  ``eviction``: when they go, and what keeps them;
+- ``kvm``: kvm or qemu domains;
 - ``exceptions``: the errors, and the mapping of libvirt's error codes to them.
 """
 
@@ -27,7 +28,8 @@ from . import kvm
 from .domainevents import DomainChange, DomainEvents
 from .driver import POWER_NOTICE, ComputeDriver, DriverSettings, power_notice
 from .hypervisor import Hypervisor
-from .imagecache import ImageCache
+from .eviction import Sweeper
+from .imagecache import CacheLimits, ImageCache
 from .liveconsole import LiveConsoles
 from .ops import ops
 
@@ -47,11 +49,17 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
         instances_dir=Path(section.instances_dir) if section.instances_dir else data_dir / "instances",
         domain_type=kvm.resolve(section.domain_type), cmdline=section.cmdline,
         stop_timeout_s=section.stop_timeout_s)
-    images = ImageCache(data_dir / "images", verify=_frontend_trust(section.frontend_ca_file))
+    limits = CacheLimits(max_age_s=section.image_cache_max_age_days * 86400,
+                         max_bytes=int(section.image_cache_max_gb * 1e9))
+    images = ImageCache(data_dir / "images", verify=_frontend_trust(section.frontend_ca_file), limits=limits)
+    sweeper = Sweeper(images, hypervisor.pool_dir, hypervisor.files_in_use)
+    images.on_download = sweeper.wake
     driver = ComputeDriver(hypervisor, images, settings)
     consoles = LiveConsoles(driver.open_console, registry.notify)
     for op in ops(driver, consoles):
         registry.register(op)
+    sweeper.start()
+    registry.on_close(sweeper.stop)
     registry.on_close(images.close)
     registry.on_close(hypervisor.close)
     registry.on_close(consoles.stop)
@@ -63,7 +71,8 @@ def register(registry: OpRegistry, config: BackendConfig) -> None:
     events.start()
     registry.on_close(events.stop)
     log.info("compute_driver_registered", uri=section.uri, domain_type=settings.domain_type,
-             pool_dir=str(hypervisor.pool_dir), instances_dir=str(settings.instances_dir))
+             pool_dir=str(hypervisor.pool_dir), instances_dir=str(settings.instances_dir),
+             image_cache_max_age_s=limits.max_age_s, image_cache_max_bytes=limits.max_bytes)
 
 
 def _frontend_trust(ca_file: str) -> ssl.SSLContext | bool:

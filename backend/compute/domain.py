@@ -202,6 +202,14 @@ def files_used(xml: str) -> set[Path]:
     return {Path(source.get("file", "")) for source in root.iterfind("devices/disk//source") if source.get("file")}
 
 
+def boot_files(xml: str) -> set[Path]:
+    """The kernel and initrd the domain boots directly, if it does."""
+    os_ = ET.fromstring(xml).find("os")
+    if os_ is None:
+        return set()
+    return {Path(text) for tag in ("kernel", "initrd") if (text := os_.findtext(tag))}
+
+
 def moved_disk(xml: str, old: Path, new: Path) -> str:
     """``xml`` (a domain's inactive XML) with the disk on file ``old`` on file ``new``, and no backing chain."""
     root = ET.fromstring(xml)

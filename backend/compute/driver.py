@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import structlog
 
+from service.config import ComputeSection
+
 from . import domain, qemuimg, seed
 from .domain import DirectBoot, Disk, DomainSpec, DomainType, Nic
 from .domainevents import DomainChange
@@ -97,7 +99,7 @@ class DriverSettings:
     instances_dir: Path
     domain_type: DomainType
     #: kernel command line for instances booted from a kernel and initrd
-    cmdline: str = "console=ttyS0"
+    cmdline: str = ComputeSection.cmdline
     #: how long stop (without its own timeout) and resize let the guest shut down before powering off
     stop_timeout_s: float = 60.0
     #: the graceful part of a reboot: short, a reboot must not hang on a guest that ignores ACPI
@@ -180,6 +182,13 @@ class ComputeDriver:
         instance_id = spec.instance_id
         if len(spec.volume_ids) > len(_VOLUME_TARGETS):
             raise BadRequest(f"instance {instance_id}: at most {len(_VOLUME_TARGETS)} volumes can be attached")
+        # Until the overlay and the definition name them, only the pin keeps the files from eviction.
+        files = [f.id for f in (spec.image, spec.kernel, spec.initrd) if f is not None]
+        with self._images.pinned(files):
+            self._build_pinned(spec)
+
+    def _build_pinned(self, spec: InstanceSpec) -> None:
+        instance_id = spec.instance_id
         image = self._fetch(spec.image)
         # An overlay smaller than its image would cut off the end of the guest's file system.
         needed = self._images.virtual_size(spec.image.id, spec.image.format)

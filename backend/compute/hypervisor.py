@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 import libvirt
 import structlog
 
-from .domain import METADATA_NS, Disk, DiskFormat, disk_snapshot_xml, disk_xml, files_used, metadata_host, parse
+from .domain import (METADATA_NS, Disk, DiskFormat, boot_files, disk_snapshot_xml, disk_xml, files_used, metadata_host,
+                     parse)
 from .exceptions import HypervisorError, NotFound, from_libvirt
 from .storagexml import pool_path, pool_xml, volume_xml
 
@@ -353,18 +354,30 @@ class Hypervisor:
 
     def disk_users(self, path: Path) -> list[str]:
         """Every domain, ours or not, reading ``path`` (as a disk or under one) now or at its next start."""
-        users = []
         with _mapped("list domains"):
-            for domain in self._connection().listAllDomains(0):
-                try:
-                    xmls = {domain.XMLDesc(0), domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)}
-                except libvirt.libvirtError as exc:
-                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                        continue
-                    raise
-                if any(path in files_used(xml) for xml in xmls):
-                    users.append(str(domain.name()))
-        return users
+            return [str(domain.name()) for domain, xmls in self._domain_xmls()
+                    if any(path in files_used(xml) for xml in xmls)]
+
+    def files_in_use(self) -> set[Path]:
+        """Every file a domain, ours or not, reads now or at its next start: its disks (with the chains
+        under them where libvirt shows them) and the kernel and initrd it boots."""
+        files: set[Path] = set()
+        with _mapped("list domains"):
+            for _domain, xmls in self._domain_xmls():
+                for xml in xmls:
+                    files |= files_used(xml) | boot_files(xml)
+        return files
+
+    def _domain_xmls(self) -> Iterator[tuple[Any, set[str]]]:
+        """Every domain with its XML as it runs and as it will next start (one gone meanwhile is skipped)."""
+        for domain in self._connection().listAllDomains(0):
+            try:
+                xmls = {domain.XMLDesc(0), domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)}
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise
+            yield domain, xmls
 
     def attach_disk(self, name: str, disk: Disk, live: bool) -> None:
         """Add ``disk`` to the definition and, if ``live``, to the running guest."""

@@ -4,18 +4,27 @@ images made here (from an instance's disk) sent to the frontend.
 Instances' root disks are qcow2 overlays over these files, so many instances share one
 download.  A file is fetched from the frontend over the spec's signed link into a temporary
 file, hashed as it streams, and renamed into place only once its sha256 is the spec's: a
-cached file is always a whole, verified one, and is never fetched again.  An image made here
-streams to the frontend over a signed upload link, hashed as it goes.
+cached file is always a whole, verified one, and is never fetched again while it is cached.
+An image made here streams to the frontend over a signed upload link, hashed as it goes.
+
+Cached files no instance uses are evicted by age and by the cache's size (``evict``, called by
+``eviction.Sweeper``).  A file's mtime is its last use: set by its download, and again by each
+launch that finds it cached.  A launch pins its files from before it looks for them until its
+instance reads them (``pinned``), so no eviction takes a file from under a launch.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import os
 import ssl
 import struct
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Collection, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -28,7 +37,7 @@ from .domain import DiskFormat
 from .exceptions import ImageError
 from .locks import KeyedLocks
 
-__all__ = ["ImageCache", "Sent"]
+__all__ = ["CacheLimits", "ImageCache", "Sent"]
 
 log = structlog.get_logger("backend.compute")
 
@@ -49,10 +58,27 @@ class Sent:
     size_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class CacheLimits:
+    """When a cached file no instance uses goes (``compute.image_cache_*``); 0: no such limit."""
+
+    #: seconds after its last use
+    max_age_s: float = 0.0
+    #: the bytes of every cached file together, beyond which the least recently used go
+    max_bytes: int = 0
+
+
 class ImageCache:
-    def __init__(self, root: Path, timeout_s: float = 60.0, verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(self, root: Path, timeout_s: float = 60.0, verify: ssl.SSLContext | bool = True,
+                 limits: CacheLimits = CacheLimits()) -> None:
         """``verify``: what the frontend's certificate is checked against (True: the system's CAs)."""
         self.root = root
+        self.limits = limits
+        #: told of each image downloaded (the cache grew: time to look at its size)
+        self.on_download: Callable[[], None] | None = None
+        self._pins: collections.Counter[str] = collections.Counter()
+        #: pins change, and evictions check them and remove a file, under it: one or the other comes first
+        self._pin_guard = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
         # What a killed backend left half-downloaded; no download runs yet, so all of it is stale.
         for part in self.root.glob(".*.part"):
@@ -76,9 +102,66 @@ class ImageCache:
         """
         final = self.path(image_id)
         with self._locks.hold(image_id):
-            if not final.exists():
+            try:
+                os.utime(final)  # its last use, which eviction goes by
+            except FileNotFoundError:
                 self._download(image_id, url, sha256.lower(), fmt, final)
+                if self.on_download is not None:
+                    self.on_download()
+            except OSError as exc:
+                raise ImageError(f"image {image_id}: cannot use {final}: {exc}") from exc
         return final
+
+    @contextlib.contextmanager
+    def pinned(self, image_ids: Collection[str]) -> Iterator[None]:
+        """Keep ``image_ids`` from eviction meanwhile: hold it from before ``ensure`` until an
+        instance reads the files (its overlay and definition exist)."""
+        with self._pin_guard:
+            self._pins.update(image_ids)
+        try:
+            yield
+        finally:
+            with self._pin_guard:
+                self._pins.subtract(image_ids)
+                self._pins += collections.Counter()  # drops the zeros
+
+    def evict(self, in_use: Set[Path]) -> list[str]:
+        """Remove the cached files that ``limits`` say go and that no instance uses (``in_use``: the
+        files this host's instances read) nor any launch pins; their ids, least recently used first.
+
+        Downloads under way write to hidden temporary files, which are neither counted nor touched.
+        """
+        max_age_s, max_bytes = self.limits.max_age_s, self.limits.max_bytes
+        if not max_age_s and not max_bytes:
+            return []
+        cached = []
+        for path in self.root.iterdir():
+            if path.name.startswith("."):
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            cached.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in cached)
+        used = {Path(os.path.realpath(p)) for p in in_use}
+        now = time.time()
+        evicted = []
+        for mtime, size, path in sorted(cached):
+            too_old = bool(max_age_s) and now - mtime > max_age_s
+            too_big = bool(max_bytes) and total > max_bytes
+            if not (too_old or too_big) or Path(os.path.realpath(path)) in used:
+                continue
+            with self._pin_guard:
+                # A launch since the look (its mtime moved) may have made an instance ``in_use`` misses.
+                if self._pins[path.name] or _mtime(path) != mtime:
+                    continue
+                path.unlink()
+            total -= size
+            evicted.append(path.name)
+            log.info("image_evicted", image=path.name, bytes=size, unused_s=round(now - mtime),
+                     reason="age" if too_old else "size", cache_bytes=total)
+        return evicted
 
     def virtual_size(self, image_id: str, fmt: DiskFormat) -> int:
         """The size of the disk a cached image is: its qcow2 header's virtual size, or its raw length."""
@@ -173,6 +256,13 @@ class ImageCache:
             raise
         log.info("image_downloaded", image=image_id, source=source, bytes=size,
                  seconds=round(time.monotonic() - started, 3))
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _reason(response: httpx.Response) -> str:

@@ -25,7 +25,7 @@ def group() -> None:
 AUDIT.add_list(
     group,
     click.option("--user", metavar="NAME", help="Only calls by this user (a name or an id)."),
-    click.option("--method", type=click.Choice(["POST", "PUT", "PATCH", "DELETE"], case_sensitive=False)),
+    click.option("--method", type=click.Choice(["GET", "POST", "PUT", "PATCH", "DELETE", "WS"], case_sensitive=False)),
     click.option("--status", type=click.IntRange(100, 599), help="Only calls answered with this HTTP status."),
     click.option("--since", type=SINCE, metavar="TIME",
                  help="Only calls since an ISO time (UTC unless it says) or an age: 30s, 15m, 2h, 7d."),

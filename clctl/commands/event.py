@@ -10,7 +10,7 @@ import click
 
 from ..output import Column, echo_json, print_table, when
 from ..params import SINCE
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource, with_org
 from ..session import api, json_mode, json_option
 
 __all__ = ["group"]
@@ -38,22 +38,25 @@ FOLLOW_PAGE = 1000
 
 @group.command("list")
 @click.option("--kind", help="Only events of this kind (a prefix: drift matches drift.vanished).")
-@click.option("--host", help="Only events about this host.")
+@click.option("--host", help="Only events about this host (tenants: by the alias they are shown).")
 @click.option("--since", type=SINCE, metavar="TIME",
               help="Only events since an ISO time (UTC unless it says) or an age: 30s, 15m, 2h, 7d.")
 @click.option("--follow", is_flag=True, help="Keep printing new events as they happen, until Ctrl-C.")
+@ALL_ORGS
 @json_option
 @click.pass_context
-def list_(ctx: click.Context, kind: str | None, host: str | None, since: str | None, follow: bool) -> None:
+def list_(ctx: click.Context, kind: str | None, host: str | None, since: str | None, follow: bool,
+          all_orgs: bool | None) -> None:
     """List events, oldest first (with --json and --follow: one JSON object per line)."""
     client = api(ctx)
-    filters: dict[str, Any] = {"kind": kind, "host": host, "since": since}
+    columns = with_org(EVENT.columns, all_orgs)
+    filters: dict[str, Any] = {"kind": kind, "host": host, "since": since, "all_orgs": all_orgs}
     events = list(reversed(client.get(EVENT.path(), params=filters)["items"]))
     if not follow:
         if json_mode(ctx):
             echo_json({"items": events})
         else:
-            print_table(EVENT.columns, events)
+            print_table(columns, events)
         return
     seen: set[str] = set()
     while True:
@@ -62,7 +65,7 @@ def list_(ctx: click.Context, kind: str | None, host: str | None, since: str | N
             if json_mode(ctx):
                 click.echo(json.dumps(event))
             else:
-                click.echo("  ".join(column.cell(event) for column in EVENT.columns))
+                click.echo("  ".join(column.cell(event) for column in columns))
         seen.update(e["id"] for e in fresh)
         if events:
             # Inclusive, so events of the same instant as the last one are not missed; ``seen`` drops repeats.

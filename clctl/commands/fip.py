@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..output import Column, either
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, json_option, wait_option
 
 __all__ = ["group"]
@@ -58,4 +58,4 @@ def disassociate(ctx: click.Context, ref: str, wait: bool) -> None:
     FIP.finish(ctx, client, client.patch(FIP.path(ref), {"port": None}), wait)
 
 
-FIP.add_common(group, asynchronous=True)
+FIP.add_common(group, ALL_ORGS, asynchronous=True)

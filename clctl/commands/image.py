@@ -11,7 +11,7 @@ import httpx
 
 from ..client import Api, url
 from ..output import Column, ProgressLine, size, when
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, json_option, wait_option
 
 __all__ = ["group"]
@@ -96,4 +96,4 @@ def upload(ctx: click.Context, ref: str, path: Path, wait: bool) -> None:
     IMAGE.finish(ctx, client, _upload(client, ref, path), wait)
 
 
-IMAGE.add_common(group)
+IMAGE.add_common(group, ALL_ORGS)

@@ -11,7 +11,7 @@ import click
 from .. import liveconsole
 from ..output import Column, when
 from ..params import NIC
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, emit, json_option, wait_option
 from .image import IMAGE
 
@@ -148,4 +148,4 @@ def console(ctx: click.Context, ref: str, size: int, attach: bool, watch: bool) 
     emit(ctx, answer, human)
 
 
-INSTANCE.add_common(group, asynchronous=True)
+INSTANCE.add_common(group, ALL_ORGS, asynchronous=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..output import Column, when
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, json_option, wait_option
 
 __all__ = ["group"]
@@ -33,4 +33,4 @@ def create(ctx: click.Context, name: str, external: bool, wait: bool) -> None:
     NETWORK.finish(ctx, client, client.post(NETWORK.path(), {"name": name, "external": external}), wait)
 
 
-NETWORK.add_common(group, asynchronous=True)
+NETWORK.add_common(group, ALL_ORGS, asynchronous=True)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..output import Column, either
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, json_option, wait_option
 
 __all__ = ["group"]
@@ -44,4 +44,4 @@ def create(ctx: click.Context, network: str | None, subnet: str | None, ip: str 
     PORT.finish(ctx, client, client.post(PORT.path(), body), wait)
 
 
-PORT.add_common(group, asynchronous=True)
+PORT.add_common(group, ALL_ORGS, asynchronous=True)

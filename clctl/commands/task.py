@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..output import Column, when
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, emit, json_option
 from ..tasks import print_task
 
@@ -30,7 +30,7 @@ def group() -> None:
 
 
 TASK.add_list(group, click.option("--resource", metavar="ID", help="Only tasks on this resource."),
-              click.option("--status", type=click.Choice(["pending", "running", "succeeded", "failed"])))
+              click.option("--status", type=click.Choice(["pending", "running", "succeeded", "failed"])), ALL_ORGS)
 
 
 @group.command()

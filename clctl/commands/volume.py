@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..output import Column, either, when
-from ..resource import Resource
+from ..resource import ALL_ORGS, Resource
 from ..session import api, json_option, wait_option
 
 __all__ = ["group"]
@@ -73,4 +73,4 @@ def detach(ctx: click.Context, ref: str, wait: bool) -> None:
     VOLUME.finish(ctx, client, client.post(VOLUME.path(ref, "detach")), wait)
 
 
-VOLUME.add_common(group, asynchronous=True)
+VOLUME.add_common(group, ALL_ORGS, asynchronous=True)

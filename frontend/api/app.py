@@ -20,6 +20,7 @@ from .audit import AuditLog
 from .bodylimit import BodyLimit
 from .refusals import ApiApp
 from .routes.images import STREAMED_UPLOAD
+from .swaggerui import mount_docs
 
 __all__ = ["create_app"]
 
@@ -28,7 +29,10 @@ log = structlog.get_logger("frontend.api")
 DESCRIPTION = """
 cloudland's REST API.  Every path is under `/v1`; every call but `POST /v1/tokens` needs
 `Authorization: Bearer <token>`.  Every query is scoped to the caller's organization: another
-organization's resources answer 404, exactly like ids that do not exist.
+organization's resources answer 404, exactly like ids that do not exist.  Admins may ask the
+lists an operator needs (instances, volumes, networks, ports, floating IPs, images, events,
+tasks) for every organization's with `all_orgs=true`; anyone else is refused (403, field
+`all_orgs`), and each such view is recorded in the audit log.
 
 Errors are JSON: `{"error": {"code", "message", "field", "reason"}}` with `code` one of
 `invalid` (422), `unauthenticated` (401), `forbidden` (403), `not_found` (404), `conflict` (409),
@@ -40,7 +44,7 @@ Request bodies are limited in size (1 MiB unless the operator says otherwise; im
 their own limit).  Logins are rate-limited per client address and, when they fail, per user name;
 calls with a token are rate-limited per token.  A `429` carries `Retry-After`: the seconds to
 wait.  Every `POST`, `PUT`, `PATCH` and `DELETE` (refused ones too) is recorded in the audit log,
-which admins read at `GET /v1/audit`.
+which admins read at `GET /v1/audit`, and so is every `GET` with `all_orgs=true`.
 
 Long operations answer `202 Accepted` with a task; follow it at `GET /v1/tasks/{id}` until its
 status is `succeeded` or `failed`.
@@ -56,7 +60,7 @@ def _field(loc: tuple[Any, ...]) -> str | None:
 
 
 def create_app(frontend: Frontend) -> FastAPI:
-    app = ApiApp(title="cloudland", version="1", description=DESCRIPTION, docs_url="/docs", redoc_url=None)
+    app = ApiApp(title="cloudland", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None)
     app.state.frontend = frontend
 
     @app.exception_handler(ApiError)
@@ -125,5 +129,6 @@ def create_app(frontend: Frontend) -> FastAPI:
     for router in routes.ALL:
         app.include_router(router)
     app.include_router(health.router)
+    mount_docs(app)
     app.mount(CONSOLE_PATH, create_console(app))
     return app

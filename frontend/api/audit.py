@@ -1,6 +1,8 @@
 """The audit log: one row for every mutating call under ``/v1``, written once its answer is known,
-and one for every WebSocket opened (method ``WS``: a live console, from the API or the web
-console), written when it is accepted or refused.
+one for every WebSocket opened (method ``WS``: a live console, from the API or the web
+console), written when it is accepted or refused, and one for every read that asks for a view
+the log must show (``audit_view``: an admin's view of every organization), its route followed by
+that view (``/v1/instances?all_orgs=true``).
 
 Who called (the authenticated caller, set by ``deps``, or what ``identify`` named), from where,
 what they asked for (method, route template, the resource in the path), when, how it ended
@@ -30,13 +32,15 @@ from ..leadership import holder_id
 from ..services import Frontend
 from .schemas import V1
 
-__all__ = ["Actor", "AuditLog", "identify"]
+__all__ = ["Actor", "AuditLog", "audit_view", "identify"]
 
 log = structlog.get_logger("frontend.api")
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 #: error bodies are small; a longer one is not parsed for its code
 _ERROR_BODY_MAX = 16 * 1024
+#: where a read's request state names the view that has it recorded
+_VIEW = "audit_view"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,11 @@ class Actor:
 def identify(request: Request, actor: Actor) -> None:
     """Name who the call is recorded as, where no token says it (a login)."""
     request.state.audit_actor = actor
+
+
+def audit_view(request: Request, view: str) -> None:
+    """Have this read recorded too, as its route followed by ``?view``."""
+    setattr(request.state, _VIEW, view)
 
 
 @dataclass
@@ -68,7 +77,8 @@ class _Answer:
 
 
 class AuditLog:
-    """ASGI middleware: after each POST, PUT, PATCH or DELETE under /v1, a row in the audit log."""
+    """ASGI middleware: after each POST, PUT, PATCH or DELETE under /v1, and each read given an
+    ``audit_view``, a row in the audit log."""
 
     def __init__(self, app: ASGIApp, frontend: Frontend) -> None:
         self.app = app
@@ -80,7 +90,7 @@ class AuditLog:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
-        if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith(V1 + "/"):
+        if scope["type"] != "http" or not scope["path"].startswith(V1 + "/"):
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
@@ -105,10 +115,11 @@ class AuditLog:
             crashed = answer.status is None
             raise
         finally:
-            record = _record(scope, received_at, 500 if crashed else answer.status or 500,
-                             "internal" if crashed else answer.error_code(), self.served_by)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._write, record)
+            if scope["method"] in MUTATING or scope["state"].get(_VIEW):
+                record = _record(scope, received_at, 500 if crashed else answer.status or 500,
+                                 "internal" if crashed else answer.error_code(), self.served_by)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._write, record)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})
@@ -158,7 +169,9 @@ def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | No
             served_by: str, method: str | None = None) -> dict[str, Any]:
     state = scope.get("state", {})
     who = state.get("audit_actor") or state.get("caller")
-    route = getattr(scope.get("route"), "path", None)
+    route = getattr(scope.get("route"), "path", None) or scope["path"]
+    if view := state.get(_VIEW):
+        route += f"?{view}"
     params = scope.get("path_params") or {}
     client = scope.get("client")
     return {
@@ -168,7 +181,7 @@ def _record(scope: Scope, received_at: dt.datetime, status: int, error: str | No
         "org_id": who.org_id if who else None,
         "source": client[0][:64] if client else None,
         "method": method or scope["method"],
-        "route": (route or scope["path"])[:255],
+        "route": route[:255],
         "resource_id": str(list(params.values())[-1])[:64] if params else None,
         "status": status,
         "error": error,

@@ -20,9 +20,13 @@ __all__ = ["find", "find_org", "find_zone", "get_owned", "owned", "unique_name"]
 M = TypeVar("M")
 
 
-def owned(model: type[M], caller: Caller, shared: bool = False) -> Select[M]:
-    """SELECT of the caller's rows of ``model``; with ``shared``, public rows of other organizations too."""
+def owned(model: type[M], caller: Caller, shared: bool = False, all_orgs: bool = False) -> Select[M]:
+    """SELECT of the caller's rows of ``model``; with ``shared``, public rows of other organizations too;
+    with ``all_orgs`` (an admin's view, which ``allorgs`` allowed), every organization's."""
     query = select(model)
+    if all_orgs:
+        assert caller.is_admin, "only an admin may see every organization's rows"
+        return query
     col = model.org_id  # type: ignore[attr-defined]
     if shared:
         return query.where(or_(col == caller.org_id, model.public.is_(True)))  # type: ignore[attr-defined]
@@ -42,13 +46,13 @@ def get_owned(session: Session, model: type[M], ident: str, caller: Caller, kind
 
 
 def find(session: Session, model: type[M], ref: str, caller: Caller, kind: str, field: str | None = None,
-         shared: bool = False) -> M:
+         shared: bool = False, all_orgs: bool = False) -> M:
     """The row named by ``ref`` (an id or a name) among those the caller may see; else 404.
 
-    The caller's own rows win over shared ones of the same name; two shared rows with one name
-    are ambiguous and must be named by id.
+    The caller's own rows win over shared ones (or, with ``all_orgs``, other organizations') of the
+    same name; two others with one name are ambiguous and must be named by id.
     """
-    query = owned(model, caller, shared)
+    query = owned(model, caller, shared, all_orgs)
     by_id = session.execute(query.where(model.id == ref)).scalar_one_or_none()  # type: ignore[attr-defined]
     if by_id is not None:
         return by_id

@@ -43,9 +43,10 @@ class ImageFromInstance:
     def run(self, ctx: TaskContext, task: Task) -> None:
         image_id, iid = task.resource_id, task.params["instance_id"]
         host = self._host(iid)
-        # Built anew on a replay, but a command already journalled is resent with the body it had.
         body = {"instance_id": iid, "image_id": image_id, "url": self.links.upload_url(image_id, UPLOAD_LINK_TTL_S)}
-        result = ctx.command("image", INSTANCE_IMAGE, body, [host], timeout=COPY_TIMEOUT)[host]
+        # Resent after a frontend outage, the recorded link may have expired: a new one goes instead.
+        result = ctx.command("image", INSTANCE_IMAGE, body, [host], timeout=COPY_TIMEOUT,
+                             refresh=lambda recorded: {**recorded, "url": body["url"]})[host]
         if not result.ok:
             raise TaskFailed(f"{mention(host)}: {result.describe()}")
         sent = result.payload.get("checksum") if isinstance(result.payload, dict) else None

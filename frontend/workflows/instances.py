@@ -71,7 +71,8 @@ class Launch(_Base):
                 raise TaskFailed(why)
             host = placed["name"]
             result = ctx.command(f"launch.{attempt}", INSTANCE_CREATE, self._spec(iid), [host],
-                                 timeout=settings.launch_timeout_s)[host]
+                                 timeout=settings.launch_timeout_s,
+                                 refresh=lambda recorded: relinked(recorded, self.links))[host]
             networks = self._networks(iid)
             if result.ok:
                 # Its host plugs its ports; its networks' other hosts learn where they are.
@@ -138,6 +139,17 @@ class Launch(_Base):
         if instance is not None:
             self._release(session, instance.id)
             instance.status, instance.fault = "error", reason
+
+
+def relinked(body: dict[str, Any], links: ImageLinks) -> dict[str, Any]:
+    """``body``, a launch's recorded command, with a new signed link to each of its files: sent again
+    after a long frontend outage, the links it had may have expired (their ttl covers one launch,
+    not an outage).  The rest stays as recorded."""
+    spec = dict(body["instance"])
+    for key in ("image", "kernel", "initrd"):
+        if spec.get(key) is not None:
+            spec[key] = {**spec[key], "url": links.url(spec[key]["id"])}
+    return {**body, "instance": spec}
 
 
 def _push_members(ctx: TaskContext, groups: list[str]) -> None:

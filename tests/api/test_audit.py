@@ -98,7 +98,7 @@ def test_filters_and_limit(admin: Api) -> None:
     latest = _last(admin)["created_at"]
     assert [r["created_at"] for r in _audit(admin, since=latest)] == [latest]
     assert _audit(admin, since=(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()) == []
-    for bad in ({"method": "GET"}, {"status": 42}, {"limit": 0}):
+    for bad in ({"method": "HEAD"}, {"status": 42}, {"limit": 0}):
         response = admin.get("/v1/audit", params=bad)
         assert response.status_code == 422, bad
 

@@ -7,10 +7,12 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
 
+from frontend import imagelinks
 from frontend.db.models import Instance, Port, Task, TaskStep
 from frontend.hostalias import alias
 from frontend.notices import NoticeRouter
@@ -379,9 +381,9 @@ def test_a_hosts_notice_moves_an_instance_with_its_guest(cloud: Cloud) -> None:
     assert found["fault"] == "was found crashed by the reconcile"
 
 
-def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: Cloud) -> None:
-    """What a frontend killed between sending a command and recording its answer sees on restart."""
-    api, _ = _setup(cloud)
+def _launch_journalled_before_a_crash(cloud: Cloud, api: Api, built_at: float | None = None) -> tuple[str, str, dict[str, Any]]:
+    """What a frontend killed between journalling a launch to hv2 and sending it leaves: its task, the
+    instance and the command's body (built ``built_at``, a Unix time, if given: its links expire with it)."""
     frontend = cloud.frontend
     cloud.computes["hv0"].fail["instance.create"] = "not this one"
     cloud.computes["hv1"].fail["instance.create"] = "nor this one"
@@ -389,7 +391,7 @@ def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: 
     frontend.tasks.start = lambda task_id: None  # type: ignore[method-assign] # the "crash": nothing runs it
     accepted = api.ok("post", "/v1/instances", 202, json={"name": "web", "flavor": "small", "image": "tiny"})
     task_id, instance_id = accepted["task"]["id"], accepted["resource"]["id"]
-    # Replay what the dead frontend had done: placed on hv2, journalled the launch, sent it.
+    # Replay what the dead frontend had done: placed on hv2, journalled the launch.
     with frontend.db.transaction() as session:
         others = frozenset(h["id"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"] if h["name"] != "hv2")
         host = frontend.scheduler.place(session, Demand(1, 256, 1), exclude=others)
@@ -398,20 +400,74 @@ def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: 
         session.add(TaskStep(task_id=task_id, seq=1, name="place.0", status="done",
                              result={"value": {"id": host.id, "name": "hv2"}}))
         session.get(Task, task_id).status = "running"  # type: ignore[union-attr]
-    body = frontend.tasks.workflows["instance.create"]._spec(instance_id)  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as then:
+        if built_at is not None:
+            then.setattr(imagelinks.time, "time", lambda: built_at)
+        body = frontend.tasks.workflows["instance.create"]._spec(instance_id)  # type: ignore[attr-defined]
     with frontend.db.transaction() as session:
         session.add(TaskStep(task_id=task_id, seq=2, name="launch.0", status="sent", op="instance.create",
                              cmd_id=f"{task_id}.2", hosts=["hv2"], timeout_s=30, body=body))
+    frontend.tasks.start = engine_start  # type: ignore[method-assign]
+    return task_id, instance_id, body
+
+
+def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: Cloud) -> None:
+    """What a frontend killed between sending a command and recording its answer sees on restart."""
+    api, _ = _setup(cloud)
+    task_id, instance_id, body = _launch_journalled_before_a_crash(cloud, api)
     sent = cloud.root.submit("instance.create", body, Targets.to("hv2"), timeout=30, cmd_id=f"{task_id}.2")
     assert sent.wait(30)["hv2"].ok
     assert cloud.computes["hv2"].instances == {instance_id: "running"}
     cloud.computes["hv2"].instances.clear()  # were it to run again, it would show up here
-    frontend.tasks.start = engine_start  # type: ignore[method-assign]
-    assert frontend.tasks.resume() == 1
+    assert cloud.frontend.tasks.resume() == 1
     task = cloud.wait_task(api, task_id)
     assert task["status"] == "succeeded" and [s["name"] for s in task["steps"]] == ["place.0", "launch.0", "activate", "groups", "members.plan"]
     assert cloud.computes["hv2"].instances == {}  # answered from the host's journal: not run again
     assert api.ok("get", "/v1/instances/web")["status"] == "active"
+
+
+def _link(url: str) -> tuple[str, int, str]:
+    """A signed link's image id, expiry and signature."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    return parts.path.split("/")[3], int(query["expires"][0]), query["signature"][0]
+
+
+@pytest.mark.parametrize("host_ran_it", [False, True], ids=["never-arrived", "ran-before-the-crash"])
+def test_a_launch_resent_after_a_long_outage_gets_a_fresh_image_link(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch, host_ran_it: bool) -> None:
+    """The links of a launch journalled two days ago have expired: the resent command carries new
+    ones, under the same id, so a host that never got it can fetch the image, and one that ran it
+    answers from its journal (which knows commands by id, not body) without running it again."""
+    api, image = _setup(cloud)
+    links = cloud.frontend.image_links
+    task_id, instance_id, old_body = _launch_journalled_before_a_crash(cloud, api, built_at=time.time() - 2 * 86400)
+    assert not links.valid(*_link(old_body["instance"]["image"]["url"]))
+    if host_ran_it:
+        sent = cloud.root.submit("instance.create", old_body, Targets.to("hv2"), timeout=30, cmd_id=f"{task_id}.2")
+        assert sent.wait(30)["hv2"].ok
+        cloud.computes["hv2"].instances.clear()  # were it to run again, it would show up here
+    engine = cloud.frontend.tasks
+    real_send = engine.send
+    resent: list[tuple[str, dict[str, Any]]] = []
+
+    def spy(cmd_id: str, op: str, body: dict[str, Any], *rest: Any) -> Any:
+        resent.append((cmd_id, body))
+        return real_send(cmd_id, op, body, *rest)
+
+    monkeypatch.setattr(engine, "send", spy)
+    assert engine.resume() == 1
+    assert cloud.wait_task(api, task_id)["status"] == "succeeded"
+    cmd_id, body = resent[0]
+    assert cmd_id == f"{task_id}.2"
+    assert _link(body["instance"]["image"]["url"])[0] == image["id"]
+    assert links.valid(*_link(body["instance"]["image"]["url"]))
+    # Only the links were rebuilt; the step records what was sent last.
+    assert {**body["instance"], "image": None} == {**old_body["instance"], "image": None}
+    with cloud.frontend.db.read() as session:
+        step = session.execute(select(TaskStep).where(TaskStep.task_id == task_id, TaskStep.seq == 2)).scalar_one()
+        assert step.body == body
+    assert cloud.computes["hv2"].instances == ({} if host_ran_it else {instance_id: "running"})
 
 
 def test_a_stopping_frontend_leaves_tasks_in_flight_for_the_next_start(cloud: Cloud) -> None:

@@ -175,7 +175,9 @@ def test_kernel_boot(driver: ComputeDriver, hv: Hypervisor, images: ImageCache) 
     root = ET.fromstring(hv.xml(spec.instance_id))
     assert root.findtext("os/kernel") == str(images.path(kernel.id))
     assert root.findtext("os/initrd") == str(images.path(initrd.id))
-    assert root.findtext("os/cmdline") == "console=ttyS0"
+    assert root.findtext("os/cmdline") == "console=ttyS0 no_timer_check"
+    # What keeps them in the image cache: the domain names them.
+    assert {images.path(kernel.id), images.path(initrd.id)} <= hv.files_in_use()
 
 
 def test_stop_start_reboot(driver: ComputeDriver, hv: Hypervisor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -119,3 +120,16 @@ def test_partial_downloads_of_a_killed_backend_are_removed(tmp_path: Path) -> No
     (root / IMAGE).write_bytes(b"whole")
     ImageCache(root).close()
     assert [p.name for p in root.iterdir()] == [IMAGE]
+
+
+def test_each_use_of_a_cached_image_is_its_last_use_and_a_download_is_told(server: Server, cache: ImageCache) -> None:
+    downloaded: list[None] = []
+    cache.on_download = lambda: downloaded.append(None)
+    url = f"{server.url}/image"
+    cache.ensure(IMAGE, url, SHA256, "qcow2")
+    assert len(downloaded) == 1
+    week_ago = time.time() - 7 * 86400
+    os.utime(cache.path(IMAGE), (week_ago, week_ago))
+    cache.ensure(IMAGE, url, SHA256, "qcow2")
+    assert time.time() - cache.path(IMAGE).stat().st_mtime < 60  # eviction goes by it
+    assert len(downloaded) == 1 and server.gets == 1

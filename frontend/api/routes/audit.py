@@ -1,4 +1,5 @@
-"""The audit log, for admins: every mutating call, who made it and how it ended (see ``api/audit.py``)."""
+"""The audit log, for admins: every mutating call and every view of all organizations, who made it and how
+it ended (see ``api/audit.py``)."""
 
 from __future__ import annotations
 
@@ -36,12 +37,13 @@ class AuditView(BaseModel):
 
 
 @router.get("/audit", response_model=Items[AuditView],
-            summary="List the audit log, newest first: every POST, PUT, PATCH and DELETE, refused ones too, and "
-                    "every WebSocket opened (method WS: live consoles) (admins)",
+            summary="List the audit log, newest first: every POST, PUT, PATCH and DELETE, refused ones too, "
+                    "every WebSocket opened (method WS: live consoles), and every list asked for with all_orgs=true "
+                    "(method GET, its route ending in ?all_orgs=true) (admins)",
             responses=refusals(403))
 def list_audit(caller: CallerDep, frontend: FrontendDep,
                user: Ref | None = Query(default=None, description="a user's name or id"),
-               method: Literal["POST", "PUT", "PATCH", "DELETE", "WS"] | None = None,
+               method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "WS"] | None = None,
                status: int | None = Query(default=None, ge=100, le=599),
                since: UtcTime | None = None,
                path_prefix: Text | None = Query(default=None, max_length=255,

@@ -8,6 +8,7 @@ from sqlalchemy import false, select
 
 from ...db.models import Event
 from ...hostalias import AS_SEEN, alias, seen, shown
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep
 from ..lookup import owned
 from ..schemas import V1, Items, Moment, Ref, UtcTime
@@ -30,13 +31,13 @@ class EventView(BaseModel):
 
 @router.get("/events", response_model=Items[EventView],
             summary="List events, newest first (drift.*, host.*, task.failed); hosts' events belong to admins")
-def list_events(caller: CallerDep, frontend: FrontendDep,
+def list_events(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep,
                 kind: str | None = Query(default=None, pattern="^[a-z][a-z_.]{0,31}$",
                                          description="e.g. drift, host.down"),
                 host: Ref | None = Query(default=None, description="a hypervisor's name (tenants: its alias)"),
                 since: UtcTime | None = None, limit: int = Query(default=100, ge=1, le=1000)) -> Items[EventView]:
     with frontend.db.read() as session:
-        query = owned(Event, caller).order_by(Event.created_at.desc()).limit(limit)
+        query = owned(Event, caller, all_orgs=all_orgs).order_by(Event.created_at.desc()).limit(limit)
         if kind is not None:
             # "drift" matches drift.vanished and drift.unknown
             query = query.where((Event.kind == kind) | Event.kind.startswith(kind + "."))

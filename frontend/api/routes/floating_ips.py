@@ -16,6 +16,7 @@ from ...auth import Caller, Role
 from ...db.engine import lock
 from ...db.models import FloatingIp, Network, Port, Router, Subnet
 from ...errors import Conflict, Invalid, NotFound
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
 from ..schemas import V1, Input, Items, Ref, ResourceView
@@ -85,9 +86,10 @@ def create_floating_ip(body: FloatingIpCreate, caller: CallerDep, frontend: Fron
 
 
 @router.get("/floating-ips", response_model=Items[FloatingIpView], summary="List your floating IPs")
-def list_floating_ips(caller: CallerDep, frontend: FrontendDep) -> Items[FloatingIpView]:
+def list_floating_ips(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep) -> Items[FloatingIpView]:
     with frontend.db.read() as session:
-        rows = session.execute(owned(FloatingIp, caller).order_by(FloatingIp.created_at, FloatingIp.id)).scalars()
+        query = owned(FloatingIp, caller, all_orgs=all_orgs).order_by(FloatingIp.created_at, FloatingIp.id)
+        rows = session.execute(query).scalars()
         return Items(items=[FloatingIpView.model_validate(f) for f in rows])
 
 

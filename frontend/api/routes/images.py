@@ -26,6 +26,7 @@ from ...imagelinks import UPLOAD
 from ...images import MAX_IMAGE_BYTES, ImageStore, Refused
 from ...images import TooLarge as FileTooLarge
 from ...services import Frontend
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep, TokenOrLinkDep, refuse_on_standby
 from ..lookup import find, get_owned, owned, unique_name
 from ..refusals import refusals
@@ -127,9 +128,10 @@ def create_image(body: ImageCreate, caller: CallerDep, frontend: FrontendDep) ->
 
 
 @router.get("/images", response_model=Items[ImageView], summary="List your organization's images and public ones")
-def list_images(caller: CallerDep, frontend: FrontendDep) -> Items[ImageView]:
+def list_images(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep) -> Items[ImageView]:
     with frontend.db.read() as session:
-        rows = session.execute(owned(Image, caller, shared=True).order_by(Image.name, Image.id)).scalars()
+        query = owned(Image, caller, shared=True, all_orgs=all_orgs).order_by(Image.name, Image.id)
+        rows = session.execute(query).scalars()
         return Items(items=[ImageView.model_validate(i) for i in rows])
 
 

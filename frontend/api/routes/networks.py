@@ -14,6 +14,7 @@ from ...auth import Role
 from ...db.engine import lock
 from ...db.models import FloatingIp, Network, Port, Router, Subnet
 from ...errors import Conflict
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned, unique_name
 from ..refusals import refusals
@@ -53,9 +54,10 @@ def create_network(body: NetworkCreate, caller: CallerDep, frontend: FrontendDep
 
 @router.get("/networks", response_model=Items[NetworkView],
             summary="List your networks and the external ones")
-def list_networks(caller: CallerDep, frontend: FrontendDep) -> Items[NetworkView]:
+def list_networks(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep) -> Items[NetworkView]:
     with frontend.db.read() as session:
-        rows = session.execute(owned(Network, caller, shared=True).order_by(Network.name, Network.id)).scalars()
+        query = owned(Network, caller, shared=True, all_orgs=all_orgs).order_by(Network.name, Network.id)
+        rows = session.execute(query).scalars()
         return Items(items=[NetworkView.model_validate(n) for n in rows])
 
 

@@ -15,6 +15,7 @@ from ... import ipam, netstate
 from ...auth import Caller, Role
 from ...db.models import FloatingIp, Instance, Network, Port, SecurityGroup
 from ...errors import Conflict
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
 from ..nics import resolve_security_groups, resolve_subnet
@@ -72,15 +73,16 @@ def create_port(body: PortCreate, caller: CallerDep, frontend: FrontendDep) -> P
 
 @router.get("/ports", response_model=Items[PortView],
             summary="List your ports, or those of one network or instance", responses=refusals(404))
-def list_ports(caller: CallerDep, frontend: FrontendDep, network: Ref | None = None,
+def list_ports(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep, network: Ref | None = None,
                instance: Ref | None = None) -> Items[PortView]:
     with frontend.db.read() as session:
-        query = owned(Port, caller).options(selectinload(Port.security_groups))
+        query = owned(Port, caller, all_orgs=all_orgs).options(selectinload(Port.security_groups))
         if network is not None:
-            query = query.where(Port.network_id == find(session, Network, network, caller, "network", "network").id)
+            query = query.where(Port.network_id == find(session, Network, network, caller, "network", "network",
+                                                             all_orgs=all_orgs).id)
         if instance is not None:
             query = query.where(Port.instance_id == find(session, Instance, instance, caller, "instance",
-                                                         "instance").id)
+                                                         "instance", all_orgs=all_orgs).id)
         rows = session.execute(query.order_by(Port.created_at, Port.id)).scalars()
         return Items(items=[PortView.model_validate(p) for p in rows])
 

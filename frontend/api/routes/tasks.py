@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...auth import Caller
 from ...db.models import Task
 from ...hostalias import AS_SEEN, alias, shown
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep
 from ..lookup import get_owned, owned
 from ..schemas import V1, Items, Moment, Ref, ResourceView
@@ -74,11 +75,11 @@ def _for_tenant(org_id: str, step: StepView) -> StepView:
 
 
 @router.get("/tasks", response_model=Items[TaskView], summary="List recent tasks (newest first, without steps)")
-def list_tasks(caller: CallerDep, frontend: FrontendDep, resource: Ref | None = None,
+def list_tasks(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep, resource: Ref | None = None,
                status: str | None = Query(default=None, pattern="^(pending|running|succeeded|failed)$"),
                limit: int = Query(default=100, ge=1, le=1000)) -> Items[TaskView]:
     with frontend.db.read() as session:
-        query = owned(Task, caller).order_by(Task.created_at.desc()).limit(limit)
+        query = owned(Task, caller, all_orgs=all_orgs).order_by(Task.created_at.desc()).limit(limit)
         if resource is not None:
             query = query.where(Task.resource_id == resource)
         if status is not None:

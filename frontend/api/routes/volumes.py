@@ -13,6 +13,7 @@ from ...errors import Conflict, Invalid
 from ...hostalias import AS_SEEN, seen, shown
 from ...scheduler import Demand
 from ...workflows.volumes import ATTACHABLE
+from ..allorgs import AllOrgsDep
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, find_zone, get_owned, owned
 from ..schemas import V1, Input, Items, Name, Ref, ResourceView
@@ -141,9 +142,9 @@ def _zone_of(session: Session, host_id: str | None) -> str | None:
 
 
 @router.get("/volumes", response_model=Items[VolumeView], summary="List volumes")
-def list_volumes(caller: CallerDep, frontend: FrontendDep) -> Items[VolumeView]:
+def list_volumes(caller: CallerDep, frontend: FrontendDep, all_orgs: AllOrgsDep) -> Items[VolumeView]:
     with frontend.db.read() as session:
-        rows = session.execute(owned(Volume, caller).order_by(Volume.created_at)).scalars()
+        rows = session.execute(owned(Volume, caller, all_orgs=all_orgs).order_by(Volume.created_at)).scalars()
         return Items(items=[volume_view(session, caller, v) for v in rows])
 
 
