@@ -22,10 +22,12 @@ run: $(STAMP)
 	if [ "$(FRONTENDS)" != 1 ]; then sh tests/support/ensure_postgres.sh; fi
 	$(PY) -m localcluster --frontends $(FRONTENDS)
 
+# Two workers: much of the suite waits on guests, leases and timeouts rather than on the CPU
+# (tests/conftest.py keeps each file, and everything that needs libvirtd, on one worker).
 test: $(STAMP)
 	sh tests/support/ensure_postgres.sh
 	sh scripts/ensure-test-tools.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-quick: $(STAMP)
 	sh tests/support/ensure_postgres.sh

@@ -10,6 +10,19 @@ import pytest
 from localcluster import libvirtd
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs two workers): a file's tests on one worker, and every
+    file that needs libvirtd on the same one.
+
+    A file's tests share module fixtures (a cloud, a lab) that a second worker would build
+    again.  Each worker has its own session: a second one would find the first one's libvirtd
+    running, use it, and lose it when the first one's session ends and stops it.
+    """
+    libvirt_files = {item.path for item in items if "libvirt_daemons" in getattr(item, "fixturenames", ())}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("libvirt" if item.path in libvirt_files else str(item.path)))
+
+
 @pytest.fixture(scope="session")
 def libvirt_daemons() -> Iterator[None]:
     """libvirtd for the tests that boot real guests: started once if need be, stopped after the run."""
