@@ -10,6 +10,8 @@ import pytest
 from localcluster import libvirtd
 
 
+# First: xdist's own hook reads the groups off the items to name them in their node ids.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test`` runs two workers): a file's tests on one worker, and every
     file that needs libvirtd on the same one.
@@ -20,7 +22,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     libvirt_files = {item.path for item in items if "libvirt_daemons" in getattr(item, "fixturenames", ())}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("libvirt" if item.path in libvirt_files else str(item.path)))
+        item.add_marker(pytest.mark.xdist_group("libvirt" if item.path in libvirt_files
+                                                else item.nodeid.partition("::")[0]))
 
 
 @pytest.fixture(scope="session")

@@ -167,7 +167,7 @@ def test_the_sweeper_sweeps_when_woken(cache: ImageCache, tmp_path: Path) -> Non
     sweeper.start()
     try:
         path = cached(cache, OLDEST, 10, unused_days=30)
-        sweeper.wake(OLDEST)
+        sweeper.wake()
         deadline = time.monotonic() + 5
         while path.exists():
             assert time.monotonic() < deadline, "the woken sweeper did not sweep"
