@@ -103,7 +103,8 @@ def test_upload_computes_the_checksum_when_none_was_declared(admin: Api) -> None
     ("qcow2", None, fake_qcow2(virtual_size=(1 << 64) - 1), "file", "larger than any flavor's disk"),
     ("qcow2", None, b"", "file", "empty"),
     ("raw", None, b"", "file", "empty"),
-])
+], ids=["qcow2-other-checksum", "raw-other-checksum", "zeros", "magic-only", "header-cut", "version-1", "backing-file",
+        "virtual-size-0", "virtual-size-over-flavors", "virtual-size-max", "qcow2-empty", "raw-empty"])
 def test_a_refused_upload_keeps_nothing(admin: Api, frontend: Frontend, fmt: str, declared: str | None,
                                         data: bytes, field: str, reason: str) -> None:
     image = _register(admin, "img", fmt, checksum=declared)
