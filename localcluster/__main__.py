@@ -96,6 +96,7 @@ def _instructions(cluster: LocalCluster, compute: bool, networks: bool) -> str:
         launch = f"""    {clctl} instance create demo --flavor {demo.FLAVOR} --image {demo.IMAGE} --nic network={demo.NETWORK} --wait
     {clctl} instance console demo     # its hostname, and its DHCP lease on {demo.NETWORK}
     {clctl} fip create                # an address of {demo.EXTERNAL}; then: {clctl} fip associate <address> <port id>
+    {clctl} sg rule-add default --direction ingress --protocol icmp --wait   # the default group lets in only its own
     ip netns exec {outside} ping <address>    # from the lab's outside, through the floating IP
 
 Each backend is a hypervisor in a network namespace of its own ({cluster.lab.prefix}hv*), joined to
