@@ -116,6 +116,8 @@ class LocalCluster:
         #: each backend's hypervisor, kept across its restarts
         self.hypervisors: dict[str, Hypervisor] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: each daemon's command line, for ``respawn``
+        self._commands: dict[str, list[str]] = {}
         self._logs: dict[str, Any] = {}
         self._admin_token: str | None = None
 
@@ -129,16 +131,22 @@ class LocalCluster:
 
     def _spawn(self, name: str, module: str, config: Path, prefix: Sequence[str] = ()) -> None:
         """``prefix``: what the daemon's command line runs under (entering a hypervisor's namespace)."""
-        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "logs" / f"{name}.log", "ab")
-        self._logs[name] = log
+        self._commands[name] = [*prefix, self.python, "-m", module, "--config", str(config)]
+        self.respawn(name)
+
+    def respawn(self, name: str) -> None:
+        """Run daemon ``name`` again as it last ran, the way systemd restarts a unit: the same command
+        line and config file (an enrolled node starts with the keys in its data_dir, a backend in its
+        hypervisor's namespace), its output appended to the same log."""
+        if name not in self._logs:
+            (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+            self._logs[name] = open(self.workdir / "logs" / f"{name}.log", "ab")
         repo = Path(__file__).resolve().parent.parent
         env = dict(os.environ, **self.env,
                    PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.procs[name] = subprocess.Popen(
-            [*prefix, self.python, "-m", module, "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=repo,
-            start_new_session=True,
+            self._commands[name], stdout=self._logs[name], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=repo, start_new_session=True,
         )
 
     @property

@@ -8,12 +8,29 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import LocalCluster, demo, guest, libvirtd, purge
+
+#: how etc/systemd's units have a daemon restarted: Restart=on-failure (not after a clean stop: an
+#: exit status 0, or one of the signals systemd counts as clean), RestartSec=1, and
+#: RestartPreventExitStatus=2 (a bad config or a start-up error, which a restart cannot fix)
+CLEAN_STATUSES = {0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM, -signal.SIGPIPE}
+RESTART_DELAY_S = 1.0
+NO_RESTART_STATUS = 2
+#: The units restart a crash loop forever (StartLimitIntervalSec=0): on a host someone reads the
+#: journal meanwhile.  Here the loop would only scroll by in the one terminal an operator watches,
+#: so make run gives up on a daemon that failed this many times in a row, each time within
+#: QUICK_FAILURE_S of its start, and shows why.
+CRASH_LOOP = 5
+QUICK_FAILURE_S = 10.0
+#: lines of a daemon's log shown when make run gives up on it
+LOG_TAIL = 10
+POLL_S = 0.2
 
 
 @click.command()
@@ -62,11 +79,15 @@ def main(agents: int, backends: int, frontends: int, workdir: str | None, api_po
             # Guests go down with the cloud, and are found shut off at its next start.
             cleanup.callback(libvirtd.power_off_under, cluster.workdir)
         cleanup.callback(cluster.stop)
-        _serve(cluster, agents, backends, compute, netns_hypervisors)
+        gave_up = _serve(cluster, agents, backends, compute, netns_hypervisors)
+    if gave_up is not None:
+        click.echo(f"stopped: {gave_up}", err=True)
+        sys.exit(1)
     click.echo("stopped")
 
 
-def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, networks: bool) -> None:
+def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, networks: bool) -> str | None:
+    """Start the cloud and keep it up until Ctrl-C or SIGTERM; why it gave up instead, if it did."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -83,10 +104,78 @@ def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, net
         click.echo(f"could not start the cloud: {exc}", err=True)
         sys.exit(1)
     click.echo(_instructions(cluster, compute, networks))
-    while not stop.wait(1.0):
-        if all(cluster.procs[name].poll() is not None for name in cluster.frontend_names):
-            click.echo("the frontend exited; stopping", err=True)
-            return
+    supervisor = Supervisor(cluster)
+    while not stop.wait(POLL_S):
+        gave_up = supervisor.check()
+        if gave_up is not None:
+            return gave_up
+    return None
+
+
+class Supervisor:
+    """Restarts the cloud's daemons as systemd restarts them on real hosts (see the constants above)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        now = time.monotonic()
+        self.started = dict.fromkeys(cluster.procs, now)
+        self.restarts = dict.fromkeys(cluster.procs, 0)
+        self.quick_failures = dict.fromkeys(cluster.procs, 0)
+        #: daemon -> when to restart it, and how it ended
+        self.due: dict[str, tuple[float, str]] = {}
+        #: daemons stopped cleanly: someone meant it (a plain kill), and systemd leaves such a unit down too
+        self.stopped: set[str] = set()
+
+    def check(self) -> str | None:
+        """Take note of the daemons that ended and restart those due; why to give up, if one must not be."""
+        now = time.monotonic()
+        for name, proc in self.cluster.procs.items():
+            if name not in self.due and name not in self.stopped and proc.poll() is not None:
+                gave_up = self._ended(name, proc.returncode, now)
+                if gave_up is not None:
+                    return gave_up
+        for name, (when, how) in list(self.due.items()):
+            if when <= now:
+                del self.due[name]
+                self._restart(name, how)
+        return None
+
+    def _ended(self, name: str, status: int, now: float) -> str | None:
+        how = _ending(status)
+        if status in CLEAN_STATUSES:
+            click.echo(f"{name} {how}: stopped on purpose, so left down (only failed daemons are restarted)")
+            self.stopped.add(name)
+            return None
+        if status == NO_RESTART_STATUS:
+            return self._give_up(name, f"{how}: a bad config or a start-up error, which a restart cannot fix")
+        quick = now - self.started[name] < QUICK_FAILURE_S
+        self.quick_failures[name] = self.quick_failures[name] + 1 if quick else 0
+        if self.quick_failures[name] >= CRASH_LOOP:
+            return self._give_up(name, f"{how}, failing {CRASH_LOOP} times in a row within "
+                                       f"{QUICK_FAILURE_S:g} s of its start: a crash loop")
+        self.due[name] = (now + RESTART_DELAY_S, how)
+        return None
+
+    def _restart(self, name: str, how: str) -> None:
+        self.cluster.respawn(name)
+        self.started[name] = time.monotonic()
+        self.restarts[name] += 1
+        click.echo(f"{name} {how}; restarted as pid {self.cluster.procs[name].pid} (restart {self.restarts[name]})")
+
+    def _give_up(self, name: str, why: str) -> str:
+        log = self.cluster.workdir / "logs" / f"{name}.log"
+        tail = self.cluster.log_text(name).strip().splitlines()[-LOG_TAIL:] or ["(empty)"]
+        return f"{name} {why}.  The end of {os.path.relpath(log)}:\n" + "\n".join(f"    {line}" for line in tail)
+
+
+def _ending(status: int) -> str:
+    """How a daemon ended, from its exit status (a signal's is negative)."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        return f"was killed by {signal.Signals(-status).name}"
+    except ValueError:  # a real-time signal has no name of its own
+        return f"was killed by signal {-status}"
 
 
 def _instructions(cluster: LocalCluster, compute: bool, networks: bool) -> str:
