@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from localcluster import libvirtd
+from localcluster import cloudimage, libvirtd
+
+#: where the Debian cloud image is built once and kept across runs (a few minutes to build)
+CLOUD_IMAGE_CACHE = Path("/var/tmp/cloudland-cloud-image")
 
 
 # First: xdist's own hook reads the groups off the items to name them in their node ids.
@@ -36,3 +40,9 @@ def libvirt_daemons() -> Iterator[None]:
         pytest.skip("libvirt/QEMU missing: run sh scripts/ensure-libvirt.sh")
     with libvirtd.running():
         yield
+
+
+@pytest.fixture(scope="session")
+def cloud_image(libvirt_daemons: None) -> cloudimage.CloudImage:
+    """The stock Debian cloud image (``localcluster/cloudimage.py``), built once, cached on disk."""
+    return cloudimage.build(CLOUD_IMAGE_CACHE)

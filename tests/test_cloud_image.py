@@ -24,7 +24,6 @@ from tests.support.cloudapi import admin_client, ok, running, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
-CACHE = Path("/var/tmp/cloudland-cloud-image")
 TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
 #: a TCG boot of the cloud image to cloud-init's end takes 40-60 s on an idle 2-core machine
 BOOT_TIMEOUT = 420.0
@@ -32,13 +31,8 @@ FLAVOR_DISK_GB = 3
 MARKER = "CLOUDLAND-RUNCMD"
 
 
-@pytest.fixture(scope="module")
-def image(libvirt_daemons: None) -> cloudimage.CloudImage:
-    return cloudimage.build(CACHE)
-
-
 @pytest.fixture
-def cluster(tmp_path: Path, image: cloudimage.CloudImage) -> Iterator[LocalCluster]:
+def cluster(tmp_path: Path, cloud_image: cloudimage.CloudImage) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster", agents=0, backends=1, tree=TREE, ops_modules=["backend.compute"],
                      backend_config={"compute": {"domain_type": "qemu", "stop_timeout_s": 30.0}})
     try:
@@ -53,11 +47,11 @@ def _console(api: httpx.Client, instance: str) -> str:
 
 
 def test_a_stock_debian_cloud_image_is_configured_by_cloud_init(cluster: LocalCluster,
-                                                                 image: cloudimage.CloudImage) -> None:
+                                                                 cloud_image: cloudimage.CloudImage) -> None:
     api = admin_client(cluster)
     until(lambda: any(h["facts"] for h in ok(api.get("/v1/hypervisors"))["items"]), 60, "a hypervisor with capacity")
     uploaded = ok(api.post("/v1/images", json={"name": "debian-12", "format": "qcow2"}), 201)
-    with image.path.open("rb") as f:
+    with cloud_image.path.open("rb") as f:
         ok(api.put(f"/v1/images/{uploaded['id']}/file", content=f))
     ok(api.post("/v1/flavors", json={"name": "small", "vcpus": 1, "memory_mb": 512, "disk_gb": FLAVOR_DISK_GB}), 201)
     blob = b"".join(len(p).to_bytes(4, "big") + p for p in (b"ssh-ed25519", os.urandom(32)))
@@ -68,8 +62,8 @@ def test_a_stock_debian_cloud_image_is_configured_by_cloud_init(cluster: LocalCl
     # and the disk, as the guest itself sees them.
     user_data = "#cloud-config\n" + json.dumps({"runcmd": [[
         "sh", "-c",
-        f"echo {MARKER} host=$(hostname) user=$(id -un {image.default_user}) "
-        f"key=$(cut -d' ' -f2 /home/{image.default_user}/.ssh/authorized_keys) "
+        f"echo {MARKER} host=$(hostname) user=$(id -un {cloud_image.default_user}) "
+        f"key=$(cut -d' ' -f2 /home/{cloud_image.default_user}/.ssh/authorized_keys) "
         "root_mb=$(df -BM --output=size / | tail -n 1 | tr -dc 0-9)"]]})
     accepted = ok(api.post("/v1/instances", json={"name": "deb_1", "flavor": "small", "image": "debian-12",
                                                    "keypair": "ops", "user_data": user_data}), 202)
@@ -84,14 +78,14 @@ def test_a_stock_debian_cloud_image_is_configured_by_cloud_init(cluster: LocalCl
     # cloud-init's hostname is the instance's name made a valid hostname (no '_')
     marker = re.search(rf"{MARKER} host=(\S+) user=(\S+) key=(\S+) root_mb=(\d+)", log)
     assert marker is not None, log[-4000:]
-    assert marker.group(1) == "deb-1" and marker.group(2) == image.default_user
+    assert marker.group(1) == "deb-1" and marker.group(2) == cloud_image.default_user
     assert marker.group(3) == key_b64
     # growpart took the root file system from the image's size to the flavor's disk
-    assert int(marker.group(4)) > (FLAVOR_DISK_GB - 1) * 1024 > image.virtual_size >> 20
+    assert int(marker.group(4)) > (FLAVOR_DISK_GB - 1) * 1024 > cloud_image.virtual_size >> 20
     assert re.search(r"^deb-1 login:", log, re.MULTILINE), log[-4000:]
     # cloud-init's own report of the key it installed, by its sha256 fingerprint
     fingerprint = ":".join(f"{b:02x}" for b in hashlib.sha256(blob).digest())
-    assert re.search(rf"Authorized keys from /home/{image.default_user}/.ssh/authorized_keys", log)
+    assert re.search(rf"Authorized keys from /home/{cloud_image.default_user}/.ssh/authorized_keys", log)
     assert fingerprint in log
     vm = ok(api.get("/v1/instances/deb_1"))
     assert (vm["status"], vm["power_state"]) == ("active", "running")

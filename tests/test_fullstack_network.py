@@ -21,14 +21,14 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from pyroute2 import NetNS, netns
+from pyroute2 import NetNS
 
 from backend.network import names
 from backend.ports import tap_name
 from localcluster import LocalCluster, libvirtd
 from localcluster import guest as tiny
 from localcluster.netlab import netns_argv, run_in
-from tests.support.netns import connect
+from tests.support.netns import connect, links, tenant_leftovers
 from tests.support.cloudapi import console, console_count, finished, offer_tiny, ok, running, tenant_client, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -98,38 +98,9 @@ def _vxlan_packets(namespace: str, seconds: int = 3) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
-def _links(namespace: str) -> dict[str, int]:
-    with NetNS(namespace) as ns:
-        return {str(m.get("IFLA_IFNAME")): int(m["index"]) for m in ns.get_links()}
-
-
 def _fixed_ips_on_external_leg(namespace: str) -> set[str]:
     with NetNS(namespace) as ns:
         return {str(m.get("IFA_ADDRESS")) for m in ns.get_addr(label=names.EXTERNAL_LEG)}
-
-
-def _processes_in(namespace: str) -> list[int]:
-    inode = os.stat(f"/run/netns/{namespace}").st_ino
-    pids = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino == inode:
-                pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
-
-
-def _tenant_leftovers(namespace: str, backend_pid: int) -> list[str]:
-    """What the network driver built on a hypervisor and should have removed with the last port."""
-    left = [f"link {n}" for n in _links(namespace)
-            if names.OWNED.match(n) or names.OWNED_PER_NETWORK.match(n) or n.startswith("tap")]
-    with NetNS(namespace) as ns:
-        left += [f"fdb {m.get('NDA_LLADDR')} on {m['ifindex']}" for m in ns.fdb("dump")
-                 if m.get("NDA_DST") is not None]
-    left += [f"namespace {n}" for n in netns.listnetns() if n.startswith(f"{namespace}-router-")]
-    left += [f"process {pid}" for pid in _processes_in(namespace) if pid != backend_pid]
-    return left
 
 
 def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cluster: LocalCluster,
@@ -176,7 +147,7 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
 
     # The hypervisor with no port of the network has nothing of it and sees none of its packets,
     # while the two that host its ports carry them (the same capture on one of them).
-    assert not [n for n in _links(hv[host_c].netns) if names.vni_of(n) is not None]
+    assert not [n for n in links(hv[host_c].netns) if names.vni_of(n) is not None]
     assert _vxlan_packets(hv[host_a].netns)
     assert _vxlan_packets(hv[host_c].netns) == []
 
@@ -196,7 +167,7 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
     # vm-b's backend dies (kill -9); the floating IP moves back to vm-a while it is down: a task
     # that succeeds for the host that is up.  Restarted, the backend converges (it drops the
     # address) without touching what did not change on it: same devices, same router namespace.
-    before = _links(hv[host_b].netns)
+    before = links(hv[host_b].netns)
     router_inode = os.stat(f"/run/netns/{router_ns[host_b]}").st_ino
     cluster.kill(host_b)
     until(lambda: ok(api.get(f"/v1/hypervisors/{host_b}"))["tree_state"] == "down", 30, f"{host_b} seen down")
@@ -207,7 +178,7 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
           f"{host_b} to drop {address} after its restart")
     # (its external leg goes with its last floating IP: that is the change)
     unchanged = {n: i for n, i in before.items() if n != names.external_leg(network_id)}
-    assert {n: i for n, i in _links(hv[host_b].netns).items() if n in unchanged} == unchanged
+    assert {n: i for n, i in links(hv[host_b].netns).items() if n in unchanged} == unchanged
     assert os.stat(f"/run/netns/{router_ns[host_b]}").st_ino == router_inode
     until(lambda: _ping(lab.outside, address), 10, f"{address} to answer from vm-a again")
     assert console_count(api, "vm-b", tiny.IP) == 1  # the guest never lost its lease or link
@@ -227,7 +198,7 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
                                                         **launch}), 202))
     # (a tenant sees hypervisors under aliases of its own: where their taps are tells)
     taps = {tap_name(_port_of(acme, t)["id"]): t for t in ("t1", "t2")}
-    placed = {h: [taps[n] for n in _links(hv[h].netns) if n in taps] for h in hv}
+    placed = {h: [taps[n] for n in links(hv[h].netns) if n in taps] for h in hv}
     assert placed[host_c] == [] and sorted(placed[host_a] + placed[host_b]) == ["t1", "t2"], placed
     ok(api.patch(f"/v1/hypervisors/{host_c}", json={"enabled": True}))
     neighbour = until(lambda: next((line for line in console(acme, "t2").splitlines()
@@ -260,9 +231,9 @@ def test_guests_on_namespace_hypervisors_get_a_tenant_network_through_the_api(cl
     for name, h in hv.items():
         pid = cluster.procs[name].pid
         try:
-            until(lambda: not _tenant_leftovers(h.netns, pid), 30, f"{name} to remove everything of the network")
+            until(lambda: not tenant_leftovers(h.netns, pid), 30, f"{name} to remove everything of the network")
         except AssertionError:
-            raise AssertionError(f"{name} kept {_tenant_leftovers(h.netns, pid)}") from None
+            raise AssertionError(f"{name} kept {tenant_leftovers(h.netns, pid)}") from None
 
 
 def _network_id(api: httpx.Client, name: str) -> str:

@@ -65,11 +65,12 @@ def _client(cluster: LocalCluster, username: str, password: str, timeout: float,
                         verify=verify)
 
 
-def clctl(home: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def clctl(home: Path, *args: str, stdin: str | None = None, timeout: float = 60.0,
+          **env: str) -> subprocess.CompletedProcess[str]:
     """clctl as a user whose home is ``home``: its saved login is there, and nothing from this shell leaks in."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_") and k != "XDG_CONFIG_HOME"}
     return subprocess.run([sys.executable, "-m", "clctl", *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**clean, "HOME": str(home), **env})
+                          timeout=timeout, env={**clean, "HOME": str(home), **env})
 
 
 def clctl_login(home: Path, cluster: LocalCluster) -> None:
