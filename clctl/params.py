@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 import sys
 from typing import Any, ClassVar
 
 import click
 
-__all__ = ["DURATION", "NIC", "PORT_RANGE", "PROTOCOL", "QUOTA", "SINCE", "read_password"]
+__all__ = ["ADDRESS_RANGE", "DURATION", "NIC", "PORT_RANGE", "PROTOCOL", "QUOTA", "SINCE", "read_password"]
 
 
 class Nic(click.ParamType):
@@ -83,6 +84,21 @@ class PortRange(click.ParamType):
         return int(match[1]), int(match[2])
 
 
+class AddressRange(click.ParamType):
+    """``10.0.0.100-10.0.0.200`` -> ``{"start": "10.0.0.100", "end": "10.0.0.200"}``, as the API takes a pool."""
+
+    name = "address range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, str]:
+        if isinstance(value, dict):
+            return value
+        try:  # a wrong count of parts fails the unpacking with a ValueError too
+            start, end = (str(ipaddress.IPv4Address(part.strip())) for part in str(value).split("-"))
+        except ValueError:
+            self.fail(f"{value!r} is not a range of IPv4 addresses like 10.0.0.100-10.0.0.200", param, ctx)
+        return {"start": start, "end": end}
+
+
 class Since(click.ParamType):
     """An ISO time (``2024-05-01T12:00``, UTC unless it says) or an age (``30s``, ``15m``, ``2h``, ``7d``)."""
 
@@ -122,6 +138,7 @@ class Duration(click.ParamType):
 NIC = Nic()
 QUOTA = Quota()
 PORT_RANGE = PortRange()
+ADDRESS_RANGE = AddressRange()
 SINCE = Since()
 DURATION = Duration()
 

@@ -28,8 +28,8 @@ from .db import Database
 from .db.models import Enrolment, Event, Hypervisor, NodeKey, utcnow
 from .errors import Conflict, Invalid, NotFound
 
-__all__ = ["MAX_TTL_S", "EnrolmentState", "Issued", "issue", "load_keyring", "redeem", "reload_keyring", "revoke",
-           "root_security", "state_of"]
+__all__ = ["MAX_TTL_S", "EnrolmentState", "Issued", "is_revoked", "issue", "load_keyring", "redeem", "reload_keyring",
+           "revoke", "root_security", "state_of"]
 
 log = structlog.get_logger("frontend.enrolment")
 
@@ -173,6 +173,12 @@ def revoke(db: Database, tree: TreeRoot, name: str, by: str) -> NodeKey:
     log.warning("node_key_revoked", node=name, role=row.role, key=row.public_key, by=by, again=not first,
                 cut_off=cut_off)
     return row
+
+
+def is_revoked(session: Session, node_id: str) -> bool:
+    """Whether ``node_id``'s key is revoked: the node never attaches again (enrolled anew, it is a new
+    node with nothing of the old one's), so what the state holds on it can be forgotten without it."""
+    return session.execute(select(NodeKey.revoked_at).where(NodeKey.node_id == node_id)).scalar() is not None
 
 
 def load_keyring(db: Database) -> Keyring:

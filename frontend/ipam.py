@@ -18,8 +18,9 @@ from .db.models import FloatingIp, Port, SecurityGroup, SecurityGroupRule, Subne
 from .errors import Conflict, Invalid
 
 __all__ = [
-    "DEFAULT_GROUP", "VNI_MAX", "VNI_MIN", "allocate_ip", "claim_ip", "create_port", "default_security_group",
-    "egress_anywhere", "is_host_address", "new_mac", "pick_vni", "release_instance_ports",
+    "DEFAULT_GROUP", "VNI_MAX", "VNI_MIN", "Pool", "allocate_ip", "claim_ip", "create_port", "default_pools",
+    "default_security_group", "egress_anywhere", "is_host_address", "new_mac", "pick_vni", "pools_of",
+    "release_instance_ports",
 ]
 
 VNI_MIN, VNI_MAX = 4096, (1 << 24) - 1
@@ -28,6 +29,8 @@ _ATTEMPTS = 64
 #: the OUI-like prefix of every MAC we make: its first octet has the locally administered bit set
 _MAC_PREFIX = "fa:16:3e"
 DEFAULT_GROUP = "default"
+#: an allocation pool: a range of a subnet's addresses, both ends included, as the API and the table hold it
+Pool = dict[str, str]
 
 
 def pick_vni(session: Session) -> int:
@@ -40,20 +43,46 @@ def pick_vni(session: Session) -> int:
 
 
 def _taken(session: Session, subnet: Subnet) -> set[str]:
-    """Addresses of the subnet not to hand out: its gateway, its ports' and its network's floating IPs."""
+    """Addresses of the subnet in use: its ports' and its network's floating IPs."""
     ports = session.execute(select(Port.ip_address).where(Port.subnet_id == subnet.id)).scalars()
     fips = session.execute(select(FloatingIp.address).where(FloatingIp.network_id == subnet.network_id)).scalars()
-    return {*ports, *fips, *([subnet.gateway] if subnet.gateway else [])}
+    return {*ports, *fips}
+
+
+def _pool(start: ipaddress.IPv4Address, end: ipaddress.IPv4Address) -> Pool:
+    return {"start": str(start), "end": str(end)}
+
+
+def default_pools(cidr: str, gateway: str | None) -> list[Pool]:
+    """Every host address of the subnet but its gateway: the ranges either side of it."""
+    network = ipaddress.IPv4Network(cidr)
+    first, last = network.network_address + 1, network.broadcast_address - 1
+    if gateway is None:
+        return [_pool(first, last)]
+    address = ipaddress.IPv4Address(gateway)
+    return [_pool(start, end) for start, end in ((first, address - 1), (address + 1, last)) if start <= end]
+
+
+def pools_of(subnet: Subnet) -> list[Pool]:
+    """The ranges automatic allocation takes the subnet's addresses from, lowest first."""
+    if subnet.allocation_pools is None:  # none given: the default, which follows the CIDR and the gateway
+        return default_pools(subnet.cidr, subnet.gateway)
+    return list(subnet.allocation_pools)
 
 
 def allocate_ip(session: Session, subnet: Subnet) -> str:
-    """The lowest free host address of the subnet."""
+    """The lowest free address of the subnet's allocation pools (which never hold its gateway)."""
     lock(session, Subnet, subnet.id)
     taken = _taken(session, subnet)
-    for host in ipaddress.IPv4Network(subnet.cidr).hosts():
-        if str(host) not in taken:
-            return str(host)
-    raise Conflict(f"subnet {subnet.name!r} ({subnet.cidr}) has no free address")
+    pools = pools_of(subnet)
+    for pool in pools:
+        start, end = int(ipaddress.IPv4Address(pool["start"])), int(ipaddress.IPv4Address(pool["end"]))
+        for number in range(start, end + 1):
+            address = str(ipaddress.IPv4Address(number))
+            if address not in taken:
+                return address
+    ranges = ", ".join(f"{p['start']}-{p['end']}" for p in pools) or "none"
+    raise Conflict(f"subnet {subnet.name!r} ({subnet.cidr}) has no free address in its allocation pools ({ranges})")
 
 
 def is_host_address(cidr: str, ip: str) -> bool:
@@ -63,7 +92,8 @@ def is_host_address(cidr: str, ip: str) -> bool:
 
 
 def claim_ip(session: Session, subnet: Subnet, ip: str, field: str | None = None) -> str:
-    """``ip`` if it is a free host address of the subnet; Invalid outside it, Conflict if taken."""
+    """``ip`` if it is a free host address of the subnet, in its pools or not; Invalid outside it, Conflict if
+    taken or the gateway."""
     if not is_host_address(subnet.cidr, ip):
         raise Invalid(f"{ip} is not a host address of subnet {subnet.name!r} ({subnet.cidr})", field)
     lock(session, Subnet, subnet.id)
@@ -107,7 +137,7 @@ def default_security_group(session: Session, org_id: str) -> SecurityGroup:
 def create_port(session: Session, org_id: str, subnet: Subnet, groups: list[SecurityGroup], *, ip: str | None = None,
                 name: str = "", instance_id: str | None = None, auto_delete: bool = False,
                 prefix: str = "") -> Port:
-    """A new active port on ``subnet``, at ``ip`` or the next free address."""
+    """A new active port on ``subnet``, at ``ip`` or the next free address of its pools."""
     address = claim_ip(session, subnet, ip, f"{prefix}ip") if ip else allocate_ip(session, subnet)
     port = Port(org_id=org_id, network_id=subnet.network_id, subnet_id=subnet.id, name=name,
                 mac_address=new_mac(session), ip_address=address, instance_id=instance_id, auto_delete=auto_delete,

@@ -3,6 +3,7 @@ it, and, on namespace hypervisors, a network to put it on (with a router to the 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,9 @@ IMAGE = "tiny"
 FLAVOR = "tiny"
 NETWORK = "demo-net"
 EXTERNAL = "public"
+#: the host numbers, first and last, of the external network's pool: floating IPs must never take the
+#: addresses the lab gives its outside router (.1) and its hypervisors' external bridges (.11, .12, ...)
+EXTERNAL_POOL = (100, 250)
 
 
 def _admin(cluster: LocalCluster) -> httpx.Client:
@@ -34,8 +38,11 @@ def offer_network(cluster: LocalCluster) -> None:
     with _admin(cluster) as api:
         if api.get(f"/v1/networks/{EXTERNAL}").status_code == 404:
             api.post("/v1/networks", json={"name": EXTERNAL, "external": True}).raise_for_status()
+            cidr = ipaddress.IPv4Network(external["cidr"])
+            pool = {"start": str(cidr[EXTERNAL_POOL[0]]), "end": str(cidr[EXTERNAL_POOL[1]])}
             api.post("/v1/subnets", json={"name": f"{EXTERNAL}-v4", "network": EXTERNAL, "cidr": external["cidr"],
-                                          "gateway": external["gateway"], "dhcp": False}).raise_for_status()
+                                          "gateway": external["gateway"], "dhcp": False,
+                                          "allocation_pools": [pool]}).raise_for_status()
         if api.get(f"/v1/networks/{NETWORK}").status_code == 404:
             api.post("/v1/networks", json={"name": NETWORK}).raise_for_status()
             api.post("/v1/subnets", json={"name": f"{NETWORK}-v4", "network": NETWORK, "cidr": "10.0.0.0/24"}

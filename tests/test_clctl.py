@@ -205,7 +205,7 @@ SCENARIOS: dict[str, tuple[str, list[list[str]], list[str], list[str], str]] = {
                 "name"),
     "subnet": ("subnets", [["network", "create", "net1"]],
                ["subnet", "create", "sub1", "--network", "net1", "--cidr", "10.0.0.0/24", "--dns", "10.0.0.53"],
-               ["ID", "NAME", "NETWORK", "CIDR", "GATEWAY", "DHCP", "DNS", "VNI"], "name"),
+               ["ID", "NAME", "NETWORK", "CIDR", "GATEWAY", "DHCP", "DNS", "VNI", "POOLS"], "name"),
     "keypair": ("keypairs", [], ["keypair", "create", "me", "--public-key-file", "PUBKEY"],
                 ["ID", "NAME", "FINGERPRINT", "CREATED"], "name"),
     "image": ("images", [], ["image", "create", "cirros", "--format", "qcow2"],
@@ -313,6 +313,23 @@ def test_security_group_rules(app: FastAPI, admin: str) -> None:
     assert invoke("sg", "rule-delete", "web", table_rows(invoke("sg", "show", "web").stdout)[-1][0]).exit_code == 0
     assert invoke("sg", "rule-delete", "web", rule[0]).exit_code == 0
     assert len(json.loads(invoke("sg", "show", "web", "--json").stdout)["rules"]) == before
+
+
+def test_subnet_pools(admin: str) -> None:
+    assert invoke("network", "create", "net1").exit_code == 0
+    result = invoke("subnet", "create", "sub1", "--network", "net1", "--cidr", "10.0.0.0/24",
+                    "--pool", "10.0.0.200-10.0.0.250", "--pool", " 10.0.0.20 - 10.0.0.30 ")
+    assert result.exit_code == 0, result.output
+    shown = record(invoke("subnet", "show", "sub1").stdout)
+    assert (shown["allocation_pools[0].start"], shown["allocation_pools[1].end"]) == ("10.0.0.20", "10.0.0.250")
+    listed = invoke("subnet", "list").stdout
+    assert listed.splitlines()[1].endswith("  10.0.0.20-10.0.0.30, 10.0.0.200-10.0.0.250")
+    for bad in ("10.0.0.5", "10.0.0.5-", "10.0.0.5-10.0.0.9-10.0.0.12", "10.0.0.5-ten"):
+        result = invoke("subnet", "create", "sub2", "--network", "net1", "--cidr", "10.0.1.0/24", "--pool", bad)
+        assert result.exit_code == 2 and "is not a range of IPv4 addresses" in result.stderr, bad
+    result = invoke("subnet", "create", "sub2", "--network", "net1", "--cidr", "10.0.1.0/24",
+                    "--pool", "10.0.1.1-10.0.1.9")
+    assert result.exit_code == 1 and "allocation_pools[0]: holds the gateway 10.0.1.1" in result.stderr
 
 
 def test_user_update(admin: str) -> None:

@@ -146,3 +146,19 @@ def revoke(ctx: click.Context, name: str) -> None:
         click.echo(f"{node.get('name')} is cut off from the tree and its key is refused from now on")
 
     emit(ctx, answer, show)
+
+
+@group.command("delete")
+@HYPERVISOR.argument("name", metavar="NAME")
+@json_option
+@click.pass_context
+def delete(ctx: click.Context, name: str) -> None:
+    """Remove the hypervisor NAME from the cloud for good (a dead or retired host).
+
+    Revoke it first, then delete what is still on it (instance, volume and snapshot deletes go
+    without asking a revoked host: its disks are gone with it).  Its guests, if the machine still
+    runs, are left to whoever wipes it.
+    """
+    api(ctx).delete(url("hypervisors", name))
+    if not json_mode(ctx):
+        click.echo(f"removed hypervisor {name}")

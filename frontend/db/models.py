@@ -335,6 +335,9 @@ class Subnet(Resource, Base):
     vni: Mapped[int] = mapped_column(Integer, unique=True)
     dhcp: Mapped[bool] = mapped_column(Boolean, default=True)
     dns_servers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: [{"start", "end"}] sorted: the ranges ports and floating IPs are given addresses from; NULL: every host
+    #: address but the gateway (``ipam.default_pools``), which follows the CIDR and gateway instead of copying them
+    allocation_pools: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class Port(Resource, Base):

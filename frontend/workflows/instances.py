@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from ..db import Database
 from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
+from ..enrolment import is_revoked
 from ..imagelinks import ImageLinks
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
 from ..ipam import release_instance_ports
@@ -49,6 +50,10 @@ class _Base:
         with self.db.read() as session:
             instance = _instance(session, instance_id)
             return instance, _host_name(session, instance)
+
+    def _revoked(self, host: str) -> bool:
+        with self.db.read() as session:
+            return is_revoked(session, host)
 
 
 class Launch(_Base):
@@ -168,6 +173,8 @@ class Delete(_Base):
         _, host = self._read(iid)
         networks: list[str] = ctx.once("networks", lambda s: instance_networks(s, iid))
         groups: list[str] = ctx.once("groups", lambda s: instance_groups(s, iid))
+        if host is not None and self._revoked(host):
+            host = None  # gone for good, its guests with it: nothing to ask it, nothing to unwire there
         if host is not None:
             result = ctx.command("delete", INSTANCE_DELETE, {"instance_id": iid}, [host], timeout=HOST_OP_TIMEOUT)[host]
             if not result.ok:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..db import Database
 from ..db.models import Hypervisor, Instance, Snapshot, Task, Volume
+from ..enrolment import is_revoked
 from ..hostalias import mention
 from ..hostops import (COPY_TIMEOUT, HOST_OP_TIMEOUT, SNAPSHOT_DELETE, VOLUME_ATTACH, VOLUME_CREATE, VOLUME_DELETE,
                        VOLUME_DETACH, VOLUME_SNAPSHOT)
@@ -50,6 +51,14 @@ def _host_name(session: Session, host_id: str | None, what: str) -> str:
     if host is None:
         raise TaskFailed(f"the {what} has no hypervisor")
     return host.name
+
+
+def _on_live_host(db: Database, host_id: str | None, what: str) -> str | None:
+    """The name of the host the volume or snapshot is on; None if its key is revoked: gone for good,
+    with its disk, so there is nothing to delete there."""
+    with db.read() as session:
+        host = _host_name(session, host_id, what)
+        return None if is_revoked(session, host) else host
 
 
 class _Base:
@@ -167,9 +176,9 @@ class Delete(_Base):
     def run(self, ctx: TaskContext, task: Task) -> None:
         vid = task.resource_id
         with self.db.read() as session:
-            placed = _volume(session, vid).hypervisor_id is not None
-        if placed:
-            host = self._host(vid)
+            host_id = _volume(session, vid).hypervisor_id
+        host = _on_live_host(self.db, host_id, "volume") if host_id is not None else None
+        if host is not None:
             result = self._on(ctx, "delete", VOLUME_DELETE, {"volume_id": vid}, host)
             if not result.ok:
                 raise TaskFailed(f"{mention(host)}: {result.describe()}")
@@ -256,10 +265,13 @@ class DeleteSnapshot:
     def run(self, ctx: TaskContext, task: Task) -> None:
         sid = task.resource_id
         with self.db.read() as session:
-            host = _host_name(session, _snapshot(session, sid).hypervisor_id, "snapshot")
-        result = ctx.command("delete", SNAPSHOT_DELETE, {"snapshot_id": sid}, [host], timeout=HOST_OP_TIMEOUT)[host]
-        if not result.ok:
-            raise TaskFailed(f"{mention(host)}: {result.describe()}")
+            host_id = _snapshot(session, sid).hypervisor_id
+        host = _on_live_host(self.db, host_id, "snapshot")
+        if host is not None:
+            result = ctx.command("delete", SNAPSHOT_DELETE, {"snapshot_id": sid}, [host],
+                                 timeout=HOST_OP_TIMEOUT)[host]
+            if not result.ok:
+                raise TaskFailed(f"{mention(host)}: {result.describe()}")
         ctx.once("forget", lambda s: self._forget(s, sid))
 
     def _forget(self, session: Session, sid: str) -> None:

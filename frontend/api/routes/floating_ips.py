@@ -78,7 +78,8 @@ def create_floating_ip(body: FloatingIpCreate, caller: CallerDep, frontend: Fron
             except Conflict:
                 continue
         else:
-            raise Conflict(f"external network {network.name!r} has no free address", "network")
+            raise Conflict(f"external network {network.name!r} has no free address in the allocation pools of its "
+                           "subnets", "network")
         row = FloatingIp(org_id=caller.org_id, network_id=network.id, address=address, status="active")
         session.add(row)
         session.flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, status
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -10,8 +10,10 @@ from sqlalchemy.orm import Session
 from sci import NodeStatus
 
 from ...auth import Role
-from ...db.models import Hypervisor, Instance, Zone
-from ...errors import NotFound
+from ...bootstrap import admin_org_id
+from ...db.models import Event, Hypervisor, Instance, Snapshot, Volume, Zone
+from ...enrolment import is_revoked
+from ...errors import Conflict, NotFound
 from ...hosts import TREE_VIEW_MAX_AGE_S
 from ..deps import CallerDep, FrontendDep
 from ..refusals import refusals
@@ -124,3 +126,29 @@ def update_hypervisor(host: Ref, body: HypervisorUpdate, caller: CallerDep, fron
         rows[0][0].enabled = body.enabled
         session.flush()
     return _view(frontend, *rows[0], _tree_view(frontend))
+
+
+@router.delete("/hypervisors/{host}", status_code=status.HTTP_204_NO_CONTENT, responses=refusals(403, 409),
+               summary="Remove a hypervisor that is gone for good: its key revoked, nothing left on it (admin)")
+def delete_hypervisor(host: Ref, caller: CallerDep, frontend: FrontendDep) -> None:
+    """Only a revoked host can go: one whose key still attaches would come back with its guests, and
+    register again.  Its instances, volumes and snapshots are deleted first, by their owners or by
+    an admin; with the host revoked, those deletes forget them without asking it."""
+    caller.require(Role.admin, "removing a hypervisor")
+    with frontend.db.transaction() as session:
+        rows = _rows(session, host)
+        if not rows:
+            raise NotFound("hypervisor", host)
+        row = rows[0][0]
+        if not is_revoked(session, row.name):
+            raise Conflict(f"{row.name} may still attach to the tree: revoke its key first "
+                           f"(clctl hypervisor revoke {row.name})")
+        held = {what: session.execute(select(func.count()).where(model.hypervisor_id == row.id)).scalar()
+                for what, model in (("instances", Instance), ("volumes", Volume), ("snapshots", Snapshot))}
+        if any(held.values()):
+            raise Conflict(", ".join(f"{n} {what}" for what, n in held.items() if n)
+                           + f" still on {row.name}: delete them first (they go without asking the revoked host)")
+        session.add(Event(org_id=admin_org_id(frontend.db), kind="host.removed", host=row.name,
+                          resource_type="hypervisor", resource_id=row.id,
+                          message=f"{row.name} removed by an admin"))
+        session.delete(row)

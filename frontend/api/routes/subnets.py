@@ -1,7 +1,10 @@
 """Subnets: the IPv4 ranges of a network, each its own VXLAN segment.
 
 The CIDRs of one network may not overlap; different networks (and organizations) may reuse
-the same ranges, since each network is isolated.
+the same ranges, since each network is isolated.  Ports and floating IPs given no address take
+the lowest free one of the subnet's allocation pools; one asked for by address may be anywhere
+in the CIDR but the gateway, so that addresses kept out of the pools can still be handed out
+on purpose.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ... import ipam
 from ...auth import Role
 from ...db.engine import lock
 from ...db.models import FloatingIp, Network, Port, Subnet
-from ...errors import Conflict
+from ...errors import Conflict, Invalid
 from ..deps import CallerDep, FrontendDep
 from ..lookup import find, owned
 from ..refusals import refusals
@@ -47,6 +50,16 @@ def _cidr(text: str) -> str:
 Cidr = Annotated[str, AfterValidator(_cidr)]
 
 
+MAX_POOLS = 16
+
+
+class AllocationPool(Input):
+    """A range of the subnet's addresses, both ends included."""
+
+    start: IPv4
+    end: IPv4
+
+
 class SubnetCreate(Input):
     name: Name
     network: Ref
@@ -54,6 +67,11 @@ class SubnetCreate(Input):
     gateway: IPv4 | None = Field(default=None, description="default: the first host address")
     dhcp: bool = True
     dns_servers: list[IPv4] = Field(default_factory=list, max_length=4)
+    allocation_pools: list[AllocationPool] | None = Field(
+        default=None, max_length=MAX_POOLS,
+        description="where ports and floating IPs given no address take theirs: ranges of host addresses of the "
+                    "CIDR, without the gateway, not overlapping; an empty list: only addresses asked for; default: "
+                    "every host address but the gateway")
 
     @field_validator("gateway")
     @classmethod
@@ -68,6 +86,10 @@ class SubnetUpdate(Input):
     name: Name | None = None
     dhcp: bool | None = None
     dns_servers: list[IPv4] | None = Field(default=None, max_length=4)
+    allocation_pools: list[AllocationPool] | None = Field(
+        default=None, max_length=MAX_POOLS,
+        description="replaces the pools, under the same rules as at create; addresses already given outside the "
+                    "new pools stay with their ports and floating IPs")
 
 
 class SubnetView(ResourceView):
@@ -78,6 +100,42 @@ class SubnetView(ResourceView):
     vni: int
     dhcp: bool
     dns_servers: list[str]
+    allocation_pools: list[AllocationPool] = Field(description="lowest first; the default ones when none were given")
+
+    @field_validator("allocation_pools", mode="before")
+    @classmethod
+    def _default(cls, pools: list[ipam.Pool] | None, info: ValidationInfo) -> list[ipam.Pool]:
+        return pools if pools is not None else ipam.default_pools(info.data["cidr"], info.data["gateway"])
+
+
+def _check_end(network: ipaddress.IPv4Network, address: ipaddress.IPv4Address, field: str) -> None:
+    if address not in network:
+        raise Invalid(f"{address} is outside the subnet's CIDR {network}", field)
+    if address in (network.network_address, network.broadcast_address):
+        kind = "network" if address == network.network_address else "broadcast"
+        raise Invalid(f"{address} is the {kind} address of {network}, which no port may have", field)
+
+
+def _checked_pools(cidr: str, gateway: str | None, pools: list[AllocationPool]) -> list[ipam.Pool]:
+    """The pools, lowest first, if each is a range of host addresses of ``cidr`` without the gateway and
+    none overlaps another; Invalid naming the first that is not."""
+    network = ipaddress.IPv4Network(cidr)
+    ranges = []
+    for i, pool in enumerate(pools):
+        field = f"allocation_pools[{i}]"
+        start, end = ipaddress.IPv4Address(pool.start), ipaddress.IPv4Address(pool.end)
+        _check_end(network, start, f"{field}.start")
+        _check_end(network, end, f"{field}.end")
+        if start > end:
+            raise Invalid(f"the start {start} is after the end {end}", field)
+        if gateway is not None and start <= ipaddress.IPv4Address(gateway) <= end:
+            raise Invalid(f"holds the gateway {gateway}, which no port may take", field)
+        ranges.append((start, end, i))
+    ranges.sort()
+    for (_, previous_end, j), (start, end, i) in zip(ranges, ranges[1:], strict=False):
+        if start <= previous_end:
+            raise Invalid(f"{start}-{end} overlaps allocation_pools[{j}]", f"allocation_pools[{i}]")
+    return [{"start": str(start), "end": str(end)} for start, end, _ in ranges]
 
 
 @router.post("/subnets", status_code=status.HTTP_201_CREATED, response_model=SubnetView,
@@ -92,9 +150,11 @@ def create_subnet(body: SubnetCreate, caller: CallerDep, frontend: FrontendDep) 
             if new.overlaps(ipaddress.IPv4Network(other.cidr)):
                 raise Conflict(f"{body.cidr} overlaps subnet {other.name!r} ({other.cidr}) of network "
                                f"{network.name!r}", "cidr")
+        gateway = body.gateway or str(next(new.hosts()))
+        pools = None if body.allocation_pools is None else _checked_pools(body.cidr, gateway, body.allocation_pools)
         subnet = Subnet(org_id=caller.org_id, network_id=network.id, name=body.name, cidr=body.cidr,
-                        gateway=body.gateway or str(next(new.hosts())), vni=ipam.pick_vni(session), dhcp=body.dhcp,
-                        dns_servers=body.dns_servers, status="active")
+                        gateway=gateway, vni=ipam.pick_vni(session), dhcp=body.dhcp, dns_servers=body.dns_servers,
+                        allocation_pools=pools, status="active")
         session.add(subnet)
         session.flush()
         return SubnetView.model_validate(subnet)
@@ -117,12 +177,15 @@ def show_subnet(subnet: Ref, caller: CallerDep, frontend: FrontendDep) -> Subnet
         return SubnetView.model_validate(find(session, Subnet, subnet, caller, "subnet"))
 
 
-@router.patch("/subnets/{subnet}", response_model=SubnetView, summary="Rename a subnet or change its DHCP and DNS")
+@router.patch("/subnets/{subnet}", response_model=SubnetView,
+              summary="Rename a subnet or change its DHCP, DNS and allocation pools")
 def update_subnet(subnet: Ref, body: SubnetUpdate, caller: CallerDep, frontend: FrontendDep) -> SubnetView:
     caller.require(Role.member, "changing a subnet")
     with frontend.db.transaction() as session:
         row = find(session, Subnet, subnet, caller, "subnet")
-        for field, value in body.model_dump(exclude_none=True).items():
+        if body.allocation_pools is not None:
+            row.allocation_pools = _checked_pools(row.cidr, row.gateway, body.allocation_pools)
+        for field, value in body.model_dump(exclude_none=True, exclude={"allocation_pools"}).items():
             setattr(row, field, value)
         session.flush()
         return SubnetView.model_validate(row)
