@@ -231,24 +231,27 @@ class ComputeDriver:
     def _cleanup_after_failure(self, instance_id: str) -> str:
         """Remove what a failed create made; what could not be removed, in words ("" if nothing)."""
         try:
-            self._remove(instance_id)
+            self._remove(instance_id, self._hv.state(instance_id))
         except ComputeError as exc:
             return str(exc)
         return ""
 
     def delete(self, instance_id: str) -> None:
         with self._instance_locks.hold(instance_id):
-            if self._hv.state(instance_id) is not None:
+            state = self._hv.state(instance_id)
+            if state is not None:
                 self._require_ours(instance_id)
-            self._remove(instance_id)
+            self._remove(instance_id, state)
             log.info("instance_deleted", instance=instance_id)
 
-    def _remove(self, instance_id: str) -> None:
-        """Power off and undefine the domain, delete the overlay and the instance's files, whichever exist.
+    def _remove(self, instance_id: str, state: DomainState | None) -> None:
+        """Power off and undefine the domain (in ``state``, as just read), delete the overlay and the
+        instance's files, whichever exist.
 
-        Volumes stay: undefining a domain leaves its disks' files alone.
+        Volumes stay: undefining a domain leaves its disks' files alone.  The state is not read again:
+        a running guest burns CPU until it is destroyed, so every libvirt call before that counts
+        twice on a loaded host.
         """
-        state = self._hv.state(instance_id)
         if state is not None:
             if not state.is_off:
                 self._power_off(instance_id)
