@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psutil
 
 from . import LocalCluster, demo, guest, libvirtd, purge
 
@@ -35,7 +36,7 @@ POLL_S = 0.2
 
 @click.command()
 @click.option("--agents", default=2, show_default=True, help="Relay processes.")
-@click.option("--backends", default=6, show_default=True, help="Backend processes (hypervisors).")
+@click.option("--backends", default=3, show_default=True, help="Backend processes (hypervisors).")
 @click.option("--frontends", default=1, show_default=True, type=click.IntRange(1, 9),
               help="Frontends: above 1, standbys that take over from the leader, on a PostgreSQL server "
                    "this command starts (docs/ha.md).")
@@ -66,6 +67,7 @@ def main(agents: int, backends: int, frontends: int, workdir: str | None, api_po
                    "backend_config": {"compute": {"domain_type": "auto", "cmdline": guest.CMDLINE}}}
     if netns_hypervisors:
         options["ops_modules"].append("backend.network")
+    options.setdefault("backend_config", {})["capacity"] = _share_of_this_machine(backends)
     if workdir is None and frontends > 1:
         # Nodes enrolled with a database that died with the last run would be refused.
         workdir = ".run-ha"
@@ -84,6 +86,15 @@ def main(agents: int, backends: int, frontends: int, workdir: str | None, api_po
         click.echo(f"stopped: {gave_up}", err=True)
         sys.exit(1)
     click.echo("stopped")
+
+
+def _share_of_this_machine(backends: int) -> dict[str, int]:
+    """Each backend's part of this machine, so that the cloud offers the machine once, not once a
+    hypervisor (at least a CPU each: the scheduler overcommits CPUs anyway)."""
+    memory = psutil.virtual_memory().total >> 20
+    disk = shutil.disk_usage(Path.cwd()).total >> 30  # .run, or a --workdir usually on the same disk
+    return {"vcpus": max(1, (os.cpu_count() or 1) // backends), "memory_mb": max(1, memory // backends),
+            "disk_gb": max(1, disk // backends)}
 
 
 def _serve(cluster: LocalCluster, agents: int, backends: int, compute: bool, networks: bool) -> str | None:

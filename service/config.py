@@ -201,6 +201,17 @@ class NetworkSection:
 
 
 @dataclass(frozen=True)
+class CapacitySection:
+    """The ``capacity:`` block: what this hypervisor offers to instances, where that is less than the
+    machine (room kept for the host itself, or several hypervisors sharing one machine)."""
+
+    #: 0: every CPU, all the memory, the whole file system of data_dir
+    vcpus: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     node_id: str = ""
     #: every frontend's tree endpoint (standby frontends: the node joins whichever one leads)
@@ -217,6 +228,7 @@ class BackendConfig:
     metrics_listen: str = ""
     #: a file holding the one-time token (cl1.…) this node enrols with at its first start
     enrolment_token_file: str = ""
+    capacity: CapacitySection = field(default_factory=CapacitySection)
     compute: ComputeSection = field(default_factory=ComputeSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     tree: TreeSection = field(default_factory=TreeSection)
@@ -233,7 +245,7 @@ _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level":
             "metrics_listen": str, "enrolment_token_file": str, "audit_retention_days": int,
             "event_retention_days": int}
 _SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "leadership": LeadershipSection,
-                                   "compute": ComputeSection, "network": NetworkSection}
+                                   "compute": ComputeSection, "network": NetworkSection, "capacity": CapacitySection}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
 
@@ -304,6 +316,10 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
     if isinstance(config, FrontendConfig):
         _check_frontend(config, where)
     if isinstance(config, BackendConfig):
+        for name in ("vcpus", "memory_mb", "disk_gb"):
+            if not 0 <= getattr(config.capacity, name) <= 1 << 40:
+                raise ConfigError(f"{where}: capacity.{name}: must be 0 (all the machine has) or more "
+                                  f"(got {getattr(config.capacity, name)})")
         _check_compute(config.compute, where)
         if "backend.network" in config.ops_modules:
             _check_network(config.network, where)

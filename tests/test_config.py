@@ -3,12 +3,14 @@ the reason, and a daemon given such a file exits at once with status 2 and one l
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backend.ops.system import Offered, info
 from sci import TreeSettings
 from service import config as config_module
 from service.config import AgentConfig, BackendConfig, ConfigError, FrontendConfig, LeadershipSection, load
@@ -119,6 +121,8 @@ BACKEND_CASES = [
     ("workers-bool", "workers: true\n", "workers: must be an integer (got True)"),
     ("workers-zero", "workers: 0\n", "workers: must be between 1 and 1024 (got 0)"),
     ("workers-too-many", "workers: 5000\n", "workers: must be between 1 and 1024 (got 5000)"),
+    ("capacity-negative", "capacity:\n  memory_mb: -1\n", "capacity.memory_mb: must be 0 (all the machine has) or more (got -1)"),
+    ("capacity-unknown", "capacity:\n  cpus: 2\n", "capacity.cpus: unknown setting (known: disk_gb, memory_mb, vcpus)"),
     ("journal-fsync-wrong-type", "journal_fsync: yes please\n",
      "journal_fsync: must be true or false (got 'yes please')"),
     ("groups-not-a-list", "groups: rack1\n", "groups: must be a list of strings"),
@@ -336,3 +340,12 @@ def test_daemon_exits_2_on_a_missing_config(tmp_path: Path, module: str) -> None
     proc = run_daemon(module, path, timeout=20)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert proc.stderr == f"cloudland-{module}: {path}: cannot read: No such file or directory\n"
+
+
+def test_a_backend_offers_its_capacity_or_the_whole_machine(tmp_path: Path) -> None:
+    """``info`` reports what the scheduler places instances within: the ``capacity:`` given, else the machine."""
+    machine = info("", str(tmp_path), "", Offered(), {})
+    assert machine["cpus"] == os.cpu_count() and machine["memory_total"] > 0 and machine["disk_total"] > 0
+    share = info("", str(tmp_path), "", Offered(vcpus=1, memory_mb=2048, disk_gb=7), {})
+    assert (share["cpus"], share["memory_total"], share["disk_total"]) == (1, 2048 << 20, 7 << 30)
+    assert share["memory_available"] == pytest.approx(machine["memory_available"], rel=0.5)  # the machine's, as is

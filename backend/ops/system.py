@@ -6,6 +6,7 @@ import os
 import socket
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -13,7 +14,7 @@ import psutil
 from ..argcheck import Record, Text, optional
 from ..registry import Op, OpRegistry
 
-__all__ = ["register"]
+__all__ = ["Offered", "register"]
 
 PING_ARGS = Record({
     # A caller's tag, used nowhere: the bench tags each ping to count how often a host ran it.
@@ -26,17 +27,27 @@ def ping(args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def info(zone: str, data_dir: str, vtep: str, args: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Offered:
+    """What the host offers to instances where an operator said less than the machine has (0: all of it)."""
+
+    vcpus: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+
+def info(zone: str, data_dir: str, vtep: str, offered: Offered, args: dict[str, Any]) -> dict[str, Any]:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(data_dir)
     load1, load5, load15 = os.getloadavg()
     return {
         "hostname": socket.gethostname(),
-        "cpus": os.cpu_count() or 0,
-        "memory_total": memory.total,
+        # the scheduler places instances within these three
+        "cpus": offered.vcpus or os.cpu_count() or 0,
+        "memory_total": offered.memory_mb << 20 or memory.total,
         "memory_available": memory.available,
         # instances' disks and volumes live under the data directory
-        "disk_total": disk.total,
+        "disk_total": offered.disk_gb << 30 or disk.total,
         "disk_free": disk.free,
         "zone": zone,
         # the underlay address of this host's VXLAN tunnels: where other hosts send its ports' frames
@@ -46,6 +57,7 @@ def info(zone: str, data_dir: str, vtep: str, args: dict[str, Any]) -> dict[str,
     }
 
 
-def register(registry: OpRegistry, zone: str = "", data_dir: str = "/", vtep: str = "") -> None:
+def register(registry: OpRegistry, zone: str = "", data_dir: str = "/", vtep: str = "",
+             offered: Offered = Offered()) -> None:
     registry.register(Op("ping", ping, PING_ARGS, durable=False, inline=True))
-    registry.register(Op("info", functools.partial(info, zone, data_dir, vtep), INFO_ARGS, durable=False))
+    registry.register(Op("info", functools.partial(info, zone, data_dir, vtep, offered), INFO_ARGS, durable=False))

@@ -25,7 +25,7 @@ def _addresses(instance: dict[str, Any]) -> list[str]:
 INSTANCE = Resource("instance", "instances", (
     Column("ID", "id"), Column("NAME", "name"), Column("STATUS", "status"), Column("POWER", "power_state"),
     Column("VCPUS", "vcpus", right=True), Column("MEMORY_MB", "memory_mb", right=True),
-    Column("HYPERVISOR", "hypervisor"), Column("ADDRESSES", _addresses), Column("CREATED", "created_at", when),
+    Column("HYPERVISOR", "host"), Column("ADDRESSES", _addresses), Column("CREATED", "created_at", when),
 ))
 
 
