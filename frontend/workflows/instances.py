@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db import Database
-from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
+from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, TaskStep, Volume
 from ..enrolment import is_revoked
 from ..imagelinks import ImageLinks
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
@@ -170,7 +170,7 @@ class Delete(_Base):
 
     def run(self, ctx: TaskContext, task: Task) -> None:
         iid = task.resource_id
-        _, host = self._read(iid)
+        host = self._host_before_forgetting(task)
         networks: list[str] = ctx.once("networks", lambda s: instance_networks(s, iid))
         groups: list[str] = ctx.once("groups", lambda s: instance_groups(s, iid))
         if host is not None and self._revoked(host):
@@ -187,6 +187,17 @@ class Delete(_Base):
             if failed:
                 raise TaskFailed("the instance is deleted, but its network could not be updated on: "
                                  + "; ".join(failed))
+
+    def _host_before_forgetting(self, task: Task) -> str | None:
+        """The instance's host; once the task has forgotten the instance (a delete resumed after a
+        restart, with only its network pushes left), the host its journal sent the delete to."""
+        with self.db.read() as session:
+            instance = session.get(Instance, task.resource_id)
+            if instance is not None:
+                return _host_name(session, instance)
+            sent = session.execute(select(TaskStep.hosts).where(TaskStep.task_id == task.id,
+                                                                TaskStep.name == "delete")).scalar()
+            return str(sent[0]) if sent else None
 
     def _forget(self, session: Session, iid: str) -> None:
         instance = _instance(session, iid)

@@ -426,6 +426,32 @@ def test_a_resumed_task_resends_under_the_same_id_and_nothing_runs_twice(cloud: 
     assert api.ok("get", "/v1/instances/web")["status"] == "active"
 
 
+def test_a_delete_resumed_after_forgetting_the_instance_finishes_its_network_pushes(cloud: Cloud) -> None:
+    """A frontend killed after a delete forgot the instance, before its ports left their networks'
+    hosts: resumed, the task finishes from its journal instead of failing on the missing instance."""
+    api, _ = _setup(cloud)
+    launched = _launch(cloud, api, "web")
+    host = _host_by_db(cloud, launched["instance"]["id"])
+    task_id = api.ok("delete", "/v1/instances/web", 202)["task"]["id"]
+    done = cloud.wait_task(api, task_id)
+    assert done["status"] == "succeeded", done
+    names = [step["name"] for step in done["steps"]]
+    with cloud.frontend.db.transaction() as session:  # as if it had stopped right after "forget"
+        cut = names.index("forget") + 1
+        for step in session.execute(select(TaskStep).where(TaskStep.task_id == task_id)).scalars():
+            if step.seq > cut:
+                session.delete(step)
+        task = session.get(Task, task_id)
+        assert task is not None
+        task.status = "running"
+    deletes = cloud.computes[host].instances.copy()
+    assert cloud.frontend.tasks.resume() == 1
+    resumed = cloud.wait_task(api, task_id)
+    assert resumed["status"] == "succeeded", resumed
+    assert [step["name"] for step in resumed["steps"]] == names
+    assert cloud.computes[host].instances == deletes  # the host was not asked again
+
+
 def _link(url: str) -> tuple[str, int, str]:
     """A signed link's image id, expiry and signature."""
     parts = urlsplit(url)
