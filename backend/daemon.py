@@ -30,9 +30,7 @@ def build(config: BackendConfig) -> tuple[Leaf, OpRegistry]:
     registry = OpRegistry(workers=config.workers)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     vtep = config.network.vtep if "backend.network" in config.ops_modules else ""
-    capacity = config.capacity
-    system.register(registry, zone=config.zone, data_dir=config.data_dir, vtep=vtep,
-                    offered=system.Offered(capacity.vcpus, capacity.memory_mb, capacity.disk_gb))
+    system.register(registry, zone=config.zone, data_dir=config.data_dir, vtep=vtep, offered=config.capacity)
     for module in config.ops_modules:
         registry.load_module(module, config)
     try:

@@ -122,6 +122,13 @@ class TaskContext:
                                  finished_at=utcnow()))
             return value
 
+    def sent_to(self, name: str) -> list[str]:
+        """The hosts this task's command step ``name`` went to, as journalled; none if it was never sent."""
+        with self._engine.db.read() as session:
+            hosts = session.execute(select(TaskStep.hosts).where(TaskStep.task_id == self.task_id,
+                                                                 TaskStep.name == name)).scalar()
+        return [str(h) for h in hosts or []]
+
     def command(self, name: str, op: str, body: dict[str, Any], hosts: list[str],
                 timeout: float = 60.0,
                 refresh: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, HostResult]:

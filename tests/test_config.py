@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from backend.ops.system import Offered, info
+from backend.ops.system import info
 from sci import TreeSettings
 from service import config as config_module
-from service.config import AgentConfig, BackendConfig, ConfigError, FrontendConfig, LeadershipSection, load
+from service.config import (AgentConfig, BackendConfig, CapacitySection, ConfigError, FrontendConfig, LeadershipSection,
+                            load)
 from tests.support.daemons import run_daemon
 
 KINDS = [FrontendConfig, AgentConfig, BackendConfig]
@@ -344,8 +345,8 @@ def test_daemon_exits_2_on_a_missing_config(tmp_path: Path, module: str) -> None
 
 def test_a_backend_offers_its_capacity_or_the_whole_machine(tmp_path: Path) -> None:
     """``info`` reports what the scheduler places instances within: the ``capacity:`` given, else the machine."""
-    machine = info("", str(tmp_path), "", Offered(), {})
+    machine = info("", str(tmp_path), "", CapacitySection(), {})
     assert machine["cpus"] == os.cpu_count() and machine["memory_total"] > 0 and machine["disk_total"] > 0
-    share = info("", str(tmp_path), "", Offered(vcpus=1, memory_mb=2048, disk_gb=7), {})
+    share = info("", str(tmp_path), "", CapacitySection(vcpus=1, memory_mb=2048, disk_gb=7), {})
     assert (share["cpus"], share["memory_total"], share["disk_total"]) == (1, 2048 << 20, 7 << 30)
     assert share["memory_available"] == pytest.approx(machine["memory_available"], rel=0.5)  # the machine's, as is

@@ -6,15 +6,16 @@ import os
 import socket
 import functools
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from service.config import CapacitySection
+
 from ..argcheck import Record, Text, optional
 from ..registry import Op, OpRegistry
 
-__all__ = ["Offered", "register"]
+__all__ = ["register"]
 
 PING_ARGS = Record({
     # A caller's tag, used nowhere: the bench tags each ping to count how often a host ran it.
@@ -27,16 +28,7 @@ def ping(args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-@dataclass(frozen=True)
-class Offered:
-    """What the host offers to instances where an operator said less than the machine has (0: all of it)."""
-
-    vcpus: int = 0
-    memory_mb: int = 0
-    disk_gb: int = 0
-
-
-def info(zone: str, data_dir: str, vtep: str, offered: Offered, args: dict[str, Any]) -> dict[str, Any]:
+def info(zone: str, data_dir: str, vtep: str, offered: CapacitySection, args: dict[str, Any]) -> dict[str, Any]:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(data_dir)
     load1, load5, load15 = os.getloadavg()
@@ -58,6 +50,6 @@ def info(zone: str, data_dir: str, vtep: str, offered: Offered, args: dict[str, 
 
 
 def register(registry: OpRegistry, zone: str = "", data_dir: str = "/", vtep: str = "",
-             offered: Offered = Offered()) -> None:
+             offered: CapacitySection = CapacitySection()) -> None:
     registry.register(Op("ping", ping, PING_ARGS, durable=False, inline=True))
     registry.register(Op("info", functools.partial(info, zone, data_dir, vtep, offered), INFO_ARGS, durable=False))

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db import Database
-from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, TaskStep, Volume
+from ..db.models import Hypervisor, Image, Instance, Keypair, Port, Task, Volume
 from ..enrolment import is_revoked
 from ..imagelinks import ImageLinks
 from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANCE_RESIZE, POWER_OPS, instance_spec
@@ -50,10 +50,6 @@ class _Base:
         with self.db.read() as session:
             instance = _instance(session, instance_id)
             return instance, _host_name(session, instance)
-
-    def _revoked(self, host: str) -> bool:
-        with self.db.read() as session:
-            return is_revoked(session, host)
 
 
 class Launch(_Base):
@@ -170,11 +166,9 @@ class Delete(_Base):
 
     def run(self, ctx: TaskContext, task: Task) -> None:
         iid = task.resource_id
-        host = self._host_before_forgetting(task)
+        host = self._host_to_ask(ctx, task)
         networks: list[str] = ctx.once("networks", lambda s: instance_networks(s, iid))
         groups: list[str] = ctx.once("groups", lambda s: instance_groups(s, iid))
-        if host is not None and self._revoked(host):
-            host = None  # gone for good, its guests with it: nothing to ask it, nothing to unwire there
         if host is not None:
             result = ctx.command("delete", INSTANCE_DELETE, {"instance_id": iid}, [host], timeout=HOST_OP_TIMEOUT)[host]
             if not result.ok:
@@ -188,16 +182,17 @@ class Delete(_Base):
                 raise TaskFailed("the instance is deleted, but its network could not be updated on: "
                                  + "; ".join(failed))
 
-    def _host_before_forgetting(self, task: Task) -> str | None:
-        """The instance's host; once the task has forgotten the instance (a delete resumed after a
-        restart, with only its network pushes left), the host its journal sent the delete to."""
+    def _host_to_ask(self, ctx: TaskContext, task: Task) -> str | None:
+        """The instance's host, None if it has none or its key is revoked (gone for good, its guests
+        with it: nothing to ask it, nothing to unwire there).  Once the task has forgotten the instance
+        (a delete resumed after a restart, with only its network pushes left), the host it sent the
+        delete to."""
         with self.db.read() as session:
             instance = session.get(Instance, task.resource_id)
             if instance is not None:
-                return _host_name(session, instance)
-            sent = session.execute(select(TaskStep.hosts).where(TaskStep.task_id == task.id,
-                                                                TaskStep.name == "delete")).scalar()
-            return str(sent[0]) if sent else None
+                host = _host_name(session, instance)
+                return None if host is None or is_revoked(session, host) else host
+        return next(iter(ctx.sent_to("delete")), None)
 
     def _forget(self, session: Session, iid: str) -> None:
         instance = _instance(session, iid)
