@@ -5,14 +5,15 @@ are registered, those whose state changed are marked up or down (with an event),
 whose capacity is unknown or stale are asked for it with the ``info`` op, in one command.
 The scheduler chooses only hosts that are up and whose capacity is known.  Changes of the
 tree's shape the root saw (agents lost and back, nodes moved to another parent) become
-events too.
+events too.  Each round also sends their whole network state to hosts that missed a sync and
+are attached again, and wakes the tasks parked for hosts that are back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 from sqlalchemy import select, update
@@ -45,10 +46,13 @@ class HostMonitor(Periodic):
     name = "hosts"
 
     def __init__(self, db: Database, tree: TreeRoot, submit: Submit, host_networks: HostNetworks | None,
-                 interval: float = 2.0, facts_every: float = 600.0, startup_grace: float = 30.0) -> None:
+                 interval: float = 2.0, facts_every: float = 600.0, startup_grace: float = 30.0,
+                 wake: Callable[[Callable[[str], bool]], int] | None = None) -> None:
         super().__init__(interval)
         self.db = db
         self.tree = tree
+        #: runs again the tasks parked for hosts that are attached (TaskEngine.wake)
+        self.wake = wake
         #: commands go through the frontend's counted submit, not the root's own
         self.submit = submit
         self.host_networks = host_networks
@@ -81,6 +85,9 @@ class HostMonitor(Periodic):
             # A new session of a backend: it may have missed network changes (or restarted).
             self.host_networks.rejoined(sorted({e.node_id for e in events if e.role == "backend"
                                                    and e.kind in ("joined", "returned")}))
+            self.host_networks.catch_up(tree.attached)
+        if self.wake is not None:
+            self.wake(tree.attached)
 
     def _record_tree_events(self, events: list[TreeEvent]) -> None:
         """Events for reparents, and for agents coming and going (hosts' up and down come from

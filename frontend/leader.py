@@ -28,6 +28,7 @@ from .db.models import Hypervisor
 from .hosts import HostMonitor
 from .liveconsole import ConsoleHub, notice_handlers
 from .netconverge import HostNetworks
+from .netstate import NET_SYNC
 from .notices import NoticeRouter
 from .powerstate import POWER_NOTICE, PowerNotices
 from .reconcile import Reconciler
@@ -60,8 +61,9 @@ class LeaderDuties:
         self.consoles = consoles
         self.control = ControlServer(root, config.control_socket)
         self.host_networks = HostNetworks(db, submit)
-        self.hosts = HostMonitor(db, root, submit, self.host_networks)
-        self.reconciler = Reconciler(db, submit, config.reconcile_interval_s)
+        tasks.on_missed(NET_SYNC, self.host_networks.owe)
+        self.hosts = HostMonitor(db, root, submit, self.host_networks, wake=tasks.wake)
+        self.reconciler = Reconciler(db, submit, config.reconcile_interval_s, reap=config.reap_leftovers)
         self.retention = Retention(db, config.audit_retention_days, config.event_retention_days)
         self.resumer = Resumer(tasks)
         #: tasks that standbys' APIs create (PostgreSQL: on SQLite there are no standbys)

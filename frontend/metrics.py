@@ -100,6 +100,9 @@ class StateCollector(Collector):
         running = GaugeMetricFamily("cloudland_tasks_in_flight", "Tasks this frontend is running now")
         running.add_metric([], self.tasks.in_flight)
         yield running
+        parked = GaugeMetricFamily("cloudland_tasks_parked", "Tasks waiting for hypervisors that are away")
+        parked.add_metric([], self.tasks.parked)
+        yield parked
 
     def _from_database(self) -> Iterator[Metric]:
         ratios = self.ratios

@@ -1,19 +1,24 @@
-"""A host that (re)joins the tree is sent its whole network state, and converges on it.
+"""A host that (re)joins the tree, or missed a sync, is sent its whole network state, and converges on it.
 
-A backend restarted, or cut off while its networks changed, missed syncs (``network.sync``
-tasks do not fail for hosts that are away).  When the tree sees it join or return, it gets a
-full ``net.sync`` (``netstate.full_sync``): it builds what is missing, removes what is no
-longer wanted and leaves the rest, so traffic of ports that did not change is never cut.
+A backend restarted, or cut off while its networks changed, missed syncs (``net.sync``
+commands of tasks do not fail, nor wait, for hosts that are away).  When the tree sees it join
+or return, or once it is attached again after a sync did not reach it (its agent died and it
+re-attached elsewhere: the tree saw no new session), it gets a full ``net.sync``
+(``netstate.full_sync``): it builds what is missing, removes what is no longer wanted and
+leaves the rest, so traffic of ports that did not change is never cut.  A full sync that does
+not reach its host either is owed again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+from typing import Callable
 
 import structlog
 from sqlalchemy import select
 
-from sci import CommandHandle, Targets
+from sci import CommandHandle, Status, Targets
 
 from .db import Database
 from .db.models import Hypervisor
@@ -34,6 +39,21 @@ class HostNetworks:
         self.submit = submit
         # Waiting for answers must not hold the host monitor's round.
         self._waiters = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="netsync")
+        #: hosts a sync did not reach, owed their whole state
+        self._owed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def owe(self, hosts: list[str]) -> None:
+        with self._lock:
+            self._owed.update(hosts)
+        log.info("host_networks_owed", hosts=len(hosts))
+
+    def catch_up(self, attached: Callable[[str], bool]) -> None:
+        """Send their whole state to the hosts owed it that are attached now."""
+        with self._lock:
+            due = sorted(h for h in self._owed if attached(h))
+            self._owed.difference_update(due)
+        self.rejoined(due)
 
     def rejoined(self, hosts: list[str]) -> None:
         """Send each host that runs the network driver its whole state."""
@@ -48,14 +68,15 @@ class HostNetworks:
             handle = self.submit(NET_SYNC, body, Targets.to(name), FULL_SYNC_TIMEOUT, None)
             self._waiters.submit(self._report, name, handle, len(body["networks"]))
 
-    @staticmethod
-    def _report(host: str, handle: CommandHandle, networks: int) -> None:
+    def _report(self, host: str, handle: CommandHandle, networks: int) -> None:
         for _, result in handle.results(FULL_SYNC_TIMEOUT + 10):
             if result.ok:
                 log.info("host_networks_converged", host=host, networks=networks)
             else:
                 log.warning("host_networks_not_converged", host=host, status=result.status.name,
                             message=result.message)
+                if result.status is not Status.ERROR:  # away again: once it is back
+                    self.owe([host])
 
     def close(self) -> None:
         self._waiters.shutdown(wait=False, cancel_futures=True)

@@ -4,11 +4,16 @@ Capacity is reserved with one conditional UPDATE per try ("add these vCPUs if th
 fit"), so two launches racing for a host's last room cannot both win, on SQLite or
 PostgreSQL, without locking the host table.  Anti-affinity is made safe the same way by
 locking the group's row while its members' hosts are read and the new one is chosen.
+
+Only hosts attached to the tree right now are chosen: the table says ``up`` until the host
+monitor's next pass, but a host whose process just died would fail the launch at once, and a
+killed agent or host process takes hundreds of hosts away together.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import structlog
 from sqlalchemy import ColumnElement, select, update
@@ -19,7 +24,7 @@ from service.config import SchedulerSection
 from .db.engine import changed, lock
 from .db.models import Hypervisor, Instance, ServerGroup
 
-__all__ = ["Demand", "Scheduler"]
+__all__ = ["Demand", "OnlyAwayHosts", "Scheduler"]
 
 log = structlog.get_logger("frontend.scheduler")
 
@@ -41,9 +46,19 @@ class Demand:
         return cls(instance.vcpus, instance.memory_mb, instance.disk_gb)
 
 
+class OnlyAwayHosts(Exception):
+    """Hosts have room, but none of them is attached to the tree now."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        super().__init__(f"{len(hosts)} hypervisors with room are away from the tree")
+        self.hosts = hosts
+
+
 class Scheduler:
-    def __init__(self, settings: SchedulerSection) -> None:
+    def __init__(self, settings: SchedulerSection, attached: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
+        #: whether a host (by name) is attached to the tree now; None: every host counts as attached
+        self.attached = attached
 
     def _fits(self, need: Demand) -> list[ColumnElement[bool]]:
         s = self.settings
@@ -83,7 +98,8 @@ class Scheduler:
         """Choose a host that is up, enabled, in ``zone_id``, holds no other member of the anti-affinity
         group ``group_id``, is not in ``exclude``, and has room; reserve ``need`` on it.
 
-        Hosts with the most free memory come first, which spreads load.  None if no host fits.
+        Hosts with the most free memory come first, which spreads load.  None if no host fits;
+        ``OnlyAwayHosts`` if some fit but none of them is attached to the tree now.
         """
         avoid = set(exclude)
         if group_id is not None:
@@ -95,21 +111,33 @@ class Scheduler:
                                                          Instance.id != member_id)
                 ).scalars()
                 avoid.update(h for h in taken if h)
-        query = (select(Hypervisor)
+        query = (select(Hypervisor.id, Hypervisor.name)
                  .where(Hypervisor.status == "up", Hypervisor.enabled.is_(True), Hypervisor.facts_at.is_not(None),
                         *self._fits(need))
                  .order_by((Hypervisor.memory_mb * self.settings.ram_allocation_ratio
-                            - Hypervisor.memory_mb_used).desc(), Hypervisor.name)
-                 .limit(CANDIDATES + len(avoid)))
+                            - Hypervisor.memory_mb_used).desc(), Hypervisor.name))
         if zone_id is not None:
             query = query.where(Hypervisor.zone_id == zone_id)
-        for host in session.execute(query).scalars():
-            if host.id in avoid:
-                continue
-            if self.reserve(session, host.id, need):
-                log.info("scheduler_placed", host=host.name, vcpus=need.vcpus, memory_mb=need.memory_mb,
-                         disk_gb=need.disk_gb)
-                return host
+        away: list[str] = []
+        tried = 0
+        # Candidates come in pages: a tree that just lost half its hosts costs a few more, not a scan.
+        for page in range(0, 1 << 30, CANDIDATES):
+            rows = session.execute(query.offset(page).limit(CANDIDATES)).all()
+            for host_id, name in rows:
+                if host_id in avoid:
+                    continue
+                if self.attached is not None and not self.attached(name):
+                    away.append(name)
+                    continue
+                if self.reserve(session, host_id, need):
+                    log.info("scheduler_placed", host=name, vcpus=need.vcpus, memory_mb=need.memory_mb,
+                             disk_gb=need.disk_gb, skipped_away=len(away))
+                    return session.get(Hypervisor, host_id)
+                tried += 1
+            if len(rows) < CANDIDATES or tried >= CANDIDATES:
+                break
         log.info("scheduler_no_host", vcpus=need.vcpus, memory_mb=need.memory_mb, disk_gb=need.disk_gb,
-                 zone=zone_id, avoided=len(avoid))
+                 zone=zone_id, avoided=len(avoid), away=len(away))
+        if away and not tried:
+            raise OnlyAwayHosts(away)
         return None

@@ -17,11 +17,22 @@ A command is sent again with the body it was first sent with, but for what its s
 hosts' journals know a command by its id alone, never by its body: one that ran or runs is
 answered from its record (the renewed link unused, its download done or under way), and one
 that never arrived runs with the renewed body.
+
+A command whose host is away from the tree (restarting, re-attaching after its agent died,
+not yet back under a restarted frontend) is not a failed command: unless the workflow says
+otherwise (a launch tries another host instead), the task is *parked*, its step left as sent.
+The host monitor wakes it when the host is attached again, and it sends the step once more under
+its id; only after ``host_wait_s`` since the step was first sent does "host is down" become the
+step's result.  A parked task holds no worker thread.
+
+Hosts that a command did not reach are told to whoever listens for that op (``on_missed``): the
+network's convergence owes them their whole state, and sends it when they are back.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar
@@ -37,7 +48,7 @@ from .db import Database
 from .db.models import Event, Task, TaskStep, utcnow
 from .periodic import Periodic
 
-__all__ = ["HostResult", "Resumer", "Submit", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
+__all__ = ["HostResult", "HostsAway", "Resumer", "Submit", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
 
 log = structlog.get_logger("frontend.tasks")
 
@@ -46,10 +57,23 @@ T = TypeVar("T")
 Submit = Callable[[str, Any, Targets, float, str | None], CommandHandle]
 
 ACTIVE = ("pending", "running")
+#: the results that say the command never reached its host, or not for long enough to answer
+AWAY = ("unreachable", "lost")
+#: at most this many of the hosts a parked task waits for are kept, to wake it by
+WAKE_HOSTS = 64
 
 
 class TaskFailed(Exception):
     """Raised by a workflow to end its task as failed, with this text for the user."""
+
+
+class HostsAway(Exception):
+    """Raised where a task must wait for hosts that are away from the tree: it is parked, not failed,
+    and run again once any of ``hosts`` is attached (or by the Resumer)."""
+
+    def __init__(self, hosts: list[str], why: str) -> None:
+        super().__init__(why)
+        self.hosts = hosts[:WAKE_HOSTS]
 
 
 class Interrupted(Exception):
@@ -122,6 +146,10 @@ class TaskContext:
                                  finished_at=utcnow()))
             return value
 
+    def waited_enough(self, since: dt.datetime) -> bool:
+        """Whether a wait for hosts that began at ``since`` has lasted ``host_wait_s``."""
+        return utcnow() - since >= dt.timedelta(seconds=self._engine.host_wait_s)
+
     def sent_to(self, name: str) -> list[str]:
         """The hosts this task's command step ``name`` went to, as journalled; none if it was never sent."""
         with self._engine.db.read() as session:
@@ -131,11 +159,14 @@ class TaskContext:
 
     def command(self, name: str, op: str, body: dict[str, Any], hosts: list[str],
                 timeout: float = 60.0,
-                refresh: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, HostResult]:
+                refresh: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                wait_for_hosts: bool = True) -> dict[str, HostResult]:
         """Send ``op`` to ``hosts`` through the tree and return each host's result.
 
         ``refresh``: applied to the recorded body of a command sent again, to renew what in it
         goes stale with time (recorded too, as what was last sent).
+        ``wait_for_hosts``: park the task while any of the hosts is away (up to ``host_wait_s``);
+        without it, "host is down" is a result like any other.
         """
         seq = self._next()
         with self._engine.db.transaction() as session:
@@ -152,13 +183,20 @@ class TaskContext:
                     step.body = refresh(dict(step.body))
                 log.info("task_command_resent", task=self.task_id, cmd=step.cmd_id, op=step.op,
                          refreshed=refresh is not None)
-            step_id, cmd_id = step.id, str(step.cmd_id)
+            step_id, cmd_id, sent_at = step.id, str(step.cmd_id), step.started_at or utcnow()
             op, body, hosts, timeout = str(step.op), dict(step.body), list(step.hosts), float(step.timeout_s or timeout)
         results = self._engine.send(cmd_id, op, body, hosts, timeout)
         if self._engine.stopping:
             # The answers may be the tree's own "lost" for commands cut off by the shutdown:
             # recording them would fail (or retry) work the hosts are still doing.
             raise Interrupted(cmd_id)
+        away = sorted(h for h, r in results.items() if r.status in AWAY)
+        if away and wait_for_hosts and self._engine.submit is not None and not self.waited_enough(sent_at):
+            raise HostsAway(away, f"{op} waits for {', '.join(away[:3])}{' and others' if len(away) > 3 else ''}: "
+                                  f"{results[away[0]].describe()}")
+        missed = [h for h, r in results.items() if r.status in AWAY or r.status == "timeout"]
+        if missed:
+            self._engine.missed(op, missed)
         with self._engine.db.transaction() as session:
             row = session.get(TaskStep, step_id)
             assert row is not None
@@ -170,21 +208,50 @@ class TaskContext:
 class TaskEngine:
     """Runs tasks' workflows on a pool of threads and resumes unfinished ones after a restart."""
 
-    def __init__(self, db: Database, submit: Submit | None, workers: int = 64) -> None:
+    def __init__(self, db: Database, submit: Submit | None, workers: int = 64, host_wait_s: float = 300.0) -> None:
         self.db = db
         #: how commands reach the tree (Frontend.submit); None: a frontend without a tree
         self.submit = submit
+        #: how long a step waits for a host that is away before "host is down" is its result
+        self.host_wait_s = host_wait_s
         self.workflows: dict[str, Workflow] = {}
         #: set while this frontend is a standby: the tasks its API creates are handed to the leader
         self.hand_over: Callable[[str], None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._running: set[str] = set()
+        #: parked tasks, and the hosts whose return wakes them
+        self._parked: dict[str, list[str]] = {}
+        self._missed: dict[str, Callable[[list[str]], None]] = {}
         self.stopping = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
     def register(self, kind: str, workflow: Workflow) -> None:
         self.workflows[kind] = workflow
+
+    def on_missed(self, op: str, listener: Callable[[list[str]], None]) -> None:
+        """Call ``listener`` with the hosts that a task's ``op`` command did not reach (away, or silent);
+        one listener an op, the last one set (each term of leadership sets its own)."""
+        self._missed[op] = listener
+
+    def missed(self, op: str, hosts: list[str]) -> None:
+        listener = self._missed.get(op)
+        if listener is not None:
+            listener(hosts)
+
+    @property
+    def parked(self) -> int:
+        with self._lock:
+            return len(self._parked)
+
+    def wake(self, attached: Callable[[str], bool]) -> int:
+        """Run again the parked tasks of which a host they wait for is ``attached``; how many."""
+        with self._lock:
+            ready = [task_id for task_id, hosts in self._parked.items() if any(attached(h) for h in hosts)]
+        started = [task_id for task_id in ready if self.start(task_id)]
+        if started:
+            log.info("tasks_woken", tasks=len(started))
+        return len(started)
 
     def create(self, session: Session, kind: str, org_id: str, user_id: str | None, resource_type: str,
                resource_id: str, params: dict[str, Any] | None = None) -> Task:
@@ -209,6 +276,7 @@ class TaskEngine:
         with self._lock:
             if task_id in self._running or self.stopping:
                 return False
+            self._parked.pop(task_id, None)
             self._running.add(task_id)
         self._pool.submit(self._run, task_id)
         return True
@@ -278,6 +346,11 @@ class TaskEngine:
             workflow.run(TaskContext(self, task_id), task)
         except Interrupted as exc:
             log.info("task_interrupted", task=task_id, kind=kind, cmd=str(exc))
+            return
+        except HostsAway as exc:
+            with self._lock:
+                self._parked[task_id] = exc.hosts
+            log.info("task_parked", task=task_id, kind=kind, reason=str(exc))
             return
         except (OperationalError, SciError) as exc:
             # The database or the tree is away for now, not the task wrong: leave it for the Resumer.

@@ -381,6 +381,11 @@ class TreeRoot(DownlinkOwner):
             ]
         return list(self._call(collect))
 
+    def attached(self, node: str) -> bool:
+        """Whether ``node`` has a route now.  Read outside the reactor, so a hint: the route may go or
+        come the next moment, which a command's own result then tells."""
+        return node in self.down.routes
+
     def define_group(self, name: str, hosts: list[str]) -> None:
         """Name a set of hosts for multicast (besides the groups backends declare themselves)."""
         Targets.to(*hosts)
@@ -591,7 +596,7 @@ class TreeRoot(DownlinkOwner):
             elif routes.child_of(host) is not None:
                 routed.append(host)
             elif (since := self._down_since.get(host)) is not None and now - since < self.settings.reattach_grace:
-                cmd.pending[host] = [_WAITING, None, since, "route lost; waiting for it to attach again"]
+                cmd.pending[host] = [_WAITING, None, since, "route lost"]
                 cmd.waiting += 1
             else:
                 final.append((host, Result(Status.UNREACHABLE, message="host is down")))
@@ -732,7 +737,9 @@ class TreeRoot(DownlinkOwner):
             for host, _ in failed:
                 del cmd.pending[host]
             cmd.waiting -= len(failed)
-            cmd.handle._deliver([(h, Result(Status.UNREACHABLE, message=s[3])) for h, s in failed])
+            cmd.handle._deliver([(h, Result(Status.UNREACHABLE, message=f"host is down: {s[3]}, not attached "
+                                                                         f"again within {grace:g}s"))
+                                 for h, s in failed])
             if not cmd.pending:
                 self._finish(cmd)
 
@@ -744,7 +751,8 @@ class TreeRoot(DownlinkOwner):
             if state[0] == _SENT:
                 batch.append((host, Result(Status.TIMEOUT, message="no answer before the deadline")))
             else:
-                batch.append((host, Result(Status.UNREACHABLE, message=state[3])))
+                batch.append((host, Result(Status.UNREACHABLE, message=f"host is down: {state[3]}, not attached "
+                                                                       "again before the deadline")))
         cmd.pending.clear()
         cmd.waiting = 0
         cmd.handle._deliver(batch)

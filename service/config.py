@@ -113,6 +113,12 @@ class FrontendConfig:
     log_level: str = "info"
     #: seconds between comparisons of what hosts run with what the state says
     reconcile_interval_s: float = 60.0
+    #: whether the reconcile deletes, on a host, instances this cloud deleted or placed elsewhere
+    #: (a launch's attempt or a delete that could not reach the host); unknown ones are only reported
+    reap_leftovers: bool = True
+    #: seconds a task waits for a hypervisor that is away from the tree (restarting, re-attaching)
+    #: before "host is down" fails it
+    host_wait_s: float = 300.0
     #: days audit records are kept; 0 keeps them forever
     audit_retention_days: int = 365
     #: days events are kept; 0 keeps them forever
@@ -242,6 +248,7 @@ C = TypeVar("C", FrontendConfig, AgentConfig, BackendConfig)
 
 _SCALARS = {"node_id": str, "data_dir": str, "control_socket": str, "log_level": str,
             "workers": int, "journal_fsync": bool, "database": str, "zone": str, "reconcile_interval_s": float,
+            "reap_leftovers": bool, "host_wait_s": float,
             "metrics_listen": str, "enrolment_token_file": str, "audit_retention_days": int,
             "event_retention_days": int}
 _SECTIONS: dict[str, type[Any]] = {"api": ApiSection, "scheduler": SchedulerSection, "leadership": LeadershipSection,
@@ -444,6 +451,8 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
     if not 1 <= config.reconcile_interval_s <= 86400:
         raise ConfigError(f"{where}: reconcile_interval_s: must be between 1 and 86400 "
                           f"(got {config.reconcile_interval_s})")
+    if not 0 <= config.host_wait_s <= 86400:
+        raise ConfigError(f"{where}: host_wait_s: must be between 0 and 86400 (got {config.host_wait_s})")
     for name in ("audit_retention_days", "event_retention_days"):
         if not 0 <= getattr(config, name) <= 36500:
             raise ConfigError(f"{where}: {name}: must be between 0 (keep forever) and 36500 "

@@ -15,8 +15,8 @@ from ..hostops import HOST_OP_TIMEOUT, INSTANCE_CREATE, INSTANCE_DELETE, INSTANC
 from ..ipam import release_instance_ports
 from ..hostalias import mention
 from ..netstate import group_audience, instance_groups, instance_networks
-from ..scheduler import Demand, Scheduler
-from ..tasks import HostResult, TaskContext, TaskFailed, Workflow
+from ..scheduler import Demand, OnlyAwayHosts, Scheduler
+from ..tasks import HostResult, HostsAway, TaskContext, TaskFailed, Workflow
 from .network import errors, push
 
 __all__ = ["workflows"]
@@ -66,14 +66,20 @@ class Launch(_Base):
         tried: list[str] = []
         reasons: list[str] = []
         for attempt in range(settings.max_attempts):
-            placed = ctx.once(f"place.{attempt}", lambda s: self._place(s, iid, tried))
+            try:
+                placed = ctx.once(f"place.{attempt}", lambda s: self._place(s, iid, tried))
+            except OnlyAwayHosts as exc:
+                if not ctx.waited_enough(task.created_at):
+                    raise HostsAway(exc.hosts, f"placement waits for the tree: {exc}") from None
+                raise TaskFailed(f"no hypervisor with room for it is attached to the tree ({exc})") from None
             if placed is None:
                 why = "no hypervisor has room for it" + (" after " + "; ".join(reasons) if reasons else "")
                 raise TaskFailed(why)
             host = placed["name"]
+            # A host that is away fails this attempt at once: the next one goes elsewhere.
             result = ctx.command(f"launch.{attempt}", INSTANCE_CREATE, self._spec(iid), [host],
                                  timeout=settings.launch_timeout_s,
-                                 refresh=lambda recorded: relinked(recorded, self.links))[host]
+                                 refresh=lambda recorded: relinked(recorded, self.links), wait_for_hosts=False)[host]
             networks = self._networks(iid)
             if result.ok:
                 # Its host plugs its ports; its networks' other hosts learn where they are.
@@ -85,9 +91,10 @@ class Launch(_Base):
                 result = HostResult(wired.status, f"its network: {wired.describe()}", wired.exit_status)
             reasons.append(f"{mention(host)}: {result.describe()}")
             # Whatever the failure (silence, a backend that died mid-op, a clean-up that itself
-            # failed), the host may hold part of it: deleting is idempotent, so always ask.
+            # failed), the host may hold part of it: deleting is idempotent, so always ask.  Not
+            # waiting for a host that is away: the reconcile reaps what it holds of this attempt.
             ctx.command(f"cleanup.{attempt}", INSTANCE_DELETE, {"instance_id": iid}, [host],
-                        timeout=CLEANUP_TIMEOUT)
+                        timeout=CLEANUP_TIMEOUT, wait_for_hosts=False)
             ctx.once(f"release.{attempt}", lambda s: self._release(s, iid))
             if networks:
                 push(ctx, f"unwire.{attempt}", networks, [host])  # what the host built of them for it goes

@@ -3,9 +3,10 @@
 A ``network.sync`` task (params: ``networks``, the ids changed; ``hosts``, hosts that carried
 them before the change; ``only``, if given, the hosts the change concerns among all these: a
 security group's change reaches the hosts of its ports, not every host of their networks)
-builds one ``net.sync`` body and multicasts it to the networks' hosts and to those.  A host that answers with an error fails the task with its reason; a host that
-is down or does not answer does not: it gets its whole state (``netstate.full_sync``) when it
-comes back.
+builds one ``net.sync`` body and multicasts it to the networks' hosts and to those.  A host that
+answers with an error fails the task with its reason; a host that is away or does not answer
+does not, nor does the task wait for it: it is owed its whole state (``netconverge``), sent
+when it is attached again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def push(ctx: TaskContext, name: str, networks: list[str], extra_hosts: list[str
     plan = ctx.once(f"{name}.plan", lambda session: _plan(session, networks, list(extra_hosts or []), only))
     if not plan["hosts"]:
         return {}
-    return ctx.command(name, NET_SYNC, plan["body"], plan["hosts"], timeout=HOST_OP_TIMEOUT)
+    return ctx.command(name, NET_SYNC, plan["body"], plan["hosts"], timeout=HOST_OP_TIMEOUT, wait_for_hosts=False)
 
 
 def _plan(session: Session, networks: list[str], extra_hosts: list[str], only: list[str] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from frontend.api.app import create_app
 from frontend.bootstrap import bootstrap
 from frontend.hosts import HostMonitor
 from frontend.netconverge import HostNetworks
+from frontend.netstate import NET_SYNC
 from frontend.reconcile import Reconciler
 from frontend.services import Frontend
 from sci import Journal, Leaf, TreeRoot, TreeSettings
@@ -40,22 +41,46 @@ class Cloud:
     #: the hosts' network stand-ins, when the cloud was made with networks
     networks: dict[str, RecordingNetwork] = field(default_factory=dict)
     leaves: dict[str, Leaf] = field(default_factory=dict)
+    #: each host's zone and underlay address, to start it again with
+    places: dict[str, tuple[str, str]] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
 
     def add_host(self, name: str, zone: str = "", vtep: str = "") -> RecordingCompute:
-        registry = OpRegistry(4)
-        system.register(registry, zone=zone, vtep=vtep)
         compute = RecordingCompute(name)
-        compute.register(registry)
+        self.computes[name] = compute
         if vtep:
             self.networks[name] = RecordingNetwork(name, vtep)
+        self.places[name] = (zone, vtep)
+        self._run_leaf(name, zone, vtep)
+        return compute
+
+    def _run_leaf(self, name: str, zone: str, vtep: str) -> None:
+        registry = OpRegistry(4)
+        system.register(registry, zone=zone, vtep=vtep)
+        self.computes[name].register(registry)
+        if vtep:
             self.networks[name].register(registry)
         leaf = Leaf(name, self.root.endpoint, SETTINGS, registry, Journal(None))
         thread = threading.Thread(target=leaf.run, daemon=True)
         thread.start()
-        self.computes[name], self.leaves[name] = compute, leaf
+        self.leaves[name] = leaf
         self.threads.append(thread)
-        return compute
+
+    def away(self, name: str) -> None:
+        """Stop the host's backend, and wait until the tree has lost it (its guests stay, as in libvirt)."""
+        self.leaves[name].stop()
+        end = time.monotonic() + 10
+        while self.root.attached(name):
+            assert time.monotonic() < end, f"{name} still attached"
+            time.sleep(0.05)
+
+    def back(self, name: str) -> None:
+        """Start the host's backend again on what it holds, and wait until it is attached."""
+        self._run_leaf(name, *self.places[name])
+        end = time.monotonic() + 10
+        while not self.root.attached(name):
+            assert time.monotonic() < end, f"{name} not attached again"
+            time.sleep(0.05)
 
     def sync_hosts(self) -> None:
         """Register every attached host and read its capacity, as the monitor does each round."""
@@ -86,8 +111,10 @@ def make_cloud(db_url: str, data_dir: Path, hosts: int = 3, networks: bool = Fal
     frontend = make_frontend(db_url, data_dir, tree=root, **scheduler)
     bootstrap(frontend.db, frontend.data_dir, ADMIN_PASSWORD)
     client = TestClient(create_app(frontend))
+    host_networks = HostNetworks(frontend.db, frontend.submit)
+    frontend.tasks.on_missed(NET_SYNC, host_networks.owe)  # wired as the leader's duties wire it
     cloud = Cloud(root, frontend, client, Api(client).login("admin", ADMIN_PASSWORD),
-                  HostMonitor(frontend.db, root, frontend.submit, HostNetworks(frontend.db, frontend.submit)),
+                  HostMonitor(frontend.db, root, frontend.submit, host_networks, wake=frontend.tasks.wake),
                   Reconciler(frontend.db, frontend.submit, 3600))
     try:
         for i in range(hosts):
