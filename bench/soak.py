@@ -114,10 +114,6 @@ def make_cluster(cfg: Config) -> LocalCluster:
     from localcluster import LocalCluster
     from localcluster.pgserver import PostgresServer
 
-    class ProductIntervals(LocalCluster):
-        def _config(self, name: str, body: dict[str, Any]) -> Path:
-            return super()._config(name, {k: v for k, v in body.items() if k != "reconcile_interval_s"})
-
     pg = PostgresServer()
     pg.start()
     try:
@@ -127,8 +123,9 @@ def make_cluster(cfg: Config) -> LocalCluster:
         database = pg.create_database("cloudland")
         with psycopg.connect(_psycopg_url(database), autocommit=True) as db:
             db.execute("CREATE EXTENSION pg_stat_statements")
-        cluster = ProductIntervals(cfg.run_dir / "cloud", agents=0, backends=0, frontends=1, database=database,
-                                   tree={"curve": False, "fanout": cfg.fanout}, log_level="warning")
+        cluster = LocalCluster(cfg.run_dir / "cloud", agents=0, backends=0, frontends=1, database=database,
+                               tree={"curve": False, "fanout": cfg.fanout}, log_level="warning",
+                               frontend_config={"reconcile_interval_s": 60.0})
     except BaseException:
         pg.stop()
         raise

@@ -316,8 +316,8 @@ def _build(kind: type[C], raw: dict[str, Any], where: str) -> C:
         raise ConfigError(f"{where}: node_id: {exc}") from None
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log_level: must be debug, info, warning or error (got {config.log_level!r})")
-    if isinstance(config, BackendConfig) and not 1 <= config.workers <= 1024:
-        raise ConfigError(f"{where}: workers: must be between 1 and 1024 (got {config.workers})")
+    if isinstance(config, BackendConfig):
+        _between(where, "workers", config.workers, 1, 1024)
     if isinstance(config, BackendConfig) and config.zone and not _ZONE.fullmatch(config.zone):
         raise ConfigError(f"{where}: zone: must be 1-64 letters, digits, '.', '_' or '-' (got {config.zone!r})")
     if isinstance(config, FrontendConfig):
@@ -373,19 +373,27 @@ def _section(name: str, kind: type[Any], raw: Any, where: str) -> Any:
     return kind(**values)
 
 
+def _number(value: float) -> str:
+    """A setting's number as its operator would write it: 600, not 600.0; 1073741824, not 1.07e+09."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _between(where: str, name: str, value: float, low: float, high: float, low_means: str = "") -> None:
+    """Refuse ``value`` outside [low, high], naming the setting; ``low_means``: what the low end does."""
+    if not low <= value <= high:
+        means = f" ({low_means})" if low_means else ""
+        raise ConfigError(f"{where}: {name}: must be between {_number(low)}{means} and {_number(high)} "
+                          f"(got {_number(value)})")
+
+
 def _check_compute(compute: ComputeSection, where: str) -> None:
     if compute.domain_type not in ("auto", "kvm", "qemu"):
         raise ConfigError(f"{where}: compute.domain_type: must be auto, kvm or qemu (got {compute.domain_type!r})")
     if "://" not in compute.uri:
         raise ConfigError(f"{where}: compute.uri: must be a libvirt URI like qemu:///system (got {compute.uri!r})")
-    if not 0 <= compute.stop_timeout_s <= 3600:
-        raise ConfigError(f"{where}: compute.stop_timeout_s: must be between 0 and 3600 (got {compute.stop_timeout_s})")
-    if not 0 <= compute.image_cache_max_age_days <= 36500:
-        raise ConfigError(f"{where}: compute.image_cache_max_age_days: must be between 0 (no age limit) and 36500 "
-                          f"(got {compute.image_cache_max_age_days:g})")
-    if not 0 <= compute.image_cache_max_gb <= 1_000_000:
-        raise ConfigError(f"{where}: compute.image_cache_max_gb: must be between 0 (no limit) and 1000000 "
-                          f"(got {compute.image_cache_max_gb:g})")
+    _between(where, "compute.stop_timeout_s", compute.stop_timeout_s, 0, 3600)
+    _between(where, "compute.image_cache_max_age_days", compute.image_cache_max_age_days, 0, 36500, "no age limit")
+    _between(where, "compute.image_cache_max_gb", compute.image_cache_max_gb, 0, 1_000_000, "no limit")
 
 
 _NAMESPACE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
@@ -397,10 +405,8 @@ def _check_network(network: NetworkSection, where: str) -> None:
     except ValueError:
         raise ConfigError(f"{where}: network.vtep: must be this host's underlay IPv4 address "
                           f"(got {network.vtep!r})") from None
-    if not 1280 <= network.underlay_mtu <= 65535:
-        raise ConfigError(f"{where}: network.underlay_mtu: must be between 1280 and 65535 (got {network.underlay_mtu})")
-    if not 1 <= network.vxlan_port <= 65535:
-        raise ConfigError(f"{where}: network.vxlan_port: must be between 1 and 65535 (got {network.vxlan_port})")
+    _between(where, "network.underlay_mtu", network.underlay_mtu, 1280, 65535)
+    _between(where, "network.vxlan_port", network.vxlan_port, 1, 65535)
     try:
         transit = ipaddress.IPv4Network(network.transit_cidr)
     except ValueError:
@@ -419,54 +425,35 @@ def _check_frontend(config: FrontendConfig, where: str) -> None:
                           f"(got {config.database!r})")
     if config.api.public_url and not config.api.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: api.public_url: must be an http:// or https:// URL (got {config.api.public_url!r})")
-    if not 1 <= config.api.port <= 65535:
-        raise ConfigError(f"{where}: api.port: must be between 1 and 65535 (got {config.api.port})")
+    _between(where, "api.port", config.api.port, 1, 65535)
     if bool(config.api.tls_cert) != bool(config.api.tls_key):
         unset = "api.tls_key" if config.api.tls_cert else "api.tls_cert"
         raise ConfigError(f"{where}: {unset}: must be set with the other of api.tls_cert and api.tls_key "
                           "(or leave both empty for a generated self-signed pair)")
     if config.api.tls_cert and not config.api.tls:
         raise ConfigError(f"{where}: api.tls_cert: set, but api.tls is false; remove one of them")
-    if not 60 <= config.api.token_ttl_s <= 31 * 86400:
-        raise ConfigError(f"{where}: api.token_ttl_s: must be between 60 and 2678400 (got {config.api.token_ttl_s})")
+    _between(where, "api.token_ttl_s", config.api.token_ttl_s, 60, 31 * 86400)
     for name in ("login_rate_per_min", "login_burst", "login_failures_per_min", "login_failures_burst",
                  "token_rate_per_s", "token_burst"):
-        if not 1 <= getattr(config.api, name) <= 1_000_000:
-            raise ConfigError(f"{where}: api.{name}: must be between 1 and 1000000 (got {getattr(config.api, name)})")
-    if not 4096 <= config.api.max_body_bytes <= 1 << 30:
-        raise ConfigError(f"{where}: api.max_body_bytes: must be between 4096 and 1073741824 "
-                          f"(got {config.api.max_body_bytes})")
-    if not 5 <= config.api.console_idle_timeout_s <= 86400:
-        raise ConfigError(f"{where}: api.console_idle_timeout_s: must be between 5 and 86400 "
-                          f"(got {config.api.console_idle_timeout_s:g})")
+        _between(where, f"api.{name}", getattr(config.api, name), 1, 1_000_000)
+    _between(where, "api.max_body_bytes", config.api.max_body_bytes, 4096, 1 << 30)
+    _between(where, "api.console_idle_timeout_s", config.api.console_idle_timeout_s, 5, 86400)
     sched = config.scheduler
     for ratio in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio"):
-        if not 0.1 <= getattr(sched, ratio) <= 100:
-            raise ConfigError(f"{where}: scheduler.{ratio}: must be between 0.1 and 100 (got {getattr(sched, ratio)})")
-    if not 1 <= sched.max_attempts <= 20:
-        raise ConfigError(f"{where}: scheduler.max_attempts: must be between 1 and 20 (got {sched.max_attempts})")
-    if not 1 <= sched.launch_timeout_s <= 86400:
-        raise ConfigError(f"{where}: scheduler.launch_timeout_s: must be between 1 and 86400 "
-                          f"(got {sched.launch_timeout_s})")
-    if not 1 <= config.reconcile_interval_s <= 86400:
-        raise ConfigError(f"{where}: reconcile_interval_s: must be between 1 and 86400 "
-                          f"(got {config.reconcile_interval_s})")
-    if not 0 <= config.host_wait_s <= 86400:
-        raise ConfigError(f"{where}: host_wait_s: must be between 0 and 86400 (got {config.host_wait_s})")
+        _between(where, f"scheduler.{ratio}", getattr(sched, ratio), 0.1, 100)
+    _between(where, "scheduler.max_attempts", sched.max_attempts, 1, 20)
+    _between(where, "scheduler.launch_timeout_s", sched.launch_timeout_s, 1, 86400)
+    _between(where, "reconcile_interval_s", config.reconcile_interval_s, 1, 86400)
+    _between(where, "host_wait_s", config.host_wait_s, 0, 86400)
     for name in ("audit_retention_days", "event_retention_days"):
-        if not 0 <= getattr(config, name) <= 36500:
-            raise ConfigError(f"{where}: {name}: must be between 0 (keep forever) and 36500 "
-                              f"(got {getattr(config, name)})")
+        _between(where, name, getattr(config, name), 0, 36500, "keep forever")
     check_leadership(config.leadership, where)
 
 
 def check_leadership(lease: LeadershipSection, where: str) -> None:
-    if not 0.05 <= lease.renew_s <= 60:
-        raise ConfigError(f"{where}: leadership.renew_s: must be between 0.05 and 60 (got {lease.renew_s:g})")
-    if not 0.1 <= lease.margin_s <= 60:
-        raise ConfigError(f"{where}: leadership.margin_s: must be between 0.1 and 60 (got {lease.margin_s:g})")
-    if not 0.5 <= lease.lease_s <= 600:
-        raise ConfigError(f"{where}: leadership.lease_s: must be between 0.5 and 600 (got {lease.lease_s:g})")
+    _between(where, "leadership.renew_s", lease.renew_s, 0.05, 60)
+    _between(where, "leadership.margin_s", lease.margin_s, 0.1, 60)
+    _between(where, "leadership.lease_s", lease.lease_s, 0.5, 600)
     # Two renewals at least before the leader gives up: one slow statement must not end its term.
     if lease.lease_s - lease.margin_s < 2 * lease.renew_s:
         raise ConfigError(f"{where}: leadership.lease_s: must leave at least two renewals (2 x renew_s = "
