@@ -46,6 +46,9 @@ class Op:
     durable: bool
     #: quick and non-blocking: runs on the tree's thread instead of the worker pool
     inline: bool = False
+    #: running it twice is running it once (a delete, a declarative sync): a run that a restart of
+    #: the backend cut short runs again when its command comes back, instead of answering "interrupted"
+    idempotent: bool = False
 
 
 class OpRegistry(Executor):
@@ -93,6 +96,10 @@ class OpRegistry(Executor):
     def is_durable(self, op: str) -> bool | None:
         entry = self._ops.get(op)
         return None if entry is None else entry.durable
+
+    def reruns_interrupted(self, op: str) -> bool:
+        entry = self._ops.get(op)
+        return entry is not None and entry.idempotent
 
     def execute(self, op: str, args: Any, done: Callable[[Result], None]) -> None:
         entry = self._ops.get(op)

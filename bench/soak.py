@@ -15,8 +15,9 @@ few processes, each host with its journal on disk).  Phases, in order:
    reference) and started again, and the frontend is killed (-9) once, half way, and started
    again (it resumes its tasks) unless ``--no-frontend-kill``;
 4. the drain: every host back and every task ended (or the wait gives up: those are *lost*);
-5. the reckoning: tasks succeeded / failed / lost, an op run more than once on one host for one
-   instance (*duplicated*, from the hosts' ops logs), and the database against the hosts' own
+5. the reckoning: tasks succeeded / failed / lost, a launch run more than once on one host for one
+   instance (*duplicated*, from the hosts' ops logs; deletes are idempotent, and their runs again
+   are counted apart as *reruns*), and the database against the hosts' own
    views, again every few seconds until they agree or ``CONVERGE_S`` has passed: instances and
    ports on a host that the database does not place there (*orphans*), active ones the
    database places on a host that lacks them (*missing*), and each port's security groups.
@@ -615,11 +616,14 @@ def task_outcomes(tasks: list[tuple[str, str, str, str]],
                   runs: dict[str, collections.Counter[tuple[str, str]]]) -> dict[str, Any]:
     """Succeeded, failed, lost (never ended, or a launch that succeeded without running on any host) and
     duplicated (run more than once on one host for one instance) per kind of task.  A launch that
-    failed on a host is deleted there (its clean-up) and tried on another: that is not a duplicate."""
+    failed on a host is deleted there (its clean-up) and tried on another: that is not a duplicate.
+    Nor is a delete run again: deletes are idempotent, run again when a backend's death cut them short,
+    and sent again by the reconcile to a host that still holds a leftover (counted as ``reruns``)."""
     out: dict[str, Any] = {}
     for kind in ("instance.create", "instance.delete"):
         mine = [t for t in tasks if t[0] == kind]
         ran = collections.Counter(iid for _, iid in runs[kind])
+        reruns = sum(n - 1 for n in runs[kind].values() if n > 1)
         out[kind] = {
             "tasks": len(mine),
             "succeeded": sum(t[1] == "succeeded" for t in mine),
@@ -627,9 +631,11 @@ def task_outcomes(tasks: list[tuple[str, str, str, str]],
             # A delete of an instance whose launch failed has no host to ask, and succeeds without a run.
             "lost": sum(t[1] in ("pending", "running")
                         or (kind == "instance.create" and t[1] == "succeeded" and ran[t[2]] == 0) for t in mine),
-            "duplicated": sum(n - 1 for n in runs[kind].values() if n > 1),
+            "duplicated": 0 if kind == "instance.delete" else reruns,
             "failures": dict(collections.Counter(t[3][:120] for t in mine if t[1] == "failed").most_common(5)),
         }
+        if kind == "instance.delete":
+            out[kind]["reruns"] = reruns
     total = sum(v["tasks"] for v in out.values())
     ok = sum(v["succeeded"] for v in out.values())
     out["success_rate"] = round(ok / total, 6) if total else None

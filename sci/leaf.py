@@ -46,6 +46,11 @@ class Executor:
         """Run ``op`` and call ``done`` exactly once with its result, from any thread."""
         raise NotImplementedError
 
+    def reruns_interrupted(self, op: str) -> bool:
+        """Whether a run of ``op`` that a restart cut short may simply run again when its command comes
+        back (the op is idempotent: a delete, a declarative sync); otherwise it is answered "interrupted"."""
+        return False
+
 
 class Leaf(UplinkOwner, LoopNode):
     def __init__(
@@ -130,7 +135,10 @@ class Leaf(UplinkOwner, LoopNode):
             self._running[cmd_id] = wave  # answer along the path of the latest delivery
             return
         entry = self.journal.lookup(cmd_id)
-        if entry is not None:
+        if entry is not None and entry.result is None and self.executor.reruns_interrupted(op):
+            self._log.info("command_rerun_after_interruption", cmd=cmd_id, op=op, wave=wave)
+            self.counters.add("commands_rerun")
+        elif entry is not None:
             if entry.result is not None:
                 result = entry.result
             else:

@@ -172,6 +172,20 @@ def test_backend_killed_mid_command_is_not_run_twice(cluster: LocalCluster, tmp_
     assert len(lines(path)) == 1
 
 
+def test_backend_killed_mid_command_runs_an_idempotent_op_again(cluster: LocalCluster, tmp_path: Path) -> None:
+    args, path = append_args(tmp_path, sleep_after=3.0)
+    pending = in_background(lambda: submit(cluster, "test.append-idempotent", args, hosts=["host012"], timeout=25))
+    deadline = time.monotonic() + 10
+    while not lines(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cluster.kill("host012")
+    cluster.start_backend("host012")
+    reply = pending.result(60)
+    assert reply["results"]["host012"]["status"] == "ok"
+    assert len(lines(path)) == 2  # run again, not answered "interrupted"
+    assert events(cluster, "host012", "command_rerun_after_interruption")
+
+
 def test_sigstop_agent_delivers_no_duplicates(cluster: LocalCluster, tmp_path: Path) -> None:
     args, path = append_args(tmp_path, sleep_before=0.5)
     pending = in_background(lambda: submit(cluster, "test.append", args, timeout=20))

@@ -97,5 +97,8 @@ def ops(driver: ComputeDriver, consoles: LiveConsoles) -> list[Op]:
     # is answered from the leaf's memory of finished commands, not typed twice).
     reads = {"compute.inventory": inventory, "instance.console": console,
              "console.open": console_open, "console.write": console_write, "console.close": console_close}
-    return ([Op(name, handler, ARGS[name], durable=True) for name, handler in durable.items()]
+    # Gone is gone: a delete cut short by a restart of the backend is simply run again.
+    idempotent = {"instance.delete", "volume.delete", "snapshot.delete"}
+    return ([Op(name, handler, ARGS[name], durable=True, idempotent=name in idempotent)
+             for name, handler in durable.items()]
             + [Op(name, handler, ARGS[name], durable=False) for name, handler in reads.items()])

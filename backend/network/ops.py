@@ -37,5 +37,6 @@ def ops(driver: NetworkDriver) -> list[Op]:
 
     # net.sync is journalled: a replay of an old body (a command resent after a frontend's
     # restart) is answered from the journal, never applied over a newer state.
-    return [Op("net.sync", sync, ARGS["net.sync"], durable=True),
+    # A sync describes what must be, not what to do: applying it again changes nothing.
+    return [Op("net.sync", sync, ARGS["net.sync"], durable=True, idempotent=True),
             Op("net.inventory", inventory, ARGS["net.inventory"], durable=False)]

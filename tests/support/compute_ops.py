@@ -126,14 +126,17 @@ class RecordingCompute:
 
     def register(self, registry: OpRegistry) -> None:
         registry.register(Op("instance.create", self.create, ARGS["instance.create"], durable=True))
-        registry.register(Op("instance.delete", self.delete, ARGS["instance.delete"], durable=True))
+        # Gone is gone: the deletes run again after an interruption, as the real driver's do.
+        registry.register(Op("instance.delete", self.delete, ARGS["instance.delete"], durable=True,
+                             idempotent=True))
         registry.register(Op("instance.image", self.image, ARGS["instance.image"], durable=True))
         for op, state in (("instance.start", "running"), ("instance.stop", "shutoff"),
                           ("instance.reboot", "running"), ("instance.resize", "running")):
             registry.register(Op(op, self.power(op, state), ARGS[op], durable=True))
         for op in ("volume.create", "volume.delete", "volume.attach", "volume.detach", "volume.snapshot"):
-            registry.register(Op(op, self.volume(op), ARGS[op], durable=True))
-        registry.register(Op("snapshot.delete", self.delete_snapshot, ARGS["snapshot.delete"], durable=True))
+            registry.register(Op(op, self.volume(op), ARGS[op], durable=True, idempotent=op == "volume.delete"))
+        registry.register(Op("snapshot.delete", self.delete_snapshot, ARGS["snapshot.delete"], durable=True,
+                             idempotent=True))
         registry.register(Op("compute.inventory", self.inventory, ARGS["compute.inventory"], durable=False))
         registry.register(Op("instance.console", self.console, ARGS["instance.console"], durable=False))
 

@@ -36,7 +36,7 @@ class RecordingNetwork:
         self._lock = threading.Lock()
 
     def register(self, registry: OpRegistry) -> None:
-        registry.register(Op("net.sync", self.sync, ARGS["net.sync"], durable=True))
+        registry.register(Op("net.sync", self.sync, ARGS["net.sync"], durable=True, idempotent=True))
 
     def sync(self, args: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

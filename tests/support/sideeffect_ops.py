@@ -34,3 +34,5 @@ def append(args: dict[str, Any]) -> dict[str, Any]:
 
 def register(registry: OpRegistry, config: Any) -> None:
     registry.register(Op("test.append", append, APPEND_ARGS, durable=True))
+    # The same, declared idempotent: a run cut short by a restart runs again.
+    registry.register(Op("test.append-idempotent", append, APPEND_ARGS, durable=True, idempotent=True))
