@@ -52,13 +52,14 @@ class HostNetworks:
         """Send their whole state to the hosts owed it that are attached now."""
         with self._lock:
             due = sorted(h for h in self._owed if attached(h))
-            self._owed.difference_update(due)
         self.rejoined(due)
 
     def rejoined(self, hosts: list[str]) -> None:
-        """Send each host that runs the network driver its whole state."""
+        """Send each host that runs the network driver its whole state (which settles what it was owed)."""
         if not hosts:
             return
+        with self._lock:
+            self._owed.difference_update(hosts)
         bodies = {}
         with self.db.read() as session:
             for host in session.execute(select(Hypervisor).where(Hypervisor.name.in_(hosts))).scalars():

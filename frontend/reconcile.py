@@ -111,7 +111,7 @@ class Reconciler(Periodic):
                         # Its notice was lost (the backend or libvirtd restarting at that moment).
                         follow_power(session, instance, host, power, f"was found {power} by the reconcile")
                 for instance_id in sorted(set(reported) - {i.id for i in mine}):
-                    why = _leftover(session, instance_id)
+                    why = _leftover(session, instance_id, asked_at)
                     if why is None:
                         new += self._drift(session, still_open, "unknown", host, instance_id, admin,
                                            f"{host} runs instance {instance_id}, which the state does not place there")
@@ -136,13 +136,13 @@ class Reconciler(Periodic):
         return 1
 
 
-def _leftover(session: Any, instance_id: str) -> str | None:
+def _leftover(session: Any, instance_id: str, asked_at: dt.datetime) -> str | None:
     """Why an instance a host runs but the state does not place there is a leftover of this cloud's;
-    "" if a task of it is under way (its launch or delete will settle it); None if the state has
-    never heard of it."""
-    tasks = list(session.execute(select(Task.status).where(Task.resource_type == "instance",
-                                                           Task.resource_id == instance_id)).scalars())
-    if any(status in ACTIVE for status in tasks):
+    "" if a task of it is under way (its launch or delete will settle it) or ended since the host was
+    asked (the report may predate what it did there); None if the state has never heard of it."""
+    tasks = session.execute(select(Task.status, Task.finished_at).where(Task.resource_type == "instance",
+                                                                        Task.resource_id == instance_id)).all()
+    if any(status in ACTIVE or (finished is not None and finished >= asked_at) for status, finished in tasks):
         return ""
     instance = session.get(Instance, instance_id)
     if instance is not None:

@@ -5,13 +5,14 @@ deletes what a host holds that this cloud deleted or placed elsewhere meanwhile.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from sqlalchemy import select
 
-from frontend.db.models import Event, Task, TaskStep
+from frontend.db.models import Event, Task, TaskStep, utcnow
 from tests.api.cloud import Cloud, make_cloud
 from tests.api.test_network_push import _launch, _tenant
 from tests.support.waiting import until
@@ -116,13 +117,19 @@ def test_the_reconcile_deletes_leftovers_and_leaves_unknown_guests_alone(cloud: 
         session.add(Task(kind="instance.delete", org_id=api.who["org_id"], resource_type="instance",
                          resource_id=deleted, status="succeeded"))
     cloud.computes[host].instances["ghost-1234"] = "running"  # never this cloud's
+    # Deleted while the reconcile's round was under way (here: "later"): its host's report may predate it.
+    racing = "0b5c9a4e-0000-4000-8000-000000000ace"
+    cloud.computes[host].instances[racing] = "running"
+    with cloud.frontend.db.transaction() as session:
+        session.add(Task(kind="instance.delete", org_id=api.who["org_id"], resource_type="instance",
+                         resource_id=racing, status="succeeded", finished_at=utcnow() + dt.timedelta(hours=1)))
     cloud.reconciler.reap = False
     assert cloud.reconciler.run_once() == 3
     assert cloud.computes[other].instances == {web["id"]: "running"}  # reported, kept
     cloud.reconciler.reap = True
     assert cloud.reconciler.run_once() == 2
     assert cloud.computes[other].instances == {}
-    assert cloud.computes[host].instances == {web["id"]: "running", "ghost-1234": "running"}
+    assert cloud.computes[host].instances == {web["id"]: "running", "ghost-1234": "running", racing: "running"}
     with cloud.frontend.db.read() as session:
         drifts = sorted((e.kind, e.host, e.resource_id) for e in session.execute(
             select(Event).where(Event.kind.like("drift.%"))).scalars())
