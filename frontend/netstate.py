@@ -4,7 +4,7 @@ A port is *bound* when its instance is placed on a hypervisor that runs the netw
 (its facts carry a ``vtep``, its underlay address).  The hosts of a network are the hosts of
 its bound ports: they, and only they, are told about it.  One body describes a network for all
 of its hosts (each host takes the ports with its own VTEP as its own), so a change reaches them
-as one multicast.  Bodies carry a revision (the time they were built), which hosts use to
+as one multicast.  Bodies carry a revision (the time their build began), which hosts use to
 apply crossing syncs of a network in the order they were built.
 
 Each port names its security groups, and the body describes every group its ports name, and
@@ -90,9 +90,16 @@ def _external(session: Session, fips: list[FloatingIp]) -> dict[str, str] | None
     return None
 
 
-def sync(session: Session, network_ids: Iterable[str], extra_hosts: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
+def sync(session: Session, network_ids: Iterable[str], extra_hosts: Iterable[str] = (),
+         revision: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """The body of a sync of these networks, and the hosts to send it to: the networks' hosts now,
-    and ``extra_hosts`` (the hosts they had before a change, which must remove what they no longer carry)."""
+    and ``extra_hosts`` (the hosts they had before a change, which must remove what they no longer carry).
+
+    The revision is the time the build *began*: every read comes after it, so a body holds every
+    change committed before its revision.  Taken at the end, a build that read a port just before
+    its instance was released, and finished just after the release's own sync was built, would
+    outrank that sync with the stale port (a soak at 2,000 hosts left one so)."""
+    revision = time.time_ns() if revision is None else revision
     ids = sorted(set(network_ids))
     bound = _bound(session, ids)
     networks = [_network(session, n, bound) for n in session.execute(
@@ -102,7 +109,7 @@ def sync(session: Session, network_ids: Iterable[str], extra_hosts: Iterable[str
              .scalars() if isinstance(host.facts, dict) and host.facts.get("vtep")]  # the others carry no network
     hosts = sorted({host for _, host, _ in bound} | set(extra))
     groups = _groups(session, {g.id for p, _, _ in bound for g in p.security_groups})
-    return {"revision": time.time_ns(), "scope": ids, "networks": networks, "security_groups": groups}, hosts
+    return {"revision": revision, "scope": ids, "networks": networks, "security_groups": groups}, hosts
 
 
 def _groups(session: Session, named: set[str]) -> list[dict[str, Any]]:
@@ -174,8 +181,9 @@ def group_audience(session: Session, rules_of: Iterable[str] = (), members_of: I
 
 def full_sync(session: Session, host: str) -> dict[str, Any]:
     """Everything ``host`` must carry: what it converges on after a restart or a time away."""
+    revision = time.time_ns()
     ids = set(session.execute(
         select(Port.network_id).join(Instance, Instance.id == Port.instance_id)
         .join(Hypervisor, Hypervisor.id == Instance.hypervisor_id).where(Hypervisor.name == host)).scalars())
-    body, _ = sync(session, ids)
+    body, _ = sync(session, ids, revision=revision)
     return {**body, "scope": None}
