@@ -12,6 +12,7 @@ killed agent or host process takes hundreds of hosts away together.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -121,7 +122,7 @@ class Scheduler:
         away: list[str] = []
         tried = 0
         # Candidates come in pages: a tree that just lost half its hosts costs a few more, not a scan.
-        for page in range(0, 1 << 30, CANDIDATES):
+        for page in itertools.count(0, CANDIDATES):
             rows = session.execute(query.offset(page).limit(CANDIDATES)).all()
             for host_id, name in rows:
                 if host_id in avoid:
