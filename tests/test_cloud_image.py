@@ -22,7 +22,8 @@ import pytest
 from localcluster import LocalCluster, cloudimage, libvirtd
 from tests.support.cloudapi import admin_client, ok, running, until
 
-pytestmark = [pytest.mark.slow, pytest.mark.root]
+#: one boot may take its whole BOOT_TIMEOUT on a busy machine, past the suite's 300 s default
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(600)]
 
 TREE = {"heartbeat_interval": 0.5, "heartbeat_misses": 3, "reattach_grace": 5.0}
 #: a TCG boot of the cloud image to cloud-init's end takes 40-60 s on an idle 2-core machine
