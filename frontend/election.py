@@ -38,8 +38,11 @@ class Election:
         self.stop_serving = stop_serving
         self.holder = holder_id(frontend.config.node_id)
         timing = frontend.config.leadership
-        self.leadership = Leadership(Lease(frontend.db, self.holder, timing.lease_s, api_url=frontend.config.api.url),
-                                     self._lead, self._lose, timing.renew_s, timing.margin_s,
+        # A dead leader's last renewal was at most renew_s before it died; one more interval is
+        # room for a living leader whose session ended to have failed its renewal and stepped down.
+        lease = Lease(frontend.db, self.holder, timing.lease_s, api_url=frontend.config.api.url,
+                      dead_after_s=2 * timing.renew_s)
+        self.leadership = Leadership(lease, self._lead, self._lose, timing.renew_s, timing.margin_s,
                                      on_renewed=frontend.metrics.lease_renew_seconds.observe)
         self.decided = threading.Event()
         #: why this frontend does not lead (any more): None while it leads or waits to

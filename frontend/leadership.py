@@ -13,6 +13,17 @@ least ``margin_s`` before the database's, whatever the wall clocks say; the marg
 the clocks' different rates.  A watchdog thread keeps that deadline even while a renewal
 hangs on a dead connection.
 
+A leader that died does not make the others wait out its lease.  The holder renews on one
+database session of its own, whose ``pg_backend_pid()`` the lease records.  When a process
+dies the kernel closes its connections and PostgreSQL ends its sessions at once, so a lease
+whose holder's session is gone and which has not been renewed for ``dead_after_s`` (two
+renewal intervals) is taken without waiting for ``expires_at``.  The leader's side of that
+rule: a renewal that *fails* ends its term at once, since its session may have ended with it
+(killed by an administrator, a database restart); it would otherwise learn of it only at its
+watchdog's deadline, after a successor had started.  A leader that is alive but silent (paused,
+cut off by a partition) keeps its session on the server and is waited out as before: the
+server drops a silent client only after its TCP keepalives give up, hours by default.
+
 Each attempt also writes this frontend's row in the frontends registry (``registry.py``), in
 the same statement: every frontend, standby or leader, says it runs and whether it leads, at no
 extra round trip.
@@ -33,7 +44,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from service.config import LeadershipSection
 
@@ -55,16 +66,18 @@ MARGIN_S = _DEFAULT.margin_s
 
 # One statement, so that taking and extending cannot interleave with another frontend's: the
 # row is created by the first frontend ever, extended by its holder while unexpired, and
-# taken by anyone (next generation) once expired.  A holder whose own lease ran out gets a
+# taken by anyone (next generation) once expired or once its holder is dead (its session gone,
+# no renewal for dead_after_s; NULL turns that off).  A holder whose own lease ran out gets a
 # new generation too: it stepped down locally meanwhile, so this is a new term.  The second
 # part writes this frontend's registry row with what the first decided (a data-modifying
 # WITH runs whether or not the query reads it).
 _TAKE_OR_EXTEND = text("""
 WITH lease AS (
-    INSERT INTO leadership AS l (name, holder, generation, acquired_at, renewed_at, expires_at)
-    VALUES (:name, :holder, 1, now(), now(), now() + make_interval(secs => :lease_s))
+    INSERT INTO leadership AS l (name, holder, holder_pid, generation, acquired_at, renewed_at, expires_at)
+    VALUES (:name, :holder, pg_backend_pid(), 1, now(), now(), now() + make_interval(secs => :lease_s))
     ON CONFLICT (name) DO UPDATE SET
         holder = excluded.holder,
+        holder_pid = excluded.holder_pid,
         generation = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
                           THEN l.generation ELSE l.generation + 1 END,
         acquired_at = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
@@ -72,6 +85,8 @@ WITH lease AS (
         renewed_at = now(),
         expires_at = excluded.expires_at
     WHERE l.holder = excluded.holder OR l.expires_at <= now()
+       OR (l.renewed_at <= now() - make_interval(secs => :dead_after_s)
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.holder_pid))
     RETURNING generation
 ), registered AS (
     INSERT INTO frontends AS f (holder, node_id, api_url, role, generation, started_at, last_seen)
@@ -114,9 +129,14 @@ class LeaseView:
 
 
 class Lease:
-    """The statements on the lease's row, and on this frontend's registry row (PostgreSQL only)."""
+    """The statements on the lease's row, and on this frontend's registry row (PostgreSQL only).
 
-    def __init__(self, db: Database, holder: str, lease_s: float, api_url: str | None = None) -> None:
+    ``take_or_extend`` runs on a database session of its own, kept from one call to the next:
+    the one the lease names as its holder's while this frontend leads.
+    """
+
+    def __init__(self, db: Database, holder: str, lease_s: float, api_url: str | None = None,
+                 dead_after_s: float | None = None) -> None:
         if db.is_sqlite:
             raise ValueError("a leadership lease needs PostgreSQL (database: postgresql+psycopg://...)")
         self.db = db
@@ -124,14 +144,34 @@ class Lease:
         self.lease_s = lease_s
         #: the API this frontend serves, for the registry
         self.api_url = api_url
+        #: a holder whose session has ended and that has not renewed for this long is dead; None:
+        #: wait for its lease to run out whatever became of it
+        self.dead_after_s = dead_after_s
+        self._session: Connection | None = None
 
     def take_or_extend(self) -> int | None:
         """The generation this frontend leads under now, or None if another holds a live lease."""
-        with self.db.engine.begin() as conn:
-            row = conn.execute(_TAKE_OR_EXTEND, {"name": LEASE_NAME, "holder": self.holder,
-                                                 "node_id": self.holder.partition("@")[0][:64],
-                                                 "api_url": self.api_url, "lease_s": self.lease_s}).first()
+        if self._session is None:
+            self._session = self.db.engine.connect()
+        try:
+            with self._session.begin():
+                row = self._session.execute(_TAKE_OR_EXTEND, {
+                    "name": LEASE_NAME, "holder": self.holder, "node_id": self.holder.partition("@")[0][:64],
+                    "api_url": self.api_url, "lease_s": self.lease_s, "dead_after_s": self.dead_after_s}).first()
+        except Exception:
+            self.close()  # the next call starts a new session
+            raise
         return None if row is None else int(row[0])
+
+    def close(self) -> None:
+        """End this frontend's lease session (a holder's: as its death would)."""
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                session.invalidate()
+                session.close()
+            except Exception:  # a dead link: the pool has forgotten it either way
+                log.debug("lease_session_not_closed", exc_info=True)
 
     def leave(self) -> None:
         """Take this frontend out of the registry: it stops."""
@@ -198,6 +238,8 @@ class Leadership:
         with self._lock:
             generation = self.generation
             self._step_down("stopping")
+        if not self._renewer.is_alive():  # else it still uses the session, hung on a dead link
+            self.lease.close()
         if generation is not None:
             # The successor waits out the lease instead.
             _bounded(lambda: self.lease.release(generation), self.lease.lease_s, "lease_release_failed")
@@ -209,8 +251,13 @@ class Leadership:
             sent = time.monotonic()
             try:
                 generation = self.lease.take_or_extend()
-            except Exception as exc:  # the database is away: the watchdog ends the term in time
-                log.warning("lease_renew_failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            except Exception as exc:  # a renewal that hangs instead is the watchdog's
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                log.warning("lease_renew_failed", error=error)
+                with self._lock:
+                    # Its session may have ended: a standby takes over dead_after_s after the
+                    # last renewal, sooner than the watchdog's deadline.
+                    self._step_down(f"renewal failed ({error})")
                 self._stop.wait(self.renew_s)
                 continue
             answered = time.monotonic()

@@ -121,12 +121,16 @@ def test_a_standby_takes_over_within_seconds_of_the_leader_being_killed(frontend
     assert standby is not None and standby["leader"] == {"leading": False, "generation": None}
 
     os.killpg(a.proc.pid, signal.SIGKILL)
-    killed = time.monotonic()
+    killed, killed_at = time.monotonic(), time.time()
     taken = until(b.leading, 30, "fb to take over", every=0.05)
     took = time.monotonic() - killed
     assert taken["leader"] == {"leading": True, "generation": 2}
     assert taken["checks"] == {"database": "ok", "tree": "ok"}
     assert took < LEASE_S + RENEW_S + 3.0, f"takeover took {took:.1f}s"
+    # fa's session ended with it: fb took the lease before it could have run out (at least
+    # LEASE_S - RENEW_S after the kill), by the dead-holder rule.
+    lease_taken = _logged_at(b.log_text(), "leadership_taken") - killed_at
+    assert lease_taken < LEASE_S - RENEW_S, f"fb waited out the dead fa's lease ({lease_taken:.1f}s)"
     assert httpx.get(f"{b.api}/healthz").json() == {"status": "ok"}
     events = _leader_events(frontends.database)
     assert [m.split("@")[0] for m in events] == ["fa", "fb"]

@@ -513,6 +513,10 @@ class Leadership(Base):
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
     #: the frontend holding the lease: its node id, host and process id
     holder: Mapped[str] = mapped_column(String(255))
+    #: the database session (``pg_backend_pid()``) the holder renews on: once it has ended and
+    #: the holder has not renewed for two renewal intervals, the holder is dead and a standby
+    #: takes over without waiting out the lease
+    holder_pid: Mapped[int | None] = mapped_column(Integer)
     generation: Mapped[int] = mapped_column(BigInteger)
     #: when this holder took the lease (its term began)
     acquired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
