@@ -5,10 +5,12 @@ The API answers errors as ``{"error": {"code", "message", "field", "reason"}}``;
 already names the field (``vcpus: must be at least 1``), so that is what the user reads.
 
 A cloud may have several frontends (``docs/ha.md``).  A call goes to the endpoint that answered
-last, and moves on to the next one only when it cannot have been acted on: the connection was
-never made (refused, timed out, TLS refused), or a standby answered 503 ``not_leading``.  A
-call that reached a serving frontend is never sent again elsewhere, whatever its answer or
-however it broke off: that could do a change twice.
+last, and moves on to the next one when it cannot have been acted on: the connection was never
+made (refused, timed out, TLS refused), or a standby answered 503 ``not_leading``.  A read
+(GET, HEAD) also moves on when its frontend broke off or did not answer in time (killed in
+the middle of the call, say): reading twice changes nothing.  A change that reached a serving
+frontend is never sent again elsewhere, whatever its answer or however it broke off: that
+could do it twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+#: methods that change nothing: sent again to the next endpoint when one breaks off
+READS = frozenset({"GET", "HEAD"})
 
 #: the error code of a 503 from a frontend that does not lead and so did nothing with the call
 NOT_LEADING = "not_leading"
@@ -207,9 +212,13 @@ class Api:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise _Missed(self._why(endpoint, exc)) from None
         except httpx.TimeoutException:
+            if method in READS:
+                raise _Missed(f"did not answer {method} {path} in time") from None
             raise ClctlError(f"the API at {endpoint} did not answer {method} {path} in time",
                              EXIT_UNREACHABLE) from None
-        except httpx.TransportError as exc:  # the call may have been acted on: not sent again
+        except httpx.TransportError as exc:  # a change may have been acted on: not sent again
+            if method in READS:
+                raise _Missed(self._why(endpoint, exc)) from None
             raise ClctlError(f"cannot reach the API at {endpoint}: {self._why(endpoint, exc)}",
                              EXIT_UNREACHABLE) from None
         if response.status_code == 503 and _error_code(response) == NOT_LEADING:

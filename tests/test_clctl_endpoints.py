@@ -117,6 +117,20 @@ def test_a_call_that_reached_a_frontend_is_not_sent_again(cloud: tuple[dict[str,
     assert reached == [(STANDBY, "POST /v1/flavors")]
 
 
+@pytest.mark.parametrize("first", [
+    lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("read timed out", request=r)),
+    lambda r: (_ for _ in ()).throw(httpx.RemoteProtocolError("server disconnected", request=r)),
+], ids=["read-timeout", "disconnected"])
+def test_a_read_cut_off_is_read_again_from_the_next_endpoint(
+        cloud: tuple[dict[str, Answer], list[tuple[str, str]]], first: Answer) -> None:
+    """The frontend killed in the middle of a read: the next one answers it, nothing was changed."""
+    answers, reached = cloud
+    answers.update({STANDBY: first, LIVE: lambda r: httpx.Response(200, json={"items": [], "next": None})})
+    result = invoke("--endpoint", STANDBY, "--endpoint", LIVE, "flavor", "list")
+    assert result.exit_code == 0, result.output
+    assert reached == [(STANDBY, "GET /v1/flavors"), (LIVE, "GET /v1/flavors")]
+
+
 def test_login_saves_every_endpoint_and_the_file_may_list_them(
         cloud: tuple[dict[str, Answer], list[tuple[str, str]]], home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     answers, reached = cloud
