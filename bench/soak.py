@@ -504,6 +504,7 @@ class SoakBench(HaBench):
         frontend_due = self.cfg.kills > 0
         next_kill = self._next_kill()
         while not self._stop_chaos.wait(CHAOS_TICK_S):
+            self.restart_ended_frontend()
             if frontend_due and self.load.launched >= self.cfg.instances // 2:
                 frontend_due = False
                 self.kill_frontend()
@@ -543,6 +544,23 @@ class SoakBench(HaBench):
         self.kills.append({"what": "frontend", "at_s": round(killed - self._load_start(), 1),
                            "api_back_s": round(answering - killed, 2),
                            "tree_back_s": round(time.monotonic() - killed, 2)})
+
+    def restart_ended_frontend(self) -> None:
+        """Start the frontend again if it ended on its own, as systemd's Restart=on-failure would.
+
+        A frontend on PostgreSQL whose lease renewals a loaded machine held up past the lease's
+        safe span steps down and exits 1 for its supervisor: without one the run would go on
+        without a frontend (a run of 2026-12-07 lost its frontend so).  Its CPU seconds are lost to the
+        ledger: /proc forgot them when it was reaped."""
+        code = self.cluster.procs["frontend"].poll()
+        if code is None:
+            return
+        ended = time.monotonic()
+        print(f"the frontend exited with status {code}; started again", flush=True)
+        self.cluster.start_frontend("frontend", wait=True)
+        self._wait(lambda: self.readyz("frontend") is not None, 60, "the restarted frontend's API")
+        self.kills.append({"what": "frontend", "how": f"exited {code}", "at_s": round(ended - self._load_start(), 1),
+                           "api_back_s": round(time.monotonic() - ended, 2)})
 
     def _load_start(self) -> float:
         assert self.load is not None
@@ -685,7 +703,7 @@ def format_table(out: dict[str, Any]) -> str:
         if k == "kills":
             value = {"agents": sum(x["what"].startswith("agent-") for x in value),
                      "sims": sum(x["what"].startswith("sim-") for x in value),
-                     "frontend": [x for x in value if x["what"] == "frontend"]}
+                     "frontend": [x for x in value if x["what"] == "frontend"]}  # killed, or exited on its own
         if k == "api":
             value = {x: value[x] for x in ("calls", "p50_s", "p99_s", "max_s", "failed_attempts")}
         lines.append(f"{k:<{width}}  {json.dumps(value, separators=(',', ':'))}")

@@ -6,16 +6,19 @@ already names the field (``vcpus: must be at least 1``), so that is what the use
 
 A cloud may have several frontends (``docs/ha.md``).  A call goes to the endpoint that answered
 last, and moves on to the next one when it cannot have been acted on: the connection was never
-made (refused, timed out, TLS refused), or a standby answered 503 ``not_leading``.  A read
-(GET, HEAD) also moves on when its frontend broke off or did not answer in time (killed in
-the middle of the call, say): reading twice changes nothing.  A change that reached a serving
-frontend is never sent again elsewhere, whatever its answer or however it broke off: that
-could do it twice.
+made (refused, timed out, TLS refused), or a standby answered 503 ``not_leading``; and when its
+frontend broke off or did not answer in time (killed in the middle of the call, say).  That is
+safe for a change too: each carries an ``Idempotency-Key`` of its own, the same on every
+endpoint tried, and the API does a call sent again with its key once (a repeat of one that
+already answered gets the same answer; one whose first send made its change but never
+answered is refused, 409).  A call that a frontend answered, whatever the answer, is not sent
+again.
 """
 
 from __future__ import annotations
 
 import ssl
+import uuid
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
@@ -37,7 +40,7 @@ EXIT_UNREACHABLE = 3
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
-#: methods that change nothing: sent again to the next endpoint when one breaks off
+#: methods that change nothing: sent again without a key
 READS = frozenset({"GET", "HEAD"})
 
 #: the error code of a 503 from a frontend that does not lead and so did nothing with the call
@@ -141,6 +144,8 @@ class Api:
         ``content`` makes a streamed body afresh for each endpoint tried.
         """
         sent = dict(headers or {})
+        if method not in READS:
+            sent.setdefault("Idempotency-Key", str(uuid.uuid4()))  # one per call, whichever endpoint takes it
         if auth:
             if not self.token:
                 raise ClctlError("not logged in: run 'clctl login' (or set CLOUDLAND_TOKEN)", EXIT_UNREACHABLE)
@@ -211,16 +216,12 @@ class Api:
             response = http.request(method, path, **request)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise _Missed(self._why(endpoint, exc)) from None
+        # Sent, and perhaps acted on: it may go again all the same, since a read changes nothing
+        # and a change carries its key.
         except httpx.TimeoutException:
-            if method in READS:
-                raise _Missed(f"did not answer {method} {path} in time") from None
-            raise ClctlError(f"the API at {endpoint} did not answer {method} {path} in time",
-                             EXIT_UNREACHABLE) from None
-        except httpx.TransportError as exc:  # a change may have been acted on: not sent again
-            if method in READS:
-                raise _Missed(self._why(endpoint, exc)) from None
-            raise ClctlError(f"cannot reach the API at {endpoint}: {self._why(endpoint, exc)}",
-                             EXIT_UNREACHABLE) from None
+            raise _Missed(f"did not answer {method} {path} in time") from None
+        except httpx.TransportError as exc:
+            raise _Missed(self._why(endpoint, exc)) from None
         if response.status_code == 503 and _error_code(response) == NOT_LEADING:
             raise _Missed("a standby frontend: it does not lead")
         return response

@@ -1,4 +1,5 @@
-"""Deleting audit records and events older than their retention, so that neither table grows forever.
+"""Deleting audit records, events and idempotency keys older than their retention, so that no
+table grows forever.
 
 Rows go in batches, each in its own transaction: a first round on a table of millions of rows
 holds no long transaction (nor, on SQLite, the database's one write lock for long), and a round
@@ -8,13 +9,16 @@ cut short loses nothing but time.  Both tables are indexed on ``created_at``.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
+from sqlalchemy.orm import Mapper
 
 from .db import Database
 from .db.engine import changed
-from .db.models import AuditRecord, Event, utcnow
+from .db.models import AuditRecord, Event, IdempotencyKey, utcnow
+from .idempotency import KEEP
 from .periodic import Periodic
 
 __all__ = ["BATCH", "Retention"]
@@ -33,28 +37,35 @@ class Retention(Periodic):
         super().__init__(interval)
         self.db = db
         self.batch = batch
-        self._days: dict[type[AuditRecord] | type[Event], int] = {AuditRecord: audit_days, Event: event_days}
+        #: how long each table's rows are kept; None: forever
+        self._keep: dict[type[AuditRecord] | type[Event] | type[IdempotencyKey], dt.timedelta | None] = {
+            AuditRecord: dt.timedelta(days=audit_days) if audit_days else None,
+            Event: dt.timedelta(days=event_days) if event_days else None,
+            IdempotencyKey: KEEP}
 
     def run_once(self) -> dict[str, int]:
         """One round; returns the rows deleted per table (a table kept forever is left out)."""
         now = utcnow()
         deleted: dict[str, int] = {}
         cutoffs: dict[str, str] = {}
-        for model, days in self._days.items():
-            if days == 0:
+        for model, keep in self._keep.items():
+            if keep is None:
                 continue
-            cutoff = now - dt.timedelta(days=days)
+            cutoff = now - keep
             deleted[model.__tablename__] = self._prune(model, cutoff)
             cutoffs[model.__tablename__] = cutoff.isoformat() + "Z"
         if any(deleted.values()):
             log.info("retention_pruned", deleted=deleted, older_than=cutoffs)
         return deleted
 
-    def _prune(self, model: type[AuditRecord] | type[Event], cutoff: dt.datetime) -> int:
-        # DELETE has no LIMIT in standard SQL (nor in PostgreSQL): a batch is named by its ids.
-        batch = select(model.id).where(model.created_at < cutoff).limit(self.batch)
+    def _prune(self, model: type[AuditRecord] | type[Event] | type[IdempotencyKey], cutoff: dt.datetime) -> int:
+        # DELETE has no LIMIT in standard SQL (nor in PostgreSQL): a batch is named by its keys.
+        mapper: Mapper[Any] = model.__mapper__
+        columns = list(mapper.primary_key)
+        key = tuple_(*columns)
+        batch = select(*columns).where(model.created_at < cutoff).limit(self.batch)
         # The session holds no rows, so there is nothing in it to bring in line with the deletion.
-        statement = delete(model).where(model.id.in_(batch)).execution_options(synchronize_session=False)
+        statement = delete(model).where(key.in_(batch)).execution_options(synchronize_session=False)
         total = 0
         while True:
             with self.db.transaction() as session:

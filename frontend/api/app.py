@@ -18,6 +18,7 @@ from ..services import Frontend
 from . import health, routes
 from .audit import AuditLog
 from .bodylimit import BodyLimit
+from .idempotency import Idempotency
 from .refusals import ApiApp
 from .routes.images import STREAMED_UPLOAD
 from .swaggerui import mount_docs
@@ -45,6 +46,15 @@ their own limit).  Logins are rate-limited per client address and, when they fai
 calls with a token are rate-limited per token.  A `429` carries `Retry-After`: the seconds to
 wait.  Every `POST`, `PUT`, `PATCH` and `DELETE` (refused ones too) is recorded in the audit log,
 which admins read at `GET /v1/audit`, and so is every `GET` with `all_orgs=true`.
+
+A change (`POST`, `PUT`, `PATCH`, `DELETE`) may carry an `Idempotency-Key` header, a value of
+the client's own (1 to 255 printable characters; a UUID will do). Sent again with the same key,
+to this frontend or another, the call is done once: a repeat after the first answered gets the
+same answer back with `Idempotent-Replayed: true`; one while the first has made its change but
+not answered is refused (409, field `Idempotency-Key`); the key used for another method or path
+is refused (422). A call that changed nothing leaves no trace and runs again. Keys belong to the
+caller's token and are kept a day. Logging in and issuing an enrolment token ignore the header:
+their answers are secrets, which the database does not keep.
 
 Long operations answer `202 Accepted` with a task; follow it at `GET /v1/tasks/{id}` until its
 status is `succeeded` or `failed`.
@@ -112,6 +122,8 @@ def create_app(frontend: Frontend) -> FastAPI:
     if frontend is not None:  # docgen builds the app without one, for its OpenAPI description only
         app.add_middleware(BodyLimit, max_bytes=frontend.config.api.max_body_bytes,
                            streamed=[STREAMED_UPLOAD, CONSOLE_UPLOAD])
+        app.add_middleware(Idempotency, db=frontend.db,
+                           secret_answers=[("POST", "/v1/tokens"), ("POST", "/v1/hypervisors/enrolments")])
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Any:

@@ -12,8 +12,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String,
-                        Table, Text, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, synonym
 
 from ..images import disk_gb
@@ -497,6 +497,29 @@ class AuditRecord(Base):
     #: the frontend process that served the call (``frontends.holder``: node id, host, process id);
     #: None for calls recorded before frontends said
     frontend: Mapped[str | None] = mapped_column(String(255))
+
+
+class IdempotencyKey(Base):
+    """A change made with an ``Idempotency-Key`` header, so that the same call sent again is
+    done once (``frontend/idempotency.py``).
+
+    Written in the transaction of the call's first change: a call that changed nothing has no
+    row, and one that did has it whatever became of its frontend afterwards.  ``status`` and
+    ``body`` are its answer, filled in once it answered; kept a day, then deleted
+    (``retention.py``).
+    """
+
+    __tablename__ = "idempotency_keys"
+    #: whose key: a digest of the caller's token (keys are the client's own, unique per caller)
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    #: the answer's HTTP status; None until it answered
+    status: Mapped[int | None] = mapped_column(Integer)
+    #: the answer's body (JSON), None when it had none or it was too big to keep
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Leadership(Base):

@@ -53,10 +53,10 @@ def test_rows_older_than_their_retention_go_and_newer_ones_stay(clean: Frontend)
     _add(clean, audit_ages=[400, 366, 364, 0], event_ages=[365, 91, 89, 0])
     with structlog.testing.capture_logs() as logs:
         deleted = Retention(clean.db, audit_days=365, event_days=90).run_once()
-    assert deleted == {"audit_log": 2, "events": 2}
+    assert deleted == {"audit_log": 2, "events": 2, "idempotency_keys": 0}
     assert _ages(clean) == ([364, 0], [89, 0])
     [pruned] = [e for e in logs if e["event"] == "retention_pruned"]
-    assert pruned["deleted"] == {"audit_log": 2, "events": 2}
+    assert pruned["deleted"] == {"audit_log": 2, "events": 2, "idempotency_keys": 0}
     cutoffs = {table: dt.datetime.fromisoformat(at) for table, at in pruned["older_than"].items()}
     assert all(at.tzinfo == dt.timezone.utc for at in cutoffs.values())
     now = dt.datetime.now(dt.timezone.utc)
@@ -67,18 +67,19 @@ def test_rows_older_than_their_retention_go_and_newer_ones_stay(clean: Frontend)
 def test_a_round_that_deletes_nothing_logs_nothing(clean: Frontend) -> None:
     _add(clean, audit_ages=[10], event_ages=[10])
     with structlog.testing.capture_logs() as logs:
-        assert Retention(clean.db, audit_days=365, event_days=90).run_once() == {"audit_log": 0, "events": 0}
+        assert Retention(clean.db, audit_days=365, event_days=90).run_once() == {"audit_log": 0, "events": 0,
+                                                                                  "idempotency_keys": 0}
     assert [e for e in logs if e["event"] == "retention_pruned"] == []
 
 
 def test_zero_keeps_everything(clean: Frontend) -> None:
     _add(clean, audit_ages=[40000, 1], event_ages=[40000, 1])
     with structlog.testing.capture_logs() as logs:
-        assert Retention(clean.db, audit_days=0, event_days=0).run_once() == {}
+        assert Retention(clean.db, audit_days=0, event_days=0).run_once() == {"idempotency_keys": 0}
     assert _ages(clean) == ([40000, 1], [40000, 1])
     assert [e for e in logs if e["event"] == "retention_pruned"] == []
     # Each table has its own retention: keeping one forever leaves the other's pruned.
-    assert Retention(clean.db, audit_days=0, event_days=30).run_once() == {"events": 1}
+    assert Retention(clean.db, audit_days=0, event_days=30).run_once() == {"events": 1, "idempotency_keys": 0}
     assert _ages(clean) == ([40000, 1], [1])
 
 
@@ -94,8 +95,9 @@ def test_batches_loop_past_the_batch_size(clean: Frontend, monkeypatch: pytest.M
 
     real = retention_module.changed
     monkeypatch.setattr(retention_module, "changed", changed)
-    assert Retention(clean.db, audit_days=30, event_days=30, batch=3).run_once() == {"audit_log": old, "events": 0}
-    assert counts == statements + [0]  # the events' one statement found nothing
+    assert Retention(clean.db, audit_days=30, event_days=30, batch=3).run_once() == {
+        "audit_log": old, "events": 0, "idempotency_keys": 0}
+    assert counts == statements + [0, 0]  # the events' and the keys' one statement each found nothing
     assert _ages(clean) == ([1], [])
 
 
@@ -103,7 +105,7 @@ def test_a_stopped_job_ends_its_round_after_one_batch(clean: Frontend) -> None:
     _add(clean, audit_ages=[100] * 5, event_ages=[100] * 5)
     job = Retention(clean.db, audit_days=30, event_days=30, batch=2)
     job.stop()  # as the frontend does at shutdown, here before the round
-    assert job.run_once() == {"audit_log": 2, "events": 2}
+    assert job.run_once() == {"audit_log": 2, "events": 2, "idempotency_keys": 0}
     assert _ages(clean) == ([100] * 3, [100] * 3)
 
 
