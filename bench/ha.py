@@ -506,15 +506,32 @@ class HaBench:
                     raise RuntimeError(f"launch {round_}-{i}: {reply.status_code} {reply.text}")
                 self.launches.append(str(reply.json()["task"]["id"]))
 
+    def read(self, path: str, **params: Any) -> Any:
+        """GET ``path`` from the leader's API, or from any frontend that answers: a loaded machine
+        can make the leader lose its lease and exit at any time, and every frontend reads the same."""
+        import httpx
+
+        names = [self.leader, *(n for n in self.cluster.api_urls if n != self.leader)]
+        failures = []
+        for name in names:
+            try:
+                with self.api(name) as api:
+                    reply = api.get(path, params=params)
+                if reply.status_code == 200:
+                    return reply.json()
+                failures.append(f"{name}: {reply.status_code}")
+            except httpx.HTTPError as exc:
+                failures.append(f"{name}: {type(exc).__name__}")
+        raise RuntimeError(f"GET {path}: no frontend answered ({'; '.join(failures)})")
+
     def count_launches(self) -> None:
         """Each launch's task must succeed and its instance be built exactly once on the hosts."""
-        with self.api(self.leader) as api:
-            def ended() -> list[dict[str, Any]] | None:
-                tasks = [api.get(f"/v1/tasks/{t}").json() for t in self.launches]
-                return tasks if all(t["status"] in ("succeeded", "failed") for t in tasks) else None
+        def ended() -> list[dict[str, Any]] | None:
+            tasks = [self.read(f"/v1/tasks/{t}") for t in self.launches]
+            return tasks if all(t["status"] in ("succeeded", "failed") for t in tasks) else None
 
-            tasks = self._wait(ended, 300, "every launch to end", every=1.0)
-            down = api.get("/v1/events", params={"kind": "host.down", "limit": 1000}).json()["items"]
+        tasks = self._wait(ended, 300, "every launch to end", every=1.0)
+        down = self.read("/v1/events", kind="host.down", limit=1000)["items"]
         lines = self.ops_log.read_text().splitlines() if self.ops_log.exists() else []
         creates = collections.Counter(json.loads(line)["id"] for line in lines
                                       if json.loads(line)["op"] == "instance.create")
@@ -527,6 +544,9 @@ class HaBench:
             "doubled": sum(max(0, creates[i] - 1) for i in instances),
         }
         self.out["host_down_events"] = len(down)
+        # One leader at the start, then one per switchover and kill: any other lost its lease on its own.
+        leaders = self.read("/v1/events", kind="frontend.leader", limit=1000)["items"]
+        self.out["leader_changes_unplanned"] = len(leaders) - (2 + self.cfg.kills)
 
     # Takeovers ------------------------------------------------------------------------------
 
@@ -643,6 +663,7 @@ def _commit() -> str:
 _HEADLINE = ["hosts", "frontends", "agents", "kills", "startup_s", "takeover_leader_p50_s", "takeover_tree_p50_s",
              "takeover_first_command_p50_s", "takeover_total_p50_s", "takeover_total_max_s", "takeover_cpu_s_p50",
              "steady_ping_p50_s", "lease_s", "renew_s", "api_during_kills", "launches", "host_down_events",
+             "leader_changes_unplanned",
              "idle_no_tree", "idle_tree", "wall_s", "error"]
 
 

@@ -13,7 +13,8 @@ few processes, each host with its journal on disk).  Phases, in order:
    and delete the oldest instance whenever more than ``--live`` are up; meanwhile an agent or a
    host process is killed (-9) at random every ``--chaos-seconds`` on average (0: never, the
    reference) and started again, and the frontend is killed (-9) once, half way, and started
-   again (it resumes its tasks) unless ``--no-frontend-kill``;
+   again (it resumes its tasks) unless ``--no-frontend-kill``; ``--max-minutes`` ends the load
+   early, for a run that must end by a given time (``load_cut_short`` says it did);
 4. the drain: every host back and every task ended (or the wait gives up: those are *lost*);
 5. the reckoning: tasks succeeded / failed / lost, a launch run more than once on one host for one
    instance (*duplicated*, from the hosts' ops logs; deletes are idempotent, and their runs again
@@ -100,6 +101,8 @@ class Config(ha.Config):
     live: int = 100
     chaos_s: float = 20.0
     seed: int = 1
+    #: seconds of load after which no more launches start (None: all ``instances``)
+    max_load_s: float | None = None
 
     def host_indexes(self) -> list[list[int]]:
         """The hosts of each sim process, by index."""
@@ -181,9 +184,13 @@ class Load:
     than ``live`` are up.  A launch the frontend did not answer is made again under a new name:
     the first may have been taken (it then shows in the database, counted with the rest)."""
 
-    def __init__(self, bench: SoakBench, total: int, rate: float, clients: int, live: int, networks: list[str]) -> None:
+    def __init__(self, bench: SoakBench, total: int, rate: float, clients: int, live: int, networks: list[str],
+                 max_s: float | None = None) -> None:
         self.bench = bench
         self.total = total
+        self.max_s = max_s
+        #: whether the load stopped at ``max_s`` before ``total`` launches
+        self.cut_short = False
         self.rate = rate
         self.live_cap = live
         self.networks = networks
@@ -208,9 +215,17 @@ class Load:
         for thread in self._threads:
             thread.join()
 
+    def half_way(self) -> bool:
+        """Half the launches made, or half the time given used."""
+        return self.launched >= self.total // 2 or (self.max_s is not None
+                                                    and time.monotonic() - self._start >= self.max_s / 2)
+
     def _slot(self) -> int | None:
         with self._lock:
             if self._next >= self.total:
+                return None
+            if self.max_s is not None and time.monotonic() - self._start >= self.max_s:
+                self.cut_short = True
                 return None
             self._next += 1
             return self._next - 1
@@ -467,7 +482,8 @@ class SoakBench(HaBench):
     def soak(self, networks: list[str]) -> None:
         cpu_before, db_before = self.cpu_now(), self.db_counters()
         started = time.monotonic()
-        self.load = Load(self, self.cfg.instances, self.cfg.rate, self.cfg.clients, self.cfg.live, networks).start()
+        self.load = Load(self, self.cfg.instances, self.cfg.rate, self.cfg.clients, self.cfg.live, networks,
+                         self.cfg.max_load_s).start()
         chaos = threading.Thread(target=self.chaos, name="chaos", daemon=True)
         chaos.start()
         self.load.join()
@@ -481,6 +497,7 @@ class SoakBench(HaBench):
         self.out["load_s"] = round(loaded - started, 1)
         self.out["drain_s"] = round(drained - loaded, 1)
         self.out["launches"] = launched
+        self.out["load_cut_short"] = self.load.cut_short
         self.out["deletes"] = self.load.deletes
         self.out["launches_per_s"] = round(launched / (loaded - started), 2)
         self.out["launches_per_hypervisor_per_min"] = round(launched / self.cfg.hosts / ((loaded - started) / 60), 4)
@@ -505,7 +522,7 @@ class SoakBench(HaBench):
         next_kill = self._next_kill()
         while not self._stop_chaos.wait(CHAOS_TICK_S):
             self.restart_ended_frontend()
-            if frontend_due and self.load.launched >= self.cfg.instances // 2:
+            if frontend_due and self.load.half_way():
                 frontend_due = False
                 self.kill_frontend()
             if time.monotonic() >= next_kill:
@@ -690,7 +707,7 @@ def compare(instances: list[tuple[str, str, str | None]], ports: list[tuple[str,
 # Output -----------------------------------------------------------------------------------------
 
 _HEADLINE = ["hypervisors", "instances", "rate_per_s", "agents", "sim_procs", "startup_s", "load_s", "drain_s",
-             "launches", "deletes", "launches_per_s", "launches_per_hypervisor_per_min", "api", "tasks", "agreement",
+             "launches", "load_cut_short", "deletes", "launches_per_s", "launches_per_hypervisor_per_min", "api", "tasks", "agreement",
              "agreement_at_drain", "converged_after_s", "drift_events", "kills", "cpu_s", "cpu_s_per_launch", "db_per_launch", "at_rest", "peak_memory_mb", "wall_s", "error"]
 
 
@@ -743,19 +760,22 @@ def verdict(out: dict[str, Any]) -> list[str]:
 @click.option("--idle-seconds", "idle_s", type=click.FloatRange(1.0), default=10.0, show_default=True,
               help="Length of the at-rest measurement.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Of the kills' choice and timing.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Start no launch after this many minutes of load, and report what was done (a run that must "
+                   "end by a given time).")
 @click.option("--keep-run-dir", is_flag=True, help="Keep the run's directory (logs, the hosts' state) and say where.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Where to write the results [default: bench/results/soak-<hypervisors>-<instances>.json].")
 def main(hosts: int, instances: int, rate: float, clients: int, networks: int, live: int, chaos_s: float,
-         frontend_kill: bool, fanout: int, sim_procs: int | None, idle_s: float, seed: int, keep_run_dir: bool,
-         json_path: str | None) -> None:
+         frontend_kill: bool, fanout: int, sim_procs: int | None, idle_s: float, seed: int, max_minutes: float | None,
+         keep_run_dir: bool, json_path: str | None) -> None:
     """Launch and delete INSTANCES over HYPERVISORS simulated hosts while parts of the cloud crash."""
     live = live or hosts
     run_dir = Path(tempfile.mkdtemp(prefix="cloudland-soak-"))
     try:
         cfg = Config(hosts, int(frontend_kill), 1, fanout, sim_procs or max(2, math.ceil(hosts / 1000)), idle_s,
                      run_dir, instances=instances, rate=rate, clients=clients, networks=networks or max(1, live // 10),
-                     live=live, chaos_s=chaos_s, seed=seed)
+                     live=live, chaos_s=chaos_s, seed=seed, max_load_s=max_minutes * 60 if max_minutes else None)
         setup_logging("warning", service="bench", stream=open(run_dir / "bench.log", "a", buffering=1))  # noqa: SIM115
         out = SoakBench(cfg).run()
     finally:

@@ -69,7 +69,12 @@ class HostMonitor(Periodic):
         self._facts_checked = 0.0
 
     def start(self) -> None:
-        self._grace_until = time.monotonic() + self.startup_grace
+        now = time.monotonic()
+        self._grace_until = now + self.startup_grace
+        # A new leader's first seconds go to its first commands (a takeover is timed to the first
+        # one answered), not to chores: hosts the table has up keep their last_seen and facts
+        # until the next due round, and hosts that come up are asked their facts at once anyway.
+        self._last_seen_written = self._facts_checked = now
         super().start()
 
     def run_once(self) -> None:

@@ -56,9 +56,9 @@ __all__ = ["LEASE_S", "MARGIN_S", "RENEW_S", "Lease", "LeaseView", "Leadership",
 log = structlog.get_logger("frontend.leadership")
 
 LEASE_NAME = "leader"
-#: seconds, unless a frontend's ``leadership:`` says otherwise.  After a leader dies a standby
-#: takes over within LEASE_S + RENEW_S; a leader that cannot renew stops MARGIN_S before its
-#: lease runs out (room for slow clocks and a slow stop).
+#: seconds, unless a frontend's ``leadership:`` says otherwise.  A standby takes a dead leader's
+#: lease after two renewal intervals, a silent one's within LEASE_S + RENEW_S; a leader that
+#: cannot renew stops MARGIN_S before its lease runs out (room for slow clocks and a slow stop).
 _DEFAULT = LeadershipSection()
 LEASE_S = _DEFAULT.lease_s
 RENEW_S = _DEFAULT.renew_s

@@ -92,15 +92,16 @@ class SchedulerSection:
 class LeadershipSection:
     """The ``leadership:`` block: the lease standby frontends elect a leader with (PostgreSQL), in seconds.
 
-    A standby takes over within ``lease_s + renew_s`` of a leader's death; a leader that cannot
-    renew for ``lease_s - margin_s`` steps down.  Shorter is a faster takeover, and a leader
-    that a loaded machine or a slow database delays for that long stepping down when it need
-    not (docs/ha.md)."""
+    A leader whose process died (its database session ended) is replaced within about
+    ``3 x renew_s``, whatever the lease; one that is alive but silent (stopped, partitioned) within
+    ``lease_s + renew_s``.  A leader that cannot renew for ``lease_s - margin_s`` steps down: a
+    shorter lease replaces a silent leader sooner, and makes a leader that a loaded machine or
+    a slow database holds up for that long step down when it need not (docs/ha.md)."""
 
-    lease_s: float = 4.0
+    lease_s: float = 8.0
     renew_s: float = 0.5
     #: how long before the lease runs out (by the database's clock) the leader has stopped leading
-    margin_s: float = 1.5
+    margin_s: float = 2.5
 
 
 @dataclass(frozen=True)

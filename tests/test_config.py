@@ -236,7 +236,7 @@ LEADERSHIP_CASES = [
     ("lease-not-a-number", "leadership:\n  lease_s: soon\n", "leadership.lease_s: must be a number (got 'soon')"),
     ("one-renewal-only", "leadership:\n  lease_s: 2\n  renew_s: 0.4\n",
      "leadership.lease_s: must leave at least two renewals (2 x renew_s = 0.8) before the leader gives up at "
-     "lease_s - margin_s (got 2 - 1.5)"),
+     "lease_s - margin_s (got 2 - 2.5)"),
 ]
 
 
