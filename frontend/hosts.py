@@ -72,9 +72,8 @@ class HostMonitor(Periodic):
         now = time.monotonic()
         self._grace_until = now + self.startup_grace
         # A new leader's first seconds go to its first commands (a takeover is timed to the first
-        # one answered), not to chores: hosts the table has up keep their last_seen and facts
-        # until the next due round, and hosts that come up are asked their facts at once anyway.
-        self._last_seen_written = self._facts_checked = now
+        # one answered), not to chores: the hosts' last_seen waits for its next due round.
+        self._last_seen_written = now
         super().start()
 
     def run_once(self) -> None:
@@ -171,11 +170,11 @@ class HostMonitor(Periodic):
         if not up:
             return
         stale_before = utcnow() - self.facts_every
+        # The few stale rows, then those up among them: not a query naming 10,000 hosts.
         with self.db.read() as session:
-            stale = list(session.execute(
-                select(Hypervisor.name).where(Hypervisor.name.in_(up),
-                                              (Hypervisor.facts_at.is_(None)) | (Hypervisor.facts_at < stale_before))
-            ).scalars())
+            stale_rows = session.execute(select(Hypervisor.name).where(
+                (Hypervisor.facts_at.is_(None)) | (Hypervisor.facts_at < stale_before))).scalars()
+            stale = sorted(set(stale_rows) & set(up))
         if not stale:
             return
         table = self.submit("info", {}, Targets.to(*stale), 10.0, None).wait(20.0)
