@@ -16,7 +16,7 @@ from ..ipam import release_instance_ports
 from ..hostalias import mention
 from ..netstate import group_audience, instance_groups, instance_networks
 from ..scheduler import Demand, OnlyAwayHosts, Scheduler
-from ..tasks import HostResult, HostsAway, TaskContext, TaskFailed, Workflow
+from ..tasks import AWAY, HostResult, HostsAway, TaskContext, TaskFailed, Workflow
 from .network import errors, push
 
 __all__ = ["workflows"]
@@ -53,7 +53,8 @@ class _Base:
 
 
 class Launch(_Base):
-    """Place the instance, build it on the host; if the host fails, release it and try another."""
+    """Place the instance, build it on the host; if the host fails, release it and try another, up to
+    ``max_attempts`` failures (a host lost from the tree meanwhile spends none for ``host_wait_s``)."""
 
     def __init__(self, db: Database, scheduler: Scheduler, links: ImageLinks) -> None:
         super().__init__(db, scheduler)
@@ -65,7 +66,8 @@ class Launch(_Base):
         settings = self.scheduler.settings
         tried: list[str] = []
         reasons: list[str] = []
-        for attempt in range(settings.max_attempts):
+        spent = attempt = 0
+        while spent < settings.max_attempts:
             try:
                 placed = ctx.once(f"place.{attempt}", lambda s: self._place(s, iid, tried))
             except OnlyAwayHosts as exc:
@@ -99,6 +101,12 @@ class Launch(_Base):
             if networks:
                 push(ctx, f"unwire.{attempt}", networks, [host])  # what the host built of them for it goes
             tried.append(placed["id"])
+            # A host the tree lost mid-launch (its agent restarting, a busy machine's false alarm)
+            # says nothing of this instance: such an attempt is free for as long as a step would
+            # wait for a host.  Journalled, so a replay after a restart counts as the first run did.
+            if result.status not in AWAY or ctx.once(f"spent.{attempt}", lambda s: ctx.waited_enough(task.created_at)):
+                spent += 1
+            attempt += 1
         raise TaskFailed(f"the launch failed on {len(reasons)} hypervisors: " + "; ".join(reasons))
 
     def _networks(self, iid: str) -> list[str]:

@@ -12,8 +12,9 @@ from typing import Iterator
 import pytest
 from sqlalchemy import select
 
-from frontend.db.models import Event, Task, TaskStep, utcnow
+from frontend.db.models import Event, Hypervisor, Instance, Task, TaskStep, utcnow
 from tests.api.cloud import Cloud, make_cloud
+from tests.api.conftest import Api
 from tests.api.test_network_push import _launch, _tenant
 from tests.support.waiting import until
 
@@ -137,3 +138,48 @@ def test_the_reconcile_deletes_leftovers_and_leaves_unknown_guests_alone(cloud: 
                              ("drift.unknown", host, "ghost-1234"),
                              ("drift.reaped", other, web["id"]), ("drift.reaped", host, deleted)])
     assert cloud.reconciler.run_once() == 0  # nothing left but the unknown guest, already recorded
+
+
+@pytest.fixture
+def one_try(db_url: str, tmp_path: Path) -> Iterator[Cloud]:
+    yield from make_cloud(db_url, tmp_path / "frontend", hosts=3, networks=True, max_attempts=1)
+
+
+def _lose_the_host_mid_launch(cloud: Cloud, api: Api) -> tuple[str, str]:
+    """Start a launch and take its host from the tree while it builds; the task's id and that host."""
+    for compute in cloud.computes.values():
+        compute.create_delay = 1.0
+    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
+    task_id = api.ok("post", "/v1/instances", 202, json=body)["task"]["id"]
+
+    def first_host() -> str | None:
+        with cloud.frontend.db.read() as session:
+            hosts = session.execute(select(TaskStep.hosts).where(TaskStep.task_id == task_id,
+                                                                 TaskStep.name == "launch.0")).scalar()
+        return hosts[0] if hosts else None
+    until(lambda: first_host() is not None, 10, "the launch sent")
+    host = first_host()
+    assert host is not None
+    cloud.away(host)
+    return task_id, host
+
+
+def test_a_host_lost_mid_launch_spends_none_of_its_attempts(one_try: Cloud) -> None:
+    api = _tenant(one_try)
+    task_id, lost = _lose_the_host_mid_launch(one_try, api)
+    task = one_try.wait_task(api, task_id)
+    assert task["status"] == "succeeded", task  # max_attempts is 1: the lost host's try was free
+    with one_try.frontend.db.read() as session:
+        instance = session.execute(select(Instance)).scalar_one()
+        host = session.get(Hypervisor, instance.hypervisor_id)
+        steps = list(session.execute(select(TaskStep.name).where(TaskStep.task_id == task_id)).scalars())
+    assert host is not None and host.name != lost
+    assert {"launch.0", "spent.0", "launch.1"} <= set(steps) and "launch.2" not in steps
+
+
+def test_a_host_lost_mid_launch_after_host_wait_s_spends_an_attempt(one_try: Cloud) -> None:
+    api = _tenant(one_try)
+    one_try.frontend.tasks.host_wait_s = 0.5  # less than the create takes: the loss comes after it
+    task_id, lost = _lose_the_host_mid_launch(one_try, api)
+    task = one_try.wait_task(api, task_id)
+    assert task["status"] == "failed" and lost in task["error"], task
