@@ -745,10 +745,10 @@ def test_security_group_rules_and_floating_ips(scripted: Callable[..., ScriptedA
     assert fake.bodies("PATCH", "/v1/floating-ips/203.0.113.7") == [{"port": "port1"}, {"port": None}]
 
 
-TREE = {"nodes": [
+TREE = {"fanout": 2, "nodes": [
     {"node_id": "root", "role": "root", "parent": None, "level": 0, "children": 2, "heartbeat_age": None,
      "state": "up"},
-    {"node_id": "agent0", "role": "agent", "parent": "root", "level": 1, "children": 1, "heartbeat_age": 0.4,
+    {"node_id": "agent0", "role": "agent", "parent": "root", "level": 1, "children": 3, "heartbeat_age": 0.4,
      "state": "up"},
     {"node_id": "agent1", "role": "agent", "parent": "root", "level": 1, "children": 0, "heartbeat_age": 0.3,
      "state": "silent"},
@@ -769,7 +769,10 @@ def test_tree_is_indented_and_marks_trouble(scripted: Callable[..., ScriptedApi]
     assert lines[3].startswith("    host001") and lines[4].startswith("  agent1")
     assert lines[3].endswith("SUSPECT ?")
     assert lines[4].endswith("SILENT !") and lines[5].endswith("DOWN !") and "1m15s" in lines[5]
-    assert lines[-1] == "5 nodes: down 1, silent 1, suspect 1, up 2"
+    assert lines[1].split()[3] == "2/2" and lines[2].split()[3:5] == ["3/2", "!"]  # relays against the fan-out
+    assert lines[3].split()[3] == "0" and lines[4].split()[3] == "0/2"
+    assert lines[-2] == "5 nodes: down 1, silent 1, suspect 1, up 2"
+    assert lines[-1].startswith("1 above the fan-out of 2 (marked '!')")
     assert json.loads(invoke("tree", "--json").stdout) == TREE
 
 

@@ -72,6 +72,8 @@ def _state(node: dict[str, Any]) -> str:
 def tree(ctx: click.Context) -> None:
     """Show the live tree: every node under its parent, with heartbeat age and state.
 
+    CHILDREN is a relay's children against the tree's fan-out, marked '!' above it (it took in
+    the children of an agent that failed).
     STATE is up, or DOWN (no route to it) or SILENT (a relay that did not answer the status
     query in time), marked with '!'.  HEARTBEAT is how long ago its parent last heard from it.
     """
@@ -82,12 +84,31 @@ def tree(ctx: click.Context) -> None:
     if json_mode(ctx):
         echo_json(answer)
         return
+    fanout = answer.get("fanout")
+    fanout = fanout if isinstance(fanout, int) and not isinstance(fanout, bool) else None
     ordered = order_tree([n for n in nodes if isinstance(n, dict)])
     rows = [["  " * depth + str(n.get("node_id")), str(n.get("role", "?")), str(n.get("parent") or "-"),
-             str(n.get("children", "-")), age(n.get("heartbeat_age")), _state(n)] for depth, n in ordered]
+             _load(n, fanout), age(n.get("heartbeat_age")), _state(n)] for depth, n in ordered]
     click.echo(table(["NODE", "ROLE", "PARENT", "CHILDREN", "HEARTBEAT", "STATE"], rows, right=(3, 4)))
     counts = Counter(str(n.get("state", "?")) for _, n in ordered)
     click.echo(f"{len(ordered)} nodes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    over = [n for _, n in ordered if _over(n, fanout)]
+    if over:
+        click.echo(f"{len(over)} above the fan-out of {fanout} (marked '!'): they took in the children of "
+                   f"an agent that failed")
+
+
+def _over(node: dict[str, Any], fanout: int | None) -> bool:
+    children = node.get("children")
+    return fanout is not None and isinstance(children, int) and children > fanout
+
+
+def _load(node: dict[str, Any], fanout: int | None) -> str:
+    """A relay's children against the fan-out (``33/32 !`` when above it); a backend's plain count."""
+    children = node.get("children", "-")
+    if fanout is None or node.get("role") == "backend":
+        return str(children)
+    return f"{children}/{fanout}" + (" !" if _over(node, fanout) else "")
 
 
 def _complete_hosts(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:

@@ -101,3 +101,10 @@ def test_dashboard_and_alerts_use_only_metrics_the_frontend_exports(cloud: Cloud
     for path in (etc / "grafana" / "cloudland.json", etc / "prometheus" / "cloudland-alerts.yml"):
         used = set(re.findall(r"cloudland_[a-z_]+", path.read_text()))
         assert used and used <= exported, f"{path.name} uses metrics the frontend does not export: {used - exported}"
+
+
+def test_the_tree_view_shows_every_node_and_the_fan_out(cloud: Cloud) -> None:
+    view = cloud.admin.ok("get", "/v1/tree")
+    assert view["fanout"] == cloud.root.settings.fanout
+    assert {(n["node_id"], n["role"], n["parent"]) for n in view["nodes"] if n["role"] == "backend"} == {
+        ("hv0", "backend", cloud.root.node_id), ("hv1", "backend", cloud.root.node_id)}

@@ -29,6 +29,8 @@ class NodeView(BaseModel):
 
 
 class TreeView(BaseModel):
+    fanout: int = Field(description="most children the tree gives a node; a relay above it carries the "
+                                    "orphans of a failed agent")
     nodes: list[NodeView]
 
 
@@ -62,8 +64,9 @@ def _tree(frontend: FrontendDep) -> TreeRoot:
             responses=refusals(403, 503))
 def show_tree(caller: CallerDep, frontend: FrontendDep) -> TreeView:
     caller.require(Role.admin, "reading the tree")
-    nodes = _tree(frontend).tree_status(timeout=2.0)
-    return TreeView(nodes=[NodeView(**dataclasses.asdict(n)) for n in nodes])
+    tree = _tree(frontend)
+    nodes = tree.tree_status(timeout=2.0)
+    return TreeView(fanout=tree.settings.fanout, nodes=[NodeView(**dataclasses.asdict(n)) for n in nodes])
 
 
 @router.post("/tree/ping", response_model=PingView, summary="Ping hosts through the tree and time each answer",
