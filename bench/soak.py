@@ -707,8 +707,9 @@ def compare(instances: list[tuple[str, str, str | None]], ports: list[tuple[str,
 # Output -----------------------------------------------------------------------------------------
 
 _HEADLINE = ["hypervisors", "instances", "rate_per_s", "agents", "sim_procs", "startup_s", "load_s", "drain_s",
-             "launches", "load_cut_short", "deletes", "launches_per_s", "launches_per_hypervisor_per_min", "api", "tasks", "agreement",
-             "agreement_at_drain", "converged_after_s", "drift_events", "kills", "cpu_s", "cpu_s_per_launch", "db_per_launch", "at_rest", "peak_memory_mb", "wall_s", "error"]
+             "launches", "load_cut_short", "deletes", "launches_per_s", "launches_per_hypervisor_per_min", "api",
+             "tasks", "agreement", "agreement_at_drain", "converged_after_s", "drift_events", "kills", "cpu_s",
+             "cpu_s_per_launch", "db_per_launch", "at_rest", "peak_memory_mb", "wall_s", "error"]
 
 
 def format_table(out: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from backend.registry import OpRegistry
 from frontend.api.app import create_app
 from frontend.bootstrap import admin_org_id, bootstrap
 from frontend.db import Database, upgrade
-from frontend.db.models import Enrolment, Hypervisor, NodeKey, utcnow
+from frontend.db.models import Enrolment, Hypervisor, IdempotencyKey, NodeKey, utcnow
 from frontend.enrolment import load_keyring, root_security
 from frontend.services import Frontend
 from sci import Journal, KeyPair, Leaf, Security, SecurityError, TreeRoot, TreeSettings
@@ -210,6 +210,18 @@ def test_a_revoked_node_is_cut_off_and_its_key_refused_afterwards(cloud: SecureC
     renewed = cloud.enrol("hv1", cloud.token("hv1"))
     cloud.leaf("hv1", renewed)
     until(lambda: "hv1" in cloud.up())
+
+
+def test_an_enrolment_token_is_never_kept_for_a_repeat(cloud: SecureCloud) -> None:
+    """Its answer is a secret the database must not hold in the clear: the call takes no
+    Idempotency-Key, and each call issues a token of its own."""
+    headers = {"Idempotency-Key": "enrol-hv1"}
+    issued = [cloud.admin.ok("post", "/v1/hypervisors/enrolments", 201, json={"name": "hv1"}, headers=headers)
+              for _ in range(2)]
+    assert issued[0]["token"] != issued[1]["token"]
+    with cloud.frontend.db.read() as session:
+        assert session.execute(select(IdempotencyKey)).first() is None
+        assert len(session.execute(select(Enrolment)).all()) == 2
 
 
 def test_issuing_refuses_what_cannot_be_enrolled(cloud: SecureCloud) -> None:
