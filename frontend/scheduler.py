@@ -12,6 +12,7 @@ killed agent or host process takes hundreds of hosts away together.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from dataclasses import dataclass
 from typing import Callable
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 from service.config import SchedulerSection
 
 from .db.engine import changed, lock
-from .db.models import Hypervisor, Instance, ServerGroup
+from .db.models import Hypervisor, Instance, ServerGroup, utcnow
 
 __all__ = ["Demand", "OnlyAwayHosts", "Scheduler"]
 
@@ -56,10 +57,14 @@ class OnlyAwayHosts(Exception):
 
 
 class Scheduler:
-    def __init__(self, settings: SchedulerSection, attached: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, settings: SchedulerSection, attached: Callable[[str], bool] | None = None,
+                 down_wait_s: float = 0.0) -> None:
         self.settings = settings
         #: whether a host (by name) is attached to the tree now; None: every host counts as attached
         self.attached = attached
+        #: a host seen up this recently may come back: when only such hosts have room, a launch
+        #: waits for them (``OnlyAwayHosts``) instead of failing for want of room
+        self.down_wait_s = down_wait_s
 
     def _fits(self, need: Demand) -> list[ColumnElement[bool]]:
         s = self.settings
@@ -100,7 +105,7 @@ class Scheduler:
         group ``group_id``, is not in ``exclude``, and has room; reserve ``need`` on it.
 
         Hosts with the most free memory come first, which spreads load.  None if no host fits;
-        ``OnlyAwayHosts`` if some fit but none of them is attached to the tree now.
+        ``OnlyAwayHosts`` if some fit but none of them is attached to the tree now, or up.
         """
         avoid = set(exclude)
         if group_id is not None:
@@ -112,13 +117,13 @@ class Scheduler:
                                                          Instance.id != member_id)
                 ).scalars()
                 avoid.update(h for h in taken if h)
-        query = (select(Hypervisor.id, Hypervisor.name)
-                 .where(Hypervisor.status == "up", Hypervisor.enabled.is_(True), Hypervisor.facts_at.is_not(None),
-                        *self._fits(need))
-                 .order_by((Hypervisor.memory_mb * self.settings.ram_allocation_ratio
-                            - Hypervisor.memory_mb_used).desc(), Hypervisor.name))
+        fitting = (select(Hypervisor.id, Hypervisor.name)
+                   .where(Hypervisor.enabled.is_(True), Hypervisor.facts_at.is_not(None), *self._fits(need))
+                   .order_by((Hypervisor.memory_mb * self.settings.ram_allocation_ratio
+                              - Hypervisor.memory_mb_used).desc(), Hypervisor.name))
         if zone_id is not None:
-            query = query.where(Hypervisor.zone_id == zone_id)
+            fitting = fitting.where(Hypervisor.zone_id == zone_id)
+        query = fitting.where(Hypervisor.status == "up")
         away: list[str] = []
         tried = 0
         # Candidates come in pages: a tree that just lost half its hosts costs a few more, not a scan.
@@ -139,6 +144,13 @@ class Scheduler:
                 break
         log.info("scheduler_no_host", vcpus=need.vcpus, memory_mb=need.memory_mb, disk_gb=need.disk_gb,
                  zone=zone_id, avoided=len(avoid), away=len(away))
+        if not tried and not away and self.down_wait_s > 0:
+            # Every host with room went down lately (all of a cloud's host processes restarting,
+            # the frontend cut off from them): a wait for them, not "no room".
+            lately = utcnow() - dt.timedelta(seconds=self.down_wait_s)
+            away = [name for host_id, name in session.execute(
+                fitting.where(Hypervisor.status != "up", Hypervisor.last_seen_at >= lately).limit(CANDIDATES)).all()
+                if host_id not in avoid]
         if away and not tried:
             raise OnlyAwayHosts(away)
         return None

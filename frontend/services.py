@@ -44,7 +44,8 @@ class Frontend:
     def __post_init__(self) -> None:
         self.metrics = Metrics()
         self.rate_limits = RateLimits.from_config(self.config.api, self.db)
-        self.scheduler = Scheduler(self.config.scheduler, self.tree.attached if self.tree is not None else None)
+        self.scheduler = Scheduler(self.config.scheduler, self.tree.attached if self.tree is not None else None,
+                                   down_wait_s=self.config.host_wait_s)
         # A link must outlive the longest launch that may need it, retries on other hosts included.
         ttl = self.config.scheduler.launch_timeout_s * (self.config.scheduler.max_attempts + 1)
         self.image_links = ImageLinks.load(self.data_dir, self.config.api.url, ttl)

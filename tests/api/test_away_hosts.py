@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from frontend.db.models import Event, Hypervisor, Instance, Task, TaskStep, utcnow
 from tests.api.cloud import Cloud, make_cloud
@@ -85,6 +85,35 @@ def test_a_launch_waits_while_every_host_with_room_is_away(cloud: Cloud) -> None
     cloud.hosts.run_once()
     assert cloud.wait_task(api, task_id)["status"] == "succeeded"
     assert list(cloud.computes["hv1"].instances.values()) == ["running"]
+
+
+def test_a_launch_waits_while_every_host_with_room_is_down(cloud: Cloud) -> None:
+    """Every host process restarting at once: the monitor has marked them all down.  That is a wait
+    for them, not "no room"."""
+    api = _tenant(cloud)
+    for host in ("hv0", "hv1", "hv2"):
+        cloud.away(host)
+    cloud.hosts.run_once()
+    assert {h["status"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"]} == {"down"}
+    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
+    task_id = api.ok("post", "/v1/instances", 202, json=body)["task"]["id"]
+    until(lambda: cloud.frontend.tasks.parked == 1, 10, "the launch parked")
+    cloud.back("hv2")
+    cloud.hosts.run_once()
+    assert cloud.wait_task(api, task_id)["status"] == "succeeded"
+    assert list(cloud.computes["hv2"].instances.values()) == ["running"]
+
+
+def test_a_host_down_for_longer_than_host_wait_s_is_not_waited_for(cloud: Cloud) -> None:
+    api = _tenant(cloud)
+    for host in ("hv0", "hv1", "hv2"):
+        cloud.away(host)
+    cloud.hosts.run_once()
+    with cloud.frontend.db.transaction() as session:
+        session.execute(update(Hypervisor).values(last_seen_at=utcnow() - dt.timedelta(hours=1)))
+    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
+    task = cloud.wait_task(api, api.ok("post", "/v1/instances", 202, json=body)["task"]["id"])
+    assert task["status"] == "failed" and task["error"] == "no hypervisor has room for it", task
 
 
 def test_a_host_that_missed_a_network_change_gets_its_whole_state_once_attached(cloud: Cloud) -> None:
