@@ -48,7 +48,8 @@ from .db import Database
 from .db.models import Event, Task, TaskStep, utcnow
 from .periodic import Periodic
 
-__all__ = ["AWAY", "HostResult", "HostsAway", "Resumer", "Submit", "TaskContext", "TaskEngine", "TaskFailed", "Workflow"]
+__all__ = ["AWAY", "HostResult", "HostsAway", "Resumer", "Submit", "TaskContext", "TaskEngine", "TaskFailed",
+           "Workflow"]
 
 log = structlog.get_logger("frontend.tasks")
 

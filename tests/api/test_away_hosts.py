@@ -20,6 +20,9 @@ from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow  # a tree and hosts in process: a few seconds each
 
+#: a launch of one instance on the tenant's network
+WEB = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
+
 
 @pytest.fixture
 def cloud(db_url: str, tmp_path: Path) -> Iterator[Cloud]:
@@ -74,34 +77,22 @@ def test_placement_passes_over_hosts_the_tree_lost_before_the_monitor_marks_them
     assert "launch.0" in steps and "launch.1" not in steps  # one attempt: none spent on the lost hosts
 
 
-def test_a_launch_waits_while_every_host_with_room_is_away(cloud: Cloud) -> None:
+@pytest.mark.parametrize("marked_down", [False, True], ids=["away", "down"])
+def test_a_launch_waits_while_every_host_with_room_is_away(cloud: Cloud, marked_down: bool) -> None:
+    """Away from the tree before the monitor hears of it, or marked down by it (every host process
+    restarting at once): either way a wait for them, not "no room"."""
     api = _tenant(cloud)
     for host in ("hv0", "hv1", "hv2"):
         cloud.away(host)
-    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
-    task_id = api.ok("post", "/v1/instances", 202, json=body)["task"]["id"]
+    if marked_down:
+        cloud.hosts.run_once()
+        assert {h["status"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"]} == {"down"}
+    task_id = api.ok("post", "/v1/instances", 202, json=WEB)["task"]["id"]
     until(lambda: cloud.frontend.tasks.parked == 1, 10, "the launch parked")
     cloud.back("hv1")
     cloud.hosts.run_once()
     assert cloud.wait_task(api, task_id)["status"] == "succeeded"
     assert list(cloud.computes["hv1"].instances.values()) == ["running"]
-
-
-def test_a_launch_waits_while_every_host_with_room_is_down(cloud: Cloud) -> None:
-    """Every host process restarting at once: the monitor has marked them all down.  That is a wait
-    for them, not "no room"."""
-    api = _tenant(cloud)
-    for host in ("hv0", "hv1", "hv2"):
-        cloud.away(host)
-    cloud.hosts.run_once()
-    assert {h["status"] for h in cloud.admin.ok("get", "/v1/hypervisors")["items"]} == {"down"}
-    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
-    task_id = api.ok("post", "/v1/instances", 202, json=body)["task"]["id"]
-    until(lambda: cloud.frontend.tasks.parked == 1, 10, "the launch parked")
-    cloud.back("hv2")
-    cloud.hosts.run_once()
-    assert cloud.wait_task(api, task_id)["status"] == "succeeded"
-    assert list(cloud.computes["hv2"].instances.values()) == ["running"]
 
 
 def test_a_host_down_for_longer_than_host_wait_s_is_not_waited_for(cloud: Cloud) -> None:
@@ -111,8 +102,7 @@ def test_a_host_down_for_longer_than_host_wait_s_is_not_waited_for(cloud: Cloud)
     cloud.hosts.run_once()
     with cloud.frontend.db.transaction() as session:
         session.execute(update(Hypervisor).values(last_seen_at=utcnow() - dt.timedelta(hours=1)))
-    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
-    task = cloud.wait_task(api, api.ok("post", "/v1/instances", 202, json=body)["task"]["id"])
+    task = cloud.wait_task(api, api.ok("post", "/v1/instances", 202, json=WEB)["task"]["id"])
     assert task["status"] == "failed" and task["error"] == "no hypervisor has room for it", task
 
 
@@ -178,8 +168,7 @@ def _lose_the_host_mid_launch(cloud: Cloud, api: Api) -> tuple[str, str]:
     """Start a launch and take its host from the tree while it builds; the task's id and that host."""
     for compute in cloud.computes.values():
         compute.create_delay = 1.0
-    body = {"name": "web", "flavor": "small", "image": "tiny", "nics": [{"network": "net"}]}
-    task_id = api.ok("post", "/v1/instances", 202, json=body)["task"]["id"]
+    task_id = api.ok("post", "/v1/instances", 202, json=WEB)["task"]["id"]
 
     def first_host() -> str | None:
         with cloud.frontend.db.read() as session:
