@@ -144,13 +144,15 @@ class Scheduler:
                 break
         log.info("scheduler_no_host", vcpus=need.vcpus, memory_mb=need.memory_mb, disk_gb=need.disk_gb,
                  zone=zone_id, avoided=len(avoid), away=len(away))
-        if not tried and not away and self.down_wait_s > 0:
-            # Every host with room went down lately (all of a cloud's host processes restarting,
-            # the frontend cut off from them): a wait for them, not "no room".
+        # No host that is here could take it: either none fits, or the last room on those that
+        # did went to launches placed at the same moment.  Hosts with room that are away now, or
+        # went down lately (all of a cloud's host processes restarting, the frontend cut off from
+        # them), are worth a wait, not "no room".
+        if not away and self.down_wait_s > 0:
             lately = utcnow() - dt.timedelta(seconds=self.down_wait_s)
             away = [name for host_id, name in session.execute(
                 fitting.where(Hypervisor.status != "up", Hypervisor.last_seen_at >= lately).limit(CANDIDATES)).all()
                 if host_id not in avoid]
-        if away and not tried:
+        if away:
             raise OnlyAwayHosts(away)
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import select, update
@@ -93,6 +93,33 @@ def test_a_launch_waits_while_every_host_with_room_is_away(cloud: Cloud, marked_
     cloud.hosts.run_once()
     assert cloud.wait_task(api, task_id)["status"] == "succeeded"
     assert list(cloud.computes["hv1"].instances.values()) == ["running"]
+
+
+def test_a_launch_that_lost_the_last_room_here_to_another_waits_for_hosts_away(cloud: Cloud) -> None:
+    """The 2,000-hypervisor soak failed launches "no hypervisor has room for it" while most hosts
+    were restarting: the few that were attached filled up, and a launch whose query still saw
+    room on one lost it to another launch placed at the same moment.  Placement then gave up
+    without looking at the hosts that were only away."""
+    api = _tenant(cloud)
+    cloud.away("hv0")
+    cloud.away("hv1")
+    cloud.hosts.run_once()
+    scheduler = cloud.frontend.scheduler
+    reserve = scheduler.reserve
+    taken = {"hv2": True}  # hv2 fits by the query, but its last room goes to another launch first
+
+    def racing(session: Any, host_id: str, need: Any) -> bool:
+        host = session.get(Hypervisor, host_id)
+        return False if taken.get(host.name) else reserve(session, host_id, need)
+
+    scheduler.reserve = racing  # type: ignore[method-assign]
+    task_id = api.ok("post", "/v1/instances", 202, json=WEB)["task"]["id"]
+    until(lambda: cloud.frontend.tasks.parked == 1, 10, "the launch parked")
+    cloud.back("hv0")
+    cloud.hosts.run_once()
+    task = cloud.wait_task(api, task_id)
+    assert task["status"] == "succeeded", task
+    assert list(cloud.computes["hv0"].instances.values()) == ["running"]
 
 
 def test_a_host_down_for_longer_than_host_wait_s_is_not_waited_for(cloud: Cloud) -> None:
