@@ -181,7 +181,8 @@ class Uplink:
         return self.state is LinkState.ATTACHED
 
     def own_entry(self) -> NodeEntry:
-        return [
+        """This node's route claim for the parent it is attaching to, signed under CURVE."""
+        entry = [
             self.node_id,
             [self.incarnation, self.attach_count],
             self.parent or "",
@@ -189,7 +190,9 @@ class Uplink:
             self.level,
             self.endpoint,
             self.groups,
+            None,
         ]
+        return self.security.signer.sign(entry) if self.security is not None else entry
 
     def start(self) -> None:
         self._last_tick = time.monotonic()
@@ -320,7 +323,8 @@ class Uplink:
         if not self._open(self.registrars, None, self.security.root_key if self.security else None,
                           self._send_join, _ROOT_RECONNECT_MAX_MS if self.level == 1 else _RECONNECT_MAX_MS):
             return
-        join = proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups)
+        join = proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups,
+                          self.security.signer.public if self.security is not None else None)
         for _ in self.registrars:
             self._send_now(join)
         self._log.debug("join_sent", registrars=self.registrars)
