@@ -31,12 +31,12 @@ import structlog
 import zmq
 
 from . import proto
+from .claims import ClaimChecker
 from .counters import Counters, add_into, check_counters
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
 from .links import QUORUM, close_link, tune_link
 from .reactor import NOBLOCK, NOBLOCK_SNDMORE, Reactor, Timer, ZContext, ZSocket, has_input
-from .claims import ClaimChecker
 from .routes import RouteChange, RouteTable
 from .security import Security, release_domain, serve_curve
 from .settings import TreeSettings
