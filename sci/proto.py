@@ -33,6 +33,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_NODE_ID",
     "MAX_TOPIC",
+    "MOVE_OP",
     "Kind",
     "Role",
     "RejectCode",
@@ -70,6 +71,10 @@ MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 MAX_NODE_ID: Final = 64
 #: A notice's topic names a kind of happening (``instance.power``), never data.
 MAX_TOPIC: Final = 64
+#: The tree's own op, in a COMMAND the root sends when it rebalances the tree (sci.rebalance):
+#: {host: [level, [[parent_id, endpoint, public_key|None], ...]]}.  A leaf answers it, then
+#: leaves its parent for the first one; relays carry it like any other command.
+MOVE_OP: Final = "sci.move"
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 

@@ -146,6 +146,8 @@ class RootStats:
     late_results: int = 0
     joins: int = 0
     reparents: int = 0
+    #: hosts the root told to move to a parent with room (sci.rebalance)
+    moves: int = 0
 
 
 class CommandHandle:
@@ -284,6 +286,9 @@ class TreeRoot(DownlinkOwner):
         self._enrolments: concurrent.futures.ThreadPoolExecutor | None = None
         #: signing keys bound since the last KEYS push (sent once per loop turn, not per JOIN)
         self._signers_unsent: dict[str, str] = {}
+        #: the batch of hosts being moved (sci.rebalance) and the command that moves them
+        self._moving: dict[str, None] = {}
+        self._move_cmd: CommandHandle | None = None
         #: called with (origin host, topic, body) for each backend's notice, set before start by
         #: whoever runs the root; on a thread of its own (one: notices keep their order), as it
         #: may write to a database
@@ -309,6 +314,8 @@ class TreeRoot(DownlinkOwner):
         self.down.start()
         self.planner = Planner(self.node_id, self.endpoint, self.settings.fanout)
         self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self._expire_waiting)
+        if self.settings.rebalance_interval:
+            self.reactor.add_ticker(self.settings.rebalance_interval, self._rebalance)
         self._thread = threading.Thread(target=self.reactor.run, name="sci-root", daemon=True)
         self._thread.start()
         self._log.info("root_started", listen=self.down.bound_endpoint, advertise=self.endpoint,
@@ -746,7 +753,8 @@ class TreeRoot(DownlinkOwner):
             self._note_attached(entry, previous, lost_at, now)
         for node, _seq in change.removed:
             last = self._nodes.get(node)
-            if self._down_since.get(node) == now and last is not None:
+            # A host the root is moving left its parent on purpose: it is on its way, not lost.
+            if self._down_since.get(node) == now and last is not None and node not in self._moving:
                 self._events.append(TreeEvent("lost", node, Role(last[3]).name.lower(), None, last[2], 0.0))
         if not self._commands or not change.moved:
             return
@@ -781,6 +789,49 @@ class TreeRoot(DownlinkOwner):
             self._events.append(TreeEvent("reparented", node, role, parent, old[2], unreachable))
         elif lost_at is not None and lost_at < now:
             self._events.append(TreeEvent("returned", node, role, parent, old[2], unreachable))
+
+    def _rebalance(self) -> None:
+        """Move hosts off parents that carry more than the fan-out (a failed agent's orphans on
+        their fallbacks, the root included) and off the root while an agent has room, to the
+        agents with room, ``rebalance_batch`` at a time.  A move is the host's own re-attach
+        (``MOVE_OP``): its commands in flight are replayed along the new route like any other's,
+        so none is lost or run twice, and the host is away only between its BYE and its HELLO."""
+        if self._move_cmd is not None and not self._move_cmd.done():
+            return
+        self._moving.clear()
+        planner = self.planner
+        assert planner is not None
+        fanout = self.settings.fanout
+        index = self._index
+        agents = index.agent_candidates()
+        room = sum(max(0, fanout - a.children) for a in agents)
+        if not room:
+            return
+        movers: dict[str, None] = {}
+        for parent in index.crowded(fanout):
+            excess = index.children_of(parent) - fanout
+            # The newest first: the orphans that came last, not the parent's own.
+            movers.update(dict.fromkeys(index.backend_children(parent)[::-1][:excess]))
+        movers.update(dict.fromkeys(index.backend_children(self.node_id)))
+        plans: dict[str, list[Any]] = {}
+        for host in list(movers)[:min(room, self.settings.rebalance_batch)]:
+            placement = planner.place(host, Role.BACKEND, agents, index.children_of(self.node_id))
+            target = placement.parents[0][0]
+            if target in (self.node_id, index.parent_of(host)):
+                planner.attached(host)  # no better place: give the slot back
+                continue
+            plans[host] = [placement.level, [[*p, self._public_key(p[0])] for p in placement.parents]]
+        if not plans:
+            return
+        handle = CommandHandle(uuid.uuid4().hex, proto.MOVE_OP)
+        timeout = self.settings.parent_dead_after * 2
+        self._moving = dict.fromkeys(plans)
+        self._move_cmd = handle
+        self.stats.moves += len(plans)
+        self._log.info("hosts_moving", hosts=len(plans), crowded=len(index.crowded(fanout)),
+                       example=next(iter(plans)), to=plans[next(iter(plans))][1][0][0])
+        self._start(_Command(handle, proto.MOVE_OP, proto.pack_body(plans), time.monotonic() + timeout),
+                    Targets.to(*plans))
 
     def _expire_waiting(self) -> None:
         grace = self.settings.reattach_grace
