@@ -9,6 +9,8 @@ Phases, in order, on one machine:
 5. unicast: pings to random single hosts, many in flight;
 6. scrape: one ``/metrics`` of a real frontend over this tree (``bench/scrape.py``);
 7. failover: kill -9 an agent with backends under it while broadcasts run;
+   rebalance: start it again and time until no parent carries more than the fan-out (the
+   root moving the orphans back from their fallbacks);
 8. audit: every process's log for nodes declared dead that were alive;
 9. teardown: the simulated backends report how often each command ran on each host.
 
@@ -23,6 +25,7 @@ figures in the same run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -59,6 +62,8 @@ UNICAST_IN_FLIGHT = 200
 #: The tree at rest: a pause for start-up traffic to die down, then the measured quiet.
 IDLE_SETTLE_S = 1.0
 IDLE_SECONDS = 3.0
+#: Longest wait for the tree to be back under the fan-out after the killed agent returns.
+REBALANCE_TIMEOUT_S = 120.0
 POLL_S = 0.05
 
 
@@ -263,6 +268,7 @@ class TreeBench:
         self.measure_unicast()
         self.measure_scrape()
         recovery, orphans = self.measure_failover()
+        self.measure_rebalance()
         assert self.root is not None
         final = phases.broadcast(self.root, "final")
         self.out["final_ok"] = self.cfg.hosts - len(final.failed)
@@ -315,6 +321,27 @@ class TreeBench:
             kill_phase_bcast_max_s=round(max((r.seconds for r in recovery.rounds), default=0.0), 4),
         )
         return recovery, set(orphans)
+
+    def measure_rebalance(self) -> None:
+        """Start the killed agent again: how long until no parent carries more than the fan-out
+        (its orphans moved back from their fallbacks by the root), and how many hosts moved."""
+        root, victim, fanout = self.root, self.victim, self.cfg.fanout
+        assert root is not None and victim is not None
+
+        def crowded() -> int:
+            load = collections.Counter(n.parent for n in root.nodes() if n.up and n.parent is not None)
+            return sum(1 for count in load.values() if count > fanout)
+
+        self.out["crowded_after_failover"] = crowded()
+        moves = root.stats.moves
+        started = time.monotonic()
+        self.fleet.spawn(victim, run_agent, victim, root.endpoint, self.cfg.settings,
+                         str(self.cfg.log_dir / f"{victim}.log"), *self._keys_for([victim], one=True))
+        end = started + REBALANCE_TIMEOUT_S
+        while crowded() and time.monotonic() < end:
+            time.sleep(POLL_S)
+        self.out["rebalance_s"] = None if crowded() else round(time.monotonic() - started, 3)
+        self.out["hosts_moved"] = root.stats.moves - moves
 
     def measure_idle(self, pids: list[int]) -> None:
         """What the tree costs at rest (heartbeats, timers): the floor every measurement stands on."""
@@ -408,7 +435,7 @@ def _pct(values: list[float], pct: int) -> float | None:
 # Output -------------------------------------------------------------------------------------
 
 _HEADLINE = ["hosts", "mode", "agents", "fanout", "sim_procs", "rounds", "startup_s", "bcast_p50_s", "bcast_p99_s",
-             "flat_p50_s", "unicast_per_s", "recover_s", "false_failures", "lost", "duplicated", "cpu_s_per_round",
+             "flat_p50_s", "unicast_per_s", "recover_s", "rebalance_s", "false_failures", "lost", "duplicated", "cpu_s_per_round",
              "idle_cpu_cores", "scrape_p50_s", "status_query_p50_s", "mem_peak_mb", "wall_s"]
 #: What a reference run reports beside the main run's figures.
 _REFERENCE_KEYS = ["bcast_p50_s", "bcast_p99_s", "cpu_s_per_round", "cpu_s_per_round_by_role", "idle_cpu_cores",
@@ -422,7 +449,8 @@ REFERENCES: dict[str, Callable[[Config], Config]] = {
 
 
 class BenchKeys:
-    """A CURVE key pair per node, all enrolled at the root before the tree starts."""
+    """A CURVE key pair per node, all enrolled at the root before the tree starts, with the
+    route-signing keys derived from them (as if every node had joined once before)."""
 
     def __init__(self, nodes: list[str]) -> None:
         self.root = sci.KeyPair.generate()
@@ -433,7 +461,9 @@ class BenchKeys:
 
     def root_security(self) -> sci.Security:
         return sci.Security(self.root, self.root.public,
-                            sci.Keyring({node: pair[0] for node, pair in self.pairs.items()}))
+                            sci.Keyring({node: pair[0] for node, pair in self.pairs.items()},
+                                        signers={node: sci.ClaimSigner(pair[1]).public
+                                                 for node, pair in self.pairs.items()}))
 
 
 def format_table(out: dict[str, Any]) -> str:

@@ -25,11 +25,12 @@ from service.nodekeys import EnrolmentToken
 
 from .bootstrap import admin_org_id
 from .db import Database
+from .db.engine import changed
 from .db.models import Enrolment, Event, Hypervisor, NodeKey, utcnow
 from .errors import Conflict, Invalid, NotFound
 
-__all__ = ["MAX_TTL_S", "EnrolmentState", "Issued", "is_revoked", "issue", "load_keyring", "redeem", "reload_keyring",
-           "revoke", "root_security", "state_of"]
+__all__ = ["MAX_TTL_S", "EnrolmentState", "Issued", "is_revoked", "issue", "keep_sign_key", "load_keyring", "redeem",
+           "reload_keyring", "revoke", "root_security", "state_of"]
 
 log = structlog.get_logger("frontend.enrolment")
 
@@ -143,6 +144,7 @@ def _enrol(session: Session, db: Database, row: Enrolment, held: NodeKey | None,
         session.add(NodeKey(node_id=node_id, role=role, public_key=key, enrolled_at=now))
     else:
         held.role, held.public_key, held.enrolled_at, held.revoked_at = role, key, now, None
+        held.sign_key = None  # the new key pair brings its own, with its first JOIN
     session.add(Event(org_id=admin_org_id(db), kind=f"{_kind(role)}.enrolled", host=node_id,
                       resource_type="tree_node", message=f"{role} {node_id} enrolled its key {key}"))
 
@@ -182,18 +184,30 @@ def is_revoked(session: Session, node_id: str) -> bool:
 
 
 def load_keyring(db: Database) -> Keyring:
-    """The enrolled keys and the revoked ones, as the root starts with them."""
+    """The enrolled keys, their route-signing keys and the revoked keys, as the root starts with them."""
     with db.read() as session:
-        rows = session.execute(select(NodeKey.node_id, NodeKey.public_key, NodeKey.revoked_at)).all()
-    return Keyring({node: key for node, key, revoked in rows if revoked is None},
-                   {key for _node, key, revoked in rows if revoked is not None})
+        rows = session.execute(select(NodeKey.node_id, NodeKey.public_key, NodeKey.revoked_at,
+                                      NodeKey.sign_key)).all()
+    return Keyring({node: key for node, key, revoked, _sign in rows if revoked is None},
+                   {key for _node, key, revoked, _sign in rows if revoked is not None},
+                   {node: sign for node, _key, revoked, sign in rows if revoked is None and sign is not None})
+
+
+def keep_sign_key(db: Database, node_id: str, key: str, sign_key: str) -> None:
+    """Record the route-signing key ``node_id`` brought in its first JOIN under CURVE key ``key``
+    (the root's loop hands it over; a later enrolment with another key never gets it)."""
+    with db.transaction() as session:
+        kept = changed(session, update(NodeKey).where(NodeKey.node_id == node_id, NodeKey.public_key == key,
+                                                      NodeKey.revoked_at.is_(None), NodeKey.sign_key.is_(None))
+                       .values(sign_key=sign_key))
+    log.info("node_sign_key_kept", node=node_id, sign_key=sign_key, kept=bool(kept))
 
 
 def reload_keyring(db: Database, keyring: Keyring) -> None:
     """Bring ``keyring`` to what the database holds: a standby built its root long before it leads,
     and nodes enrolled or revoked through the leader meanwhile."""
     fresh = load_keyring(db)
-    keyring.replace(fresh.snapshot())
+    keyring.replace(fresh.snapshot(), fresh.signers())
     keyring.revoked = fresh.revoked
     log.info("tree_keyring_reloaded", enrolled=len(keyring), revoked=len(keyring.revoked))
 
@@ -210,4 +224,5 @@ def root_security(config: FrontendConfig, db: Database) -> Security | None:
     keyring = load_keyring(db)
     log.info("tree_keyring_loaded", key=keypair.public, enrolled=len(keyring), revoked=len(keyring.revoked))
     return Security(keypair, keypair.public, keyring,
-                    enroller=lambda node_id, role, token, key: redeem(db, node_id, role, token, key))
+                    enroller=lambda node_id, role, token, key: redeem(db, node_id, role, token, key),
+                    signer_keeper=lambda node_id, key, sign_key: keep_sign_key(db, node_id, key, sign_key))

@@ -5,6 +5,7 @@ one per host, and gathers their answers back up.  The package knows nothing of w
 commands do: a leaf hands them to an ``Executor``.
 """
 
+from .claims import ClaimSigner
 from .exceptions import FrameError, IllegalTransition, SciError, TargetError, TreeClosed
 from .journal import Journal
 from .leaf import Executor, Leaf
@@ -15,6 +16,7 @@ from .security import KeyPair, Keyring, Security, SecurityError
 from .settings import TreeSettings
 
 __all__ = [
+    "ClaimSigner",
     "CommandHandle",
     "Executor",
     "FrameError",

@@ -31,6 +31,7 @@ import structlog
 import zmq
 
 from . import proto
+from .claims import ClaimChecker
 from .counters import Counters, add_into, check_counters
 from .exceptions import FrameError
 from .proto import Frame, Kind, NodeEntry, RejectCode, Role
@@ -96,9 +97,9 @@ def check_entries(entries: Any) -> list[NodeEntry]:
     if not isinstance(entries, list):
         raise FrameError("route entries must be a list")
     for e in entries:
-        if not (isinstance(e, list) and len(e) == 7):
-            raise FrameError("route entry must have 7 fields")
-        node, seq, parent, role, level, endpoint, groups = e
+        if not (isinstance(e, list) and len(e) == 8):
+            raise FrameError("route entry must have 8 fields")
+        node, seq, parent, role, level, endpoint, groups, signature = e
         proto.check_node_id(node)
         if not (isinstance(seq, list) and len(seq) == 2 and all(type(x) is int for x in seq)):
             raise FrameError(f"route entry {node}: seq must be [int, int]")
@@ -109,6 +110,8 @@ def check_entries(entries: Any) -> list[NodeEntry]:
             raise FrameError(f"route entry {node}: bad endpoint or groups")
         if not all(isinstance(g, str) for g in groups):
             raise FrameError(f"route entry {node}: groups must be strings")
+        if not (signature is None or type(signature) is bytes):
+            raise FrameError(f"route entry {node}: the signature must be bytes")
     return entries
 
 
@@ -146,6 +149,9 @@ class Downlink:
         #: child -> incarnation, for children this node declared dead
         self._declared_dead: dict[str, int] = {}
         self.security = security
+        #: with CURVE, every route claim is checked before it is taken (sci.claims)
+        self.claims = (ClaimChecker(node_id, security.keyring.sign_key_of, self.routes, self.counters)
+                       if security is not None else None)
         self._whole_keys: bytes | None = None
         #: the root lets unknown keys finish the handshake so that they can enrol; relays do not
         self._accept_unknown = accept_unknown_keys
@@ -346,6 +352,8 @@ class Downlink:
         if child is None or child.session != session:
             return
         del self.children[child_id]
+        if self.claims is not None:
+            self.claims.forget(child_id)
         self.counters.add("children_declared_dead")
         self._declared_dead.pop(child_id, None)
         self._declared_dead[child_id] = child.incarnation
@@ -450,7 +458,11 @@ class Downlink:
                 raise FrameError(f"ROUTES from backend {child_id}: a backend has no subtree")
             added, removed = frame.fields
             check_entries(added)
-            change = self.routes.remove(child_id, _check_removals(removed))
+            removed = _check_removals(removed)
+            change = self.routes.remove(child_id, removed)
+            if self.claims is not None:
+                self.claims.withdrawn(child_id, [r[0] for r in removed])
+                added = self.claims.take(child_id, child.session, added)
             change.extend(self.routes.add(child_id, added))
             if change:
                 self.owner.on_routes(child_id, change)
@@ -460,6 +472,8 @@ class Downlink:
             self._on_notice(child_id, *frame.fields)
         elif kind is Kind.BYE:
             del self.children[child_id]
+            if self.claims is not None:
+                self.claims.forget(child_id)
             change = self.routes.remove_child(child_id)
             self._log.info("child_left", child=child_id)
             self.owner.on_routes(child_id, change)
@@ -481,15 +495,24 @@ class Downlink:
     def _key_speaks_for(self, key: str | None, node: object) -> bool:
         return self.security is None or (self.security.keyring.node_of(key) == node)
 
-    def keys_changed(self, whole: bool, added: dict[str, str], removed: list[str]) -> None:
-        """Pass a keyring change on to agent children, and cut off children whose key was revoked."""
+    def keys_changed(self, whole: bool, added: dict[str, str], removed: list[str], signers: dict[str, str]) -> None:
+        """Pass a keyring change on to agent children, cut off children whose key was revoked,
+        and take the route claims that were waiting for a signing key that came."""
         self._whole_keys = None
-        data = proto.keys(whole, added, removed)
+        data = proto.keys(whole, added, removed, signers)
         for child in list(self.children.values()):
             if child.node_id in removed:
                 self._child_failed(child.node_id, child.session, "key revoked")
             elif child.role is Role.AGENT:
                 self.send(child.node_id, data)
+        if self.claims is None:
+            return
+        changed = [*signers, *added, *removed] if not whole else None
+        for child_id, entries in self.claims.keys_changed(changed).items():
+            if child_id in self.children:
+                change = self.routes.add(child_id, entries)
+                if change:
+                    self.owner.on_routes(child_id, change)
 
     def _on_hello(self, identity: bytes, frame: Frame) -> None:
         node_id, entries = frame.fields
@@ -505,6 +528,14 @@ class Downlink:
             self.send_raw(identity, proto.reject(RejectCode.REFUSED, "that would make a loop"))
             self._log.warning("attach_refused", child=node_id, reason="loop")
             return
+        if self.security is not None and entries[0][2] != self.node_id:
+            # The claim is signed: this node cannot correct it, and a HELLO that names another
+            # parent was meant for another node (or replayed).
+            named = proto.shown(entries[0][2])
+            self.send_raw(identity, proto.reject(RejectCode.REFUSED,
+                                                 f"the route claim names parent {named}, not {self.node_id!r}"))
+            self._log.warning("attach_refused", child=node_id, reason="claim names another parent")
+            return
         now = time.monotonic()
         incarnation = entries[0][1][0]
         if self._declared_dead.pop(node_id, None) == incarnation:
@@ -516,13 +547,17 @@ class Downlink:
         change = self.routes.remove_child(node_id) if old is not None else RouteChange()
         child = Child(node_id, Role(entries[0][3]), self._next_session, now, now, incarnation)
         self.children[node_id] = child
-        entries[0][2] = self.node_id  # the child cannot know our id before it attached
+        if self.claims is not None:
+            entries = self.claims.take(node_id, child.session, entries)
+        else:
+            entries[0][2] = self.node_id  # unsigned: whatever the child thought, it is ours
         change.extend(self.routes.add(node_id, entries))
         self.send_raw(identity, proto.welcome(child.session, self.owner.epoch()))
         if self.security is not None and child.role is Role.AGENT:
             if self._whole_keys is None:
                 # Half a megabyte at 10,000 hosts: encoded once per change, not once per agent.
-                self._whole_keys = proto.keys(True, self.security.keyring.snapshot(), [])
+                keyring = self.security.keyring
+                self._whole_keys = proto.keys(True, keyring.snapshot(), [], keyring.signers())
             self.send_raw(identity, self._whole_keys)
         self._log.info("child_attached", child=node_id, role=child.role.name.lower(), session=child.session,
                        routes=len(entries), reattach=old is not None)

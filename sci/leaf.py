@@ -134,6 +134,9 @@ class Leaf(UplinkOwner, LoopNode):
         if cmd_id in self._running:
             self._running[cmd_id] = wave  # answer along the path of the latest delivery
             return
+        if op == proto.MOVE_OP:  # never journalled: a move delivered again finds the host there
+            self._move(cmd_id, wave, body)
+            return
         entry = self.journal.lookup(cmd_id)
         if entry is not None and entry.result is None and self.executor.reruns_interrupted(op):
             self._log.info("command_rerun_after_interruption", cmd=cmd_id, op=op, wave=wave)
@@ -189,6 +192,20 @@ class Leaf(UplinkOwner, LoopNode):
             self._log.info("command_done", cmd=cmd_id, op=op, status=result.status.name.lower(),
                            duration_s=round(took, 4))
         self._answer(cmd_id, wave, wire)
+
+    def _move(self, cmd_id: str, wave: int, body: bytes) -> None:
+        """The root moves this host to another parent: answer on the way out, then go."""
+        try:
+            level, parents = proto.unpack_body(body)[self.node_id]
+        except (FrameError, KeyError, TypeError, ValueError):
+            self._answer(cmd_id, wave, Result.error("a move names no parent for this host", EXIT_BAD_ARGS).to_wire())
+            return
+        if type(level) is not int or type(parents) is not list:
+            self._answer(cmd_id, wave, Result.error("a move takes a level and a parent list", EXIT_BAD_ARGS).to_wire())
+            return
+        self._answer(cmd_id, wave, Result(Status.OK).to_wire())
+        if self.up.move_to(level, parents):
+            self.counters.add("moves")
 
     def _answer(self, cmd_id: str, wave: int, wire: list[Any]) -> None:
         table = {self.node_id: wire}

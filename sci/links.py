@@ -61,9 +61,10 @@ def tune_link(sock: ZSocket, settings: TreeSettings) -> None:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(settings.link_timeout))
 
 
-def close_link(reactor: Reactor, sock: ZSocket | None, monitor: ZSocket | None) -> None:
-    """Stop reading ``sock`` and its ``monitor`` and close both at once (LINGER 0): a link's
-    end never leaks a file descriptor, whichever path closes it."""
+def close_link(reactor: Reactor, sock: ZSocket | None, monitor: ZSocket | None, linger_ms: int = 0) -> None:
+    """Stop reading ``sock`` and its ``monitor`` and close both at once (by default with LINGER
+    0): a link's end never leaks a file descriptor, whichever path closes it.  ``linger_ms``
+    gives what was just sent (a BYE) that long to leave."""
     if monitor is not None:
         reactor.remove_reader(monitor)
         if sock is not None:
@@ -71,7 +72,7 @@ def close_link(reactor: Reactor, sock: ZSocket | None, monitor: ZSocket | None) 
         monitor.close(linger=0)
     if sock is not None:
         reactor.remove_reader(sock)
-        sock.close(linger=0)
+        sock.close(linger=linger_ms)
 
 
 class Budget:

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_NODE_ID",
     "MAX_TOPIC",
+    "MOVE_OP",
     "Kind",
     "Role",
     "RejectCode",
@@ -64,17 +65,21 @@ __all__ = [
     "unpack_body",
 ]
 
-VERSION: Final = 1
+VERSION: Final = 2
 #: Default cap on one frame; a bigger frame is dropped with a log event.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 MAX_NODE_ID: Final = 64
 #: A notice's topic names a kind of happening (``instance.power``), never data.
 MAX_TOPIC: Final = 64
+#: The tree's own op, in a COMMAND the root sends when it rebalances the tree (sci.rebalance):
+#: {host: [level, [[parent_id, endpoint, public_key|None], ...]]}.  A leaf answers it, then
+#: leaves its parent for the first one; relays carry it like any other command.
+MOVE_OP: Final = "sci.move"
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 class Kind(IntEnum):
-    JOIN = 1  #: node -> registrar: [node_id, role, incarnation, endpoint|None, groups]
+    JOIN = 1  #: node -> registrar: [node_id, role, incarnation, endpoint|None, groups, signing key|None]
     ASSIGN = 2  #: registrar -> node: [level, [[parent_id, endpoint, public_key|None], ...]]
     HELLO = 3  #: child -> parent: [node_id, [NodeEntry, ...]]  (own entry first, then its subtree)
     WELCOME = 4  #: parent -> child: [session, epoch]
@@ -90,7 +95,9 @@ class Kind(IntEnum):
     COUNTERS = 13  #: leaf -> parent: [{name: increment since the last report}]
     ENROL = 14  #: new node -> registrar: [node_id, role, one-time token]
     ENROLLED = 15  #: registrar -> new node: [1 if enrolled else 0, text]
-    KEYS = 16  #: parent -> agent child: [1 if the whole ring else 0, {node_id: public_key} added, [node_id removed]]
+    #: parent -> agent child: [1 if the whole ring else 0, {node_id: public_key} added, [node_id removed],
+    #: {node_id: signing key} added]
+    KEYS = 16
     #: up, from a backend to the root: [origin node id, topic, body] (something that happened on the host)
     NOTICE = 17
 
@@ -110,8 +117,9 @@ class RejectCode(IntEnum):
 
 
 #: A node's place in the tree as routes carry it upward:
-#: [node_id, seq, parent_id, role, level, endpoint|None, groups]
-#: ``seq`` orders a node's attachments: (incarnation_ns, counter).
+#: [node_id, seq, parent_id, role, level, endpoint|None, groups, signature|None]
+#: ``seq`` orders a node's attachments: (incarnation_ns, counter).  The node signs the other
+#: seven fields (sci.claims); the signature is None only in a tree without CURVE.
 NodeEntry = list[Any]
 
 # The exact types msgpack may decode each field to (after the 3-element head).  msgpack
@@ -126,7 +134,7 @@ _OPT_LIST: frozenset[type] = frozenset({list, type(None)})
 _BYTES: frozenset[type] = frozenset({bytes})
 
 _SHAPES: dict[Kind, tuple[frozenset[type], ...]] = {
-    Kind.JOIN: (_STR, _INT, _INT, _OPT_STR, _LIST),
+    Kind.JOIN: (_STR, _INT, _INT, _OPT_STR, _LIST, _OPT_STR),
     Kind.ASSIGN: (_INT, _LIST),
     Kind.HELLO: (_STR, _LIST),
     Kind.WELCOME: (_INT, _INT),
@@ -141,7 +149,7 @@ _SHAPES: dict[Kind, tuple[frozenset[type], ...]] = {
     Kind.COUNTERS: (_DICT,),
     Kind.ENROL: (_STR, _INT, _STR),
     Kind.ENROLLED: (_INT, _STR),
-    Kind.KEYS: (_INT, _DICT, _LIST),
+    Kind.KEYS: (_INT, _DICT, _LIST, _DICT),
     Kind.NOTICE: (_STR, _STR, _BYTES),
 }
 _KINDS = {int(k): k for k in Kind}
@@ -219,8 +227,9 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
 # Builders: one per kind, so that no other module spells a frame's layout.
 
 
-def join(node_id: str, role: Role, incarnation: int, endpoint: str | None, groups: list[str]) -> bytes:
-    return encode(Kind.JOIN, 0, node_id, int(role), incarnation, endpoint, groups)
+def join(node_id: str, role: Role, incarnation: int, endpoint: str | None, groups: list[str],
+         sign_key: str | None) -> bytes:
+    return encode(Kind.JOIN, 0, node_id, int(role), incarnation, endpoint, groups, sign_key)
 
 
 def assign(level: int, parents: list[list[str | None]]) -> bytes:
@@ -291,8 +300,8 @@ def enrolled(ok: bool, text: str) -> bytes:
     return encode(Kind.ENROLLED, 0, int(ok), text)
 
 
-def keys(whole: bool, added: dict[str, str], removed: list[str]) -> bytes:
-    return encode(Kind.KEYS, 0, int(whole), added, removed)
+def keys(whole: bool, added: dict[str, str], removed: list[str], signers: dict[str, str]) -> bytes:
+    return encode(Kind.KEYS, 0, int(whole), added, removed, signers)
 
 
 def pack_body(args: Any) -> bytes:

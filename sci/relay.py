@@ -124,27 +124,32 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         else:
             self._keys(*frame.fields)
 
-    def _keys(self, whole: int, added: dict[str, Any], removed: list[Any]) -> None:
-        """The enrolled keys, from the parent: kept for the ZAP check and passed on to agents below."""
+    def _keys(self, whole: int, added: dict[str, Any], removed: list[Any], signers: dict[str, Any]) -> None:
+        """The enrolled keys, from the parent: kept for the ZAP check and the route claims, and
+        passed on to agents below."""
         if self.security is None:
             return
         try:
             checked = {proto.check_node_id(n): check_key(k) for n, k in added.items()}
             gone = [proto.check_node_id(n) for n in removed]
+            signing = {proto.check_node_id(n): check_key(k, "signing key") for n, k in signers.items()}
         except SciError as exc:
             self._log.warning("frame_dropped", reason="malformed", kind="KEYS", detail=str(exc)[:200])
             return
         keyring = self.security.keyring
         if whole:
             gone += [node for node in keyring.snapshot() if node not in checked]
-            keyring.replace(checked)
+            keyring.replace(checked, signing)
         else:
             for node, key in checked.items():
                 keyring.add(node, key)
+            for node, key in signing.items():
+                keyring.add_signer(node, key)
         for node in gone:
             keyring.remove(node)
-        self._log.info("keys_received", whole=bool(whole), added=len(checked), removed=len(gone), total=len(keyring))
-        self.down.keys_changed(bool(whole), checked, gone)
+        self._log.info("keys_received", whole=bool(whole), added=len(checked), removed=len(gone),
+                       signers=len(signing), total=len(keyring))
+        self.down.keys_changed(bool(whole), checked, gone, signing)
 
     def epoch(self) -> int:
         return self.up.epoch if self.up is not None else 0

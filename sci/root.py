@@ -34,11 +34,11 @@ from .counters import Counters
 from .downlink import Downlink, DownlinkOwner
 from .exceptions import FrameError, TargetError, TreeClosed
 from .planner import Planner
-from .proto import Frame, NodeEntry, Role
+from .proto import Frame, NodeEntry, RejectCode, Role
 from .reactor import Reactor, Timer, ZContext
 from .results import Result, Status
 from .routes import RouteChange
-from .security import Security, check_key
+from .security import Security, SecurityError, check_key
 from .settings import TreeSettings
 from .status import StatusQueries
 from .topology import TreeIndex
@@ -146,6 +146,8 @@ class RootStats:
     late_results: int = 0
     joins: int = 0
     reparents: int = 0
+    #: hosts the root told to move to a parent with room (sci.rebalance)
+    moves: int = 0
 
 
 class CommandHandle:
@@ -282,6 +284,11 @@ class TreeRoot(DownlinkOwner):
         #: the enroller asks the database, which may wait on a lock for seconds: it runs on this
         #: thread (one, so enrolments keep their order), never on the tree's own
         self._enrolments: concurrent.futures.ThreadPoolExecutor | None = None
+        #: signing keys bound since the last KEYS push (sent once per loop turn, not per JOIN)
+        self._signers_unsent: dict[str, str] = {}
+        #: the batch of hosts being moved (sci.rebalance) and the command that moves them
+        self._moving: dict[str, None] = {}
+        self._move_cmd: CommandHandle | None = None
         #: called with (origin host, topic, body) for each backend's notice, set before start by
         #: whoever runs the root; on a thread of its own (one: notices keep their order), as it
         #: may write to a database
@@ -307,6 +314,8 @@ class TreeRoot(DownlinkOwner):
         self.down.start()
         self.planner = Planner(self.node_id, self.endpoint, self.settings.fanout)
         self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self._expire_waiting)
+        if self.settings.rebalance_interval:
+            self.reactor.add_ticker(self.settings.rebalance_interval, self._rebalance)
         self._thread = threading.Thread(target=self.reactor.run, name="sci-root", daemon=True)
         self._thread.start()
         self._log.info("root_started", listen=self.down.bound_endpoint, advertise=self.endpoint,
@@ -444,12 +453,13 @@ class TreeRoot(DownlinkOwner):
     def _set_key(self, node_id: str, key: str) -> None:
         assert self.security is not None, "enrolment needs a root with CURVE security"
         self.security.keyring.add(node_id, key)
-        self.down.keys_changed(False, {node_id: key}, [])
+        self.down.keys_changed(False, {node_id: key}, [], {})
 
     def _drop_key(self, node_id: str) -> bool:
         if self.security is None or self.security.keyring.remove(node_id) is None:
             return False
-        self.down.keys_changed(False, {}, [node_id])
+        self._signers_unsent.pop(node_id, None)
+        self.down.keys_changed(False, {}, [node_id], {})
         self._log.warning("node_revoked", revoked=node_id)
         return True
 
@@ -538,13 +548,18 @@ class TreeRoot(DownlinkOwner):
     # Registrar ----------------------------------------------------------------------------
 
     def on_join(self, downlink: Downlink, identity: bytes, frame: Frame) -> None:
-        node_id, role_code, _incarnation, endpoint, groups = frame.fields
+        node_id, role_code, _incarnation, endpoint, groups, sign_key = frame.fields
         proto.check_node_id(node_id)
         if role_code not in (Role.AGENT, Role.BACKEND) or node_id == self.node_id:
             raise FrameError(f"JOIN from {node_id!r}: bad role or id")
         role = Role(role_code)
         if role is Role.AGENT and not endpoint:
             raise FrameError(f"JOIN from agent {node_id!r} without an endpoint")
+        refused = self._bind_signer(node_id, sign_key)
+        if refused is not None:
+            self._log.warning("join_refused", joiner=node_id, reason=refused)
+            downlink.send_raw(identity, proto.reject(RejectCode.REFUSED, refused))
+            return
         assert self.planner is not None
         own_level = None
         exclude = None
@@ -559,6 +574,53 @@ class TreeRoot(DownlinkOwner):
         self.stats.joins += 1
         self._log.info("node_placed", joiner=node_id, role=role.name.lower(), level=placement.level,
                        parents=[p[0] for p in placement.parents])
+
+    def _bind_signer(self, node_id: str, sign_key: str | None) -> str | None:
+        """Know ``node_id``'s route-signing key from its JOIN: None if it is (now) known, else
+        why the JOIN is refused.
+
+        Only the node's enrolled CURVE key can send its JOIN, so the token that enrolled that
+        key vouches for the signing key it brings; once known, it never changes but with a new
+        CURVE key (a new enrolment).
+        """
+        security = self.security
+        if security is None:
+            return None
+        held = security.keyring.sign_key_of(node_id)
+        if held is not None and held == sign_key:
+            return None
+        if sign_key is None:
+            return "no route-signing key in the JOIN (a node older than signed routes?)"
+        if held is not None:
+            return "the route-signing key is not the one on record for this node; enrol it again"
+        try:
+            check_key(sign_key, "route-signing key")
+        except SecurityError as exc:
+            return str(exc)
+        security.keyring.add_signer(node_id, sign_key)
+        self._log.info("signer_bound", joiner=node_id, sign_key=sign_key)
+        if not self._signers_unsent:
+            self.reactor.call_later(0, self._push_signers)
+        self._signers_unsent[node_id] = sign_key
+        keeper = security.signer_keeper
+        curve_key = security.keyring.key_of(node_id)
+        if keeper is not None and curve_key is not None:
+            if self._enrolments is None:
+                self._enrolments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enrol")
+
+            def keep() -> None:
+                try:
+                    keeper(node_id, curve_key, sign_key)
+                except Exception:  # kept in memory; the node's next JOIN after a restart binds it again
+                    self._log.exception("signer_keep_failed", joiner=node_id)
+
+            self._enrolments.submit(keep)
+        return None
+
+    def _push_signers(self) -> None:
+        batch, self._signers_unsent = self._signers_unsent, {}
+        if batch:
+            self.down.keys_changed(False, {}, [], batch)
 
     def _public_key(self, node: str) -> str | None:
         """The key a child must expect from ``node`` when it attaches to it."""
@@ -691,7 +753,8 @@ class TreeRoot(DownlinkOwner):
             self._note_attached(entry, previous, lost_at, now)
         for node, _seq in change.removed:
             last = self._nodes.get(node)
-            if self._down_since.get(node) == now and last is not None:
+            # A host the root is moving left its parent on purpose: it is on its way, not lost.
+            if self._down_since.get(node) == now and last is not None and node not in self._moving:
                 self._events.append(TreeEvent("lost", node, Role(last[3]).name.lower(), None, last[2], 0.0))
         if not self._commands or not change.moved:
             return
@@ -726,6 +789,49 @@ class TreeRoot(DownlinkOwner):
             self._events.append(TreeEvent("reparented", node, role, parent, old[2], unreachable))
         elif lost_at is not None and lost_at < now:
             self._events.append(TreeEvent("returned", node, role, parent, old[2], unreachable))
+
+    def _rebalance(self) -> None:
+        """Move hosts off parents that carry more than the fan-out (a failed agent's orphans on
+        their fallbacks, the root included) and off the root while an agent has room, to the
+        agents with room, ``rebalance_batch`` at a time.  A move is the host's own re-attach
+        (``MOVE_OP``): its commands in flight are replayed along the new route like any other's,
+        so none is lost or run twice, and the host is away only between its BYE and its HELLO."""
+        if self._move_cmd is not None and not self._move_cmd.done():
+            return
+        self._moving.clear()
+        planner = self.planner
+        assert planner is not None
+        fanout = self.settings.fanout
+        index = self._index
+        agents = index.agent_candidates()
+        room = sum(max(0, fanout - a.children) for a in agents)
+        if not room:
+            return
+        movers: dict[str, None] = {}
+        for parent in index.crowded(fanout):
+            excess = index.children_of(parent) - fanout
+            # The newest first: the orphans that came last, not the parent's own.
+            movers.update(dict.fromkeys(index.backend_children(parent)[::-1][:excess]))
+        movers.update(dict.fromkeys(index.backend_children(self.node_id)))
+        plans: dict[str, list[Any]] = {}
+        for host in list(movers)[:min(room, self.settings.rebalance_batch)]:
+            placement = planner.place(host, Role.BACKEND, agents, index.children_of(self.node_id))
+            target = placement.parents[0][0]
+            if target in (self.node_id, index.parent_of(host)):
+                planner.attached(host)  # no better place: give the slot back
+                continue
+            plans[host] = [placement.level, [[*p, self._public_key(p[0])] for p in placement.parents]]
+        if not plans:
+            return
+        handle = CommandHandle(uuid.uuid4().hex, proto.MOVE_OP)
+        timeout = self.settings.parent_dead_after * 2
+        self._moving = dict.fromkeys(plans)
+        self._move_cmd = handle
+        self.stats.moves += len(plans)
+        self._log.info("hosts_moving", hosts=len(plans), crowded=len(index.crowded(fanout)),
+                       example=next(iter(plans)), to=plans[next(iter(plans))][1][0][0])
+        self._start(_Command(handle, proto.MOVE_OP, proto.pack_body(plans), time.monotonic() + timeout),
+                    Targets.to(*plans))
 
     def _expire_waiting(self) -> None:
         grace = self.settings.reattach_grace

@@ -11,8 +11,10 @@ handshake, so that a new node can present its one-time enrolment token; until it
 the only frame the root takes from it is ENROL.
 
 Enrolled keys reach agents through the tree: the root sends a KEYS frame with the whole ring
-to each agent child when it attaches, and changes (an enrolment, a revocation) to every agent
-child as they happen; relays do the same for agents below them.
+to each agent child when it attaches, and changes (an enrolment, a revocation, a node's
+route-signing key from its first JOIN) to every agent child as they happen; relays do the
+same for agents below them.  The route-signing keys let every parent check the route claims
+of its subtree (sci.claims).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import structlog
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from .claims import ClaimSigner
 from .exceptions import SciError
 
-__all__ = ["KeyPair", "Keyring", "Security", "SecurityError", "check_key", "serve_curve", "connect_curve",
-           "release_domain"]
+__all__ = ["KeyPair", "Keyring", "Security", "SecurityError", "SignerKeeper", "check_key", "serve_curve",
+           "connect_curve", "release_domain"]
 
 log = structlog.get_logger("sci.security")
 
@@ -103,14 +106,17 @@ class KeyPair:
 
 
 class Keyring:
-    """Enrolled nodes and their public keys, and the keys revoked since.  Touched from the
-    node's loop thread; the ZAP thread only reads it (single dict lookups)."""
+    """Enrolled nodes with their CURVE public keys and route-signing keys (sci.claims), and the
+    CURVE keys revoked since.  Touched from the node's loop thread; the ZAP thread only reads
+    it (single dict lookups)."""
 
-    def __init__(self, keys: dict[str, str] | None = None, revoked: set[str] | None = None) -> None:
+    def __init__(self, keys: dict[str, str] | None = None, revoked: set[str] | None = None,
+                 signers: dict[str, str] | None = None) -> None:
         self._by_node: dict[str, str] = {}
         self._by_key: dict[str, str] = {}
+        self._signers: dict[str, str] = {}
         self.revoked: set[str] = set(revoked or ())
-        self.replace(keys or {})
+        self.replace(keys or {}, signers or {})
 
     def __len__(self) -> int:
         return len(self._by_node)
@@ -121,43 +127,67 @@ class Keyring:
     def key_of(self, node: str) -> str | None:
         return self._by_node.get(node)
 
+    def sign_key_of(self, node: str) -> str | None:
+        return self._signers.get(node)
+
     def add(self, node: str, key: str) -> None:
         old = self._by_node.get(node)
         if old is not None:
             self._by_key.pop(old, None)
+            if old != key:
+                self._signers.pop(node, None)  # a new CURVE secret brings a new signing key
         self._by_node[node] = key
         self._by_key[key] = node
         self.revoked.discard(key)
 
+    def add_signer(self, node: str, sign_key: str) -> None:
+        """``node``'s route-signing key; only for an enrolled node."""
+        if node in self._by_node:
+            self._signers[node] = sign_key
+
     def remove(self, node: str) -> str | None:
         key = self._by_node.pop(node, None)
+        self._signers.pop(node, None)
         if key is not None:
             self._by_key.pop(key, None)
             self.revoked.add(key)
         return key
 
-    def replace(self, keys: dict[str, str]) -> None:
+    def replace(self, keys: dict[str, str], signers: dict[str, str]) -> None:
         self._by_node = dict(keys)
         self._by_key = {key: node for node, key in keys.items()}
+        self._signers = {node: key for node, key in signers.items() if node in self._by_node}
 
     def snapshot(self) -> dict[str, str]:
         return dict(self._by_node)
 
+    def signers(self) -> dict[str, str]:
+        return dict(self._signers)
+
 
 #: (node_id, role, token, public key) -> None if enrolled, else the reason it was refused
 Enroller = Callable[[str, int, str, str], "str | None"]
+#: (node_id, its CURVE key, signing key): keep the signing key an enrolled node brought in its first JOIN
+SignerKeeper = Callable[[str, str, str], None]
 
 
 @dataclass
 class Security:
-    """What a node needs for CURVE: its key pair, the root's public key and, at the root and
-    at relays, the keyring of enrolled nodes (the root's owner fills it; relays get it by KEYS)."""
+    """What a node needs for CURVE and signed routes: its key pair (the route-signing key is
+    derived from it), the root's public key and, at the root and at relays, the keyring of
+    enrolled nodes (the root's owner fills it; relays get it by KEYS)."""
 
     keypair: KeyPair
     root_key: str
     keyring: Keyring = field(default_factory=Keyring)
     #: at the root only: checks an enrolment token
     enroller: Enroller | None = None
+    #: at the root only: stores a signing key learned from a JOIN (called in a worker thread)
+    signer_keeper: SignerKeeper | None = None
+    signer: ClaimSigner = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.signer = ClaimSigner(self.keypair.secret)
 
 
 # ZAP ---------------------------------------------------------------------------------------

@@ -53,6 +53,13 @@ class TreeSettings:
     #: Seconds between a leaf's reports of its counters to its parent; 0 turns counting off
     #: on every node (for measuring what the counting costs).
     counters_interval: float = 10.0
+    #: Seconds between the root's looks for parents carrying more than ``fanout`` children
+    #: (the orphans of a failed agent stay on their fallback parents) and for hosts on the
+    #: root itself while an agent has room; it moves some to agents with room.  0: never.
+    rebalance_interval: float = 5.0
+    #: Most hosts moved at one look: a move is a re-attach, and a batch of them is spread
+    #: over the interval rather than thrown at the agents at once.
+    rebalance_batch: int = 32
 
     @property
     def counting(self) -> bool:
@@ -110,6 +117,9 @@ class TreeSettings:
             ("read_batch", self.read_batch >= 1, "must be at least 1"),
             ("counters_interval", self.counters_interval == 0 or 0.1 <= self.counters_interval <= 3600,
              "must be 0 (off) or between 0.1 and 3600 seconds"),
+            ("rebalance_interval", self.rebalance_interval == 0 or 0.1 <= self.rebalance_interval <= 3600,
+             "must be 0 (never) or between 0.1 and 3600 seconds"),
+            ("rebalance_batch", self.rebalance_batch >= 1, "must be at least 1"),
         ]
         for name, ok, reason in checks:
             if not ok:

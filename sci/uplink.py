@@ -26,7 +26,7 @@ import collections
 import random
 import time
 from enum import Enum
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 import zmq
@@ -59,6 +59,8 @@ _BACKOFF_MAX = 5.0
 #: once keeps the slower pace.
 _RECONNECT_MAX_MS = 1000
 _ROOT_RECONNECT_MAX_MS = 200
+#: How long a socket left for another parent keeps trying to deliver its BYE.
+_BYE_LINGER_MS = 500
 _MONITORED = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_HANDSHAKE_SUCCEEDED
               | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -181,7 +183,8 @@ class Uplink:
         return self.state is LinkState.ATTACHED
 
     def own_entry(self) -> NodeEntry:
-        return [
+        """This node's route claim for the parent it is attaching to, signed under CURVE."""
+        entry = [
             self.node_id,
             [self.incarnation, self.attach_count],
             self.parent or "",
@@ -189,7 +192,9 @@ class Uplink:
             self.level,
             self.endpoint,
             self.groups,
+            None,
         ]
+        return self.security.signer.sign(entry) if self.security is not None else entry
 
     def start(self) -> None:
         self._last_tick = time.monotonic()
@@ -320,7 +325,8 @@ class Uplink:
         if not self._open(self.registrars, None, self.security.root_key if self.security else None,
                           self._send_join, _ROOT_RECONNECT_MAX_MS if self.level == 1 else _RECONNECT_MAX_MS):
             return
-        join = proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups)
+        join = proto.join(self.node_id, self.role, self.incarnation, self.endpoint, self.groups,
+                          self.security.signer.public if self.security is not None else None)
         for _ in self.registrars:
             self._send_now(join)
         self._log.debug("join_sent", registrars=self.registrars)
@@ -418,12 +424,12 @@ class Uplink:
             self.reactor.add_reader(monitor, self._on_monitor)
         return True
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, linger_ms: int = 0) -> None:
         self._disconnected_at = None
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
-        close_link(self.reactor, self._sock, self._monitor)
+        close_link(self.reactor, self._sock, self._monitor, linger_ms)
         self._sock = self._monitor = None
 
     def _send_now(self, data: bytes) -> bool:
@@ -577,6 +583,30 @@ class Uplink:
         self._log.info("assigned", level=level, parents=[p[0] for p in checked])
         self._close_socket()
         self._attach(0)
+
+    def move_to(self, level: int, parents: list[Any]) -> bool:
+        """Leave the parent for ``parents[0]`` because the root rebalances the tree: BYE, then
+        attach as after an ASSIGN (a parent that does not take it leads on to the fallbacks).
+        False if there is nothing to do (not attached, or there already) or the list is bad."""
+        try:
+            checked = [_check_parent(p) for p in parents]
+        except SciError as exc:
+            self._dropped("malformed", kind="move", detail=str(exc))
+            return False
+        if self.state is not LinkState.ATTACHED or not checked or checked[0][0] == self.parent:
+            return False
+        parent = self.parent or "?"
+        self._send_now(proto.bye(self.session))
+        self._log.info("moving", parent=parent, to=checked[0][0])
+        self._detached_from(parent)
+        self.owner.on_detached(parent, "moved by the root")
+        self.level = level
+        self.parents = checked
+        # The BYE must reach the old parent: without it, a batch of children leaving at once
+        # looks to it like a mass failure (and its dead-cap would call it its own).
+        self._close_socket(linger_ms=_BYE_LINGER_MS)
+        self._attach(0)
+        return True
 
     def keep_epoch(self, known: int, save: Callable[[int], None]) -> None:
         """Start from the highest epoch this node saw before it restarted, and ``save`` each higher one.

@@ -14,7 +14,7 @@ from tests.support.leftovers import no_new_processes
 pytestmark = pytest.mark.slow
 
 FIGURES = ["hosts", "bcast_p50_s", "bcast_p99_s", "flat_p50_s", "unicast_per_s", "recover_s", "false_failures",
-           "cpu_s_per_round", "lost", "duplicated", "scrape_p50_s", "scrape_series", "status_query_p50_s"]
+           "cpu_s_per_round", "lost", "duplicated", "scrape_p50_s", "scrape_series", "status_query_p50_s", "rebalance_s"]
 
 
 def test_bench_tree_small_run_reports_every_figure(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_tree_settings_defaults_are_the_documented_ones() -> None:
         "fanout": 32, "heartbeat_interval": 1.0, "heartbeat_misses": 3, "link_heartbeat_interval": 0.0,
         "link_timeout": 1.0, "max_frame_bytes": 16 * 1024 * 1024, "disconnect_grace": 0.5, "dead_cap": 0.25,
         "reattach_grace": 5.0, "hop_margin": 0.05, "route_batch_delay": 0.02,
-        "read_batch": 512, "counters_interval": 10.0,
+        "read_batch": 512, "counters_interval": 10.0, "rebalance_interval": 5.0, "rebalance_batch": 32,
     }
 
 

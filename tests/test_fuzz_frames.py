@@ -36,7 +36,7 @@ from sci.downlink import check_entries
 from sci.exceptions import FrameError
 from sci.proto import Frame, Kind, Role
 from sci.reactor import Reactor
-from sci.security import KeyPair, Security, connect_curve
+from sci.security import KeyPair, Keyring, Security, connect_curve
 from sci.status import valid_entries
 from sci.uplink import LinkState, Uplink, UplinkOwner
 from tests.support.waiting import until
@@ -63,7 +63,7 @@ _HIGHEST_EPOCH = 2**64 - 1
 
 #: What decode promises for each kind: the exact types of the fields after [version, kind, session].
 SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
-    Kind.JOIN: ((str,), (int,), (int,), (str, type(None)), (list,)),
+    Kind.JOIN: ((str,), (int,), (int,), (str, type(None)), (list,), (str, type(None))),
     Kind.ASSIGN: ((int,), (list,)),
     Kind.HELLO: ((str,), (list,)),
     Kind.WELCOME: ((int,), (int,)),
@@ -78,7 +78,7 @@ SHAPES: dict[Kind, tuple[tuple[type, ...], ...]] = {
     Kind.COUNTERS: ((dict,),),
     Kind.ENROL: ((str,), (int,), (str,)),
     Kind.ENROLLED: ((int,), (str,)),
-    Kind.KEYS: ((int,), (dict,), (list,)),
+    Kind.KEYS: ((int,), (dict,), (list,), (dict,)),
     Kind.NOTICE: ((str,), (str,), (bytes,)),
 }
 
@@ -201,17 +201,21 @@ class Fields:
         endpoint = near(st.sampled_from(SAFE_ENDPOINTS) | st.none())
         key = near(st.sampled_from(KEYS) | st.text(alphabet="abc", min_size=40, max_size=40) | st.none())
         level = st.integers(1, 4) | st.sampled_from(EDGE_INTS)
+        # No fuzzed signature verifies: under CURVE these claims are refused or wait for a key.
+        signature = st.none() | st.binary(min_size=64, max_size=64)
         valid_entry = as_list(st.sampled_from(claimable) | st.from_regex(NODE_ID, fullmatch=True).filter(
             lambda n: n not in REAL), st.lists(st.integers(0, 2**63 - 1), min_size=2, max_size=2),
             st.sampled_from(claimable), st.sampled_from([1, 2]), level, st.sampled_from(SAFE_ENDPOINTS) | st.none(),
-            st.lists(texts, max_size=2))
+            st.lists(texts, max_size=2), signature)
         entry = pick((500, valid_entry),
-                     (400, as_list(node, seq, anyone, role, near(ints), endpoint, near(st.lists(texts, max_size=3)))),
-                     (100, st.lists(values, min_size=6, max_size=8)))
+                     (400, as_list(node, seq, anyone, role, near(ints), endpoint, near(st.lists(texts, max_size=3)),
+                                   near(signature))),
+                     (100, st.lists(values, min_size=7, max_size=9)))
         entries = near(st.lists(entry, max_size=4))
+        #: the child signs it (under CURVE) and names its parent when it attaches (Child.attach)
         self.own_entry = as_list(st.just(own), st.lists(st.integers(0, 2**63 - 1), min_size=2, max_size=2),
                                  st.just(""), st.sampled_from([1, 2]), level, st.sampled_from(SAFE_ENDPOINTS),
-                                 st.just([]))
+                                 st.just([]), st.none())
         self.subtree = st.lists(valid_entry, max_size=3) | st.lists(entry, max_size=3)
         # msgpack map keys: a peer may send any scalar, decode lets str and bytes through
         table_keys = pick((500, st.sampled_from(names + [own])), (300, texts), (150, st.binary(max_size=6)),
@@ -225,7 +229,8 @@ class Fields:
         body = near(st.binary(max_size=16) | values.map(lambda v: pack(v)))
         op = near(st.sampled_from(["ping", "info", "no-such-op"]) | texts)
         self.kinds: dict[Kind, st.SearchStrategy[list[Any]]] = {
-            Kind.JOIN: as_list(anyone, role, near(ints), endpoint, near(st.lists(texts, max_size=3))),
+            Kind.JOIN: as_list(anyone, role, near(ints), endpoint, near(st.lists(texts, max_size=3)),
+                               near(st.sampled_from(KEYS) | st.none())),
             Kind.ASSIGN: as_list(near(ints), near(st.lists(near(as_list(anyone, endpoint, key)), max_size=3))),
             Kind.HELLO: as_list(anyone, entries),
             Kind.WELCOME: as_list(near(ints), near(ints)),
@@ -242,7 +247,7 @@ class Fields:
             Kind.ENROL: as_list(anyone, role, near(texts)),
             Kind.ENROLLED: as_list(near(st.integers(0, 1)), near(texts)),
             Kind.KEYS: as_list(near(st.integers(0, 1)), near(st.dictionaries(table_keys, key, max_size=3)),
-                               near(st.lists(anyone, max_size=3))),
+                               near(st.lists(anyone, max_size=3)), near(st.dictionaries(table_keys, key, max_size=3))),
             Kind.NOTICE: as_list(anyone, near(texts | st.just("t" * (proto.MAX_TOPIC + 1))), body),
         }
 
@@ -336,9 +341,9 @@ def test_decode_of_mangled_valid_frames(action: tuple[Any, ...], data: st.DataOb
 def test_decode_past_the_depth_limits_and_at_the_size_limit() -> None:
     for depth in (1000, 1020, 1024, 1025, 100_000):
         check_decode(pack([_nest(depth, False, None), Kind.HEARTBEAT, 0]))
-        check_decode(pack([1, _nest(depth, True, 1), 0]))
-        check_decode(pack([1, int(Kind.RESULTS), 1, "c", 1, {"h": [1, _nest(depth, False, "x"), 0]}]))
-    big = pack([1, int(Kind.COMMAND), 0, "c", 1, "ping", b"", None, 1, 0])
+        check_decode(pack([proto.VERSION, _nest(depth, True, 1), 0]))
+        check_decode(pack([proto.VERSION, int(Kind.RESULTS), 1, "c", 1, {"h": [1, _nest(depth, False, "x"), 0]}]))
+    big = pack([proto.VERSION, int(Kind.COMMAND), 0, "c", 1, "ping", b"", None, 1, 0])
     assert check_decode(big, max_bytes=len(big)) is not None
     assert check_decode(big, max_bytes=len(big) - 1) is None
 
@@ -375,10 +380,13 @@ def registry() -> OpRegistry:
 
 
 class Child:
-    """A fuzzing child: one DEALER named after the node it claims to be."""
+    """A fuzzing child: one DEALER named after the node it claims to be, attaching under ``parent``."""
 
-    def __init__(self, name: str, endpoint: str, security: Security | None, server_key: str | None) -> None:
+    def __init__(self, name: str, endpoint: str, security: Security | None, server_key: str | None,
+                 parent: str) -> None:
         self.name = name
+        self.parent = parent
+        self.signer = security.signer if security is not None else None
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, name.encode())
@@ -410,7 +418,12 @@ class Child:
         return got
 
     def attach(self, entries: list[Any], timeout: float = 0.2) -> bool:
-        """HELLO with these entries (own first); True once welcomed (a bad HELLO is dropped unanswered)."""
+        """HELLO with these entries (own first, claimed and signed as a real node would);
+        True once welcomed (a bad HELLO is dropped unanswered)."""
+        if self.signer is not None:
+            own = entries[0]
+            own[2] = self.parent
+            entries = [self.signer.sign(own), *entries[1:]]
         self.send(proto.hello(self.name, entries))
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -459,10 +472,13 @@ class Tree:
         root_security = None
         if curve:
             root_security = Security(self.keys["root"], root_key, enroller=lambda *_: "enrolment is closed here")
-        self.root = TreeRoot("tcp://127.0.0.1:0", SETTINGS, security=root_security).start()
         if curve:
-            for name in self.keys.keys() - {"root"}:
-                self.root.enrolled(name, self.keys[name].public)
+            assert root_security is not None
+            nodes = self.keys.keys() - {"root"}
+            # Enrolled, and their signing keys known as after each one's first JOIN.
+            root_security.keyring = Keyring({n: self.keys[n].public for n in nodes},
+                                            signers={n: self.security[n].signer.public for n in nodes})
+        self.root = TreeRoot("tcp://127.0.0.1:0", SETTINGS, security=root_security).start()
         self.relay = Relay("a0", self.root.endpoint, "tcp://127.0.0.1:0", SETTINGS, security=self.security.get("a0"))
         self.threads = [spawn(self.relay)]
         until(lambda: any(n.node_id == "a0" and n.up for n in self.root.nodes()), 10, "a0 attached")
@@ -477,7 +493,8 @@ class Tree:
         if name not in self.fuzzers:
             endpoint = self.root.endpoint if at == "root" else self.relay.down.bound_endpoint
             server = self.keys[at if at == "root" else "a0"].public if self.security else None
-            self.fuzzers[name] = Child(name, endpoint, self.security.get(name), server)
+            parent = self.root.node_id if at == "root" else "a0"
+            self.fuzzers[name] = Child(name, endpoint, self.security.get(name), server, parent)
         return self.fuzzers[name]
 
     def attached(self, child: Child, role: Role) -> None:
@@ -486,7 +503,7 @@ class Tree:
             return
         # A loaded machine may take more than a heartbeat to welcome it or route it: it heartbeats
         # meanwhile, or its parent would count it dead before the example begins.
-        assert child.attach([[child.name, [1, time.time_ns()], "", int(role), 1, "tcp://127.0.0.1:1", []]], 2.0)
+        assert child.attach([[child.name, [1, time.time_ns()], "", int(role), 1, "tcp://127.0.0.1:1", [], None]], 2.0)
         child.keep_alive_until(lambda: any(n.node_id == child.name and n.up for n in self.root.nodes()), 5)
 
     def healthy(self, crashes: list[str]) -> None:
@@ -624,7 +641,7 @@ def test_root_places_joiners_whatever_routes_claim(tree: Tree, crashes: list[str
     child.attach([own, *claims.draw(fields.subtree, "subtree")])
     joiner = tree.fuzzer("fz-join", "root")
     role = claims.draw(st.sampled_from([Role.AGENT, Role.BACKEND]), "joiner role")
-    joiner.send(proto.join("fz-join", role, 1, "tcp://127.0.0.1:1", []))
+    joiner.send(proto.join("fz-join", role, 1, "tcp://127.0.0.1:1", [], None))
     answer = joiner.wait_for(Kind.ASSIGN, timeout=2)
     level, parents = answer.fields
     assert 0 < level <= 2**16 + 1 and parents and all(type(p[1]) is str for p in parents)
@@ -653,8 +670,9 @@ class FakeParent:
         #: where backends are placed: [agent id, its endpoint, its key], once an agent joined
         self.agent: list[Any] | None = None
         self.agent_key: str | None = None
-        #: the keyring sent to an agent after each WELCOME (CURVE only)
+        #: the keyring sent to an agent after each WELCOME (CURVE only), and the signing keys
         self.ring: dict[str, str] = {}
+        self.signers: dict[str, str] = {}
         #: sent before the real ASSIGN at the next JOIN
         self.assign_first: list[bytes] = []
         self.sessions: dict[str, int] = {}
@@ -687,7 +705,7 @@ class FakeParent:
 
     def _on_frame(self, identity: bytes, frame: Frame) -> None:
         if frame.kind is Kind.JOIN:
-            node, role, _, endpoint, _ = frame.fields
+            node, role, _, endpoint, _, _ = frame.fields
             if role == Role.AGENT:
                 self.agent = [node, endpoint, self.agent_key]
                 parents = [["fake", self.endpoint, self.key]]
@@ -702,7 +720,7 @@ class FakeParent:
             self.sessions[node] = next(self._next_session)
             self.send(node, proto.welcome(self.sessions[node], 0))
             if self.ring and entries[0][3] == Role.AGENT:
-                self.send(node, proto.keys(True, self.ring, []))
+                self.send(node, proto.keys(True, self.ring, [], self.signers))
         elif frame.kind is Kind.RESULTS:
             self.results.setdefault(frame.fields[0], {}).update(frame.fields[2])
 
@@ -717,7 +735,7 @@ class FakeParent:
 
         for wave in itertools.count(1):
             if self.ring:
-                self.send(via, proto.keys(True, self.ring, []))  # undo what a fuzzed KEYS did
+                self.send(via, proto.keys(True, self.ring, [], self.signers))  # undo what a fuzzed KEYS did
             self.send(via, proto.command(cmd_id, wave, "ping", proto.pack_body(None), [host], 2000, _HIGHEST_EPOCH))
             self.pump(0.3, ok)
             if ok():
@@ -740,6 +758,7 @@ class Subtree:
         if curve:
             self.parent.agent_key = keys["a0"].public
             self.parent.ring = {"a0": keys["a0"].public, "h0": keys["h0"].public}
+            self.parent.signers = {"a0": security["a0"].signer.public, "h0": security["h0"].signer.public}
         self.nodes: list[Relay | Leaf] = []
         if with_relay:
             self.nodes.append(Relay("a0", self.parent.endpoint, "tcp://127.0.0.1:0", SETTINGS,
@@ -822,7 +841,7 @@ def test_route_entries_at_a_level_no_tree_has_are_refused() -> None:
     less, with a child below it, left the planner no parent above it when it joined again
     (min() of an empty pool)."""
     def entry(level: int) -> list[Any]:
-        return ["fz", [1, 1], "root", int(Role.AGENT), level, "tcp://127.0.0.1:1", []]
+        return ["fz", [1, 1], "root", int(Role.AGENT), level, "tcp://127.0.0.1:1", [], None]
 
     assert check_entries([entry(1), entry(3)])
     for level in (0, -1, 2**16 + 1, 2**63 - 1, 2**64 - 1):
@@ -852,7 +871,7 @@ def test_relay_refuses_odd_targets_and_cuts_long_ttls() -> None:
     ttl near 2**64 came out of the float arithmetic too big to pack for the children."""
     relay = Relay("r1", "tcp://127.0.0.1:1", "tcp://127.0.0.1:0", SETTINGS)
     try:
-        relay.down.routes.add("c1", [["h1", [1, 1], "c1", int(Role.BACKEND), 2, None, []]])
+        relay.down.routes.add("c1", [["h1", [1, 1], "c1", int(Role.BACKEND), 2, None, [], None]])
         relay.on_parent_frame(Frame(Kind.COMMAND, 0, ["c", 1, "ping", b"", ["h1", ["x"]], 1000, 0]))
         assert not relay.gathers
         relay.on_parent_frame(Frame(Kind.COMMAND, 0, ["c", 1, "ping", b"", ["h1"], 2**64 - 1, 0]))
@@ -890,8 +909,8 @@ def test_a_backend_claims_no_route_but_its_own(tree: Tree, crashes: list[str]) -
     h0 stayed unreachable after the claimant was gone.  A backend has no subtree: such a HELLO,
     and any ROUTES from a backend, are refused."""
     child = tree.fuzzer("fz-root", "root")
-    own = ["fz-root", [1, 1], "", int(Role.BACKEND), 1, None, []]
-    stolen = ["h0", [2**63 - 1, 0], "fz-root", int(Role.BACKEND), 2, None, []]
+    own = ["fz-root", [1, 1], "", int(Role.BACKEND), 1, None, [], None]
+    stolen = ["h0", [2**63 - 1, 0], "fz-root", int(Role.BACKEND), 2, None, [], None]
     assert not child.attach([own, stolen])
     assert child.attach([own])
     child.send(proto.routes(child.session, [stolen], []))

@@ -17,7 +17,10 @@ from sci.results import Result, Status
 
 def test_builders_round_trip() -> None:
     cases = [
-        (proto.join("h1", proto.Role.BACKEND, 7, None, ["rack1"]), Kind.JOIN, ["h1", 2, 7, None, ["rack1"]]),
+        (proto.join("h1", proto.Role.BACKEND, 7, None, ["rack1"], "k" * 40), Kind.JOIN,
+         ["h1", 2, 7, None, ["rack1"], "k" * 40]),
+        (proto.keys(False, {"h1": "k" * 40}, ["h2"], {"h1": "s" * 40}), Kind.KEYS,
+         [0, {"h1": "k" * 40}, ["h2"], {"h1": "s" * 40}]),
         (proto.assign(2, [["a1", "tcp://x:1"]]), Kind.ASSIGN, [2, [["a1", "tcp://x:1"]]]),
         (proto.welcome(42, 3), Kind.WELCOME, [42, 3]),
         (proto.reject(proto.RejectCode.NO_SESSION, "gone", 9), Kind.REJECT, [1, "gone", 9]),
@@ -38,11 +41,12 @@ def test_builders_round_trip() -> None:
     [
         (b"\xc1", "undecodable"),
         (msgpack.packb({"a": 1}), "malformed"),
-        (msgpack.packb([2, 6, 0]), "version"),
-        (msgpack.packb([1, 99, 0]), "malformed"),
-        (msgpack.packb([1, 6, "s"]), "malformed"),
-        (msgpack.packb([1, 4, 0]), "malformed"),  # WELCOME without its session
-        (msgpack.packb([1, 4, 0, True]), "malformed"),  # a bool is not a session number
+        (msgpack.packb([proto.VERSION + 1, 6, 0]), "version"),
+        (msgpack.packb([proto.VERSION - 1, 6, 0]), "version"),  # a node of the release before
+        (msgpack.packb([proto.VERSION, 99, 0]), "malformed"),
+        (msgpack.packb([proto.VERSION, 6, "s"]), "malformed"),
+        (msgpack.packb([proto.VERSION, 4, 0]), "malformed"),  # WELCOME without its session
+        (msgpack.packb([proto.VERSION, 4, 0, True]), "malformed"),  # a bool is not a session number
         (b"\x00" * 5000, "oversized"),
     ],
 )

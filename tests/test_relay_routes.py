@@ -21,7 +21,7 @@ class RecordingUplink:
 
 
 def entry(node: str) -> list[Any]:
-    return [node, [1, 1], "child-agent", int(Role.BACKEND), 3, None, []]
+    return [node, [1, 1], "child-agent", int(Role.BACKEND), 3, None, [], None]
 
 
 def test_change_between_hello_and_welcome_goes_up_after_welcome() -> None:

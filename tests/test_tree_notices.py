@@ -75,7 +75,7 @@ def test_a_host_cannot_send_a_notice_for_another(tree: tuple[ThreadTree, "queue.
     sock.setsockopt(zmq.IDENTITY, b"h7")
     sock.connect(nodes.root.endpoint)
     try:
-        sock.send(proto.hello("h7", [["h7", [1, 1], "", int(Role.BACKEND), 1, None, []]]))
+        sock.send(proto.hello("h7", [["h7", [1, 1], "", int(Role.BACKEND), 1, None, [], None]]))
         assert sock.poll(5000)
         welcome = proto.decode(sock.recv())
         assert welcome.kind is Kind.WELCOME

@@ -110,15 +110,21 @@ def test_a_key_that_is_not_enrolled_is_refused_and_logged(secure: SecureTree) ->
 
 
 def hello_as(secure: SecureTree, node: str, keys: Security) -> tuple[Any, proto.Frame]:
-    """A raw backend link to the root with ``keys``, saying HELLO as ``node``; the root's answer."""
+    """A raw backend link to the root with ``keys``, saying JOIN (which brings the route-signing
+    key) and HELLO as ``node``; the root's answer to them (WELCOME or the first REJECT)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, node.encode())
     connect_curve(sock, keys, secure.root_keys.public)
     sock.connect(secure.root.endpoint)
-    sock.send(proto.hello(node, [[node, [1, 1], "", int(Role.BACKEND), 1, None, []]]))
-    assert sock.poll(5000)
-    return sock, proto.decode(sock.recv())
+    sock.send(proto.join(node, Role.BACKEND, 1, None, [], keys.signer.public))
+    claim = [node, [1, 1], secure.root.node_id, int(Role.BACKEND), 1, None, [], None]
+    sock.send(proto.hello(node, [keys.signer.sign(claim)]))
+    while True:
+        assert sock.poll(5000)
+        answer = proto.decode(sock.recv())
+        if answer.kind is not Kind.ASSIGN:
+            return sock, answer
 
 
 def test_an_enrolled_key_cannot_speak_for_another_node(secure: SecureTree) -> None:
@@ -149,7 +155,7 @@ def test_a_peer_without_curve_cannot_even_connect(secure: SecureTree) -> None:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(secure.root.endpoint)
-    sock.send(proto.join("plain", Role.BACKEND, 1, None, []))
+    sock.send(proto.join("plain", Role.BACKEND, 1, None, [], None))
     assert not sock.poll(1000)  # the handshake never completes: nothing is read, nothing answered
     sock.close()
     assert "plain" not in {n.node_id for n in secure.root.nodes()}
@@ -247,3 +253,105 @@ def test_logs_never_carry_a_secret_key(secure: SecureTree, tmp_path: Path) -> No
         secure.root.submit("ping", timeout=5).wait(10)
     assert pair.secret not in str(logs) and secure.root_keys.secret not in str(logs)
     structlog.reset_defaults()
+
+
+class HostileRelay:
+    """An enrolled agent gone bad: a raw link that attaches like a relay (JOIN, signed HELLO)
+    to ``parent`` and then announces routes it has no right to."""
+
+    def __init__(self, secure: SecureTree, name: str, parent: str) -> None:
+        self.keys = secure.enrolled(name, Role.AGENT)
+        self.name = name
+        if parent == secure.root.node_id:
+            endpoint, server_key = secure.root.endpoint, secure.root_keys.public
+        else:
+            relay = secure.nodes[parent]
+            assert isinstance(relay, Relay) and relay.security is not None
+            until(lambda: relay.security.keyring.key_of(name) is not None)  # the enrolment's KEYS
+            endpoint, server_key = relay.down.connect_endpoint, relay.security.keypair.public
+        registrar = self._socket(secure.root.endpoint, secure.root_keys.public, None)
+        registrar.send(proto.join(name, Role.AGENT, 1, "tcp://127.0.0.1:1", [], self.keys.signer.public))
+        assert registrar.poll(5000) and proto.decode(registrar.recv()).kind is Kind.ASSIGN
+        registrar.close()
+        if parent != secure.root.node_id:
+            until(lambda: relay.security.keyring.sign_key_of(name) is not None)  # the JOIN's KEYS
+        self.sock = self._socket(endpoint, server_key, name.encode())
+        claim = [name, [1, 1], parent, int(Role.AGENT), 2, "tcp://127.0.0.1:1", [], None]
+        self.sock.send(proto.hello(name, [self.keys.signer.sign(claim)]))
+        self.session = 0
+        while not self.session:
+            assert self.sock.poll(5000)
+            frame = proto.decode(self.sock.recv())
+            assert frame.kind is not Kind.REJECT, frame.fields
+            if frame.kind is Kind.WELCOME:
+                self.session = frame.fields[0]
+
+    def _socket(self, endpoint: str, server_key: str, identity: bytes | None) -> Any:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        connect_curve(sock, self.keys, server_key)
+        sock.connect(endpoint)
+        return sock
+
+    def announce(self, *entries: list[Any]) -> None:
+        self.sock.send(proto.routes(self.session, list(entries), []))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def route_of(node: Relay | Any, host: str) -> str | None:
+    return node.down.routes.child_of(host)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("where", ["root", "a0"])
+def test_a_hostile_relay_cannot_take_another_hosts_route(secure: SecureTree, where: str) -> None:
+    """Before route claims were signed, an enrolled agent could announce any host's entry at a
+    higher seq and its parents routed that host's commands to it.  Now a forged claim is
+    refused wherever it is announced, and a real claim replayed from elsewhere waits unused
+    (its parent is not below the relay that replays it)."""
+    parent = secure.root.node_id if where == "root" else where
+    listener = secure.root if where == "root" else secure.nodes[where]
+    placed = {n.node_id: n.parent for n in secure.root.tree_status()}
+    victims = sorted(h for h in placed if h.startswith("h"))
+    before = {h: route_of(listener, h) for h in victims}
+    evil = HostileRelay(secure, "evil", parent)
+    try:
+        with capture_logs() as logs:
+            for host in victims:
+                real = secure.root.down.routes.get(host)
+                assert real is not None
+                forged = [*real.entry[:7], None]
+                forged[1], forged[2] = [2**63 - 1, 0], "evil"
+                evil.announce(evil.keys.signer.sign(forged))  # signed, but with the wrong key
+                evil.announce([*real.entry])  # the host's real claim, replayed
+            evil.announce([*forged[:7], real.entry[7]])  # a real signature on other content
+            until(lambda: sum(1 for e in logs if e["event"] == "route_claim_refused") == len(victims) + 1)
+        assert {h: route_of(listener, h) for h in victims} == before
+        assert listener.counters.totals["routes_refused:forged"] == len(victims) + 1
+        results = secure.root.submit("ping", targets=Targets.to(*victims), timeout=5).wait(10)
+        assert all(results[h].ok for h in victims), results
+        assert "evil" in secure.up()  # its own route stands: it can drop only its own traffic
+    finally:
+        evil.close()
+
+
+def test_a_claim_waits_for_its_signing_key_and_is_taken_when_it_comes(secure: SecureTree) -> None:
+    """The KEYS push that brings a new node's signing key races its first attach below: a relay
+    that has no key for a claim yet holds it, and routes it when the key arrives."""
+    keys = secure.enrolled("late", Role.BACKEND)
+    relays = [secure.nodes["a0"], secure.nodes["a1"]]
+    for relay in relays:
+        relay.security.keyring.add_signer = lambda node, key: None  # type: ignore[method-assign]
+    leaf = secure.host("late", security=keys)
+    until(lambda: leaf.up.attached, timeout=SETTINGS.dead_after * 2)
+    parent = next(r for r in relays if r.node_id == leaf.up.parent)
+    time.sleep(SETTINGS.heartbeat_interval * 2)
+    assert route_of(parent, "late") is None  # attached, but its claim unchecked: not routed
+    del parent.security.keyring.add_signer
+    parent.reactor.call_soon_threadsafe(
+        lambda: parent._keys(0, {}, [], {"late": keys.signer.public}))
+    until(lambda: route_of(parent, "late") == "late")
+    assert secure.root.submit("ping", targets=Targets.to("late"), timeout=5).wait(10)["late"].ok

@@ -171,6 +171,9 @@ class NodeKey(Base):
     enrolled_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     #: when an admin revoked it; None while the node may attach
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: the Ed25519 key the node signs its route claims with (Z85), as its first JOIN after
+    #: this enrolment brought it; None until then
+    sign_key: Mapped[str | None] = mapped_column(String(40))
 
 
 # Compute ---------------------------------------------------------------------------------

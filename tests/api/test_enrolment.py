@@ -118,6 +118,14 @@ def test_a_token_enrols_its_node_which_then_joins(cloud: SecureCloud) -> None:
     assert [e["event"] for e in logs if e.get("log_level") != "debug" and e["event"].startswith("enrolment_")] == [
         "enrolment_issued", "enrolment_token_redeemed"]
     assert token.secret not in str(logs)
+    # The route-signing key its JOIN brought is kept beside its key, for the next root to check with.
+    until(lambda: sign_key_kept(cloud, "hv1") == security.signer.public)
+    assert load_keyring(cloud.frontend.db).sign_key_of("hv1") == security.signer.public
+
+
+def sign_key_kept(cloud: SecureCloud, node: str) -> str | None:
+    with cloud.frontend.db.read() as session:
+        return session.execute(select(NodeKey.sign_key).where(NodeKey.node_id == node)).scalar_one_or_none()
 
 
 def test_an_agent_token_enrols_an_agent_only(cloud: SecureCloud) -> None:
@@ -210,6 +218,8 @@ def test_a_revoked_node_is_cut_off_and_its_key_refused_afterwards(cloud: SecureC
     renewed = cloud.enrol("hv1", cloud.token("hv1"))
     cloud.leaf("hv1", renewed)
     until(lambda: "hv1" in cloud.up())
+    # Its signing key is the new key pair's: the old one went with the old key.
+    until(lambda: sign_key_kept(cloud, "hv1") == renewed.signer.public)
 
 
 def test_an_enrolment_token_is_never_kept_for_a_repeat(cloud: SecureCloud) -> None:
