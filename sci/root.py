@@ -33,7 +33,7 @@ from . import proto
 from .counters import Counters
 from .downlink import Downlink, DownlinkOwner
 from .exceptions import FrameError, TargetError, TreeClosed
-from .planner import Planner
+from .planner import Placement, Planner
 from .proto import Frame, NodeEntry, RejectCode, Role
 from .reactor import Reactor, Timer, ZContext
 from .results import Result, Status
@@ -500,8 +500,6 @@ class TreeRoot(DownlinkOwner):
             self._enrolment_decided(downlink, identity, str(node_id), role_code, key, refused)
             return
         enroller = security.enroller
-        if self._enrolments is None:
-            self._enrolments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enrol")
 
         def decide() -> None:
             try:
@@ -513,7 +511,7 @@ class TreeRoot(DownlinkOwner):
                 self.reactor.call_soon_threadsafe(
                     lambda: self._enrolment_decided(downlink, identity, node_id, role_code, key, verdict))
 
-        self._enrolments.submit(decide)
+        self._key_worker().submit(decide)
 
     def _enrolment_decided(self, downlink: Downlink, identity: bytes, node_id: str, role_code: int, key: str,
                            refused: str | None) -> None:
@@ -569,8 +567,7 @@ class TreeRoot(DownlinkOwner):
             exclude = self._index.subtree_of(node_id)
         placement = self.planner.place(node_id, role, self._index.agent_candidates(),
                                         self._index.children_of(self.node_id), own_level, exclude)
-        downlink.send_raw(identity, proto.assign(placement.level, [[*p, self._public_key(p[0])]
-                                                                   for p in placement.parents]))
+        downlink.send_raw(identity, proto.assign(placement.level, self._parents_with_keys(placement)))
         self.stats.joins += 1
         self._log.info("node_placed", joiner=node_id, role=role.name.lower(), level=placement.level,
                        parents=[p[0] for p in placement.parents])
@@ -605,22 +602,29 @@ class TreeRoot(DownlinkOwner):
         keeper = security.signer_keeper
         curve_key = security.keyring.key_of(node_id)
         if keeper is not None and curve_key is not None:
-            if self._enrolments is None:
-                self._enrolments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enrol")
-
             def keep() -> None:
                 try:
                     keeper(node_id, curve_key, sign_key)
                 except Exception:  # kept in memory; the node's next JOIN after a restart binds it again
                     self._log.exception("signer_keep_failed", joiner=node_id)
 
-            self._enrolments.submit(keep)
+            self._key_worker().submit(keep)
         return None
+
+    def _key_worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The one thread where the owner's enroller and signer keeper wait on the database."""
+        if self._enrolments is None:
+            self._enrolments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enrol")
+        return self._enrolments
 
     def _push_signers(self) -> None:
         batch, self._signers_unsent = self._signers_unsent, {}
         if batch:
             self.down.keys_changed(False, {}, [], batch)
+
+    def _parents_with_keys(self, placement: Placement) -> list[list[str | None]]:
+        """A placement's parents as ASSIGN (and a move) name them: each with the key to expect from it."""
+        return [[*p, self._public_key(p[0])] for p in placement.parents]
 
     def _public_key(self, node: str) -> str | None:
         """The key a child must expect from ``node`` when it attaches to it."""
@@ -820,7 +824,7 @@ class TreeRoot(DownlinkOwner):
             if target in (self.node_id, index.parent_of(host)):
                 planner.attached(host)  # no better place: give the slot back
                 continue
-            plans[host] = [placement.level, [[*p, self._public_key(p[0])] for p in placement.parents]]
+            plans[host] = [placement.level, self._parents_with_keys(placement)]
         if not plans:
             return
         handle = CommandHandle(uuid.uuid4().hex, proto.MOVE_OP)
