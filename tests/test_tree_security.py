@@ -354,4 +354,5 @@ def test_a_claim_waits_for_its_signing_key_and_is_taken_when_it_comes(secure: Se
     parent.reactor.call_soon_threadsafe(
         lambda: parent._keys(0, {}, [], {"late": keys.signer.public}))
     until(lambda: route_of(parent, "late") == "late")
+    until(lambda: route_of(secure.root, "late") == parent.node_id)  # the parent's ROUTES reach the root after
     assert secure.root.submit("ping", targets=Targets.to("late"), timeout=5).wait(10)["late"].ok
