@@ -81,6 +81,8 @@ class Config:
     curve: bool = True
     #: processes spinning on a core each beside the tree for the whole run
     background_load: int = 0
+    #: how long the tree is watched at rest: the longer, the steadier the figure
+    idle_seconds: float = IDLE_SECONDS
 
     @property
     def mode(self) -> str:
@@ -127,6 +129,7 @@ class TreeBench:
             "heartbeat_misses": cfg.settings.heartbeat_misses,
             "link_heartbeat_interval_s": cfg.settings.link_heartbeat_interval,
             "link_timeout_s": cfg.settings.link_timeout, "background_load": cfg.background_load,
+            "idle_seconds": cfg.idle_seconds,
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "kernel": platform.release(),
             "sci_version": _sci_version(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -347,10 +350,11 @@ class TreeBench:
         """What the tree costs at rest (heartbeats, timers): the floor every measurement stands on."""
         time.sleep(IDLE_SETTLE_S)  # start-up traffic (route batches) dies down
         before = cpu_seconds(pids)
-        time.sleep(IDLE_SECONDS)
+        seconds = self.cfg.idle_seconds
+        time.sleep(seconds)
         spent = self._cpu_by_role(before, cpu_seconds(pids))
-        self.out["idle_cpu_cores"] = round(sum(spent.values()) / IDLE_SECONDS, 3)
-        self.out["idle_cpu_cores_by_role"] = {k: round(v / IDLE_SECONDS, 3) for k, v in spent.items()}
+        self.out["idle_cpu_cores"] = round(sum(spent.values()) / seconds, 3)
+        self.out["idle_cpu_cores_by_role"] = {k: round(v / seconds, 3) for k, v in spent.items()}
 
     def _cpu_by_role(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
         """CPU seconds spent between two snapshots, summed by role (bench = root and bench threads).
@@ -503,11 +507,13 @@ _DEFAULTS = sci.TreeSettings()
               help="CURVE encryption and authentication on every link, as the product runs.")
 @click.option("--background-load", type=click.IntRange(0), default=0, show_default=True,
               help="Processes spinning on a core each beside the tree for the whole run.")
+@click.option("--idle-seconds", type=click.FloatRange(1.0), default=IDLE_SECONDS, show_default=True,
+              help="How long the tree is watched at rest for idle_cpu_cores.")
 @click.option("--reference", "references", type=click.Choice(sorted(REFERENCES)), multiple=True,
               help="Also build the tree with this change and measure idle and broadcasts on it.")
 def main(hosts: int, json_path: str | None, agents: int | None, fanout: int, rounds: int, sim_procs: int | None,
          process_per_host: bool, heartbeat_interval: float, heartbeat_misses: int, link_heartbeat_interval: float,
-         link_timeout: float, counters_interval: float, curve: bool, background_load: int,
+         link_timeout: float, counters_interval: float, curve: bool, background_load: int, idle_seconds: float,
          references: tuple[str, ...]) -> None:
     """Build a tree of HOSTS simulated backends on loopback and measure it."""
     settings = sci.TreeSettings(fanout=fanout, heartbeat_interval=heartbeat_interval,
@@ -518,7 +524,7 @@ def main(hosts: int, json_path: str | None, agents: int | None, fanout: int, rou
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cfg = Config(hosts, agents or default_agents(hosts, fanout), fanout, rounds, procs, process_per_host,
-                 settings, run_dir, curve, background_load)
+                 settings, run_dir, curve, background_load, idle_seconds)
     cfg.log_dir.mkdir()
     # The root runs here: its warnings (children declared dead) go where the audit reads them.
     log = open(cfg.log_dir / "bench.log", "a", buffering=1)  # noqa: SIM115 - open for the whole run

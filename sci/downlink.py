@@ -318,6 +318,11 @@ class Downlink:
         child = self.children.get(child_id)
         if child is None or child.session != session:
             return
+        if self._sock is not None and has_input(self._sock):
+            # Frames wait unread, and a child that left on purpose (moved by the root) said BYE
+            # just before its connection closed: read them first, and look again at the probe.
+            self._probe_soon()
+            return
         if self._deaths_allowed(1, "connections") == 1:
             self._child_failed(child_id, session, "connection gone")
         else:

@@ -82,7 +82,6 @@ class Leaf(UplinkOwner, LoopNode):
 
     def start(self) -> None:
         self.up.start()
-        self._stop_tickers.append(self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick))
         if self.settings.counting:
             self._stop_tickers.append(self.reactor.add_ticker(self.settings.counters_interval, self._report_counters))
 

@@ -75,7 +75,7 @@ class Reactor:
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._running = False
         self._thread_id: int | None = None
-        self._tickers: dict[float, dict[int, Callable[[], None]]] = {}
+        self._tickers: dict[tuple[float, float | None], dict[int, Callable[[], None]]] = {}
         self._fds: dict[ZSocket, int] = {}
         #: the socket whose handler is running: its own read loop re-checks it after sends
         self._serving = -1
@@ -111,28 +111,52 @@ class Reactor:
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
 
-    def add_ticker(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
+    def add_ticker(self, interval: float, fn: Callable[[], None], phase: float | None = None) -> Callable[[], None]:
         """Call ``fn`` every ``interval`` seconds; returns a function that stops it.
 
-        Tickers of one interval share a single timer: a process simulating thousands of
-        hosts ticks them all in one pass instead of keeping thousands of timers in the heap.
+        Tickers of one interval (and phase) share a single timer: a process simulating thousands
+        of hosts ticks them all in one pass instead of keeping thousands of timers in the heap.
+
+        With ``phase`` the ticks fall on the wall clock's grid, ``phase`` seconds past every
+        multiple of ``interval`` since the epoch, so that processes, on any hosts whose clocks
+        agree, tick together: a parent's children send their heartbeats at one moment and it
+        reads them in one wake-up rather than one wake-up (of its loop and its I/O thread) each.
         """
-        group = self._tickers.get(interval)
+        key = (interval, None if phase is None else phase % interval)
+        group = self._tickers.get(key)
         if group is None:
-            group = self._tickers[interval] = {}
+            group = self._tickers[key] = {}
+            self._schedule_ticks(key, group)
+        index = next(self._seq)
+        group[index] = fn
+        return lambda: group.pop(index, None) and None
 
-            def tick() -> None:
-                for f in list(group.values()):
-                    f()
-                if group:
-                    self.call_later(interval, tick)
-                else:
-                    del self._tickers[interval]
+    def _schedule_ticks(self, key: tuple[float, float | None], group: dict[int, Callable[[], None]]) -> None:
+        interval, phase = key
 
-            self.call_later(interval, tick)
-        key = next(self._seq)
-        group[key] = fn
-        return lambda: group.pop(key, None) and None
+        def next_on_grid(after: float) -> float:
+            assert phase is not None
+            return after + interval - (after - phase) % interval
+
+        due = 0.0 if phase is None else next_on_grid(time.time())
+
+        def tick() -> None:
+            nonlocal due
+            for f in list(group.values()):
+                f()
+            if not group:
+                del self._tickers[key]
+                return
+            if phase is None:
+                self.call_later(interval, tick)
+                return
+            # From the tick it was due at, not from now: a timer that fires a little early or
+            # late neither ticks twice nor drifts off the grid.
+            now = time.time()
+            due = due + interval if due + interval > now else next_on_grid(now)
+            self.call_later(due - now, tick)
+
+        self.call_later(interval if phase is None else due - time.time(), tick)
 
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
         self._calls.append(fn)

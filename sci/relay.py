@@ -68,7 +68,6 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         self._routes_removed: list[list[Any]] = []
         self._routes_pending: set[str] = set()
         self._route_timer: Timer | None = None
-        self._stop_ticker: Any = None
         self._kept_epoch: tuple[int, Callable[[int], None]] | None = None
         self._log = log.bind(node=node_id)
 
@@ -86,12 +85,9 @@ class Relay(UplinkOwner, DownlinkOwner, LoopNode):
         if self._kept_epoch is not None:
             self.up.keep_epoch(*self._kept_epoch)
         self.up.start()
-        self._stop_ticker = self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self.up.tick)
         self._log.info("relay_started", listen=self.down.bound_endpoint, advertise=endpoint)
 
     def close(self) -> None:
-        if self._stop_ticker is not None:
-            self._stop_ticker()
         if self.up is not None:
             self.up.stop()
         self.down.close()

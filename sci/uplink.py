@@ -23,6 +23,7 @@ attached wait in an outbox and are sent, with the new session, after the next WE
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 import time
 from enum import Enum
@@ -41,7 +42,7 @@ from .reactor import NOBLOCK, Reactor, Timer, ZContext, ZSocket, has_input
 from .security import Security, check_key, connect_curve
 from .settings import TreeSettings
 
-__all__ = ["LinkState", "Uplink", "UplinkOwner"]
+__all__ = ["LinkState", "Uplink", "UplinkOwner", "beat_phase"]
 
 log = structlog.get_logger("sci.uplink")
 
@@ -78,6 +79,16 @@ _TRANSITIONS: dict[LinkState, set[LinkState]] = {
     LinkState.ATTACHED: {LinkState.ATTACHING, LinkState.JOINING, LinkState.STOPPED},
     LinkState.STOPPED: set(),
 }
+
+
+def beat_phase(parent: str, interval: float) -> float:
+    """Where in each heartbeat interval the children of ``parent`` send theirs (``Reactor.add_ticker``).
+
+    The same for all of them, whatever process or host they run in, and spread over the
+    interval from one parent to the next, so that the machine's load is spread too.
+    """
+    digest = hashlib.blake2b(parent.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") / 2**32 * interval
 
 
 class UplinkOwner:
@@ -159,6 +170,9 @@ class Uplink:
         #: set when the parent refused our key during ATTACHING: retry that parent at the next tick
         self._key_refused = False
         self._last_tick = 0.0
+        #: how often the uplink ticks now, and how to stop that ticker (``_retick``)
+        self._tick_period = 0.0
+        self._stop_ticker: Callable[[], None] | None = None
         self._sock: ZSocket | None = None
         self._monitor: ZSocket | None = None
         self._outbox: collections.deque[Callable[[int], bytes]] = collections.deque()
@@ -197,7 +211,7 @@ class Uplink:
         return self.security.signer.sign(entry) if self.security is not None else entry
 
     def start(self) -> None:
-        self._last_tick = time.monotonic()
+        self._retick()
         self._join()
 
     def send(self, build: Callable[[int], bytes]) -> None:
@@ -219,10 +233,32 @@ class Uplink:
         self._cancel_pending()
         self._close_socket()
 
+    def _retick(self) -> None:
+        """Tick as the state needs: on its parent's beat while attached, four times as often before.
+
+        An attached link's duties (its heartbeat, judging its parent's silence) need one tick
+        per heartbeat interval, and falling on the parent's beat, with every sibling, is what
+        lets the parent read all their heartbeats at once.  Joining and attaching step on
+        deadlines a fraction of a second apart.
+        """
+        if self._stop_ticker is not None:
+            self._stop_ticker()
+            self._stop_ticker = None
+        interval = self.settings.heartbeat_interval
+        if self.state is LinkState.STOPPED:
+            return
+        if self.state is LinkState.ATTACHED and self.parent is not None:
+            self._tick_period = interval
+            self._stop_ticker = self.reactor.add_ticker(interval, self.tick, beat_phase(self.parent, interval))
+        else:
+            self._tick_period = interval / 4
+            self._stop_ticker = self.reactor.add_ticker(interval / 4, self.tick)
+        self._last_tick = time.monotonic()
+
     def tick(self) -> None:
-        """Called every quarter heartbeat interval by the node's reactor."""
+        """Called by the reactor's ticker (``_retick``)."""
         now = time.monotonic()
-        if now - self._last_tick > self.settings.heartbeat_interval:
+        if now - self._last_tick > self.settings.heartbeat_interval + self._tick_period:
             # This process was not running (SIGSTOP, swap, a long pause): the silence was ours,
             # not the parent's, so give it a fresh chance rather than cry wolf.
             self._log.info("uplink_stall_forgiven", stalled_s=round(now - self._last_tick, 3))
@@ -240,7 +276,9 @@ class Uplink:
                 return
             if self._outbox:
                 self._flush_outbox()
-            if now - self.last_tx >= self.settings.heartbeat_interval:
+            # A frame sent in the last half interval will do; then the next beat is due at most
+            # one and a half intervals after it.
+            if now - self.last_tx >= self.settings.heartbeat_interval / 2:
                 self._send_now(proto.heartbeat_up(self.session))
             if self._failures and now - self._attached_at >= self.settings.heartbeat_interval:
                 self._failures = 0
@@ -280,7 +318,10 @@ class Uplink:
             silences_of(self.reactor).members.add(self)
         elif self.state is LinkState.ATTACHED:
             silences_of(self.reactor).members.discard(self)
+        was_attached = self.state is LinkState.ATTACHED
         self.state = new
+        if was_attached != (new is LinkState.ATTACHED) or new is LinkState.STOPPED:
+            self._retick()
 
     def _backoff(self) -> float:
         """The delay before the next attempt: none after one failure, then doubling with jitter."""

@@ -1,7 +1,8 @@
 """Silence is judged against the peers that are heard: the rules, without processes or clocks.
 
-Every node here is built but never started: the tests set when each peer was last heard
-and ask what the node concludes, so no outcome depends on how fast this machine is.
+Every node here is built but never started (one parent binds its socket): the tests set when
+each peer was last heard and ask what the node concludes, so no outcome depends on how fast
+this machine is.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import zmq
 from sci.downlink import Child, Downlink, DownlinkOwner
 from sci.links import QUORUM, Silences, silences_of
 from sci.proto import Role
-from sci.reactor import Reactor
+from sci.reactor import Reactor, has_input
 from sci.settings import TreeSettings
 from sci.uplink import LinkState, Uplink, UplinkOwner
+from tests.support.waiting import until
 
 SETTINGS = TreeSettings()
 NOW = 1_000.0
@@ -114,3 +116,28 @@ def test_an_uplink_that_left_its_parent_is_no_longer_weighed(reactor: Reactor) -
     ups = [_attached(reactor, f"h{i}", NOW) for i in range(QUORUM)]
     ups[0].stop(say_bye=False)
     assert ups[0] not in silences_of(reactor).members and ups[1] in silences_of(reactor).members
+
+
+def test_a_parent_reads_what_waits_before_calling_a_dropped_child_dead(reactor: Reactor) -> None:
+    """A child the root moves says BYE and closes its connection: if its parent found the
+    connection gone before reading the BYE, it declared a live host dead (seen in bench.tree)."""
+    ctx = zmq.Context.instance()
+    down = Downlink(reactor, ctx, "p", "tcp://127.0.0.1:0", SETTINGS, DownlinkOwner())
+    down.start()
+    child = ctx.socket(zmq.DEALER)
+    try:
+        child.setsockopt(zmq.IDENTITY, b"c0")
+        child.connect(down.bound_endpoint)
+        down.children["c0"] = Child("c0", Role.BACKEND, 7, NOW, NOW, 0)
+        child.send(b"its last words")
+        sock = down._sock
+        assert sock is not None
+        until(lambda: has_input(sock), 5, "the frame to arrive")
+        down._connection_gone("c0", 7)
+        assert "c0" in down.children
+        sock.recv_multipart()
+        down._connection_gone("c0", 7)
+        assert "c0" not in down.children
+    finally:
+        child.close(linger=0)
+        down.close()

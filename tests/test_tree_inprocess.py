@@ -8,6 +8,8 @@ from typing import Iterator
 import pytest
 
 from sci import Leaf, Relay, Status, Targets, TreeRoot, TreeSettings
+from sci.proto import Role
+from sci.uplink import beat_phase
 from tests.support.trees import ThreadTree
 
 SETTINGS = TreeSettings(heartbeat_interval=0.2, fanout=4, reattach_grace=2.0)
@@ -68,3 +70,19 @@ def test_quiet_tree_keeps_every_link(tree: tuple[TreeRoot, dict[str, Relay], dic
     time.sleep(SETTINGS.dead_after * 4)  # no traffic but heartbeats
     assert {n: node.up.session for n, node in [*relays.items(), *leaves.items()]} == sessions  # type: ignore[union-attr]
     assert all(n.state == "up" for n in root.tree_status())
+
+
+def test_a_parents_children_beat_together(tree: tuple[TreeRoot, dict[str, Relay], dict[str, Leaf]]) -> None:
+    """At rest a parent reads its children's heartbeats in one wake-up, not one each: they all
+    send theirs on the parent's phase of the wall clock's grid (``beat_phase``)."""
+    _, relays, _ = tree
+    interval = SETTINGS.heartbeat_interval
+    time.sleep(SETTINGS.dead_after)  # past the start-up's frames: only heartbeats now
+    for name, relay in relays.items():
+        phase = beat_phase(name, interval)
+        time.sleep(interval - (time.time() - phase - interval / 2) % interval)  # halfway to its next beat
+        to_wall = time.time() - time.monotonic()
+        late = [round((c.last_rx + to_wall - phase) % interval, 3)
+                for c in relay.down.children.values() if c.role is Role.BACKEND]
+        assert len(late) >= 2
+        assert all(seconds < interval / 4 for seconds in late), (name, late)
