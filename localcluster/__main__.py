@@ -78,7 +78,9 @@ def main(agents: int, backends: int, frontends: int, workdir: str | None, api_po
     with contextlib.ExitStack() as cleanup:
         if compute:
             cleanup.enter_context(libvirtd.running())
-            # Guests go down with the cloud, and are found shut off at its next start.
+            # Guests go down with the cloud, and are found shut off at its next start; then
+            # (callbacks run last first) the pools' names are freed, their files kept.
+            cleanup.callback(libvirtd.release_pools_under, cluster.workdir)
             cleanup.callback(libvirtd.power_off_under, cluster.workdir)
         cleanup.callback(cluster.stop)
         gave_up = _serve(cluster, agents, backends, compute, netns_hypervisors)

@@ -237,12 +237,34 @@ def purge_under(path: Path) -> int:
                     dom.destroy()
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
                 removed += 1
-        for pool in conn.listAllStoragePools(0):
-            if _under(pool.XMLDesc(0) + "/", path):
-                if pool.isActive():
-                    pool.destroy()
-                pool.undefine()
-                removed += 1
-        return removed
+        return removed + _undefine_pools(conn, path)
     finally:
         conn.close()
+
+
+def release_pools_under(path: Path) -> int:
+    """Undefine (keeping their files) the storage pools whose directories are under ``path``.
+
+    libvirtd keeps a pool's definition after the cloud that made it stops, under a name made of
+    the backend's (``cloudland-host000``): the test suite's clouds, or another checkout's
+    ``make run``, use those names too, and would find the pool at this cloud's directory.  A
+    backend defines its pool again, over the files still there, at its next start.
+    """
+    import libvirt
+
+    conn = libvirt.open(URI)
+    try:
+        return _undefine_pools(conn, path)
+    finally:
+        conn.close()
+
+
+def _undefine_pools(conn: Any, path: Path) -> int:
+    undefined = 0
+    for pool in conn.listAllStoragePools(0):
+        if _under(pool.XMLDesc(0) + "/", path):
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+            undefined += 1
+    return undefined
