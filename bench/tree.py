@@ -194,10 +194,17 @@ class TreeBench:
     def start_tree(self) -> None:
         (self.cfg.run_dir / "reports").mkdir(exist_ok=True)
         started = time.monotonic()
+        before = cpu_seconds(run_pids())
         self.start_agents()
         self.out["agents_up_s"] = round(time.monotonic() - started, 2)
+        agents_up = cpu_seconds(run_pids())
         self.start_backends()
         self.out["startup_s"] = round(time.monotonic() - started, 2)
+        # Where start-up goes: the agents' own joins, then the hosts' (by role: root, agents, sims).
+        self.out["startup_cpu_s_by_role"] = {
+            "agents_joining": _rounded(self._cpu_by_role(before, agents_up, born=True)),
+            "hosts_joining": _rounded(self._cpu_by_role(agents_up, cpu_seconds(run_pids()), born=True)),
+        }
 
     def start_agents(self) -> None:
         """Level by level: the planner can only place an agent under agents already attached."""
@@ -356,18 +363,19 @@ class TreeBench:
         self.out["idle_cpu_cores"] = round(sum(spent.values()) / seconds, 3)
         self.out["idle_cpu_cores_by_role"] = {k: round(v / seconds, 3) for k, v in spent.items()}
 
-    def _cpu_by_role(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    def _cpu_by_role(self, before: dict[int, float], after: dict[int, float], born: bool = False) -> dict[str, float]:
         """CPU seconds spent between two snapshots, summed by role (bench = root and bench threads).
 
-        The background load is no part of the tree: its processes are left out.
+        The background load is no part of the tree: its processes are left out.  ``born``: count
+        processes started between the snapshots from zero (else they are left out).
         """
         role = {self.fleet.pid(n): n.split("-")[0] for n in self.fleet.procs}
         role[os.getpid()] = "bench"
         spent: dict[str, float] = {}
         for pid, cpu in after.items():
             name = role.get(pid, "other")
-            if pid in before and name != "burn":
-                spent[name] = spent.get(name, 0.0) + cpu - before[pid]
+            if (born or pid in before) and name != "burn":
+                spent[name] = spent.get(name, 0.0) + cpu - before.get(pid, 0.0)
         return dict(sorted(spent.items()))
 
     def _losses(self, plain: list[phases.Round], recovery: phases.Recovery, orphans: set[str]) -> None:
@@ -425,6 +433,10 @@ def _sci_version() -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + ("-dirty" if git("status", "--porcelain", "--", "sci") else "")
+
+
+def _rounded(spent: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in spent.items()}
 
 
 def _pct(values: list[float], pct: int) -> float | None:

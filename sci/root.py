@@ -273,7 +273,7 @@ class TreeRoot(DownlinkOwner):
         self.stats = RootStats()
         self._commands: dict[str, _Command] = {}
         self._nodes: dict[str, NodeEntry] = {}
-        self._index = TreeIndex()
+        self._index = TreeIndex(self.settings.fanout)
         self._down_since: dict[str, float] = {}
         self._groups: dict[str, set[str]] = {}
         self._events: collections.deque[TreeEvent] = collections.deque(maxlen=_EVENTS_KEPT)
@@ -312,7 +312,7 @@ class TreeRoot(DownlinkOwner):
 
     def start(self) -> "TreeRoot":
         self.down.start()
-        self.planner = Planner(self.node_id, self.endpoint, self.settings.fanout)
+        self.planner = Planner(self.node_id, self.endpoint, self._index.loads)
         self.reactor.add_ticker(self.settings.heartbeat_interval / 4, self._expire_waiting)
         if self.settings.rebalance_interval:
             self.reactor.add_ticker(self.settings.rebalance_interval, self._rebalance)
@@ -565,8 +565,7 @@ class TreeRoot(DownlinkOwner):
             # A relay coming back with a subtree keeps its level and never goes below itself.
             own_level = self._nodes[node_id][4] if node_id in self._nodes else None
             exclude = self._index.subtree_of(node_id)
-        placement = self.planner.place(node_id, role, self._index.agent_candidates(),
-                                        self._index.children_of(self.node_id), own_level, exclude)
+        placement = self.planner.place(node_id, role, own_level, exclude)
         downlink.send_raw(identity, proto.assign(placement.level, self._parents_with_keys(placement)))
         self.stats.joins += 1
         self._log.info("node_placed", joiner=node_id, role=role.name.lower(), level=placement.level,
@@ -807,8 +806,7 @@ class TreeRoot(DownlinkOwner):
         assert planner is not None
         fanout = self.settings.fanout
         index = self._index
-        agents = index.agent_candidates()
-        room = sum(max(0, fanout - a.children) for a in agents)
+        room = index.loads.room()
         if not room:
             return
         movers: dict[str, None] = {}
@@ -819,7 +817,7 @@ class TreeRoot(DownlinkOwner):
         movers.update(dict.fromkeys(index.backend_children(self.node_id)))
         plans: dict[str, list[Any]] = {}
         for host in list(movers)[:min(room, self.settings.rebalance_batch)]:
-            placement = planner.place(host, Role.BACKEND, agents, index.children_of(self.node_id))
+            placement = planner.place(host, Role.BACKEND)
             target = placement.parents[0][0]
             if target in (self.node_id, index.parent_of(host)):
                 planner.attached(host)  # no better place: give the slot back

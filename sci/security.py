@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import structlog
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from .claims import ClaimSigner
 from .exceptions import SciError
@@ -194,38 +194,76 @@ class Security:
 #
 # libzmq asks one ZAP handler per context.  Several nodes may share a context (tests run whole
 # trees in one process), so each server socket names its node as its ZAP domain and the
-# handler asks that node's policy.
+# handler asks that node's policy.  The handler is a plain thread on a blocking REP socket:
+# pyzmq's ThreadAuthenticator runs an asyncio loop per request, which at 10,000 joining hosts
+# cost the root a third of a core.
 
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _auth_lock = threading.Lock()
-_authenticators: dict[int, ThreadAuthenticator] = {}
+_handlers: dict[int, "_ZapHandler"] = {}
 
 
-class _Policy:
-    def __init__(self, domain: str, allow: Callable[[str], bool]) -> None:
-        self.domain = domain
-        self.allow = allow
+class _ZapHandler:
+    """Answers the ZAP requests of one context until the context is terminated."""
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        text = key.decode("ascii", "replace")
-        ok = self.allow(text)
-        if not ok:
-            log.warning("peer_refused", node=domain, key=text, reason="key not enrolled or revoked")
-        return ok
+    def __init__(self, ctx: Any) -> None:
+        self._ctx_id = id(ctx)
+        #: domain -> may this CURVE public key (Z85) finish the handshake?
+        self.policies: dict[str, Callable[[str], bool]] = {}
+        # Not through ctx.socket(): a context's destroy() would close it under the thread's
+        # feet; term() instead wakes the thread with ETERM, and it closes its own socket.
+        self._sock = zmq.Socket(ctx, zmq.REP)
+        self._sock.linger = 0
+        self._sock.bind(_ZAP_ENDPOINT)
+        threading.Thread(target=self._serve, name="sci-zap", daemon=True).start()
+
+    def _serve(self) -> None:
+        sock = self._sock
+        try:
+            while True:
+                try:
+                    request = sock.recv_multipart()
+                except zmq.ContextTerminated:
+                    return
+                sock.send_multipart(self._answer(request))
+        except zmq.ContextTerminated:
+            return
+        finally:
+            sock.close()
+            with _auth_lock:
+                if _handlers.get(self._ctx_id) is self:
+                    del _handlers[self._ctx_id]
+
+    def _answer(self, request: list[bytes]) -> list[bytes]:
+        if len(request) < 6:
+            request_id = request[1] if len(request) > 1 else b""
+            return [b"1.0", request_id, b"400", b"malformed ZAP request", b"", b""]
+        _version, request_id, domain, _address, _identity, mechanism = request[:6]
+        if mechanism == b"NULL":
+            return [b"1.0", request_id, b"200", b"OK", b"anonymous", b""]  # not a tree link
+        if mechanism != b"CURVE" or len(request) != 7 or len(request[6]) != 32:
+            return [b"1.0", request_id, b"400", b"only CURVE is served", b"", b""]
+        key = z85.encode(request[6])
+        text = key.decode("ascii")
+        name = domain.decode("utf-8", "replace")
+        allow = self.policies.get(name)
+        if allow is not None and allow(text):
+            return [b"1.0", request_id, b"200", b"OK", key, b""]
+        log.warning("peer_refused", node=name, key=text, reason="key not enrolled or revoked")
+        return [b"1.0", request_id, b"400", b"key not enrolled or revoked", b"", b""]
 
 
-def _authenticator(ctx: Any) -> ThreadAuthenticator:
+def _handler(ctx: Any) -> _ZapHandler:
     with _auth_lock:
-        auth = _authenticators.get(id(ctx))
-        if auth is None:
-            auth = ThreadAuthenticator(ctx)
-            auth.start()
-            _authenticators[id(ctx)] = auth
-        return auth
+        handler = _handlers.get(id(ctx))
+        if handler is None:
+            handler = _handlers[id(ctx)] = _ZapHandler(ctx)
+        return handler
 
 
 def serve_curve(sock: Any, ctx: Any, domain: str, security: Security, allow: Callable[[str], bool]) -> None:
     """Make ``sock`` a CURVE server whose peers ``allow(key)`` decides on (before bind)."""
-    _authenticator(ctx).configure_curve_callback(domain, credentials_provider=_Policy(domain, allow))
+    _handler(ctx).policies[domain] = allow
     sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, security.keypair.secret.encode("ascii"))
@@ -235,12 +273,9 @@ def serve_curve(sock: Any, ctx: Any, domain: str, security: Security, allow: Cal
 def release_domain(ctx: Any, domain: str, allow: Callable[[str], bool]) -> None:
     """Forget ``domain``'s policy, unless a newer node of the same name has since replaced it."""
     with _auth_lock:
-        auth = _authenticators.get(id(ctx))
-        if auth is None:
-            return
-        policy = auth.credentials_providers.get(domain)
-        if isinstance(policy, _Policy) and policy.allow == allow:
-            del auth.credentials_providers[domain]
+        handler = _handlers.get(id(ctx))
+        if handler is not None and handler.policies.get(domain) == allow:
+            del handler.policies[domain]
 
 
 def connect_curve(sock: Any, security: Security, server_key: str) -> None:
