@@ -221,11 +221,7 @@ class _ZapHandler:
         sock = self._sock
         try:
             while True:
-                try:
-                    request = sock.recv_multipart()
-                except zmq.ContextTerminated:
-                    return
-                sock.send_multipart(self._answer(request))
+                sock.send_multipart(self._answer(sock.recv_multipart()))
         except zmq.ContextTerminated:
             return
         finally:

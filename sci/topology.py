@@ -29,13 +29,13 @@ class ParentLoads:
         self.fanout = fanout
         self._load: collections.Counter[str] = collections.Counter()
         self._where: dict[str, tuple[int, str]] = {}  # parent -> (level, endpoint)
-        #: level -> [load -> parents with that load, oldest first], for loads below the fan-out
+        #: level -> [load -> parents with that load, oldest first], for loads below the fan-out;
+        #: a level, once seen, keeps its buckets (a tree has a handful of levels)
         self._room: dict[int, list[dict[str, None]]] = {}
         #: level -> parents at or past the fan-out
         self._full: dict[int, dict[str, None]] = {}
-
-    def __contains__(self, node: str) -> bool:
-        return node in self._where
+        #: level -> how many parents it has now
+        self._per_level: collections.Counter[int] = collections.Counter()
 
     def load(self, node: str) -> int:
         return self._load[node]
@@ -47,18 +47,18 @@ class ParentLoads:
         return self._where[node][1]
 
     def levels(self) -> list[int]:
-        return sorted(self._room.keys() | self._full.keys())
+        return sorted(level for level, count in self._per_level.items() if count)
 
     def add_parent(self, node: str, level: int, endpoint: str) -> None:
-        if node in self._where:
-            self._unfile(node)
+        self.drop_parent(node)
         self._where[node] = (level, endpoint)
+        self._per_level[level] += 1
         self._file(node)
 
     def drop_parent(self, node: str) -> None:
         if node in self._where:
             self._unfile(node)
-            del self._where[node]
+            self._per_level[self._where.pop(node)[0]] -= 1
 
     def shift(self, node: str, delta: int) -> None:
         """``node`` carries ``delta`` more children (attached or promised)."""
@@ -105,21 +105,14 @@ class ParentLoads:
         level = self._where[node][0]
         load = self._load[node]
         if load < self.fanout:
-            buckets = self._room[level]
-            del buckets[max(0, load)][node]
-            if not any(buckets):
-                del self._room[level]
+            del self._room[level][max(0, load)][node]
         else:
-            full = self._full[level]
-            del full[node]
-            if not full:
-                del self._full[level]
+            del self._full[level][node]
 
 
 class TreeIndex:
     def __init__(self, fanout: int) -> None:
         self._parent: dict[str, str] = {}
-        self._children: collections.Counter[str] = collections.Counter()
         #: parent -> its children, in the order they came
         self._kids: dict[str, dict[str, None]] = {}
         self._backends: set[str] = set()
@@ -141,7 +134,6 @@ class TreeIndex:
             if old is not None:
                 self._unlink(node, old)
             self._parent[node] = parent
-            self._children[parent] += 1
             self.loads.shift(parent, 1)
             self._kids.setdefault(parent, {})[node] = None
             if entry[3] == Role.AGENT:
@@ -151,9 +143,6 @@ class TreeIndex:
                 self._backends.add(node)
 
     def _unlink(self, node: str, parent: str) -> None:
-        self._children[parent] -= 1
-        if not self._children[parent]:
-            del self._children[parent]
         self.loads.shift(parent, -1)
         kids = self._kids.get(parent)
         if kids is not None:
@@ -162,7 +151,7 @@ class TreeIndex:
                 del self._kids[parent]
 
     def children_of(self, node: str) -> int:
-        return self._children[node]
+        return len(self._kids.get(node, ()))
 
     def parent_of(self, node: str) -> str | None:
         return self._parent.get(node)
@@ -173,7 +162,7 @@ class TreeIndex:
 
     def crowded(self, fanout: int) -> list[str]:
         """Parents that carry more than ``fanout`` children."""
-        return [n for n, count in self._children.items() if count > fanout]
+        return [n for n, kids in self._kids.items() if len(kids) > fanout]
 
     def subtree_of(self, node: str) -> set[str]:
         out: set[str] = set()
